@@ -1,0 +1,81 @@
+//! The database pool, the one migrator, and error classification.
+
+use std::collections::HashMap;
+
+use sqlx::{
+    PgPool,
+    migrate::{MigrateError, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::Settings;
+
+/// All migrations in `migrations/`, embedded at compile time. The only `migrate!` in the workspace.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// Pool options from settings.
+pub fn pool_options(settings: &Settings) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(settings.db_max_connections)
+        .min_connections(settings.db_min_connections)
+        .acquire_timeout(settings.db_acquire_timeout)
+        .idle_timeout(Some(settings.db_idle_timeout))
+}
+
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    url.parse::<PgConnectOptions>().map(|o| o.application_name("ledger"))
+}
+
+/// Connects, failing fast when the server is unreachable.
+pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+    pool_options(settings)
+        .connect_with(connect_options(settings.database_url.expose())?)
+        .await
+}
+
+/// Applies pending migrations. sqlx holds a Postgres advisory lock for the whole run,
+/// so processes that start together apply each migration exactly once.
+pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Migrations this build knows that the database has not applied (or applied with a
+/// different checksum). Empty means the schema is current.
+pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    let applied: HashMap<i64, Vec<u8>> = if exists {
+        sqlx::query_as::<_, (i64, Vec<u8>)>("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .filter(|m| applied.get(&m.version).is_none_or(|sum| sum.as_slice() != &*m.checksum))
+        .map(|m| format!("{}_{}", m.version, m.description))
+        .collect())
+}
+
+/// True for failures a retry can cure: connectivity, pool exhaustion, shutdown,
+/// serialization conflicts and deadlocks.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") // connection exception
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01")
+        }),
+        _ => false,
+    }
+}

@@ -1,0 +1,17 @@
+//! Shared core of the ledger.
+//!
+//! Everything here is used by more than one crate and holds no business logic:
+//! typed identifiers, the [`Secret`] wrapper, [`Settings`] with their layered
+//! loader, the RFC 9457 [`Problem`] error model every HTTP answer uses, and the
+//! database pool plus the one migrator.
+
+pub mod config;
+pub mod db;
+pub mod ids;
+pub mod problem;
+pub mod secret;
+
+pub use config::{ConfigError, Settings};
+pub use ids::*;
+pub use problem::{FieldError, Problem, ProblemBody};
+pub use secret::Secret;

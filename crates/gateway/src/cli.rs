@@ -1,0 +1,46 @@
+//! Command-line interface of the `ledger` binary.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::dev::DevArgs;
+
+/// The hosted side of the Magento 2 → Sage Business Cloud Accounting connector.
+///
+/// Settings come from built-in defaults, then an optional TOML file (--config or
+/// LEDGER_CONFIG), then environment variables (LEDGER_*, DATABASE_URL); every setting
+/// is documented in config/ledger.default.toml. Bad configuration exits with code 2.
+#[derive(Debug, Parser)]
+#[command(name = "ledger", version)]
+pub struct Cli {
+    /// Settings file (TOML, keys as in config/ledger.default.toml). Also: LEDGER_CONFIG.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API, the Magento webhooks and the web pages on LEDGER_HTTP_ADDR,
+    /// with Prometheus metrics on LEDGER_METRICS_ADDR. Stops gracefully on SIGTERM/SIGINT.
+    Serve,
+    /// Run the background jobs (sync, callbacks to Magento, health pings, housekeeping).
+    /// Any number of workers may share one database. Stops gracefully on SIGTERM/SIGINT.
+    Worker,
+    /// Apply pending database migrations and exit (safe to run while other processes start).
+    Migrate,
+    /// Run everything on this machine: creates and migrates the `ledger_dev` database
+    /// (starting a private PostgreSQL when none answers at DATABASE_URL), then the server
+    /// and the worker in one process, and prints the URLs.
+    Dev(DevArgs),
+    /// Print the OpenAPI document generated from the code, or with --check compare it
+    /// with a committed file and fail when they differ.
+    Openapi {
+        /// The committed document to compare with (e.g. openapi/ledger.json).
+        #[arg(long, value_name = "FILE")]
+        check: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,94 @@
+//! `ledger dev`: the whole system on one machine, for trying the product and for demos.
+
+mod postgres;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use ledger_core::{Secret, Settings, config::Layers};
+use url::Url;
+
+use crate::{AppState, http, metrics, server, shutdown, telemetry, worker};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Database to create (if missing) and use on the server named by DATABASE_URL.
+    #[arg(long, default_value = "ledger_dev", value_name = "NAME")]
+    pub db_name: String,
+    /// Folder for local state (a private PostgreSQL cluster when one is needed).
+    #[arg(long, default_value = ".ledger-dev", value_name = "DIR")]
+    pub data_dir: PathBuf,
+}
+
+/// Runs database, server and worker in this process until SIGTERM/SIGINT.
+pub async fn run(mut layers: Layers, args: DevArgs) -> anyhow::Result<()> {
+    layers.default_to("log_format", "pretty");
+    let derive_public_url = layers.is_default("public_url");
+    let mut settings = Settings::from_layers(&layers)?;
+    let _telemetry = telemetry::init(&settings)?;
+    let shutdown = shutdown::on_signals();
+
+    let server_url = Url::parse(settings.database_url.expose()).context("DATABASE_URL is not a URL")?;
+    let private = postgres::ensure_server(&server_url, &args.data_dir).await?;
+    let database_url = postgres::ensure_database(&server_url, &args.db_name).await?;
+    settings.database_url = Secret::new(database_url.to_string());
+    settings.migrate_on_start = true;
+
+    let listener = server::bind(settings.http_addr).await?;
+    let api_addr = listener.local_addr()?;
+    if derive_public_url {
+        settings.public_url = format!("http://{api_addr}");
+    }
+    let metrics_listener = metrics::bind(settings.metrics_addr).await?;
+    let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let state = AppState::connect(settings).await?;
+
+    banner(
+        &state.settings.public_url,
+        metrics_addr,
+        &database_url,
+        private.as_ref(),
+    );
+
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, state.db.clone(), shutdown.clone())));
+    let worker_task = tokio::spawn(worker::run(state.clone(), shutdown.clone()));
+    let deadline = state.settings.shutdown_deadline;
+    let served = server::serve(listener, http::router(state.clone()), shutdown.clone(), deadline).await;
+    shutdown.cancel();
+    worker_task.await??;
+    if let Some(task) = metrics_task {
+        task.await??;
+    }
+    state.db.close().await;
+    if let Some(pg) = private {
+        pg.stop().await;
+    }
+    served?;
+    tracing::info!("ledger dev stopped");
+    Ok(())
+}
+
+#[allow(clippy::print_stdout, reason = "the banner is what `ledger dev` is for")]
+fn banner(
+    public_url: &str,
+    metrics: Option<std::net::SocketAddr>,
+    database: &Url,
+    private: Option<&postgres::PrivatePostgres>,
+) {
+    let mut shown = database.clone();
+    let _ = shown.set_password(None);
+    println!("ledger dev is running; stop it with Ctrl-C.");
+    println!("  API          {public_url}");
+    println!("  API docs     {public_url}/docs");
+    println!("  Readiness    {public_url}/readyz");
+    if let Some(addr) = metrics {
+        println!("  Metrics      http://{addr}/metrics");
+    }
+    match private {
+        Some(pg) => println!(
+            "  Database     {shown} (private server, data in {})",
+            pg.data_dir().display()
+        ),
+        None => println!("  Database     {shown}"),
+    }
+}

@@ -1,0 +1,143 @@
+//! `ledger`: one binary, one subcommand per process type.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use ledger_core::{
+    ConfigError, Settings,
+    config::{CONFIG_FILE_ENV, Layers},
+};
+use ledger_gateway::{
+    AppState,
+    cli::{Cli, Command},
+    dev, http, metrics, openapi, server, shutdown, telemetry, worker,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ledger_gateway::install_crypto_provider();
+
+    if let Command::Openapi { check } = &cli.command {
+        return openapi_command(check.as_deref());
+    }
+
+    let layers = match collect_layers(&cli) {
+        Ok(layers) => layers,
+        Err(err) => return config_failure(&err),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the Tokio runtime");
+    match runtime.block_on(run(cli.command, layers)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => match err.downcast_ref::<ConfigError>() {
+            Some(config) => config_failure(config),
+            None => {
+                report(&format!("ledger: {err:#}"));
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn collect_layers(cli: &Cli) -> Result<Layers, ConfigError> {
+    let from_env = std::env::var_os(CONFIG_FILE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from);
+    let file = cli.config.clone().or(from_env);
+    Layers::collect(file.as_deref(), &|name| std::env::var(name).ok())
+}
+
+/// Exit code 2 with one line naming the setting.
+fn config_failure(err: &ConfigError) -> ExitCode {
+    report(&format!("ledger: bad configuration: {err}"));
+    ExitCode::from(2)
+}
+
+#[allow(
+    clippy::print_stderr,
+    reason = "the CLI's own error line, printed before or without logging"
+)]
+fn report(line: &str) {
+    eprintln!("{line}");
+}
+
+async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
+    if let Command::Dev(args) = command {
+        return dev::run(layers, args).await;
+    }
+    let settings = Settings::from_layers(&layers)?;
+    let _telemetry = telemetry::init(&settings)?;
+    match command {
+        Command::Migrate => {
+            let pool = ledger_core::db::connect(&settings)
+                .await
+                .context("cannot connect to the database (DATABASE_URL)")?;
+            ledger_core::db::migrate(&pool).await.context("applying migrations")?;
+            tracing::info!(
+                migrations = ledger_core::db::MIGRATOR.iter().count(),
+                "database schema is current"
+            );
+            Ok(())
+        }
+        Command::Serve => {
+            let listener = server::bind(settings.http_addr).await?;
+            let metrics_listener = metrics::bind(settings.metrics_addr).await?;
+            let state = AppState::connect(settings).await?;
+            let shutdown = shutdown::on_signals();
+            tracing::info!(addr = %listener.local_addr()?, "serving");
+            let metrics_task =
+                metrics_listener.map(|l| tokio::spawn(metrics::serve(l, state.db.clone(), shutdown.clone())));
+            let deadline = state.settings.shutdown_deadline;
+            server::serve(listener, http::router(state), shutdown, deadline).await?;
+            if let Some(task) = metrics_task {
+                task.await??;
+            }
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Worker => {
+            let metrics_listener = metrics::bind(settings.metrics_addr).await?;
+            let state = AppState::connect(settings).await?;
+            let shutdown = shutdown::on_signals();
+            let metrics_task =
+                metrics_listener.map(|l| tokio::spawn(metrics::serve(l, state.db.clone(), shutdown.clone())));
+            tracing::info!("worker running");
+            worker::run(state, shutdown).await?;
+            if let Some(task) = metrics_task {
+                task.await??;
+            }
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Dev(_) | Command::Openapi { .. } => unreachable!("handled above"),
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the document is the command's output")]
+fn openapi_command(check: Option<&std::path::Path>) -> ExitCode {
+    let generated = openapi::document_json();
+    let Some(path) = check else {
+        print!("{generated}");
+        return ExitCode::SUCCESS;
+    };
+    let committed = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            report(&format!("ledger: cannot read {}: {err}", path.display()));
+            return ExitCode::FAILURE;
+        }
+    };
+    match openapi::drift(&committed, &generated) {
+        None => ExitCode::SUCCESS,
+        Some(difference) => {
+            report(&format!(
+                "ledger: {} is out of date ({difference}); regenerate it with `just openapi`",
+                path.display()
+            ));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Logs and traces: one `init` that returns a guard flushing spans on drop.
+//!
+//! Logs are structured JSON lines on stderr (or human-readable in `pretty` mode).
+//! Traces go to an OTLP/HTTP collector only when `otlp_endpoint` is set; otherwise no
+//! exporter exists, so nothing retries or complains.
+
+use ledger_core::{Settings, config::LogFormat};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+
+/// Flushes and shuts down the trace pipeline when dropped.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(err) = provider.shutdown()
+        {
+            tracing::warn!(error = %err, "flushing traces at exit failed");
+        }
+    }
+}
+
+/// Sets the global subscriber. Call once per process, inside the Tokio runtime.
+pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
+    let filter =
+        EnvFilter::try_new(&settings.log_level).map_err(|e| anyhow::anyhow!("LEDGER_LOG_LEVEL is invalid: {e}"))?;
+    let fmt = match settings.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+
+    let (otel, provider) = match &settings.otlp_endpoint {
+        None => (None, None),
+        Some(endpoint) => {
+            let endpoint = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
+            let client = reqwest::blocking::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_endpoint(endpoint)
+                .build()?;
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(Resource::builder().with_service_name("ledger").build())
+                .build();
+            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("ledger"));
+            (Some(layer), Some(provider))
+        }
+    };
+
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()?;
+    Ok(TelemetryGuard { provider })
+}

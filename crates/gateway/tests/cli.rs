@@ -1,0 +1,257 @@
+//! The `ledger` binary as operators run it: exit codes, signals, `ledger dev`.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ledger_test_support::{TestDb, admin_url};
+
+const LEDGER: &str = env!("CARGO_BIN_EXE_ledger");
+
+/// Kills the child if a test fails before it exits, so no process outlives the run.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Reaper {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaper {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Reaper {
+    ledger_gateway::install_crypto_provider();
+    Reaper(cmd.spawn().unwrap())
+}
+
+/// A clean environment: nothing from the developer's shell leaks into the child.
+fn ledger() -> Command {
+    let mut cmd = Command::new(LEDGER);
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_setting() {
+    let out = ledger()
+        .arg("serve")
+        .env("LEDGER_HTTP_ADDR", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("LEDGER_HTTP_ADDR"), "{stderr}");
+
+    let out = ledger()
+        .arg("worker")
+        .env("LEDGER_SHUTDOWN_DEADLINE", "forever")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LEDGER_SHUTDOWN_DEADLINE"));
+
+    let file = std::env::temp_dir().join(format!("ledger-bad-{}.toml", std::process::id()));
+    std::fs::write(&file, "http_adr = \"127.0.0.1:1\"\n").unwrap();
+    let out = ledger().arg("serve").arg("--config").arg(&file).output().unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http_adr"));
+}
+
+#[test]
+fn help_explains_every_command() {
+    let out = ledger().arg("--help").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for command in ["serve", "worker", "migrate", "dev", "openapi"] {
+        assert!(
+            text.contains(&format!("  {command} ")),
+            "{command} missing from --help:\n{text}"
+        );
+    }
+}
+
+/// Reads the child's stderr JSON logs until one has `fields.message == message`.
+fn wait_for_log(child: &mut Child, message: &str) -> serde_json::Value {
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["fields"]["message"] == message
+        {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return v;
+        }
+    }
+    panic!("the process exited before logging `{message}`");
+}
+
+#[tokio::test]
+async fn serve_stops_on_sigterm_with_exit_0() {
+    let db = TestDb::new().await;
+    let mut child = spawn(
+        ledger()
+            .arg("serve")
+            .env("DATABASE_URL", db.url())
+            .env("LEDGER_HTTP_ADDR", "127.0.0.1:0")
+            .env("LEDGER_METRICS_ADDR", "")
+            .env("LEDGER_SHUTDOWN_DEADLINE", "3s")
+            .stderr(Stdio::piped()),
+    );
+    let log = wait_for_log(&mut child, "serving");
+    let addr = log["fields"]["addr"].as_str().unwrap().to_owned();
+    let res = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    terminate(&child);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn migrate_then_worker_runs_and_stops() {
+    let db = TestDb::empty().await;
+    let status = ledger().arg("migrate").env("DATABASE_URL", db.url()).status().unwrap();
+    assert!(status.success());
+    let pool = db.pool().await;
+    assert!(ledger_core::db::pending_migrations(&pool).await.unwrap().is_empty());
+
+    let mut child = spawn(
+        ledger()
+            .arg("worker")
+            .env("DATABASE_URL", db.url())
+            .env("LEDGER_METRICS_ADDR", "127.0.0.1:0")
+            .stderr(Stdio::piped()),
+    );
+    wait_for_log(&mut child, "worker running");
+    terminate(&child);
+    assert_eq!(wait_with_timeout(&mut child, Duration::from_secs(5)).code(), Some(0));
+}
+
+/// `ledger dev` against the running server: ready within 5 s, exits 0 on SIGTERM.
+#[tokio::test]
+async fn dev_is_ready_within_five_seconds() {
+    let db_name = format!("ledger_dev_test_{}", std::process::id());
+    let started = Instant::now();
+    let mut child = spawn(
+        ledger()
+            .args(["dev", "--db-name", &db_name])
+            .env("DATABASE_URL", admin_url())
+            .env("LEDGER_HTTP_ADDR", "127.0.0.1:0")
+            .env("LEDGER_METRICS_ADDR", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let api = banner_url(&mut child, "API");
+    let ready = reqwest::get(format!("{api}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(5), "ready after {elapsed:?}");
+    terminate(&child);
+    assert_eq!(wait_with_timeout(&mut child, Duration::from_secs(10)).code(), Some(0));
+    drop_database(&db_name).await;
+}
+
+/// With nothing listening at DATABASE_URL, `ledger dev` starts its own PostgreSQL.
+#[tokio::test]
+async fn dev_starts_a_private_postgres_when_none_answers() {
+    let port = free_port();
+    let mut child = spawn(
+        ledger()
+            .args(["dev"])
+            .env("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+            .env("LEDGER_HTTP_ADDR", "127.0.0.1:0")
+            .env("LEDGER_METRICS_ADDR", "")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let database_line = {
+        let api = banner_url(&mut child, "API");
+        let ready = reqwest::get(format!("{api}/readyz")).await.unwrap();
+        assert_eq!(ready.status(), 200);
+        api
+    };
+    assert!(!database_line.is_empty());
+    terminate(&child);
+    assert_eq!(wait_with_timeout(&mut child, Duration::from_secs(30)).code(), Some(0));
+    // The private server was stopped with the process.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "private PostgreSQL still listening"
+    );
+    let _ = std::fs::remove_dir_all(format!("/var/tmp/ledger-dev/pg-{port}"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads `ledger dev`'s banner until the line labelled `label`, returning its URL.
+fn banner_url(child: &mut Child, label: &str) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let mut words = line.split_whitespace();
+        if words.next() == Some(label) {
+            let url = words.next().unwrap().to_owned();
+            std::thread::spawn(move || lines.for_each(drop));
+            return url;
+        }
+    }
+    panic!("ledger dev exited before printing its {label} URL");
+}
+
+async fn drop_database(name: &str) {
+    use sqlx::{Connection as _, Executor as _};
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .await
+        .unwrap();
+}

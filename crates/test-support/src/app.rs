@@ -1,0 +1,137 @@
+use std::net::SocketAddr;
+
+use axum::Router;
+use ledger_core::{Secret, Settings, config::Layers};
+use ledger_gateway::{AppState, http, server};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::TestDb;
+
+type Configure = Box<dyn FnOnce(&mut Settings) + Send>;
+
+/// Settings from the built-in defaults only: tests never read the developer's environment.
+pub fn test_settings(db: &TestDb) -> Settings {
+    let layers = Layers::collect(None, &|_| None).expect("defaults load");
+    let mut settings = Settings::from_layers(&layers).expect("defaults are valid");
+    settings.database_url = Secret::new(db.url().to_owned());
+    settings.http_addr = "127.0.0.1:0".parse().expect("address");
+    settings.metrics_addr = None;
+    settings.migrate_on_start = false; // the template is already migrated
+    settings
+}
+
+/// Builds a [`TestApp`].
+#[derive(Default)]
+pub struct TestAppBuilder {
+    configure: Vec<Configure>,
+    extra_routes: Option<Router<AppState>>,
+}
+
+impl std::fmt::Debug for TestAppBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestAppBuilder").finish_non_exhaustive()
+    }
+}
+
+impl TestAppBuilder {
+    /// Adjusts settings before the app starts.
+    pub fn configure(mut self, f: impl FnOnce(&mut Settings) + Send + 'static) -> Self {
+        self.configure.push(Box::new(f));
+        self
+    }
+
+    /// Routes merged in front of the application's middleware (for probing it).
+    pub fn extra_routes(mut self, routes: Router<AppState>) -> Self {
+        self.extra_routes = Some(routes);
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let db = TestDb::new().await;
+        let mut settings = test_settings(&db);
+        for f in self.configure {
+            f(&mut settings);
+        }
+        // Bind first: the port is known and accepting before the test sends anything.
+        let listener = TcpListener::bind(settings.http_addr)
+            .await
+            .expect("binding 127.0.0.1:0");
+        let addr = listener.local_addr().expect("bound address");
+        settings.public_url = format!("http://{addr}");
+        let state = AppState::connect(settings).await.expect("connecting the app");
+        let router = match self.extra_routes {
+            Some(extra) => http::router_with(state.clone(), extra),
+            None => http::router(state.clone()),
+        };
+        let shutdown = CancellationToken::new();
+        let deadline = state.settings.shutdown_deadline;
+        let server = tokio::spawn(server::serve(listener, router, shutdown.clone(), deadline));
+        TestApp {
+            addr,
+            base_url: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            state,
+            db,
+            shutdown,
+            server: Some(server),
+        }
+    }
+}
+
+/// The real server on an ephemeral port with its own database.
+#[derive(Debug)]
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub http: reqwest::Client,
+    pub state: AppState,
+    pub db: TestDb,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::builder().spawn().await
+    }
+
+    pub fn builder() -> TestAppBuilder {
+        ledger_gateway::install_crypto_provider();
+        TestAppBuilder::default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request reaches the test server")
+    }
+
+    /// Signals shutdown and waits for the server to stop.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        self.shutdown.cancel();
+        match self.server.take() {
+            Some(handle) => handle.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests that cross crates and processes live beside this file; see `e2e/`.
