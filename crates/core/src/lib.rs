@@ -5,6 +5,7 @@
 //! loader, the RFC 9457 [`Problem`] error model every HTTP answer uses, and the
 //! database pool plus the one migrator.
 
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod ids;
