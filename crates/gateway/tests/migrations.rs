@@ -11,7 +11,7 @@ async fn concurrent_migrations_apply_each_version_once() {
         pools.push(test_db.pool().await);
     }
     let mut runs = tokio::task::JoinSet::new();
-    for pool in pools.iter().cloned() {
+    for pool in pools.clone() {
         runs.spawn(async move { db::migrate(&pool).await });
     }
     while let Some(result) = runs.join_next().await {
