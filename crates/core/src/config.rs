@@ -15,7 +15,9 @@ use std::{
 
 use url::Url;
 
-use crate::Secret;
+use std::sync::Arc;
+
+use crate::{Secret, crypto::Keyring};
 
 /// The compiled-in defaults file.
 pub const DEFAULTS_TOML: &str = include_str!("../../../config/ledger.default.toml");
@@ -50,6 +52,13 @@ specs! {
     "log_level" => "LEDGER_LOG_LEVEL",
     "log_format" => "LEDGER_LOG_FORMAT",
     "otlp_endpoint" => "LEDGER_OTLP_ENDPOINT",
+    "master_keys" => "LEDGER_MASTER_KEYS",
+    "session_ttl" => "LEDGER_SESSION_TTL",
+    "allow_insecure_magento" => "LEDGER_ALLOW_INSECURE_MAGENTO",
+    "allow_private_magento" => "LEDGER_ALLOW_PRIVATE_MAGENTO",
+    "magento_clock_leeway" => "LEDGER_MAGENTO_CLOCK_LEEWAY",
+    "magento_connect_timeout" => "LEDGER_MAGENTO_CONNECT_TIMEOUT",
+    "magento_request_timeout" => "LEDGER_MAGENTO_REQUEST_TIMEOUT",
 }
 
 /// Environment variable naming the optional settings file.
@@ -80,6 +89,17 @@ pub struct Settings {
     pub log_level: String,
     pub log_format: LogFormat,
     pub otlp_endpoint: Option<Url>,
+    /// Parsed `LEDGER_MASTER_KEYS`; required by processes that touch secrets.
+    pub master_keys: Option<Arc<Keyring>>,
+    pub session_ttl: Duration,
+    /// Allow `http://` Magento stores (development only).
+    pub allow_insecure_magento: bool,
+    /// Allow Magento stores on loopback/private/link-local addresses (development only).
+    pub allow_private_magento: bool,
+    /// Clock skew tolerated on the module's JWT time claims.
+    pub magento_clock_leeway: Duration,
+    pub magento_connect_timeout: Duration,
+    pub magento_request_timeout: Duration,
 }
 
 /// Where a value came from, for error messages.
@@ -249,6 +269,16 @@ fn spec(key: &str) -> SettingSpec {
 }
 
 impl Settings {
+    /// The master keys, or the error that names the missing setting.
+    pub fn keyring(&self) -> Result<Arc<Keyring>, ConfigError> {
+        self.master_keys.clone().ok_or_else(|| ConfigError::Missing {
+            setting: spec("master_keys").env.to_owned(),
+            message: "set it to comma-separated `id:base64` 32-byte keys, the active key first \
+                      (generate one with `openssl rand -base64 32`)"
+                .to_owned(),
+        })
+    }
+
     /// Loads from the process environment and the optional file
     /// (`file` argument, else `LEDGER_CONFIG`).
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -292,6 +322,16 @@ impl Settings {
                     parse_http_url(v).map(Some)
                 }
             })?,
+            master_keys: match l.values.get("master_keys") {
+                None => None,
+                Some(_) => l.parse("master_keys", |v| Keyring::parse(v).map(|k| Some(Arc::new(k))))?,
+            },
+            session_ttl: l.parse("session_ttl", parse_duration)?,
+            allow_insecure_magento: l.parse("allow_insecure_magento", parse_bool)?,
+            allow_private_magento: l.parse("allow_private_magento", parse_bool)?,
+            magento_clock_leeway: l.parse("magento_clock_leeway", parse_duration)?,
+            magento_connect_timeout: l.parse("magento_connect_timeout", parse_duration)?,
+            magento_request_timeout: l.parse("magento_request_timeout", parse_duration)?,
         })
         .and_then(|s: Self| {
             if s.db_min_connections > s.db_max_connections {
@@ -471,6 +511,18 @@ mod tests {
     fn min_connections_above_max_is_refused() {
         let err = load(None, &[("LEDGER_DB_MIN_CONNECTIONS", "20")]).unwrap_err();
         assert_eq!(err.setting(), "LEDGER_DB_MIN_CONNECTIONS");
+    }
+
+    #[test]
+    fn master_keys_are_parsed_at_load_and_required_on_use() {
+        let s = load(None, &[]).unwrap();
+        assert_eq!(s.keyring().unwrap_err().setting(), "LEDGER_MASTER_KEYS");
+        let spec = Keyring::generate_spec("k1");
+        let s = load(None, &[("LEDGER_MASTER_KEYS", spec.expose())]).unwrap();
+        assert_eq!(s.keyring().unwrap().active_id(), "k1");
+        assert!(!format!("{s:?}").contains(&spec.expose()[3..]), "Debug never shows key material");
+        let err = load(None, &[("LEDGER_MASTER_KEYS", "k1:short")]).unwrap_err();
+        assert_eq!(err.setting(), "LEDGER_MASTER_KEYS");
     }
 
     #[test]

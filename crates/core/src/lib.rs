@@ -7,12 +7,15 @@
 
 pub mod audit;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod ids;
 pub mod problem;
 pub mod secret;
+pub mod state;
 
 pub use config::{ConfigError, Settings};
 pub use ids::*;
 pub use problem::{FieldError, Problem, ProblemBody};
 pub use secret::Secret;
+pub use state::AppState;

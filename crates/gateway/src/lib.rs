@@ -9,11 +9,10 @@ pub mod metrics;
 pub mod openapi;
 pub mod server;
 pub mod shutdown;
-pub mod state;
 pub mod telemetry;
 pub mod worker;
 
-pub use state::AppState;
+pub use ledger_core::AppState;
 
 /// Installs ring as rustls' process-wide crypto provider (reqwest and sqlx use rustls;
 /// we build only ring, not aws-lc). Safe to call more than once.

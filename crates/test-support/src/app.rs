@@ -18,6 +18,10 @@ pub fn test_settings(db: &TestDb) -> Settings {
     settings.http_addr = "127.0.0.1:0".parse().expect("address");
     settings.metrics_addr = None;
     settings.migrate_on_start = false; // the template is already migrated
+    let keys = ledger_core::crypto::Keyring::generate_spec("test1");
+    settings.master_keys = Some(std::sync::Arc::new(ledger_core::crypto::Keyring::parse(keys.expose()).expect("key")));
+    settings.allow_insecure_magento = true;
+    settings.allow_private_magento = true;
     settings
 }
 

@@ -8,5 +8,5 @@
 mod app;
 mod db;
 
-pub use app::{TestApp, TestAppBuilder};
+pub use app::{TestApp, TestAppBuilder, test_settings};
 pub use db::{TestDb, admin_url};

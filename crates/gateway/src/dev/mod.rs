@@ -23,6 +23,11 @@ pub struct DevArgs {
 /// Runs database, server and worker in this process until SIGTERM/SIGINT.
 pub async fn run(mut layers: Layers, args: DevArgs) -> anyhow::Result<()> {
     layers.default_to("log_format", "pretty");
+    layers.default_to("allow_insecure_magento", "true");
+    layers.default_to("allow_private_magento", "true");
+    if layers.is_default("master_keys") {
+        layers.default_to("master_keys", dev_master_keys(&args.data_dir)?.into_inner());
+    }
     let derive_public_url = layers.is_default("public_url");
     let mut settings = Settings::from_layers(&layers)?;
     let _telemetry = telemetry::init(&settings)?;
@@ -66,6 +71,25 @@ pub async fn run(mut layers: Layers, args: DevArgs) -> anyhow::Result<()> {
     served?;
     tracing::info!("ledger dev stopped");
     Ok(())
+}
+
+/// The dev master key, kept in the data folder so restarts can read what earlier runs sealed.
+fn dev_master_keys(data_dir: &std::path::Path) -> anyhow::Result<Secret<String>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = data_dir.join("master-keys");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(Secret::new(text.trim().to_owned()));
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let spec = ledger_core::crypto::Keyring::generate_spec("dev1");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, spec.expose().as_bytes())?;
+    Ok(spec)
 }
 
 #[allow(clippy::print_stdout, reason = "the banner is what `ledger dev` is for")]
