@@ -520,7 +520,10 @@ mod tests {
         let spec = Keyring::generate_spec("k1");
         let s = load(None, &[("LEDGER_MASTER_KEYS", spec.expose())]).unwrap();
         assert_eq!(s.keyring().unwrap().active_id(), "k1");
-        assert!(!format!("{s:?}").contains(&spec.expose()[3..]), "Debug never shows key material");
+        assert!(
+            !format!("{s:?}").contains(&spec.expose()[3..]),
+            "Debug never shows key material"
+        );
         let err = load(None, &[("LEDGER_MASTER_KEYS", "k1:short")]).unwrap_err();
         assert_eq!(err.setting(), "LEDGER_MASTER_KEYS");
     }

@@ -80,14 +80,20 @@ impl Keyring {
         if keys.is_empty() {
             return Err("no keys given; expected `id:base64key[,id:base64key...]`".to_owned());
         }
-        Ok(Self { keys, rng: SystemRandom::new() })
+        Ok(Self {
+            keys,
+            rng: SystemRandom::new(),
+        })
     }
 
     /// A fresh random key in the `LEDGER_MASTER_KEYS` format (for `ledger dev` and tests).
     pub fn generate_spec(id: &str) -> Secret<String> {
         let mut bytes = [0u8; 32];
         SystemRandom::new().fill(&mut bytes).expect("the system RNG works");
-        Secret::new(format!("{id}:{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+        Secret::new(format!(
+            "{id}:{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ))
     }
 
     pub fn active_id(&self) -> &str {
@@ -109,8 +115,12 @@ impl Keyring {
         out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(&nonce);
         let mut body = plaintext.to_vec();
-        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.as_bytes()), &mut body)
-            .expect("sealing cannot fail for in-memory buffers");
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(context.as_bytes()),
+            &mut body,
+        )
+        .expect("sealing cannot fail for in-memory buffers");
         out.extend_from_slice(&body);
         out
     }
@@ -139,7 +149,9 @@ impl Keyring {
     /// Opens a value that holds UTF-8 text.
     pub fn open_string(&self, sealed: &[u8], context: &str) -> Result<Secret<String>, CryptoError> {
         let bytes = self.open(sealed, context)?.into_inner();
-        String::from_utf8(bytes).map(Secret::new).map_err(|_| CryptoError::Malformed)
+        String::from_utf8(bytes)
+            .map(Secret::new)
+            .map_err(|_| CryptoError::Malformed)
     }
 }
 
@@ -152,7 +164,9 @@ fn split_key_id(sealed: &[u8]) -> Result<(&str, &[u8]), CryptoError> {
     match sealed {
         [FORMAT_V1, len, rest @ ..] if usize::from(*len) <= rest.len() && *len > 0 => {
             let (id, rest) = rest.split_at(usize::from(*len));
-            std::str::from_utf8(id).map(|id| (id, rest)).map_err(|_| CryptoError::Malformed)
+            std::str::from_utf8(id)
+                .map(|id| (id, rest))
+                .map_err(|_| CryptoError::Malformed)
         }
         _ => Err(CryptoError::Malformed),
     }
@@ -187,7 +201,10 @@ mod tests {
         let a = keys.seal(b"byte8_lk_secret", "connector_bindings.api_key:1");
         let b = keys.seal(b"byte8_lk_secret", "connector_bindings.api_key:1");
         assert_ne!(a, b, "every seal uses a new nonce");
-        assert_eq!(keys.open(&a, "connector_bindings.api_key:1").unwrap().expose(), b"byte8_lk_secret");
+        assert_eq!(
+            keys.open(&a, "connector_bindings.api_key:1").unwrap().expose(),
+            b"byte8_lk_secret"
+        );
         assert_eq!(key_id_of(&a).unwrap(), "k1");
     }
 
@@ -195,8 +212,14 @@ mod tests {
     fn a_ciphertext_moved_to_another_row_does_not_open() {
         let keys = ring_of(K1);
         let sealed = keys.seal(b"token", "sage_tokens.refresh:row-1");
-        assert_eq!(keys.open(&sealed, "sage_tokens.refresh:row-2").unwrap_err(), CryptoError::Unauthentic);
-        assert_eq!(keys.open(&sealed, "sage_tokens.access:row-1").unwrap_err(), CryptoError::Unauthentic);
+        assert_eq!(
+            keys.open(&sealed, "sage_tokens.refresh:row-2").unwrap_err(),
+            CryptoError::Unauthentic
+        );
+        assert_eq!(
+            keys.open(&sealed, "sage_tokens.access:row-1").unwrap_err(),
+            CryptoError::Unauthentic
+        );
     }
 
     #[test]
@@ -206,7 +229,10 @@ mod tests {
         assert_eq!(rotated.active_id(), "k2");
         assert_eq!(rotated.open(&old, "ctx").unwrap().expose(), b"x");
         assert_eq!(key_id_of(&rotated.seal(b"x", "ctx")).unwrap(), "k2");
-        assert_eq!(ring_of(K2).open(&old, "ctx").unwrap_err(), CryptoError::UnknownKey("k1".into()));
+        assert_eq!(
+            ring_of(K2).open(&old, "ctx").unwrap_err(),
+            CryptoError::UnknownKey("k1".into())
+        );
     }
 
     #[test]
@@ -221,7 +247,14 @@ mod tests {
 
     #[test]
     fn malformed_specs_are_refused_without_echoing_keys() {
-        for bad in ["", "k1", "k1:notbase64!!", "k1:AAAA", &format!("{K1},{K1}"), "bad id:AAAA"] {
+        for bad in [
+            "",
+            "k1",
+            "k1:notbase64!!",
+            "k1:AAAA",
+            &format!("{K1},{K1}"),
+            "bad id:AAAA",
+        ] {
             let err = Keyring::parse(bad).unwrap_err();
             assert!(!err.contains("AAECAwQF"), "{err}");
         }

@@ -20,10 +20,16 @@ impl AppState {
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let keyring = settings.keyring()?;
-        let pool = db::connect(&settings).await.context("cannot connect to the database (DATABASE_URL)")?;
+        let pool = db::connect(&settings)
+            .await
+            .context("cannot connect to the database (DATABASE_URL)")?;
         if settings.migrate_on_start {
             db::migrate(&pool).await.context("applying migrations")?;
         }
-        Ok(Self { db: pool, settings: Arc::new(settings), keyring })
+        Ok(Self {
+            db: pool,
+            settings: Arc::new(settings),
+            keyring,
+        })
     }
 }

@@ -90,13 +90,24 @@ fn bad_configuration_exits_2_naming_the_setting() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("LEDGER_SHUTDOWN_DEADLINE"));
 
     // Missing master keys stop start-up, naming the setting (but never echoing a value).
-    let db_less = ledger().arg("serve").env("DATABASE_URL", "postgres://127.0.0.1:1/x").output().unwrap();
+    let db_less = ledger()
+        .arg("serve")
+        .env("DATABASE_URL", "postgres://127.0.0.1:1/x")
+        .output()
+        .unwrap();
     assert_eq!(db_less.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&db_less.stderr).contains("LEDGER_MASTER_KEYS is required"));
-    let bad = ledger().arg("serve").env("LEDGER_MASTER_KEYS", "k1:c2VjcmV0LWJ1dC1zaG9ydA==").output().unwrap();
+    let bad = ledger()
+        .arg("serve")
+        .env("LEDGER_MASTER_KEYS", "k1:c2VjcmV0LWJ1dC1zaG9ydA==")
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(stderr.contains("LEDGER_MASTER_KEYS") && !stderr.contains("c2VjcmV0"), "{stderr}");
+    assert!(
+        stderr.contains("LEDGER_MASTER_KEYS") && !stderr.contains("c2VjcmV0"),
+        "{stderr}"
+    );
 
     let file = std::env::temp_dir().join(format!("ledger-bad-{}.toml", std::process::id()));
     std::fs::write(&file, "http_adr = \"127.0.0.1:1\"\n").unwrap();
@@ -134,7 +145,11 @@ fn wait_for_log(child: &mut Child, message: &str) -> serde_json::Value {
             return v;
         }
     }
-    panic!("the process exited before logging `{message}`: {:?}\n{}", child.wait(), seen.join("\n"));
+    panic!(
+        "the process exited before logging `{message}`: {:?}\n{}",
+        child.wait(),
+        seen.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -144,7 +159,10 @@ async fn serve_stops_on_sigterm_with_exit_0() {
         ledger()
             .arg("serve")
             .env("DATABASE_URL", db.url())
-            .env("LEDGER_MASTER_KEYS", ledger_core::crypto::Keyring::generate_spec("k1").expose())
+            .env(
+                "LEDGER_MASTER_KEYS",
+                ledger_core::crypto::Keyring::generate_spec("k1").expose(),
+            )
             .env("LEDGER_HTTP_ADDR", "127.0.0.1:0")
             .env("LEDGER_METRICS_ADDR", "")
             .env("LEDGER_SHUTDOWN_DEADLINE", "3s")
@@ -171,7 +189,10 @@ async fn migrate_then_worker_runs_and_stops() {
         ledger()
             .arg("worker")
             .env("DATABASE_URL", db.url())
-            .env("LEDGER_MASTER_KEYS", ledger_core::crypto::Keyring::generate_spec("k1").expose())
+            .env(
+                "LEDGER_MASTER_KEYS",
+                ledger_core::crypto::Keyring::generate_spec("k1").expose(),
+            )
             .env("LEDGER_METRICS_ADDR", "127.0.0.1:0")
             .stderr(Stdio::piped()),
     );

@@ -19,7 +19,9 @@ pub fn test_settings(db: &TestDb) -> Settings {
     settings.metrics_addr = None;
     settings.migrate_on_start = false; // the template is already migrated
     let keys = ledger_core::crypto::Keyring::generate_spec("test1");
-    settings.master_keys = Some(std::sync::Arc::new(ledger_core::crypto::Keyring::parse(keys.expose()).expect("key")));
+    settings.master_keys = Some(std::sync::Arc::new(
+        ledger_core::crypto::Keyring::parse(keys.expose()).expect("key"),
+    ));
     settings.allow_insecure_magento = true;
     settings.allow_private_magento = true;
     settings

@@ -1,0 +1,354 @@
+//! Typed client for the module's REST routes (contract §4, §8).
+//!
+//! Every request carries a freshly minted inbound JWT (the module refuses a reused
+//! `jti`), goes only to the store's checked addresses, follows no redirects and is
+//! bounded by the configured timeouts. Failures are classified so callers decide
+//! between retrying, pausing and reporting.
+
+use std::fmt;
+
+use ledger_core::Secret;
+use reqwest::{StatusCode, header};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    auth::{self, Subkeys},
+    canonical::{Contact, CreditMemo, Invoice, Payment, PaymentMethod, Product, SyncState},
+    url::{self, Url, UrlError, UrlPolicy},
+};
+
+/// How a failure should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// 401: the store no longer accepts our key (re-pair needed).
+    Auth,
+    /// 404: the entity (or the module's route) does not exist.
+    NotFound,
+    /// Worth retrying: 5xx, timeouts, connection failures.
+    Transient,
+    /// Will not change by retrying: 4xx other than 401/404, undecodable answers,
+    /// redirects, refused URLs.
+    BadData,
+}
+
+/// A failed call to a store. Display names the URL and what happened; never a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MagentoError {
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error("{url} answered 401: the store did not accept the ledger's credentials")]
+    Unauthorized { url: String },
+    #[error("{url} answered 404{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    NotFound { url: String, message: Option<String> },
+    #[error("{url} answered HTTP {status}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Rejected {
+        url: String,
+        status: u16,
+        message: Option<String>,
+    },
+    #[error("{url} redirected (HTTP {status}) to {location}; the ledger does not follow redirects")]
+    Redirected { url: String, status: u16, location: String },
+    #[error("{url}: {reason}")]
+    Transient { url: String, reason: String },
+    #[error("{url} answered with an unusable body: {reason}")]
+    BadResponse { url: String, reason: String },
+}
+
+impl MagentoError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Unauthorized { .. } => ErrorClass::Auth,
+            Self::NotFound { .. } => ErrorClass::NotFound,
+            Self::Transient { .. } => ErrorClass::Transient,
+            Self::Url(UrlError::Resolve { .. }) => ErrorClass::Transient,
+            Self::Url(_) | Self::Rejected { .. } | Self::Redirected { .. } | Self::BadResponse { .. } => {
+                ErrorClass::BadData
+            }
+        }
+    }
+
+    /// Maps a transport failure (no HTTP answer) to a readable reason.
+    fn transport(url: &str, err: &reqwest::Error, timeout: std::time::Duration) -> Self {
+        let chain = error_chain(err);
+        let reason = if err.is_timeout() {
+            format!("no answer within {} ms (timed out)", timeout.as_millis())
+        } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("TLS") {
+            format!("TLS handshake failed ({chain})")
+        } else if chain.contains("refused") {
+            "connection refused".to_owned()
+        } else if err.is_connect() {
+            format!("cannot connect ({chain})")
+        } else {
+            format!("request failed ({chain})")
+        };
+        Self::Transient {
+            url: url.to_owned(),
+            reason,
+        }
+    }
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(e) = source {
+        parts.push(e.to_string());
+        source = e.source();
+    }
+    parts.join(": ")
+}
+
+/// Magento error bodies are `{"message": "...", "parameters": ...}` with `%1` placeholders.
+fn magento_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut message = value.get("message")?.as_str()?.to_owned();
+    if let Some(params) = value.get("parameters") {
+        let values: Vec<String> = match params {
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|v| v.as_str().map_or(v.to_string(), str::to_owned))
+                .collect(),
+            serde_json::Value::Object(o) => o
+                .values()
+                .map(|v| v.as_str().map_or(v.to_string(), str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (i, v) in values.iter().enumerate() {
+            message = message.replace(&format!("%{}", i + 1), v);
+        }
+    }
+    Some(message.chars().take(500).collect())
+}
+
+/// Turns a non-2xx answer into an error.
+fn status_error(url: &str, status: StatusCode, headers: &header::HeaderMap, body: &[u8]) -> MagentoError {
+    let url = url.to_owned();
+    match status.as_u16() {
+        401 => MagentoError::Unauthorized { url },
+        404 => MagentoError::NotFound {
+            url,
+            message: magento_message(body),
+        },
+        300..=399 => MagentoError::Redirected {
+            url,
+            status: status.as_u16(),
+            location: headers
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(no Location)")
+                .to_owned(),
+        },
+        500..=599 => MagentoError::Transient {
+            url,
+            reason: match magento_message(body) {
+                Some(m) => format!("HTTP {}: {m}", status.as_u16()),
+                None => format!("HTTP {}", status.as_u16()),
+            },
+        },
+        s => MagentoError::Rejected {
+            url,
+            status: s,
+            message: magento_message(body),
+        },
+    }
+}
+
+/// The body of the pairing call (contract §4), keys in the documented snake_case.
+#[derive(Serialize)]
+struct PairBody<'a> {
+    pairing_code: &'a str,
+    tenant_id: &'a str,
+    byte8_api_key: &'a str,
+    ledger_base_url: &'a str,
+}
+
+/// `POST {base}/rest/V1/byte8/setup/pair` (anonymous). Ok only on 2xx.
+pub async fn pair(
+    base: &Url,
+    policy: &UrlPolicy,
+    pairing_code: &str,
+    tenant_id: &str,
+    api_key: &Secret<String>,
+    ledger_base_url: &str,
+) -> Result<(), MagentoError> {
+    let http = url::pinned_client(base, policy).await?;
+    let target = format!("{}/rest/V1/byte8/setup/pair", url::base_url_text(base));
+    let body = PairBody {
+        pairing_code,
+        tenant_id,
+        byte8_api_key: api_key.expose(),
+        ledger_base_url,
+    };
+    let response = http
+        .post(&target)
+        .header(header::ACCEPT, "application/json")
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| MagentoError::transport(&target, &e, policy.request_timeout))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| MagentoError::transport(&target, &e, policy.request_timeout))?;
+    if !status.is_success() {
+        return Err(status_error(&target, status, &headers, &bytes));
+    }
+    // Stock Magento answers `[]`; a page that is not JSON means something else answered.
+    if !bytes.is_empty() && serde_json::from_slice::<serde_json::Value>(&bytes).is_err() {
+        return Err(MagentoError::BadResponse {
+            url: target,
+            reason: "expected JSON, got something else (is this the Magento storefront URL?)".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A client for one paired store.
+pub struct MagentoClient {
+    base: String,
+    tenant_id: String,
+    subkeys: Subkeys,
+    http: reqwest::Client,
+    timeout: std::time::Duration,
+}
+
+impl fmt::Debug for MagentoClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MagentoClient")
+            .field("base", &self.base)
+            .field("tenant_id", &self.tenant_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MagentoClient {
+    /// Checks the URL against `policy`, resolves it once and pins the addresses.
+    pub async fn new(
+        base: &Url,
+        tenant_id: &str,
+        api_key: &Secret<String>,
+        policy: &UrlPolicy,
+    ) -> Result<Self, MagentoError> {
+        let http = url::pinned_client(base, policy).await?;
+        Ok(Self {
+            base: url::base_url_text(base),
+            tenant_id: tenant_id.to_owned(),
+            subkeys: Subkeys::derive(api_key.expose()),
+            http,
+            timeout: policy.request_timeout,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/rest/V1/byte8/{path}", self.base)
+    }
+
+    fn bearer(&self) -> String {
+        let now = chrono::Utc::now().timestamp();
+        format!(
+            "Bearer {}",
+            auth::mint_inbound(&self.subkeys, &self.tenant_id, now).expose()
+        )
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, MagentoError> {
+        let response = request
+            .header(header::AUTHORIZATION, self.bearer())
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| MagentoError::transport(url, &e, self.timeout))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| MagentoError::transport(url, &e, self.timeout))?;
+        if status.is_success() {
+            Ok(bytes.to_vec())
+        } else {
+            Err(status_error(url, status, &headers, &bytes))
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, MagentoError> {
+        let url = self.url(path);
+        let bytes = self.send(self.http.get(&url), &url).await?;
+        serde_json::from_slice(&bytes).map_err(|e| MagentoError::BadResponse {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    pub async fn invoice(&self, id: i64) -> Result<Invoice, MagentoError> {
+        self.get(&format!("invoice/{id}")).await
+    }
+
+    pub async fn customer(&self, id: i64) -> Result<Contact, MagentoError> {
+        self.get(&format!("customer/{id}")).await
+    }
+
+    pub async fn creditmemo(&self, id: i64) -> Result<CreditMemo, MagentoError> {
+        self.get(&format!("creditmemo/{id}")).await
+    }
+
+    /// The payment of invoice `invoice_id`.
+    pub async fn payment(&self, invoice_id: i64) -> Result<Payment, MagentoError> {
+        self.get(&format!("payment/{invoice_id}")).await
+    }
+
+    pub async fn product(&self, id: i64) -> Result<Product, MagentoError> {
+        self.get(&format!("product/{id}")).await
+    }
+
+    /// The store's payment methods; `None` when the module predates the route (404).
+    pub async fn payment_methods(&self) -> Result<Option<Vec<PaymentMethod>>, MagentoError> {
+        match self.get("payment-methods").await {
+            Err(MagentoError::NotFound { .. }) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    /// Liveness and auth probe: any 2xx is healthy, whatever the body (contract §8.10).
+    pub async fn ping(&self) -> Result<(), MagentoError> {
+        let url = self.url("ping");
+        self.send(self.http.get(&url), &url).await.map(drop)
+    }
+
+    /// Reports a terminal outcome; any 2xx is success (stock Magento answers 200 `[]`).
+    pub async fn sync_state(&self, state: &SyncState) -> Result<(), MagentoError> {
+        let url = self.url("sync-state");
+        self.send(self.http.post(&url).json(state), &url).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magento_messages_are_substituted() {
+        let body = br#"{"message":"Invoice %1 has no associated order payment.","parameters":["42"]}"#;
+        assert_eq!(
+            magento_message(body).unwrap(),
+            "Invoice 42 has no associated order payment."
+        );
+        let body = br#"{"message":"%fieldName is required","parameters":{"fieldName":"x"}}"#;
+        assert!(magento_message(body).is_some());
+        assert_eq!(magento_message(b"<html>"), None);
+    }
+
+    #[test]
+    fn classes() {
+        let e = status_error("u", StatusCode::SERVICE_UNAVAILABLE, &header::HeaderMap::new(), b"");
+        assert_eq!(e.class(), ErrorClass::Transient);
+        let e = status_error("u", StatusCode::UNAUTHORIZED, &header::HeaderMap::new(), b"");
+        assert_eq!(e.class(), ErrorClass::Auth);
+        let e = status_error("u", StatusCode::MOVED_PERMANENTLY, &header::HeaderMap::new(), b"");
+        assert_eq!(e.class(), ErrorClass::BadData);
+        assert!(e.to_string().contains("does not follow redirects"));
+    }
+}
