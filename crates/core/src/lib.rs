@@ -9,6 +9,7 @@ pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod extract;
 pub mod ids;
 pub mod problem;
 pub mod secret;

@@ -1,2 +1,243 @@
-//! The webhook endpoint `POST /webhooks/magento/{tenant_id}/{event_name}`: verification,
-//! idempotent persistence and enqueue (contract §5.2). Nothing here yet.
+//! The webhook endpoint `POST /webhooks/magento/{tenant_id}/{event_name}` (contract §5.2).
+//!
+//! The module's outbox reads only the status code: 2xx = delivered, 4xx = dead-lettered
+//! at once (the body is shown to the merchant), anything else = retried for days. So
+//! this answers 202 only once the event, its sync run and its job are committed
+//! together; 4xx only when a retry can never succeed; 503 when the ledger cannot store
+//! right now. A repeated `Idempotency-Key` is a 202 with the original run, never a 409.
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+};
+use ledger_core::{AppState, FieldError, Problem};
+use ledger_tenant_binding::magento;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+/// The events the module sends (contract §6.2).
+pub const EVENTS: &[&str] = &["invoice.created", "invoice.paid", "creditmemo.created", "customer.upserted", "product.upserted"];
+
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(receive))
+}
+
+/// The answer to an accepted (or repeated) event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// The sync run that will process the event (the same run for a repeated key).
+    pub sync_run_id: uuid::Uuid,
+    /// True when this Idempotency-Key was already accepted; nothing new was queued.
+    pub duplicate: bool,
+}
+
+/// The parts of the body the ledger relies on.
+#[derive(Debug)]
+struct EventBody {
+    magento_entity_id: i64,
+    website_id: i64,
+    store_id: i64,
+    occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn field(name: &str, code: &str, message: &str) -> FieldError {
+    FieldError { field: name.into(), code: code.into(), message: message.into() }
+}
+
+/// Checks the contract §6.1 shape. Only `magento_entity_id` is indispensable; optional
+/// parts with the wrong type are refused, absent ones default (0, `{}`).
+fn parse_body(bytes: &[u8]) -> Result<(EventBody, Value), Problem> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        Problem::bad_request("invalid_json", format!("The event body is not valid JSON ({e}); the module sends a JSON object."))
+    })?;
+    let Some(object) = value.as_object() else {
+        return Err(Problem::validation(vec![field("body", "invalid", "must be a JSON object")]));
+    };
+    let mut errors = Vec::new();
+    let magento_entity_id = match object.get("magento_entity_id").and_then(Value::as_i64) {
+        Some(id) if id > 0 => id,
+        Some(_) => {
+            errors.push(field("magento_entity_id", "invalid", "must be a positive integer"));
+            0
+        }
+        None => {
+            errors.push(field("magento_entity_id", "required", "the Magento entity id (a positive integer) is required"));
+            0
+        }
+    };
+    let mut non_negative = |name: &str| match object.get(name) {
+        None | Some(Value::Null) => 0,
+        Some(v) => match v.as_i64() {
+            Some(n) if n >= 0 => n,
+            _ => {
+                errors.push(field(name, "invalid", "must be a non-negative integer"));
+                0
+            }
+        },
+    };
+    let website_id = non_negative("website_id");
+    let store_id = non_negative("store_id");
+    if let Some(payload) = object.get("payload")
+        && !payload.is_object()
+        && !payload.is_null()
+        && payload.as_array().is_none_or(|a| !a.is_empty())
+    {
+        // PHP encodes an empty payload array as `[]`; anything else must be an object.
+        errors.push(field("payload", "invalid", "must be a JSON object"));
+    }
+    let occurred_at = match object.get("occurred_at") {
+        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&chrono::Utc)),
+        None | Some(Value::Null) => None,
+        Some(_) => {
+            errors.push(field("occurred_at", "invalid", "must be a string like 2026-04-29T12:11:12Z"));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    Ok((EventBody { magento_entity_id, website_id, store_id, occurred_at }, value))
+}
+
+/// Accept one event from the module's outbox.
+///
+/// Answers 202 with the sync run once the event is durable. A repeated Idempotency-Key
+/// answers 202 with the original run. 4xx only for requests that can never succeed
+/// (bad token, revoked binding, unknown event, malformed body, missing key); 503 when
+/// the ledger cannot store the event right now, so the module retries.
+#[utoipa::path(post, path = "/webhooks/magento/{tenant_id}/{event_name}", tag = "magento", operation_id = "magento_webhook",
+    security(("magento_jwt" = [])),
+    params(
+        ("tenant_id" = String, Path, description = "The tenant the store was paired with"),
+        ("event_name" = String, Path, description = "invoice.created, invoice.paid, creditmemo.created, customer.upserted or product.upserted"),
+        ("Idempotency-Key" = String, Header, description = "The event's key, e.g. `invoice.created:42` (at most 128 characters)"),
+    ),
+    request_body(content = Object, description = "The event (contract §6.1): magento_entity_id, website_id, store_id, occurred_at, payload"),
+    responses(
+        (status = 202, description = "Stored and queued (or a repeat of a stored event)", body = Accepted),
+        (status = 400, description = "Missing Idempotency-Key or invalid JSON", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Token refused, unknown tenant or revoked binding", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown event name", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The body lacks required fields", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Cannot store right now; retry later", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn receive(
+    State(state): State<AppState>,
+    Path((tenant_id, event_name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<Accepted>), Problem> {
+    // Authenticate before saying anything about the request.
+    let caller = magento::authenticate(&state, &headers, Some(&tenant_id), false).await?;
+    if !EVENTS.contains(&event_name.as_str()) {
+        return Err(Problem::not_found(
+            "unknown_event",
+            format!("The ledger does not handle event `{event_name}`; it handles {}.", EVENTS.join(", ")),
+        ));
+    }
+    let key = match headers.get("idempotency-key").map(|v| v.to_str().map(str::trim)) {
+        None => {
+            return Err(Problem::bad_request(
+                "idempotency_key_missing",
+                "Send the event's Idempotency-Key header (e.g. `invoice.created:42`); the module always does.",
+            ));
+        }
+        Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic()) => k,
+        Some(_) => {
+            return Err(Problem::bad_request(
+                "idempotency_key_invalid",
+                format!("The Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters."),
+            ));
+        }
+    };
+    let (event, document) = parse_body(&body)?;
+    let entity_type = event_name.split('.').next().unwrap_or_default();
+
+    let event_id = uuid::Uuid::new_v4();
+    let run_id = uuid::Uuid::new_v4();
+    // One statement, so one round trip and one atomic commit: jti, event, run, job, wake-up.
+    let row = sqlx::query!(
+        r#"WITH j AS (
+             INSERT INTO magento_jti (binding_id, jti, expires_at) VALUES ($2, $11, to_timestamp($12))
+             ON CONFLICT DO NOTHING RETURNING 1 AS one
+           ), ev AS (
+             INSERT INTO received_events
+               (id, binding_id, event_name, idempotency_key, magento_entity_id, website_id, store_id, occurred_at, body)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM j)
+             ON CONFLICT (binding_id, idempotency_key) DO NOTHING
+             RETURNING id
+           ), run AS (
+             INSERT INTO sync_runs (id, binding_id, event_id, event_name, entity_type, magento_entity_id)
+             SELECT $10, $2, ev.id, $3, $13, $5 FROM ev
+             RETURNING id
+           ), job AS (
+             INSERT INTO jobs (binding_id, kind, sync_run_id) SELECT $2, 'sync_event', run.id FROM run
+             RETURNING id
+           )
+           SELECT EXISTS (SELECT 1 FROM j) AS "fresh_token!",
+                  (SELECT id FROM run) AS run_id,
+                  (SELECT count(*) FROM (SELECT pg_notify('ledger_jobs', $2::text) FROM job) AS n) AS "notified!""#,
+        event_id,
+        caller.binding_id.0,
+        event_name,
+        key,
+        event.magento_entity_id,
+        event.website_id,
+        event.store_id,
+        event.occurred_at,
+        document,
+        run_id,
+        caller.claims.jti,
+        caller.jti_expires_at as f64,
+        entity_type,
+    )
+    .fetch_one(&state.db)
+    .await?;
+    if !row.fresh_token {
+        return Err(Problem::unauthorized("token_replayed", "The request's token (jti) was already used; every request needs a new token."));
+    }
+    if let Some(run_id) = row.run_id {
+        tracing::info!(binding_id = %caller.binding_id, event = %event_name, entity_id = event.magento_entity_id, %run_id, "event accepted");
+        return Ok((StatusCode::ACCEPTED, axum::Json(Accepted { sync_run_id: run_id, duplicate: false })));
+    }
+    // The key was seen before: answer with the original run.
+    let original = sqlx::query_scalar!(
+        r#"WITH e AS (
+             UPDATE received_events SET duplicates = duplicates + 1
+             WHERE binding_id = $1 AND idempotency_key = $2 RETURNING id
+           )
+           SELECT r.id FROM sync_runs r JOIN e ON r.event_id = e.id ORDER BY r.created_at LIMIT 1"#,
+        caller.binding_id.0,
+        key,
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| Problem::internal(format!("event with key {key} has no sync run")))?;
+    tracing::info!(binding_id = %caller.binding_id, event = %event_name, run_id = %original, "duplicate event absorbed");
+    Ok((StatusCode::ACCEPTED, axum::Json(Accepted { sync_run_id: original, duplicate: true })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies() {
+        let (e, _) = parse_body(br#"{"magento_entity_id":42,"website_id":1,"store_id":1,"occurred_at":"2026-04-29T12:11:12Z","payload":{"increment_id":"000000042","paid":false}}"#).unwrap();
+        assert_eq!((e.magento_entity_id, e.website_id, e.store_id), (42, 1, 1));
+        assert!(e.occurred_at.is_some());
+        assert!(parse_body(br#"{"magento_entity_id":7,"payload":[]}"#).is_ok(), "PHP's empty array");
+        let p = parse_body(br#"{"website_id":1}"#).unwrap_err();
+        assert_eq!((p.status.as_u16(), p.errors[0].field.as_str()), (422, "magento_entity_id"));
+        let p = parse_body(br#"{"magento_entity_id":"42"}"#).unwrap_err();
+        assert_eq!(p.errors[0].code, "invalid");
+        assert_eq!(parse_body(b"nope").unwrap_err().code, "invalid_json");
+        assert_eq!(parse_body(br#"{"magento_entity_id":1,"store_id":-1}"#).unwrap_err().errors[0].field, "store_id");
+    }
+}

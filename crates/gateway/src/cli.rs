@@ -36,11 +36,32 @@ pub enum Command {
     /// (starting a private PostgreSQL when none answers at DATABASE_URL), then the server
     /// and the worker in one process, and prints the URLs.
     Dev(DevArgs),
+    /// Operator commands for merchant accounts.
+    #[command(subcommand)]
+    Merchant(MerchantCommand),
     /// Print the OpenAPI document generated from the code, or with --check compare it
     /// with a committed file and fail when they differ.
     Openapi {
         /// The committed document to compare with (e.g. openapi/ledger.json).
         #[arg(long, value_name = "FILE")]
         check: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MerchantCommand {
+    /// Create an account with its first tenant and an API token; prints one JSON object
+    /// with `account_id`, `tenant_id` and `token` (shown only this once).
+    Create {
+        /// The account's email (also its sign-in name).
+        #[arg(long)]
+        email: String,
+        /// Sign-in password (at least 10 characters). Without it the account can use
+        /// its API token only.
+        #[arg(long)]
+        password: Option<String>,
+        /// Make the account an operator (ops console access).
+        #[arg(long)]
+        operator: bool,
     },
 }

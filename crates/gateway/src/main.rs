@@ -10,7 +10,7 @@ use ledger_core::{
 };
 use ledger_gateway::{
     AppState,
-    cli::{Cli, Command},
+    cli::{Cli, Command, MerchantCommand},
     dev, http, metrics, openapi, server, shutdown, telemetry, worker,
 };
 
@@ -112,8 +112,40 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
+        Command::Merchant(MerchantCommand::Create { email, password, operator }) => {
+            let pool = ledger_core::db::connect(&settings).await.context("cannot connect to the database (DATABASE_URL)")?;
+            if settings.migrate_on_start {
+                ledger_core::db::migrate(&pool).await.context("applying migrations")?;
+            }
+            let created = ledger_tenant_binding::accounts::create_account(
+                &pool,
+                &email,
+                password.map(ledger_core::Secret::new),
+                operator,
+            )
+            .await
+            .map_err(|e| match e {
+                ledger_tenant_binding::accounts::CreateAccountError::Invalid(errors) => anyhow::anyhow!(
+                    "{}",
+                    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+                ),
+                other => anyhow::Error::new(other),
+            })?;
+            let token = ledger_tenant_binding::accounts::create_api_token(&pool, created.account_id, "cli").await?;
+            print_json(&serde_json::json!({
+                "account_id": created.account_id,
+                "tenant_id": created.tenant_id,
+                "token": token.expose(),
+            }));
+            Ok(())
+        }
         Command::Dev(_) | Command::Openapi { .. } => unreachable!("handled above"),
     }
+}
+
+#[allow(clippy::print_stdout, reason = "the command's output")]
+fn print_json(value: &serde_json::Value) {
+    println!("{value}");
 }
 
 #[allow(clippy::print_stdout, reason = "the document is the command's output")]

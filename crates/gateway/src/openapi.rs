@@ -17,11 +17,55 @@ use crate::{AppState, http::health};
             says what to fix and the request id (also returned in `x-request-id`).",
     ),
     tags(
+        (name = "magento", description = "Called by the byte8 Magento module, authenticated by its HS256 JWT"),
+        (name = "bindings", description = "Pairing stores and managing bindings"),
+        (name = "accounts", description = "Sign-up, sign-in and the signed-in account"),
         (name = "operations", description = "Probes for orchestrators and load balancers"),
     ),
     components(schemas(ledger_core::ProblemBody, ledger_core::FieldError)),
+    modifiers(&SecuritySchemes),
 )]
 struct ApiDoc;
+
+/// The three ways callers authenticate.
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A merchant API token (`lgr_…`), from `ledger merchant create` or the dashboard."))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "ledger_session",
+                "The dashboard sign-in cookie; state-changing requests also need the x-csrf-token header.",
+            ))),
+        );
+        components.add_security_scheme(
+            "magento_jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "HS256 JWT minted per request by the Magento module with the binding's outbound subkey \
+                         (HKDF-SHA256 of the api_key, info `byte8-magento-outbound-v1`); iss `magento`, \
+                         aud `byte8-ledger`, sub = tenant id, single-use jti.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// Every documented route, before state is attached.
 pub fn api_routes() -> OpenApiRouter<AppState> {

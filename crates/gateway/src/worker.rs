@@ -1,17 +1,35 @@
 //! The worker process: background loops, each stopping on the shared shutdown token.
 
+use std::time::Duration;
+
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::AppState;
 
+/// How often expired replay-store entries, sessions and abandoned pairings are removed.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
 /// Runs every background loop until `shutdown`, then waits for them to finish.
 pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
-    // Feature crates register their loops here as they arrive (sync jobs, callbacks,
-    // health pings, replay-store pruning).
-    let _ = &state;
+    tracker.spawn(housekeeping(state.clone(), shutdown.clone()));
     tracker.close();
     shutdown.cancelled().await;
     tracker.wait().await;
     Ok(())
+}
+
+async fn housekeeping(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match ledger_tenant_binding::housekeeping(&state.db).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "housekeeping"),
+            Err(err) => tracing::warn!(error = %err, "housekeeping failed; retrying next minute"),
+        }
+    }
 }

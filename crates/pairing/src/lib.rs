@@ -1,2 +1,335 @@
-//! Pairing: the merchant's `POST /v1/magento/connect`, minting the 256-bit api_key and
-//! the `setup/pair` handshake with the store (contract §4). Nothing here yet.
+//! Pairing (contract §4): the merchant pastes the store URL and the one-time code from
+//! the Magento admin; the ledger mints a 256-bit api_key and hands it to the store with
+//! `POST {store}/rest/V1/byte8/setup/pair`.
+//!
+//! The key is sealed and recorded as *pending* before the call, and becomes the
+//! binding's key only when the store answers 200. A definite refusal removes it (and a
+//! binding that never paired); an answer lost to a timeout or a 5xx keeps it pending, so
+//! if the store did store it, its first signed request confirms it (see
+//! `ledger_tenant_binding::magento`). Either way no binding goes live unconfirmed.
+
+use axum::{extract::State, http::StatusCode};
+use ledger_core::{
+    AppState, BindingId, FieldError, Problem, Secret, TenantId,
+    audit::{self, Actor},
+    crypto,
+    extract::Json,
+};
+use ledger_magento_api::{
+    MagentoError,
+    client::pair,
+    url::{self, UrlPolicy},
+};
+use ledger_tenant_binding::{
+    auth::Merchant,
+    bindings::{self, BindingStatus},
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(connect))
+}
+
+/// Prefix of minted api_keys (as in the module's tests); the rest is 256 random bits in hex.
+pub const API_KEY_PREFIX: &str = "byte8_lk_";
+
+/// A fresh api_key from the system CSPRNG.
+pub fn mint_api_key() -> Secret<String> {
+    Secret::new(format!("{API_KEY_PREFIX}{}", hex::encode(crypto::random_bytes::<32>())))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ConnectRequest {
+    /// The store's base URL as the module's configuration page shows it, e.g. `https://shop.example.com`.
+    pub magento_base_url: String,
+    /// The one-time code from "Generate pairing code" in the Magento admin (32 hex characters, valid 30 minutes).
+    pub pairing_code: String,
+    /// The tenant to pair into; defaults to your first tenant.
+    #[serde(default)]
+    pub tenant_id: Option<TenantId>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Connected {
+    pub binding_id: BindingId,
+    pub tenant_id: TenantId,
+    pub status: BindingStatus,
+    pub magento_base_url: String,
+    /// True when this store was paired before: same binding, new key, history kept.
+    pub repaired: bool,
+}
+
+fn looks_like_module_code(code: &str) -> bool {
+    code.len() == 32 && code.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Pair a Magento store with a tenant.
+///
+/// Answers 201 only after the store accepted the key. Re-pairing a store that was paired
+/// before keeps its binding (and so its sync history) and replaces its key.
+#[utoipa::path(post, path = "/v1/magento/connect", tag = "bindings", operation_id = "magento_connect",
+    security(("bearer" = []), ("session" = [])),
+    request_body = ConnectRequest,
+    responses(
+        (status = 201, description = "Paired", body = Connected),
+        (status = 401, description = "Not signed in", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Another connect for this store ran at the same time", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid URL, code refused by the store, or no module at that URL", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "The store could not be reached or answered with an error", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 504, description = "The store did not answer in time", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn connect(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Json(request): Json<ConnectRequest>,
+) -> Result<(StatusCode, axum::Json<Connected>), Problem> {
+    let policy = UrlPolicy::from_settings(&state.settings);
+    let mut errors = Vec::new();
+    let base = url::normalize_base_url(&request.magento_base_url, &policy)
+        .map_err(|e| errors.push(FieldError { field: "magento_base_url".into(), code: e.code().into(), message: e.to_string() }))
+        .ok();
+    let code = request.pairing_code.trim();
+    if code.is_empty() || code.len() > 128 || code.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        errors.push(FieldError {
+            field: "pairing_code".into(),
+            code: "invalid_format".into(),
+            message: "paste the code exactly as the Magento admin shows it (32 characters, no spaces)".into(),
+        });
+    }
+    let Some(base) = base.filter(|_| errors.is_empty()) else {
+        return Err(Problem::validation(errors));
+    };
+    let tenant_id = merchant.tenant(&state.db, request.tenant_id).await?;
+    // Check the address before anything is stored, so a refused URL changes nothing.
+    url::resolve(&base, &policy).await.map_err(|e| {
+        Problem::validation(vec![FieldError { field: "magento_base_url".into(), code: e.code().into(), message: e.to_string() }])
+    })?;
+    let base_text = url::base_url_text(&base);
+
+    let api_key = mint_api_key();
+    let attempt = uuid::Uuid::new_v4();
+    let (binding_id, repaired) = record_pending(&state, tenant_id, &base_text, &api_key, attempt).await?;
+
+    let outcome = pair(&base, &policy, code, &tenant_id.to_string(), &api_key, &state.settings.public_url).await;
+    match outcome {
+        Ok(()) => {
+            let status = confirm(&state, &merchant, tenant_id, binding_id, &api_key, attempt, repaired).await?;
+            tracing::info!(%binding_id, %tenant_id, repaired, "store paired");
+            Ok((
+                StatusCode::CREATED,
+                axum::Json(Connected { binding_id, tenant_id, status, magento_base_url: base_text, repaired }),
+            ))
+        }
+        Err(err) => {
+            let uncertain = matches!(&err, MagentoError::Transient { reason, .. }
+                if reason.starts_with("no answer") || reason.starts_with("HTTP 5"));
+            if !uncertain {
+                discard_pending(&state, binding_id, attempt).await?;
+            }
+            tracing::warn!(%binding_id, error = %err, uncertain, "pairing failed");
+            Err(pairing_problem(&err, code, uncertain))
+        }
+    }
+}
+
+/// Seals the new key as pending on the (possibly new) binding; returns it and whether
+/// the store had a binding already.
+async fn record_pending(
+    state: &AppState,
+    tenant_id: TenantId,
+    base: &str,
+    api_key: &Secret<String>,
+    attempt: uuid::Uuid,
+) -> Result<(BindingId, bool), Problem> {
+    let mut tx = state.db.begin().await?;
+    let existing = sqlx::query_scalar!(
+        r#"SELECT id AS "id: BindingId" FROM connector_bindings
+           WHERE tenant_id = $1 AND provider = 'sage_accounting' AND magento_base_url = $2 FOR UPDATE"#,
+        tenant_id.0,
+        base
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let binding_id = existing.unwrap_or_else(BindingId::new);
+    let sealed = state.keyring.seal(api_key.expose().as_bytes(), &bindings::pending_key_context(binding_id));
+    sqlx::query!(
+        "INSERT INTO connector_bindings
+           (id, tenant_id, provider, magento_base_url, status, pending_api_key, pending_api_key_key_id, pending_attempt, pending_since)
+         VALUES ($1, $2, 'sage_accounting', $3, 'pairing', $4, $5, $6, now())
+         ON CONFLICT (id) DO UPDATE SET pending_api_key = $4, pending_api_key_key_id = $5, pending_attempt = $6,
+           pending_since = now(), updated_at = now()",
+        binding_id.0,
+        tenant_id.0,
+        base,
+        sealed,
+        state.keyring.active_id(),
+        attempt,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((binding_id, existing.is_some()))
+}
+
+/// The store accepted: the pending key becomes the binding's key.
+async fn confirm(
+    state: &AppState,
+    merchant: &Merchant,
+    tenant_id: TenantId,
+    binding_id: BindingId,
+    api_key: &Secret<String>,
+    attempt: uuid::Uuid,
+    repaired: bool,
+) -> Result<BindingStatus, Problem> {
+    let sealed = state.keyring.seal(api_key.expose().as_bytes(), &bindings::api_key_context(binding_id));
+    let mut tx = state.db.begin().await?;
+    let status = sqlx::query_scalar!(
+        "UPDATE connector_bindings
+         SET api_key = $3, api_key_key_id = $4,
+             pending_api_key = NULL, pending_api_key_key_id = NULL, pending_attempt = NULL, pending_since = NULL,
+             status = CASE WHEN status IN ('pairing', 'revoked') THEN 'paired' ELSE status END,
+             magento_connection_status = 'active', magento_status_at = now(),
+             paired_at = now(), revoked_at = NULL, updated_at = now()
+         WHERE id = $1 AND pending_attempt = $2
+         RETURNING status",
+        binding_id.0,
+        attempt,
+        sealed,
+        state.keyring.active_id(),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(status) = status else {
+        return Err(Problem::conflict(
+            "pairing_superseded",
+            "Another connect for this store ran at the same time and replaced this one. \
+             Generate a new pairing code in the Magento admin and connect once.",
+        ));
+    };
+    audit::record(
+        &mut tx,
+        audit::Entry {
+            actor: Actor::Account(merchant.account_id.0),
+            tenant_id: Some(tenant_id),
+            binding_id: Some(binding_id),
+            action: if repaired { "binding.repaired" } else { "binding.paired" },
+            details: serde_json::json!({}),
+            request_id: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(BindingStatus::parse(&status))
+}
+
+/// The store refused (or never got) the key: forget it, and the binding if it never paired.
+async fn discard_pending(state: &AppState, binding_id: BindingId, attempt: uuid::Uuid) -> Result<(), Problem> {
+    let mut tx = state.db.begin().await?;
+    sqlx::query!(
+        "DELETE FROM connector_bindings WHERE id = $1 AND pending_attempt = $2 AND status = 'pairing' AND api_key IS NULL",
+        binding_id.0,
+        attempt
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "UPDATE connector_bindings
+         SET pending_api_key = NULL, pending_api_key_key_id = NULL, pending_attempt = NULL, pending_since = NULL
+         WHERE id = $1 AND pending_attempt = $2",
+        binding_id.0,
+        attempt
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn pairing_problem(err: &MagentoError, code: &str, uncertain: bool) -> Problem {
+    let url_field = |code: &str, message: String| Problem::validation(vec![FieldError {
+        field: "magento_base_url".into(),
+        code: code.into(),
+        message,
+    }]);
+    match err {
+        MagentoError::Unauthorized { .. } => {
+            let hint = if looks_like_module_code(code) {
+                ""
+            } else {
+                " Pairing codes are 32 lower-case hexadecimal characters; paste the code exactly as shown."
+            };
+            let detail = format!(
+                "The store refused the pairing code: it is wrong, already used, or older than 30 minutes. \
+                 In the Magento admin (Stores → Configuration → Byte8 → Sage Accounting) click \"Generate pairing code\" \
+                 and paste the new code.{hint}"
+            );
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "pairing_code_rejected", detail.clone())
+                .with_field("pairing_code", "rejected", detail)
+        }
+        MagentoError::NotFound { url, .. } => url_field(
+            "module_not_found",
+            format!(
+                "No byte8 module answered at {url} (HTTP 404). Check the store URL (the module's configuration page \
+                 shows it) and that the Byte8 Sage Accounting module is installed and enabled."
+            ),
+        ),
+        MagentoError::Redirected { url, location, status } => url_field(
+            "redirected",
+            format!("{url} redirected (HTTP {status}) to {location}. Enter the store's final base URL instead."),
+        ),
+        MagentoError::Url(e) => url_field(e.code(), e.to_string()),
+        MagentoError::Rejected { url, status, message } => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "magento_rejected",
+            format!(
+                "The store at {url} refused the pairing request (HTTP {status}): {}.",
+                message.as_deref().unwrap_or("no reason given")
+            ),
+        ),
+        MagentoError::BadResponse { url, reason } => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "magento_bad_response",
+            format!("{url} answered, but not like the Magento module: {reason}."),
+        ),
+        MagentoError::Transient { url, reason } => {
+            let retry = if uncertain {
+                " If the store did take the code, it starts working by itself within a minute; \
+                  otherwise generate a new pairing code and try again."
+            } else {
+                " Check the URL and that the store is online, then try again with the same code (it stays valid for 30 minutes)."
+            };
+            let (status, code) = if reason.starts_with("no answer") {
+                (StatusCode::GATEWAY_TIMEOUT, "magento_timeout")
+            } else if reason.starts_with("HTTP 5") {
+                (StatusCode::BAD_GATEWAY, "magento_error")
+            } else {
+                (StatusCode::BAD_GATEWAY, "magento_unreachable")
+            };
+            Problem::new(status, code, format!("Pairing with {url} failed: {reason}.{retry}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_are_256_bit_and_distinct() {
+        let (a, b) = (mint_api_key(), mint_api_key());
+        assert_ne!(a.expose(), b.expose());
+        let hex_part = a.expose().strip_prefix(API_KEY_PREFIX).unwrap();
+        assert_eq!(hex_part.len(), 64);
+        assert!(hex_part.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn module_code_shape() {
+        assert!(looks_like_module_code("deadbeefcafef00d0123456789abcdef"));
+        assert!(!looks_like_module_code("DEADBEEFCAFEF00D0123456789ABCDEF"));
+        assert!(!looks_like_module_code("J3K7-XQ9F-RP2M"));
+    }
+}

@@ -1,0 +1,391 @@
+//! Merchant accounts, API tokens, sign-in sessions and sign-in throttling.
+
+use std::net::SocketAddr;
+
+use argon2::{
+    Argon2,
+    password_hash::{PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash},
+};
+use axum::{
+    extract::{ConnectInfo, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use ledger_core::{
+    AccountId, AppState, FieldError, Problem, Secret, TenantId,
+    audit::{self, Actor},
+    crypto,
+    extract::Json,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::{Merchant, SESSION_COOKIE};
+
+/// API tokens start with this, so leaked ones are easy to find by scanners.
+pub const TOKEN_PREFIX: &str = "lgr_";
+const MIN_PASSWORD_CHARS: usize = 10;
+/// Failed sign-ins tolerated per email and per client address within the window.
+const MAX_FAILURES_PER_EMAIL: i64 = 5;
+const MAX_FAILURES_PER_ADDRESS: i64 = 20;
+const FAILURE_WINDOW_MINUTES: i64 = 15;
+
+/// What creating an account yields.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NewAccount {
+    pub account_id: AccountId,
+    pub tenant_id: TenantId,
+}
+
+/// Lower-cases and checks an email address.
+pub fn normalize_email(raw: &str) -> Result<String, FieldError> {
+    let email = raw.trim().to_ascii_lowercase();
+    let valid = email.len() <= 254
+        && !email.chars().any(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
+    if valid {
+        Ok(email)
+    } else {
+        Err(FieldError {
+            field: "email".into(),
+            code: "invalid_format".into(),
+            message: "enter an email address like name@example.com".into(),
+        })
+    }
+}
+
+pub fn check_password(password: &str) -> Result<(), FieldError> {
+    if password.chars().count() >= MIN_PASSWORD_CHARS {
+        Ok(())
+    } else {
+        Err(FieldError {
+            field: "password".into(),
+            code: "too_short".into(),
+            message: format!("use at least {MIN_PASSWORD_CHARS} characters"),
+        })
+    }
+}
+
+/// argon2id with the crate's defaults (19 MiB, t=2, p=1), off the async threads.
+pub async fn hash_password(password: Secret<String>) -> String {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default().hash_password(password.expose().as_bytes()).expect("hashing with valid params").to_string()
+    })
+    .await
+    .expect("the hashing task completes")
+}
+
+/// Verifies in constant work whether or not an account exists: without a stored
+/// hash, a dummy hash is checked so timing does not reveal unknown emails.
+pub async fn verify_password(password: Secret<String>, stored: Option<String>) -> bool {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let dummy_needed = stored.is_none();
+    tokio::task::spawn_blocking(move || {
+        let hash = stored.unwrap_or_else(|| {
+            DUMMY
+                .get_or_init(|| Argon2::default().hash_password(b"not-a-real-password").expect("hashing").to_string())
+                .clone()
+        });
+        let Ok(parsed) = PasswordHash::new(&hash) else { return false };
+        Argon2::default().verify_password(password.expose().as_bytes(), &parsed).is_ok() && !dummy_needed
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Why an account could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateAccountError {
+    #[error("invalid account details: {0:?}")]
+    Invalid(Vec<FieldError>),
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<CreateAccountError> for Problem {
+    fn from(err: CreateAccountError) -> Self {
+        match err {
+            CreateAccountError::Invalid(errors) => Problem::validation(errors),
+            CreateAccountError::EmailTaken => Problem::conflict(
+                "email_taken",
+                "An account with this email already exists; sign in instead.",
+            )
+            .with_field("email", "taken", "an account with this email already exists"),
+            CreateAccountError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// Creates an account with its first tenant. Without a password the account can use
+/// API tokens only.
+pub async fn create_account(
+    db: &sqlx::PgPool,
+    email: &str,
+    password: Option<Secret<String>>,
+    is_operator: bool,
+) -> Result<NewAccount, CreateAccountError> {
+    let mut errors = Vec::new();
+    let email = normalize_email(email).map_err(|e| errors.push(e)).ok();
+    if let Some(p) = &password
+        && let Err(e) = check_password(p.expose())
+    {
+        errors.push(e);
+    }
+    let Some(email) = email.filter(|_| errors.is_empty()) else {
+        return Err(CreateAccountError::Invalid(errors));
+    };
+    let password_hash = match password {
+        Some(p) => Some(hash_password(p).await),
+        None => None,
+    };
+    let account_id = AccountId::new();
+    let tenant_id = TenantId::new();
+    let tenant_name = email.split('@').nth(1).unwrap_or("My store").to_owned();
+    let mut tx = db.begin().await.map_err(CreateAccountError::Database)?;
+    let inserted = sqlx::query!(
+        "INSERT INTO accounts (id, email, password_hash, is_operator) VALUES ($1, $2, $3, $4)",
+        account_id.0,
+        email,
+        password_hash,
+        is_operator,
+    )
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("accounts_email_key") => {
+            return Err(CreateAccountError::EmailTaken);
+        }
+        other => other.map_err(CreateAccountError::Database)?,
+    };
+    sqlx::query!("INSERT INTO tenants (id, account_id, name) VALUES ($1, $2, $3)", tenant_id.0, account_id.0, tenant_name)
+        .execute(&mut *tx)
+        .await
+        .map_err(CreateAccountError::Database)?;
+    audit::record(
+        &mut tx,
+        audit::Entry {
+            actor: Actor::Account(account_id.0),
+            tenant_id: Some(tenant_id),
+            binding_id: None,
+            action: "account.created",
+            details: serde_json::json!({ "email": email }),
+            request_id: None,
+        },
+    )
+    .await
+    .map_err(CreateAccountError::Database)?;
+    tx.commit().await.map_err(CreateAccountError::Database)?;
+    Ok(NewAccount { account_id, tenant_id })
+}
+
+/// Issues an API token; only its SHA-256 is stored, the token is returned once.
+pub async fn create_api_token(db: &sqlx::PgPool, account_id: AccountId, name: &str) -> Result<Secret<String>, sqlx::Error> {
+    let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(crypto::random_bytes::<32>()));
+    let hash = ring_sha256(token.as_bytes());
+    sqlx::query!(
+        "INSERT INTO api_tokens (id, account_id, token_hash, name) VALUES ($1, $2, $3, $4)",
+        uuid::Uuid::new_v4(),
+        account_id.0,
+        hash,
+        name,
+    )
+    .execute(db)
+    .await?;
+    Ok(Secret::new(token))
+}
+
+pub(crate) fn ring_sha256(data: &[u8]) -> Vec<u8> {
+    crypto::sha256(data).to_vec()
+}
+
+/// A new session: the cookie value (returned once) and its CSRF token.
+pub async fn create_session(
+    db: &sqlx::PgPool,
+    account_id: AccountId,
+    ttl: std::time::Duration,
+) -> Result<(Secret<String>, String), sqlx::Error> {
+    let value = URL_SAFE_NO_PAD.encode(crypto::random_bytes::<32>());
+    let csrf = URL_SAFE_NO_PAD.encode(crypto::random_bytes::<24>());
+    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    sqlx::query!(
+        "INSERT INTO sessions (id_hash, account_id, csrf_token, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+        ring_sha256(value.as_bytes()),
+        account_id.0,
+        csrf,
+        ttl_secs as f64,
+    )
+    .execute(db)
+    .await?;
+    Ok((Secret::new(value), csrf))
+}
+
+/// The `Set-Cookie` value for a session (Secure whenever the public URL is https).
+pub fn session_cookie(value: &Secret<String>, state: &AppState) -> HeaderValue {
+    let secure = if state.settings.public_url.starts_with("https://") { "; Secure" } else { "" };
+    let max_age = state.settings.session_ttl.as_secs();
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        value.expose()
+    ))
+    .expect("cookie text is ASCII")
+}
+
+fn clear_cookie() -> HeaderValue {
+    HeaderValue::from_static("ledger_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Credentials {
+    pub email: String,
+    /// At least 10 characters.
+    #[schema(format = Password)]
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignedIn {
+    pub account_id: AccountId,
+    /// Send it as `x-csrf-token` with every state-changing request made with the cookie.
+    pub csrf_token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignedUp {
+    pub account_id: AccountId,
+    pub tenant_id: TenantId,
+    pub csrf_token: String,
+}
+
+fn signed_in_response<T: Serialize>(status: StatusCode, body: &T, cookie: HeaderValue) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Create an account (with its first tenant) and sign in.
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "accounts", operation_id = "signup",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "Account created; the session cookie is set", body = SignedUp),
+        (status = 409, description = "Email already registered", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid email or password", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn signup(State(state): State<AppState>, Json(body): Json<Credentials>) -> Result<Response, Problem> {
+    let created = create_account(&state.db, &body.email, Some(Secret::new(body.password)), false).await?;
+    let (cookie, csrf_token) = create_session(&state.db, created.account_id, state.settings.session_ttl).await?;
+    let body = SignedUp { account_id: created.account_id, tenant_id: created.tenant_id, csrf_token };
+    Ok(signed_in_response(StatusCode::CREATED, &body, session_cookie(&cookie, &state)))
+}
+
+/// Sign in with email and password; sets the session cookie.
+///
+/// Failures never say which part was wrong. More than 5 failures for one email, or 20
+/// from one address, within 15 minutes answer 429 until the window passes.
+#[utoipa::path(post, path = "/v1/auth/signin", tag = "accounts", operation_id = "signin",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "Signed in; the session cookie is set", body = SignedIn),
+        (status = 401, description = "Email or password is incorrect", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed attempts", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn signin(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<Credentials>,
+) -> Result<Response, Problem> {
+    let email_key = body.email.trim().to_ascii_lowercase();
+    let client_ip = peer.ip().to_string();
+    let throttle = sqlx::query!(
+        r#"SELECT
+             count(*) FILTER (WHERE email_key = $1) AS "by_email!",
+             count(*) FILTER (WHERE client_ip = $2) AS "by_address!"
+           FROM signin_failures
+           WHERE (email_key = $1 OR client_ip = $2) AND at > now() - make_interval(mins => $3)"#,
+        email_key,
+        client_ip,
+        FAILURE_WINDOW_MINUTES as i32,
+    )
+    .fetch_one(&state.db)
+    .await?;
+    if throttle.by_email >= MAX_FAILURES_PER_EMAIL || throttle.by_address >= MAX_FAILURES_PER_ADDRESS {
+        let mut problem = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!("Too many failed sign-ins. Wait {FAILURE_WINDOW_MINUTES} minutes, then try again."),
+        );
+        problem.retry_after = Some(60 * FAILURE_WINDOW_MINUTES as u32);
+        return Err(problem);
+    }
+
+    let account = sqlx::query!(
+        r#"SELECT id AS "id: AccountId", password_hash FROM accounts WHERE lower(email) = $1"#,
+        email_key
+    )
+    .fetch_optional(&state.db)
+    .await?;
+    let stored = account.as_ref().and_then(|a| a.password_hash.clone());
+    let ok = verify_password(Secret::new(body.password), stored).await;
+    let Some(account) = account.filter(|_| ok) else {
+        sqlx::query!("INSERT INTO signin_failures (email_key, client_ip) VALUES ($1, $2)", email_key, client_ip)
+            .execute(&state.db)
+            .await?;
+        return Err(Problem::unauthorized("invalid_credentials", "Email or password is incorrect."));
+    };
+    sqlx::query!("DELETE FROM signin_failures WHERE email_key = $1", email_key).execute(&state.db).await?;
+    let (cookie, csrf_token) = create_session(&state.db, account.id, state.settings.session_ttl).await?;
+    let body = SignedIn { account_id: account.id, csrf_token };
+    Ok(signed_in_response(StatusCode::OK, &body, session_cookie(&cookie, &state)))
+}
+
+/// End the current session.
+#[utoipa::path(post, path = "/v1/auth/signout", tag = "accounts", operation_id = "signout",
+    responses((status = 204, description = "Signed out; the cookie is cleared")))]
+pub async fn signout(State(state): State<AppState>, merchant: Merchant, headers: HeaderMap) -> Result<Response, Problem> {
+    if let Some(value) = crate::auth::cookie_value(&headers, SESSION_COOKIE) {
+        sqlx::query!("DELETE FROM sessions WHERE id_hash = $1", ring_sha256(value.as_bytes())).execute(&state.db).await?;
+    }
+    let _ = merchant;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(header::SET_COOKIE, clear_cookie());
+    Ok(response)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantSummary {
+    pub tenant_id: TenantId,
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    pub account_id: AccountId,
+    pub email: String,
+    pub is_operator: bool,
+    pub tenants: Vec<TenantSummary>,
+}
+
+/// The signed-in account and its tenants.
+#[utoipa::path(get, path = "/v1/me", tag = "accounts", operation_id = "me",
+    security(("bearer" = []), ("session" = [])),
+    responses(
+        (status = 200, body = Me),
+        (status = 401, description = "Not signed in", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn me(State(state): State<AppState>, merchant: Merchant) -> Result<axum::Json<Me>, Problem> {
+    let account = sqlx::query!("SELECT email, is_operator FROM accounts WHERE id = $1", merchant.account_id.0)
+        .fetch_one(&state.db)
+        .await?;
+    let tenants = sqlx::query_as!(
+        TenantSummary,
+        r#"SELECT id AS "tenant_id: TenantId", name FROM tenants WHERE account_id = $1 ORDER BY created_at, id"#,
+        merchant.account_id.0
+    )
+    .fetch_all(&state.db)
+    .await?;
+    Ok(axum::Json(Me { account_id: merchant.account_id, email: account.email, is_operator: account.is_operator, tenants }))
+}

@@ -1,0 +1,155 @@
+//! Who is calling: a merchant by API token or by sign-in session.
+
+use axum::{
+    extract::FromRequestParts,
+    http::{HeaderMap, Method, header, request::Parts},
+};
+use ledger_core::{AccountId, AppState, BindingId, Problem, TenantId, secret::constant_time_eq};
+
+use crate::accounts::{TOKEN_PREFIX, ring_sha256};
+
+pub const SESSION_COOKIE: &str = "ledger_session";
+/// Header carrying the session's CSRF token on state-changing requests.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// How the merchant authenticated.
+#[derive(Debug, Clone)]
+pub enum AuthVia {
+    /// `Authorization: Bearer lgr_…` (automation; no CSRF exposure).
+    Token,
+    /// The dashboard cookie; `csrf_token` is what forms and scripts must echo.
+    Session { csrf_token: String },
+}
+
+/// An authenticated merchant account.
+#[derive(Debug, Clone)]
+pub struct Merchant {
+    pub account_id: AccountId,
+    pub is_operator: bool,
+    pub via: AuthVia,
+}
+
+/// The value of cookie `name` in the request, if any.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn unauthenticated() -> Problem {
+    Problem::unauthorized(
+        "unauthenticated",
+        "Sign in first (POST /v1/auth/signin), or send `Authorization: Bearer <API token>`.",
+    )
+}
+
+impl FromRequestParts<AppState> for Merchant {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .map(str::trim)
+                .filter(|t| t.starts_with(TOKEN_PREFIX))
+                .ok_or_else(|| {
+                    Problem::unauthorized("invalid_token", "The Authorization header must be `Bearer lgr_…` (an API token).")
+                })?;
+            let row = sqlx::query!(
+                r#"UPDATE api_tokens t SET last_used_at = now()
+                   FROM accounts a
+                   WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND a.id = t.account_id
+                   RETURNING a.id AS "account_id: AccountId", a.is_operator"#,
+                ring_sha256(token.as_bytes())
+            )
+            .fetch_optional(&state.db)
+            .await?
+            .ok_or_else(|| Problem::unauthorized("invalid_token", "The API token is unknown or revoked."))?;
+            return Ok(Self { account_id: row.account_id, is_operator: row.is_operator, via: AuthVia::Token });
+        }
+
+        let Some(cookie) = cookie_value(&parts.headers, SESSION_COOKIE) else {
+            return Err(unauthenticated());
+        };
+        let ttl_secs = state.settings.session_ttl.as_secs_f64();
+        let row = sqlx::query!(
+            r#"UPDATE sessions s SET last_seen_at = now(), expires_at = now() + make_interval(secs => $2)
+               FROM accounts a
+               WHERE s.id_hash = $1 AND s.expires_at > now() AND a.id = s.account_id
+               RETURNING a.id AS "account_id: AccountId", a.is_operator, s.csrf_token"#,
+            ring_sha256(cookie.as_bytes()),
+            ttl_secs,
+        )
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| Problem::unauthorized("session_expired", "Your session has ended; sign in again."))?;
+
+        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if !safe {
+            let sent = parts.headers.get(CSRF_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+            if !constant_time_eq(sent, row.csrf_token.as_bytes()) {
+                return Err(Problem::forbidden(
+                    "csrf_token_invalid",
+                    "Send the session's CSRF token (from sign-in) in the x-csrf-token header.",
+                ));
+            }
+        }
+        Ok(Self { account_id: row.account_id, is_operator: row.is_operator, via: AuthVia::Session { csrf_token: row.csrf_token } })
+    }
+}
+
+impl Merchant {
+    /// The tenant to act on: `requested` when this account owns it, else the account's
+    /// first tenant. Someone else's tenant is "not found", never "forbidden".
+    pub async fn tenant(&self, db: &sqlx::PgPool, requested: Option<TenantId>) -> Result<TenantId, Problem> {
+        let found = sqlx::query_scalar!(
+            r#"SELECT id AS "id: TenantId" FROM tenants
+               WHERE account_id = $1 AND ($2::uuid IS NULL OR id = $2)
+               ORDER BY created_at, id LIMIT 1"#,
+            self.account_id.0,
+            requested.map(|t| t.0),
+        )
+        .fetch_optional(db)
+        .await?;
+        found.ok_or_else(|| match requested {
+            Some(t) => Problem::not_found("tenant_not_found", format!("You have no tenant {t}."))
+                .with_field("tenant_id", "not_found", "not one of your tenants"),
+            None => Problem::not_found("tenant_not_found", "This account has no tenant yet."),
+        })
+    }
+
+    /// The binding's tenant when this account owns the binding (operators see all).
+    pub async fn binding_tenant(&self, db: &sqlx::PgPool, binding_id: BindingId) -> Result<TenantId, Problem> {
+        let found = sqlx::query_scalar!(
+            r#"SELECT b.tenant_id AS "tenant_id: TenantId" FROM connector_bindings b
+               JOIN tenants t ON t.id = b.tenant_id
+               WHERE b.id = $1 AND (t.account_id = $2 OR $3)"#,
+            binding_id.0,
+            self.account_id.0,
+            self.is_operator,
+        )
+        .fetch_optional(db)
+        .await?;
+        found.ok_or_else(|| Problem::not_found("binding_not_found", format!("You have no binding {binding_id}.")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, "a=1; ledger_session=abc; b=2".parse().unwrap());
+        assert_eq!(cookie_value(&headers, "ledger_session"), Some("abc"));
+        assert_eq!(cookie_value(&headers, "missing"), None);
+    }
+}

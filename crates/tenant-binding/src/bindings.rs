@@ -1,0 +1,180 @@
+//! Bindings (one Magento install ↔ one Sage business) and their sealed api_keys.
+
+use chrono::{DateTime, Utc};
+use ledger_core::{AppState, BindingId, Problem, Secret, TenantId, crypto::Keyring};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A binding's lifecycle.
+///
+/// `pairing` → (store confirms the key) → `paired` → (Sage connected) → `active`;
+/// `needs_reauth` and `paused` hold jobs; `revoked` after a disconnect. Re-pairing a
+/// revoked binding revives the same row, so its `entity_xref` history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BindingStatus {
+    Pairing,
+    Paired,
+    Active,
+    NeedsReauth,
+    Paused,
+    Revoked,
+}
+
+impl BindingStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pairing => "pairing",
+            Self::Paired => "paired",
+            Self::Active => "active",
+            Self::NeedsReauth => "needs_reauth",
+            Self::Paused => "paused",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "pairing" => Self::Pairing,
+            "paired" => Self::Paired,
+            "active" => Self::Active,
+            "needs_reauth" => Self::NeedsReauth,
+            "paused" => Self::Paused,
+            _ => Self::Revoked,
+        }
+    }
+
+    /// Whether the store can talk to the ledger (webhooks accepted).
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Paired | Self::Active | Self::NeedsReauth | Self::Paused)
+    }
+}
+
+/// A binding as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Binding {
+    pub binding_id: BindingId,
+    pub tenant_id: TenantId,
+    pub provider: String,
+    pub magento_base_url: String,
+    pub status: BindingStatus,
+    /// `pending`, `active` or `token_revoked` (the store answered 401 to the ledger).
+    pub magento_connection_status: String,
+    pub region: Option<String>,
+    pub paired_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Authenticated data for a binding's active api_key.
+pub fn api_key_context(id: BindingId) -> String {
+    format!("connector_bindings.api_key:{id}")
+}
+
+/// Authenticated data for a key offered in a pairing call not yet confirmed.
+pub fn pending_key_context(id: BindingId) -> String {
+    format!("connector_bindings.pending_api_key:{id}")
+}
+
+pub async fn load(db: &sqlx::PgPool, id: BindingId) -> Result<Option<Binding>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT id AS "id: BindingId", tenant_id AS "tenant_id: TenantId", provider, magento_base_url, status,
+                  magento_connection_status, region, paired_at, revoked_at, created_at
+           FROM connector_bindings WHERE id = $1"#,
+        id.0
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| Binding {
+        binding_id: r.id,
+        tenant_id: r.tenant_id,
+        provider: r.provider,
+        magento_base_url: r.magento_base_url,
+        status: BindingStatus::parse(&r.status),
+        magento_connection_status: r.magento_connection_status,
+        region: r.region,
+        paired_at: r.paired_at,
+        revoked_at: r.revoked_at,
+        created_at: r.created_at,
+    }))
+}
+
+/// The decrypted api_key of a paired binding (to call its store).
+pub async fn api_key(state: &AppState, id: BindingId) -> Result<Secret<String>, Problem> {
+    let sealed = sqlx::query_scalar!("SELECT api_key FROM connector_bindings WHERE id = $1", id.0)
+        .fetch_optional(&state.db)
+        .await?
+        .flatten()
+        .ok_or_else(|| Problem::conflict("binding_not_paired", format!("Binding {id} holds no api_key yet; pair the store.")))?;
+    state.keyring.open_string(&sealed, &api_key_context(id)).map_err(Problem::internal)
+}
+
+/// A binding's keys, for working out which binding signed a request.
+#[derive(Debug)]
+pub struct KeyCandidate {
+    pub binding_id: BindingId,
+    pub status: BindingStatus,
+    pub api_key: Option<Vec<u8>>,
+    pub pending_api_key: Option<Vec<u8>>,
+}
+
+/// Every binding of `tenant` that holds a key (active or pending), oldest first.
+pub async fn key_candidates(db: &sqlx::PgPool, tenant: TenantId) -> Result<Vec<KeyCandidate>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT id AS "id: BindingId", status, api_key, pending_api_key
+           FROM connector_bindings
+           WHERE tenant_id = $1 AND (api_key IS NOT NULL OR pending_api_key IS NOT NULL)
+           ORDER BY created_at, id"#,
+        tenant.0
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| KeyCandidate {
+            binding_id: r.id,
+            status: BindingStatus::parse(&r.status),
+            api_key: r.api_key,
+            pending_api_key: r.pending_api_key,
+        })
+        .collect())
+}
+
+/// Promotes a pending key that the store has just proven it holds (its request verified
+/// with it): the pairing call's answer was lost, but the store did store the key.
+pub async fn promote_pending_key(db: &sqlx::PgPool, keyring: &Keyring, id: BindingId, sealed_pending: &[u8]) -> Result<(), Problem> {
+    let key = keyring.open(sealed_pending, &pending_key_context(id)).map_err(Problem::internal)?;
+    let sealed = keyring.seal(key.expose(), &api_key_context(id));
+    sqlx::query!(
+        "UPDATE connector_bindings
+         SET api_key = $2, api_key_key_id = $3, pending_api_key = NULL, pending_api_key_key_id = NULL,
+             pending_attempt = NULL, pending_since = NULL,
+             status = CASE WHEN status IN ('pairing', 'revoked') THEN 'paired' ELSE status END,
+             magento_connection_status = 'active', magento_status_at = now(),
+             paired_at = now(), revoked_at = NULL, updated_at = now()
+         WHERE id = $1 AND pending_api_key = $4",
+        id.0,
+        sealed,
+        keyring.active_id(),
+        sealed_pending,
+    )
+    .execute(db)
+    .await?;
+    tracing::info!(binding_id = %id, "pending api_key confirmed by a signed request from the store");
+    Ok(())
+}
+
+/// Records how the store answered the ledger: a 401 means it no longer holds our key
+/// (`token_revoked`, shown in its admin as "re-pair required"); any answer proves it does.
+pub async fn record_magento_answer(db: &sqlx::PgPool, id: BindingId, unauthorized: bool) -> Result<(), sqlx::Error> {
+    let status = if unauthorized { "token_revoked" } else { "active" };
+    sqlx::query!(
+        "UPDATE connector_bindings SET magento_connection_status = $2, magento_status_at = now()
+         WHERE id = $1 AND magento_connection_status IS DISTINCT FROM $2",
+        id.0,
+        status
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
