@@ -22,7 +22,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+            .is_some_and(|ct| {
+                ct.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
         if !is_json {
             return Err(Problem::new(
                 axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -30,9 +34,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
                 "Send the body as JSON with `Content-Type: application/json`.",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            Problem::new(rejection.status(), "invalid_body", rejection.body_text())
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| Problem::new(rejection.status(), "invalid_body", rejection.body_text()))?;
         parse(&bytes).map(Json)
     }
 }
@@ -48,15 +52,25 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         }
         let message = strip_position(&inner.to_string());
         // "missing field `email`" is reported at the parent; name the field itself.
-        let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next());
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next());
         let field = match (path.as_str(), missing) {
             (".", Some(name)) => name.to_owned(),
             (".", None) => "body".to_owned(),
             (parent, Some(name)) => format!("{parent}.{name}"),
             (parent, None) => parent.to_owned(),
         };
-        let code = if message.starts_with("missing field") { "required" } else { "invalid" };
-        Problem::validation(vec![FieldError { field, code: code.to_owned(), message }])
+        let code = if message.starts_with("missing field") {
+            "required"
+        } else {
+            "invalid"
+        };
+        Problem::validation(vec![FieldError {
+            field,
+            code: code.to_owned(),
+            message,
+        }])
     })
 }
 
@@ -94,7 +108,10 @@ mod tests {
         assert_eq!(p.errors[0].field, "nested.count");
         assert!(!p.errors[0].message.contains("line"), "{}", p.errors[0].message);
         let p = parse::<Body>(br#"{"nested":{"count":1}}"#).unwrap_err();
-        assert_eq!((p.errors[0].field.as_str(), p.errors[0].code.as_str()), ("email", "required"));
+        assert_eq!(
+            (p.errors[0].field.as_str(), p.errors[0].code.as_str()),
+            ("email", "required")
+        );
         assert!(p.errors[0].message.contains("email"));
         let p = parse::<Body>(b"{not json").unwrap_err();
         assert_eq!(p.code, "invalid_json");

@@ -20,3 +20,12 @@ pub use ids::*;
 pub use problem::{FieldError, Problem, ProblemBody};
 pub use secret::Secret;
 pub use state::AppState;
+
+/// Installs ring as rustls' process-wide crypto provider (reqwest and sqlx use rustls;
+/// only ring is built, not aws-lc). Idempotent; call before building an HTTP client.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

@@ -19,7 +19,13 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The events the module sends (contract §6.2).
-pub const EVENTS: &[&str] = &["invoice.created", "invoice.paid", "creditmemo.created", "customer.upserted", "product.upserted"];
+pub const EVENTS: &[&str] = &[
+    "invoice.created",
+    "invoice.paid",
+    "creditmemo.created",
+    "customer.upserted",
+    "product.upserted",
+];
 
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
@@ -46,17 +52,28 @@ struct EventBody {
 }
 
 fn field(name: &str, code: &str, message: &str) -> FieldError {
-    FieldError { field: name.into(), code: code.into(), message: message.into() }
+    FieldError {
+        field: name.into(),
+        code: code.into(),
+        message: message.into(),
+    }
 }
 
 /// Checks the contract §6.1 shape. Only `magento_entity_id` is indispensable; optional
 /// parts with the wrong type are refused, absent ones default (0, `{}`).
 fn parse_body(bytes: &[u8]) -> Result<(EventBody, Value), Problem> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        Problem::bad_request("invalid_json", format!("The event body is not valid JSON ({e}); the module sends a JSON object."))
+        Problem::bad_request(
+            "invalid_json",
+            format!("The event body is not valid JSON ({e}); the module sends a JSON object."),
+        )
     })?;
     let Some(object) = value.as_object() else {
-        return Err(Problem::validation(vec![field("body", "invalid", "must be a JSON object")]));
+        return Err(Problem::validation(vec![field(
+            "body",
+            "invalid",
+            "must be a JSON object",
+        )]));
     };
     let mut errors = Vec::new();
     let magento_entity_id = match object.get("magento_entity_id").and_then(Value::as_i64) {
@@ -66,7 +83,11 @@ fn parse_body(bytes: &[u8]) -> Result<(EventBody, Value), Problem> {
             0
         }
         None => {
-            errors.push(field("magento_entity_id", "required", "the Magento entity id (a positive integer) is required"));
+            errors.push(field(
+                "magento_entity_id",
+                "required",
+                "the Magento entity id (a positive integer) is required",
+            ));
             0
         }
     };
@@ -91,17 +112,31 @@ fn parse_body(bytes: &[u8]) -> Result<(EventBody, Value), Problem> {
         errors.push(field("payload", "invalid", "must be a JSON object"));
     }
     let occurred_at = match object.get("occurred_at") {
-        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&chrono::Utc)),
+        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc)),
         None | Some(Value::Null) => None,
         Some(_) => {
-            errors.push(field("occurred_at", "invalid", "must be a string like 2026-04-29T12:11:12Z"));
+            errors.push(field(
+                "occurred_at",
+                "invalid",
+                "must be a string like 2026-04-29T12:11:12Z",
+            ));
             None
         }
     };
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
     }
-    Ok((EventBody { magento_entity_id, website_id, store_id, occurred_at }, value))
+    Ok((
+        EventBody {
+            magento_entity_id,
+            website_id,
+            store_id,
+            occurred_at,
+        },
+        value,
+    ))
 }
 
 /// Accept one event from the module's outbox.
@@ -138,7 +173,10 @@ pub async fn receive(
     if !EVENTS.contains(&event_name.as_str()) {
         return Err(Problem::not_found(
             "unknown_event",
-            format!("The ledger does not handle event `{event_name}`; it handles {}.", EVENTS.join(", ")),
+            format!(
+                "The ledger does not handle event `{event_name}`; it handles {}.",
+                EVENTS.join(", ")
+            ),
         ));
     }
     let key = match headers.get("idempotency-key").map(|v| v.to_str().map(str::trim)) {
@@ -200,11 +238,20 @@ pub async fn receive(
     .fetch_one(&state.db)
     .await?;
     if !row.fresh_token {
-        return Err(Problem::unauthorized("token_replayed", "The request's token (jti) was already used; every request needs a new token."));
+        return Err(Problem::unauthorized(
+            "token_replayed",
+            "The request's token (jti) was already used; every request needs a new token.",
+        ));
     }
     if let Some(run_id) = row.run_id {
         tracing::info!(binding_id = %caller.binding_id, event = %event_name, entity_id = event.magento_entity_id, %run_id, "event accepted");
-        return Ok((StatusCode::ACCEPTED, axum::Json(Accepted { sync_run_id: run_id, duplicate: false })));
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(Accepted {
+                sync_run_id: run_id,
+                duplicate: false,
+            }),
+        ));
     }
     // The key was seen before: answer with the original run.
     let original = sqlx::query_scalar!(
@@ -220,7 +267,13 @@ pub async fn receive(
     .await?
     .ok_or_else(|| Problem::internal(format!("event with key {key} has no sync run")))?;
     tracing::info!(binding_id = %caller.binding_id, event = %event_name, run_id = %original, "duplicate event absorbed");
-    Ok((StatusCode::ACCEPTED, axum::Json(Accepted { sync_run_id: original, duplicate: true })))
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Accepted {
+            sync_run_id: original,
+            duplicate: true,
+        }),
+    ))
 }
 
 #[cfg(test)]
@@ -232,12 +285,24 @@ mod tests {
         let (e, _) = parse_body(br#"{"magento_entity_id":42,"website_id":1,"store_id":1,"occurred_at":"2026-04-29T12:11:12Z","payload":{"increment_id":"000000042","paid":false}}"#).unwrap();
         assert_eq!((e.magento_entity_id, e.website_id, e.store_id), (42, 1, 1));
         assert!(e.occurred_at.is_some());
-        assert!(parse_body(br#"{"magento_entity_id":7,"payload":[]}"#).is_ok(), "PHP's empty array");
+        assert!(
+            parse_body(br#"{"magento_entity_id":7,"payload":[]}"#).is_ok(),
+            "PHP's empty array"
+        );
         let p = parse_body(br#"{"website_id":1}"#).unwrap_err();
-        assert_eq!((p.status.as_u16(), p.errors[0].field.as_str()), (422, "magento_entity_id"));
+        assert_eq!(
+            (p.status.as_u16(), p.errors[0].field.as_str()),
+            (422, "magento_entity_id")
+        );
         let p = parse_body(br#"{"magento_entity_id":"42"}"#).unwrap_err();
         assert_eq!(p.errors[0].code, "invalid");
         assert_eq!(parse_body(b"nope").unwrap_err().code, "invalid_json");
-        assert_eq!(parse_body(br#"{"magento_entity_id":1,"store_id":-1}"#).unwrap_err().errors[0].field, "store_id");
+        assert_eq!(
+            parse_body(br#"{"magento_entity_id":1,"store_id":-1}"#)
+                .unwrap_err()
+                .errors[0]
+                .field,
+            "store_id"
+        );
     }
 }

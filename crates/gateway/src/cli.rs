@@ -39,6 +39,9 @@ pub enum Command {
     /// Operator commands for merchant accounts.
     #[command(subcommand)]
     Merchant(MerchantCommand),
+    /// Run a simulator on its own (for trying the ledger against a local "store").
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
     /// Print the OpenAPI document generated from the code, or with --check compare it
     /// with a committed file and fail when they differ.
     Openapi {
@@ -64,4 +67,29 @@ pub enum MerchantCommand {
         #[arg(long)]
         operator: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// A Magento store running the byte8 module: pairing, outbox drain, canonical
+    /// entities, sync-state mirror. Prints its URL and a fresh pairing code; its admin
+    /// view is at `/`, its controls under `/sandbox/*`.
+    Magento {
+        /// Where the store listens.
+        #[arg(long, default_value = "127.0.0.1:8300")]
+        addr: std::net::SocketAddr,
+        /// Catalogue and order generation seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// How often the outbox cron runs (the module: 60s).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        drain_interval: std::time::Duration,
+        /// Divides the module's retry ladder (1 = real time).
+        #[arg(long, default_value_t = 1)]
+        backoff_divisor: u64,
+    },
+}
+
+fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
+    ledger_core::config::parse_duration(v)
 }

@@ -14,8 +14,4 @@ pub mod worker;
 
 pub use ledger_core::AppState;
 
-/// Installs ring as rustls' process-wide crypto provider (reqwest and sqlx use rustls;
-/// we build only ring, not aws-lc). Safe to call more than once.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use ledger_core::install_crypto_provider;

@@ -10,7 +10,7 @@ use ledger_core::{
 };
 use ledger_gateway::{
     AppState,
-    cli::{Cli, Command, MerchantCommand},
+    cli::{Cli, Command, MerchantCommand, SandboxCommand},
     dev, http, metrics, openapi, server, shutdown, telemetry, worker,
 };
 
@@ -68,6 +68,15 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
     if let Command::Dev(args) = command {
         return dev::run(layers, args).await;
     }
+    if let Command::Sandbox(SandboxCommand::Magento {
+        addr,
+        seed,
+        drain_interval,
+        backoff_divisor,
+    }) = command
+    {
+        return dev::run_magento_sandbox(addr, seed, drain_interval, backoff_divisor).await;
+    }
     let settings = Settings::from_layers(&layers)?;
     let _telemetry = telemetry::init(&settings)?;
     match command {
@@ -112,8 +121,14 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
-        Command::Merchant(MerchantCommand::Create { email, password, operator }) => {
-            let pool = ledger_core::db::connect(&settings).await.context("cannot connect to the database (DATABASE_URL)")?;
+        Command::Merchant(MerchantCommand::Create {
+            email,
+            password,
+            operator,
+        }) => {
+            let pool = ledger_core::db::connect(&settings)
+                .await
+                .context("cannot connect to the database (DATABASE_URL)")?;
             if settings.migrate_on_start {
                 ledger_core::db::migrate(&pool).await.context("applying migrations")?;
             }
@@ -127,7 +142,11 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
             .map_err(|e| match e {
                 ledger_tenant_binding::accounts::CreateAccountError::Invalid(errors) => anyhow::anyhow!(
                     "{}",
-                    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+                    errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.field, e.message))
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ),
                 other => anyhow::Error::new(other),
             })?;
@@ -139,7 +158,7 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
             }));
             Ok(())
         }
-        Command::Dev(_) | Command::Openapi { .. } => unreachable!("handled above"),
+        Command::Dev(_) | Command::Openapi { .. } | Command::Sandbox(_) => unreachable!("handled above"),
     }
 }
 

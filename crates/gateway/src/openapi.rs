@@ -39,7 +39,9 @@ impl utoipa::Modify for SecuritySchemes {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("A merchant API token (`lgr_…`), from `ledger merchant create` or the dashboard."))
+                    .description(Some(
+                        "A merchant API token (`lgr_…`), from `ledger merchant create` or the dashboard.",
+                    ))
                     .build(),
             ),
         );
@@ -72,6 +74,9 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .merge(ledger_tenant_binding::routes())
+        .merge(ledger_pairing::routes())
+        .merge(ledger_event_ingest::routes())
 }
 
 /// The document as the server serves it.

@@ -47,6 +47,7 @@ pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
         None => (None, None),
         Some(endpoint) => {
             let endpoint = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
+            ledger_core::install_crypto_provider();
             let client = reqwest::blocking::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
                 .redirect(reqwest::redirect::Policy::none())

@@ -170,6 +170,7 @@ pub async fn resolve(url: &Url, policy: &UrlPolicy) -> Result<Vec<SocketAddr>, U
 /// redirects, and gives up after the configured timeouts.
 pub async fn pinned_client(url: &Url, policy: &UrlPolicy) -> Result<reqwest::Client, UrlError> {
     let addrs = resolve(url, policy).await?;
+    ledger_core::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(policy.connect_timeout)

@@ -89,7 +89,13 @@ pub async fn connect(
     let policy = UrlPolicy::from_settings(&state.settings);
     let mut errors = Vec::new();
     let base = url::normalize_base_url(&request.magento_base_url, &policy)
-        .map_err(|e| errors.push(FieldError { field: "magento_base_url".into(), code: e.code().into(), message: e.to_string() }))
+        .map_err(|e| {
+            errors.push(FieldError {
+                field: "magento_base_url".into(),
+                code: e.code().into(),
+                message: e.to_string(),
+            })
+        })
         .ok();
     let code = request.pairing_code.trim();
     if code.is_empty() || code.len() > 128 || code.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -105,7 +111,11 @@ pub async fn connect(
     let tenant_id = merchant.tenant(&state.db, request.tenant_id).await?;
     // Check the address before anything is stored, so a refused URL changes nothing.
     url::resolve(&base, &policy).await.map_err(|e| {
-        Problem::validation(vec![FieldError { field: "magento_base_url".into(), code: e.code().into(), message: e.to_string() }])
+        Problem::validation(vec![FieldError {
+            field: "magento_base_url".into(),
+            code: e.code().into(),
+            message: e.to_string(),
+        }])
     })?;
     let base_text = url::base_url_text(&base);
 
@@ -113,14 +123,28 @@ pub async fn connect(
     let attempt = uuid::Uuid::new_v4();
     let (binding_id, repaired) = record_pending(&state, tenant_id, &base_text, &api_key, attempt).await?;
 
-    let outcome = pair(&base, &policy, code, &tenant_id.to_string(), &api_key, &state.settings.public_url).await;
+    let outcome = pair(
+        &base,
+        &policy,
+        code,
+        &tenant_id.to_string(),
+        &api_key,
+        &state.settings.public_url,
+    )
+    .await;
     match outcome {
         Ok(()) => {
             let status = confirm(&state, &merchant, tenant_id, binding_id, &api_key, attempt, repaired).await?;
             tracing::info!(%binding_id, %tenant_id, repaired, "store paired");
             Ok((
                 StatusCode::CREATED,
-                axum::Json(Connected { binding_id, tenant_id, status, magento_base_url: base_text, repaired }),
+                axum::Json(Connected {
+                    binding_id,
+                    tenant_id,
+                    status,
+                    magento_base_url: base_text,
+                    repaired,
+                }),
             ))
         }
         Err(err) => {
@@ -154,7 +178,9 @@ async fn record_pending(
     .fetch_optional(&mut *tx)
     .await?;
     let binding_id = existing.unwrap_or_else(BindingId::new);
-    let sealed = state.keyring.seal(api_key.expose().as_bytes(), &bindings::pending_key_context(binding_id));
+    let sealed = state
+        .keyring
+        .seal(api_key.expose().as_bytes(), &bindings::pending_key_context(binding_id));
     sqlx::query!(
         "INSERT INTO connector_bindings
            (id, tenant_id, provider, magento_base_url, status, pending_api_key, pending_api_key_key_id, pending_attempt, pending_since)
@@ -184,7 +210,9 @@ async fn confirm(
     attempt: uuid::Uuid,
     repaired: bool,
 ) -> Result<BindingStatus, Problem> {
-    let sealed = state.keyring.seal(api_key.expose().as_bytes(), &bindings::api_key_context(binding_id));
+    let sealed = state
+        .keyring
+        .seal(api_key.expose().as_bytes(), &bindings::api_key_context(binding_id));
     let mut tx = state.db.begin().await?;
     let status = sqlx::query_scalar!(
         "UPDATE connector_bindings
@@ -249,11 +277,13 @@ async fn discard_pending(state: &AppState, binding_id: BindingId, attempt: uuid:
 }
 
 fn pairing_problem(err: &MagentoError, code: &str, uncertain: bool) -> Problem {
-    let url_field = |code: &str, message: String| Problem::validation(vec![FieldError {
-        field: "magento_base_url".into(),
-        code: code.into(),
-        message,
-    }]);
+    let url_field = |code: &str, message: String| {
+        Problem::validation(vec![FieldError {
+            field: "magento_base_url".into(),
+            code: code.into(),
+            message,
+        }])
+    };
     match err {
         MagentoError::Unauthorized { .. } => {
             let hint = if looks_like_module_code(code) {
@@ -266,8 +296,12 @@ fn pairing_problem(err: &MagentoError, code: &str, uncertain: bool) -> Problem {
                  In the Magento admin (Stores → Configuration → Byte8 → Sage Accounting) click \"Generate pairing code\" \
                  and paste the new code.{hint}"
             );
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "pairing_code_rejected", detail.clone())
-                .with_field("pairing_code", "rejected", detail)
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "pairing_code_rejected",
+                detail.clone(),
+            )
+            .with_field("pairing_code", "rejected", detail)
         }
         MagentoError::NotFound { url, .. } => url_field(
             "module_not_found",

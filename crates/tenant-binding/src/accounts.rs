@@ -43,7 +43,9 @@ pub fn normalize_email(raw: &str) -> Result<String, FieldError> {
     let email = raw.trim().to_ascii_lowercase();
     let valid = email.len() <= 254
         && !email.chars().any(char::is_whitespace)
-        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
     if valid {
         Ok(email)
     } else {
@@ -70,7 +72,10 @@ pub fn check_password(password: &str) -> Result<(), FieldError> {
 /// argon2id with the crate's defaults (19 MiB, t=2, p=1), off the async threads.
 pub async fn hash_password(password: Secret<String>) -> String {
     tokio::task::spawn_blocking(move || {
-        Argon2::default().hash_password(password.expose().as_bytes()).expect("hashing with valid params").to_string()
+        Argon2::default()
+            .hash_password(password.expose().as_bytes())
+            .expect("hashing with valid params")
+            .to_string()
     })
     .await
     .expect("the hashing task completes")
@@ -84,11 +89,21 @@ pub async fn verify_password(password: Secret<String>, stored: Option<String>) -
     tokio::task::spawn_blocking(move || {
         let hash = stored.unwrap_or_else(|| {
             DUMMY
-                .get_or_init(|| Argon2::default().hash_password(b"not-a-real-password").expect("hashing").to_string())
+                .get_or_init(|| {
+                    Argon2::default()
+                        .hash_password(b"not-a-real-password")
+                        .expect("hashing")
+                        .to_string()
+                })
                 .clone()
         });
-        let Ok(parsed) = PasswordHash::new(&hash) else { return false };
-        Argon2::default().verify_password(password.expose().as_bytes(), &parsed).is_ok() && !dummy_needed
+        let Ok(parsed) = PasswordHash::new(&hash) else {
+            return false;
+        };
+        Argon2::default()
+            .verify_password(password.expose().as_bytes(), &parsed)
+            .is_ok()
+            && !dummy_needed
     })
     .await
     .unwrap_or(false)
@@ -160,10 +175,15 @@ pub async fn create_account(
         }
         other => other.map_err(CreateAccountError::Database)?,
     };
-    sqlx::query!("INSERT INTO tenants (id, account_id, name) VALUES ($1, $2, $3)", tenant_id.0, account_id.0, tenant_name)
-        .execute(&mut *tx)
-        .await
-        .map_err(CreateAccountError::Database)?;
+    sqlx::query!(
+        "INSERT INTO tenants (id, account_id, name) VALUES ($1, $2, $3)",
+        tenant_id.0,
+        account_id.0,
+        tenant_name
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(CreateAccountError::Database)?;
     audit::record(
         &mut tx,
         audit::Entry {
@@ -182,7 +202,11 @@ pub async fn create_account(
 }
 
 /// Issues an API token; only its SHA-256 is stored, the token is returned once.
-pub async fn create_api_token(db: &sqlx::PgPool, account_id: AccountId, name: &str) -> Result<Secret<String>, sqlx::Error> {
+pub async fn create_api_token(
+    db: &sqlx::PgPool,
+    account_id: AccountId,
+    name: &str,
+) -> Result<Secret<String>, sqlx::Error> {
     let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(crypto::random_bytes::<32>()));
     let hash = ring_sha256(token.as_bytes());
     sqlx::query!(
@@ -225,7 +249,11 @@ pub async fn create_session(
 
 /// The `Set-Cookie` value for a session (Secure whenever the public URL is https).
 pub fn session_cookie(value: &Secret<String>, state: &AppState) -> HeaderValue {
-    let secure = if state.settings.public_url.starts_with("https://") { "; Secure" } else { "" };
+    let secure = if state.settings.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
     let max_age = state.settings.session_ttl.as_secs();
     HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
@@ -263,7 +291,9 @@ pub struct SignedUp {
 fn signed_in_response<T: Serialize>(status: StatusCode, body: &T, cookie: HeaderValue) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -278,8 +308,16 @@ fn signed_in_response<T: Serialize>(status: StatusCode, body: &T, cookie: Header
 pub async fn signup(State(state): State<AppState>, Json(body): Json<Credentials>) -> Result<Response, Problem> {
     let created = create_account(&state.db, &body.email, Some(Secret::new(body.password)), false).await?;
     let (cookie, csrf_token) = create_session(&state.db, created.account_id, state.settings.session_ttl).await?;
-    let body = SignedUp { account_id: created.account_id, tenant_id: created.tenant_id, csrf_token };
-    Ok(signed_in_response(StatusCode::CREATED, &body, session_cookie(&cookie, &state)))
+    let body = SignedUp {
+        account_id: created.account_id,
+        tenant_id: created.tenant_id,
+        csrf_token,
+    };
+    Ok(signed_in_response(
+        StatusCode::CREATED,
+        &body,
+        session_cookie(&cookie, &state),
+    ))
 }
 
 /// Sign in with email and password; sets the session cookie.
@@ -331,23 +369,45 @@ pub async fn signin(
     let stored = account.as_ref().and_then(|a| a.password_hash.clone());
     let ok = verify_password(Secret::new(body.password), stored).await;
     let Some(account) = account.filter(|_| ok) else {
-        sqlx::query!("INSERT INTO signin_failures (email_key, client_ip) VALUES ($1, $2)", email_key, client_ip)
-            .execute(&state.db)
-            .await?;
-        return Err(Problem::unauthorized("invalid_credentials", "Email or password is incorrect."));
+        sqlx::query!(
+            "INSERT INTO signin_failures (email_key, client_ip) VALUES ($1, $2)",
+            email_key,
+            client_ip
+        )
+        .execute(&state.db)
+        .await?;
+        return Err(Problem::unauthorized(
+            "invalid_credentials",
+            "Email or password is incorrect.",
+        ));
     };
-    sqlx::query!("DELETE FROM signin_failures WHERE email_key = $1", email_key).execute(&state.db).await?;
+    sqlx::query!("DELETE FROM signin_failures WHERE email_key = $1", email_key)
+        .execute(&state.db)
+        .await?;
     let (cookie, csrf_token) = create_session(&state.db, account.id, state.settings.session_ttl).await?;
-    let body = SignedIn { account_id: account.id, csrf_token };
-    Ok(signed_in_response(StatusCode::OK, &body, session_cookie(&cookie, &state)))
+    let body = SignedIn {
+        account_id: account.id,
+        csrf_token,
+    };
+    Ok(signed_in_response(
+        StatusCode::OK,
+        &body,
+        session_cookie(&cookie, &state),
+    ))
 }
 
 /// End the current session.
 #[utoipa::path(post, path = "/v1/auth/signout", tag = "accounts", operation_id = "signout",
     responses((status = 204, description = "Signed out; the cookie is cleared")))]
-pub async fn signout(State(state): State<AppState>, merchant: Merchant, headers: HeaderMap) -> Result<Response, Problem> {
+pub async fn signout(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
     if let Some(value) = crate::auth::cookie_value(&headers, SESSION_COOKIE) {
-        sqlx::query!("DELETE FROM sessions WHERE id_hash = $1", ring_sha256(value.as_bytes())).execute(&state.db).await?;
+        sqlx::query!("DELETE FROM sessions WHERE id_hash = $1", ring_sha256(value.as_bytes()))
+            .execute(&state.db)
+            .await?;
     }
     let _ = merchant;
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -377,9 +437,12 @@ pub struct Me {
         (status = 401, description = "Not signed in", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn me(State(state): State<AppState>, merchant: Merchant) -> Result<axum::Json<Me>, Problem> {
-    let account = sqlx::query!("SELECT email, is_operator FROM accounts WHERE id = $1", merchant.account_id.0)
-        .fetch_one(&state.db)
-        .await?;
+    let account = sqlx::query!(
+        "SELECT email, is_operator FROM accounts WHERE id = $1",
+        merchant.account_id.0
+    )
+    .fetch_one(&state.db)
+    .await?;
     let tenants = sqlx::query_as!(
         TenantSummary,
         r#"SELECT id AS "tenant_id: TenantId", name FROM tenants WHERE account_id = $1 ORDER BY created_at, id"#,
@@ -387,5 +450,10 @@ pub async fn me(State(state): State<AppState>, merchant: Merchant) -> Result<axu
     )
     .fetch_all(&state.db)
     .await?;
-    Ok(axum::Json(Me { account_id: merchant.account_id, email: account.email, is_operator: account.is_operator, tenants }))
+    Ok(axum::Json(Me {
+        account_id: merchant.account_id,
+        email: account.email,
+        is_operator: account.is_operator,
+        tenants,
+    }))
 }

@@ -60,7 +60,10 @@ impl FromRequestParts<AppState> for Merchant {
                 .map(str::trim)
                 .filter(|t| t.starts_with(TOKEN_PREFIX))
                 .ok_or_else(|| {
-                    Problem::unauthorized("invalid_token", "The Authorization header must be `Bearer lgr_…` (an API token).")
+                    Problem::unauthorized(
+                        "invalid_token",
+                        "The Authorization header must be `Bearer lgr_…` (an API token).",
+                    )
                 })?;
             let row = sqlx::query!(
                 r#"UPDATE api_tokens t SET last_used_at = now()
@@ -72,7 +75,11 @@ impl FromRequestParts<AppState> for Merchant {
             .fetch_optional(&state.db)
             .await?
             .ok_or_else(|| Problem::unauthorized("invalid_token", "The API token is unknown or revoked."))?;
-            return Ok(Self { account_id: row.account_id, is_operator: row.is_operator, via: AuthVia::Token });
+            return Ok(Self {
+                account_id: row.account_id,
+                is_operator: row.is_operator,
+                via: AuthVia::Token,
+            });
         }
 
         let Some(cookie) = cookie_value(&parts.headers, SESSION_COOKIE) else {
@@ -101,7 +108,13 @@ impl FromRequestParts<AppState> for Merchant {
                 ));
             }
         }
-        Ok(Self { account_id: row.account_id, is_operator: row.is_operator, via: AuthVia::Session { csrf_token: row.csrf_token } })
+        Ok(Self {
+            account_id: row.account_id,
+            is_operator: row.is_operator,
+            via: AuthVia::Session {
+                csrf_token: row.csrf_token,
+            },
+        })
     }
 }
 
@@ -119,8 +132,11 @@ impl Merchant {
         .fetch_optional(db)
         .await?;
         found.ok_or_else(|| match requested {
-            Some(t) => Problem::not_found("tenant_not_found", format!("You have no tenant {t}."))
-                .with_field("tenant_id", "not_found", "not one of your tenants"),
+            Some(t) => Problem::not_found("tenant_not_found", format!("You have no tenant {t}.")).with_field(
+                "tenant_id",
+                "not_found",
+                "not one of your tenants",
+            ),
             None => Problem::not_found("tenant_not_found", "This account has no tenant yet."),
         })
     }

@@ -105,8 +105,16 @@ pub async fn api_key(state: &AppState, id: BindingId) -> Result<Secret<String>, 
         .fetch_optional(&state.db)
         .await?
         .flatten()
-        .ok_or_else(|| Problem::conflict("binding_not_paired", format!("Binding {id} holds no api_key yet; pair the store.")))?;
-    state.keyring.open_string(&sealed, &api_key_context(id)).map_err(Problem::internal)
+        .ok_or_else(|| {
+            Problem::conflict(
+                "binding_not_paired",
+                format!("Binding {id} holds no api_key yet; pair the store."),
+            )
+        })?;
+    state
+        .keyring
+        .open_string(&sealed, &api_key_context(id))
+        .map_err(Problem::internal)
 }
 
 /// A binding's keys, for working out which binding signed a request.
@@ -142,8 +150,15 @@ pub async fn key_candidates(db: &sqlx::PgPool, tenant: TenantId) -> Result<Vec<K
 
 /// Promotes a pending key that the store has just proven it holds (its request verified
 /// with it): the pairing call's answer was lost, but the store did store the key.
-pub async fn promote_pending_key(db: &sqlx::PgPool, keyring: &Keyring, id: BindingId, sealed_pending: &[u8]) -> Result<(), Problem> {
-    let key = keyring.open(sealed_pending, &pending_key_context(id)).map_err(Problem::internal)?;
+pub async fn promote_pending_key(
+    db: &sqlx::PgPool,
+    keyring: &Keyring,
+    id: BindingId,
+    sealed_pending: &[u8],
+) -> Result<(), Problem> {
+    let key = keyring
+        .open(sealed_pending, &pending_key_context(id))
+        .map_err(Problem::internal)?;
     let sealed = keyring.seal(key.expose(), &api_key_context(id));
     sqlx::query!(
         "UPDATE connector_bindings

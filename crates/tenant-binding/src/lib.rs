@@ -9,6 +9,7 @@
 //!   status and disconnect.
 
 pub mod accounts;
+pub mod api;
 pub mod auth;
 pub mod bindings;
 pub mod magento;
@@ -24,6 +25,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(accounts::signin))
         .routes(routes!(accounts::signout))
         .routes(routes!(accounts::me))
+        .routes(routes!(api::list))
+        .routes(routes!(api::get))
         .routes(routes!(status::tile_health))
         .routes(routes!(status::entity_status))
         .routes(routes!(status::disconnect))
@@ -33,7 +36,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// bindings whose pairing was never confirmed within a day. Returns rows removed.
 pub async fn housekeeping(db: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
     let mut removed = magento::prune_jti(db).await?;
-    removed += sqlx::query!("DELETE FROM sessions WHERE expires_at < now()").execute(db).await?.rows_affected();
+    removed += sqlx::query!("DELETE FROM sessions WHERE expires_at < now()")
+        .execute(db)
+        .await?
+        .rows_affected();
     removed += sqlx::query!("DELETE FROM signin_failures WHERE at < now() - interval '1 day'")
         .execute(db)
         .await?

@@ -28,7 +28,9 @@ fn refused(code: &'static str, detail: impl Into<String>) -> Problem {
 
 fn jwt_problem(err: &JwtError) -> Problem {
     let hint = match err {
-        JwtError::Expired(_) | JwtError::NotYetValid(_) => " Check that the Magento server's clock is synchronised (NTP).",
+        JwtError::Expired(_) | JwtError::NotYetValid(_) => {
+            " Check that the Magento server's clock is synchronised (NTP)."
+        }
         JwtError::Subject(_) => " The store is paired with another tenant; pair it again from this tenant.",
         _ => "",
     };
@@ -47,31 +49,56 @@ pub async fn authenticate(
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| v[7..].trim()))
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                .map(|_| v[7..].trim())
+        })
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| refused("token_missing", "Send the module's signed token as `Authorization: Bearer <jwt>`."))?;
+        .ok_or_else(|| {
+            refused(
+                "token_missing",
+                "Send the module's signed token as `Authorization: Bearer <jwt>`.",
+            )
+        })?;
     let parsed = auth::parse(token).map_err(|e| jwt_problem(&e))?;
 
     let tenant_text = match path_tenant {
         Some(t) => t.to_owned(),
-        None => parsed.subject().map(str::to_owned).ok_or_else(|| jwt_problem(&JwtError::Claim("sub")))?,
+        None => parsed
+            .subject()
+            .map(str::to_owned)
+            .ok_or_else(|| jwt_problem(&JwtError::Claim("sub")))?,
     };
     let tenant_id: TenantId = tenant_text.parse().map_err(|_| {
-        refused("unknown_tenant", format!("The ledger has no tenant `{tenant_text}`. Pair the store again from the ledger dashboard."))
+        refused(
+            "unknown_tenant",
+            format!("The ledger has no tenant `{tenant_text}`. Pair the store again from the ledger dashboard."),
+        )
     })?;
 
     let candidates = bindings::key_candidates(&state.db, tenant_id).await?;
     if candidates.is_empty() {
         return Err(refused(
             "unknown_tenant",
-            format!("The ledger has no paired store for tenant {tenant_id}. Pair the store again from the ledger dashboard."),
+            format!(
+                "The ledger has no paired store for tenant {tenant_id}. Pair the store again from the ledger dashboard."
+            ),
         ));
     }
     let mut matched = None;
     for candidate in &candidates {
         let keys = [
-            (candidate.api_key.as_deref(), bindings::api_key_context(candidate.binding_id), false),
-            (candidate.pending_api_key.as_deref(), bindings::pending_key_context(candidate.binding_id), true),
+            (
+                candidate.api_key.as_deref(),
+                bindings::api_key_context(candidate.binding_id),
+                false,
+            ),
+            (
+                candidate.pending_api_key.as_deref(),
+                bindings::pending_key_context(candidate.binding_id),
+                true,
+            ),
         ];
         for (sealed, context, pending) in keys {
             let Some(sealed) = sealed else { continue };
@@ -143,5 +170,8 @@ pub async fn consume_jti(conn: &mut sqlx::PgConnection, caller: &MagentoCaller) 
 
 /// Deletes replay-store entries past their expiry; returns how many.
 pub async fn prune_jti(db: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query!("DELETE FROM magento_jti WHERE expires_at < now()").execute(db).await?.rows_affected())
+    Ok(sqlx::query!("DELETE FROM magento_jti WHERE expires_at < now()")
+        .execute(db)
+        .await?
+        .rows_affected())
 }

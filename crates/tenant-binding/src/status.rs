@@ -98,8 +98,15 @@ pub async fn tile_health(State(state): State<AppState>, headers: HeaderMap) -> R
     .fetch_one(&state.db)
     .await?;
     Ok(axum::Json(TileHealth {
-        tenant: TileTenant { id: caller.tenant_id, magento_connection_status: binding.magento_connection_status },
-        binding: TileBinding { id: binding.binding_id, status: tile_status(binding.status), region: binding.region },
+        tenant: TileTenant {
+            id: caller.tenant_id,
+            magento_connection_status: binding.magento_connection_status,
+        },
+        binding: TileBinding {
+            id: binding.binding_id,
+            status: tile_status(binding.status),
+            region: binding.region,
+        },
         sync: TileSync {
             pending_count: counts.pending,
             failed_24h: counts.failed,
@@ -233,7 +240,14 @@ pub async fn disconnect(State(state): State<AppState>, headers: HeaderMap) -> Re
     let caller = magento::authenticate(&state, &headers, None, true).await?;
     let mut tx = state.db.begin().await?;
     magento::consume_jti(&mut tx, &caller).await?;
-    revoke(&mut tx, caller.tenant_id, caller.binding_id, Actor::Magento(caller.binding_id), "magento").await?;
+    revoke(
+        &mut tx,
+        caller.tenant_id,
+        caller.binding_id,
+        Actor::Magento(caller.binding_id),
+        "magento",
+    )
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,6 @@
 //! `ledger dev`: the whole system on one machine, for trying the product and for demos.
 
+mod demo;
 mod postgres;
 
 use std::path::PathBuf;
@@ -18,6 +19,16 @@ pub struct DevArgs {
     /// Folder for local state (a private PostgreSQL cluster when one is needed).
     #[arg(long, default_value = ".ledger-dev", value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// Do not start the sandbox store and the demo merchant.
+    #[arg(long)]
+    pub no_sandbox: bool,
+    /// How often the sandbox store places a new order.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub activity_every: std::time::Duration,
+}
+
+fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
+    ledger_core::config::parse_duration(v)
 }
 
 /// Runs database, server and worker in this process until SIGTERM/SIGINT.
@@ -48,17 +59,36 @@ pub async fn run(mut layers: Layers, args: DevArgs) -> anyhow::Result<()> {
     let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let state = AppState::connect(settings).await?;
 
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, state.db.clone(), shutdown.clone())));
+    let worker_task = tokio::spawn(worker::run(state.clone(), shutdown.clone()));
+    let deadline = state.settings.shutdown_deadline;
+    let server_task = tokio::spawn(server::serve(
+        listener,
+        http::router(state.clone()),
+        shutdown.clone(),
+        deadline,
+    ));
+
+    let demo = if args.no_sandbox {
+        None
+    } else {
+        match demo::start(&state, args.activity_every, shutdown.clone()).await {
+            Ok(demo) => Some(demo),
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "the sandbox demo did not start; the ledger runs without it");
+                None
+            }
+        }
+    };
     banner(
         &state.settings.public_url,
         metrics_addr,
         &database_url,
         private.as_ref(),
+        demo.as_ref(),
     );
 
-    let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, state.db.clone(), shutdown.clone())));
-    let worker_task = tokio::spawn(worker::run(state.clone(), shutdown.clone()));
-    let deadline = state.settings.shutdown_deadline;
-    let served = server::serve(listener, http::router(state.clone()), shutdown.clone(), deadline).await;
+    let served = server_task.await?;
     shutdown.cancel();
     worker_task.await??;
     if let Some(task) = metrics_task {
@@ -98,6 +128,7 @@ fn banner(
     metrics: Option<std::net::SocketAddr>,
     database: &Url,
     private: Option<&postgres::PrivatePostgres>,
+    demo: Option<&demo::Demo>,
 ) {
     let mut shown = database.clone();
     let _ = shown.set_password(None);
@@ -115,4 +146,47 @@ fn banner(
         ),
         None => println!("  Database     {shown}"),
     }
+    if let Some(demo) = demo {
+        println!(
+            "  Store        {} (sandbox Magento store, paired as binding {})",
+            demo.store.base_url, demo.binding_id
+        );
+        println!("  Demo login   {} / {}", demo::DEMO_EMAIL, demo::DEMO_PASSWORD);
+        println!("  API token    {}", demo.token.expose());
+        println!(
+            "  Try          curl -H 'Authorization: Bearer {}' {public_url}/v1/bindings",
+            demo.token.expose()
+        );
+    }
+}
+
+/// `ledger sandbox magento`: a store on its own, until Ctrl-C.
+#[allow(clippy::print_stdout, reason = "the command's output")]
+pub async fn run_magento_sandbox(
+    addr: std::net::SocketAddr,
+    seed: u64,
+    drain_interval: std::time::Duration,
+    backoff_divisor: u64,
+) -> anyhow::Result<()> {
+    use ledger_sandbox::magento::{RunningStore, Store, StoreConfig};
+    let shutdown = shutdown::on_signals();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let store = Store::new(StoreConfig {
+        seed,
+        drain_interval,
+        backoff_divisor,
+        ..StoreConfig::default()
+    });
+    let running = RunningStore::start(store.clone(), listener, shutdown.clone())?;
+    println!("Sandbox Magento store at {}", running.base_url);
+    println!(
+        "  Pairing code   {} (valid 30 minutes; POST /sandbox/pairing-code for another)",
+        store.generate_pairing_code()
+    );
+    println!("  Admin view     {}/", running.base_url);
+    shutdown.cancelled().await;
+    running.stop().await;
+    Ok(())
 }
