@@ -641,7 +641,7 @@ impl Store {
         let mut inner = self.lock();
         let Some(connection) = inner.connection.clone() else {
             inner.log.push("auth: module not paired".to_owned());
-            return Err(unauthorized());
+            return Err(Box::new(unauthorized()));
         };
         match jwt::verify_inbound(
             token,
@@ -653,7 +653,7 @@ impl Store {
             Ok(()) => Ok(()),
             Err(reason) => {
                 inner.log.push(format!("auth: rejected ({reason:?})"));
-                Err(unauthorized())
+                Err(Box::new(unauthorized()))
             }
         }
     }
@@ -758,7 +758,7 @@ async fn setup_pair(State(store): State<Arc<Store>>, body: Bytes) -> Response {
 
 async fn ping(State(store): State<Arc<Store>>, headers: HeaderMap) -> Response {
     if let Err(r) = store.authorize(&headers) {
-        return r;
+        return *r;
     }
     // Stock Magento serialises the associative array as a list.
     let now = chrono::DateTime::from_timestamp(store.now(), 0)
@@ -770,7 +770,7 @@ async fn ping(State(store): State<Arc<Store>>, headers: HeaderMap) -> Response {
 
 async fn payment_methods(State(store): State<Arc<Store>>, headers: HeaderMap) -> Response {
     if let Err(r) = store.authorize(&headers) {
-        return r;
+        return *r;
     }
     let methods: Vec<Value> = catalogue::PAYMENT_METHODS
         .iter()
@@ -785,7 +785,7 @@ async fn entity(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = store.authorize(&headers) {
-        return r;
+        return *r;
     }
     if let Some(fault) = store.take_fault() {
         return fault;
@@ -829,7 +829,7 @@ fn mysql_accepts(value: &str, strict: bool) -> bool {
 
 async fn sync_state(State(store): State<Arc<Store>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = store.authorize(&headers) {
-        return r;
+        return *r;
     }
     if let Some(fault) = store.take_fault() {
         return fault;
