@@ -627,7 +627,7 @@ impl Store {
     }
 
     /// Checks the ledger's token on a request to a `Byte8_Client::byte8_webapi` route.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -636,7 +636,7 @@ impl Store {
                     .filter(|p| p.eq_ignore_ascii_case("bearer "))
                     .map(|_| &v[7..])
             })
-            .ok_or_else(unauthorized)?;
+            .ok_or_else(|| Box::new(unauthorized()))?;
         let now = self.now();
         let mut inner = self.lock();
         let Some(connection) = inner.connection.clone() else {
