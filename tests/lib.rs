@@ -1,1 +1,81 @@
-//! End-to-end tests that cross crates and processes live beside this file; see `e2e/`.
+//! Helpers shared by the end-to-end tests in `e2e/`: acting as the Magento module on
+//! the wire, with exactly the requests it sends.
+
+use ledger_magento_api::auth::{self, Claims, Subkeys};
+use ledger_test_support::{PairedStore, TestApp};
+
+/// The module's claims for `tenant` at `iat` (exp = iat + 60, nbf = iat).
+pub fn module_claims(tenant: &str, iat: i64) -> Claims {
+    Claims {
+        iss: "magento".into(),
+        sub: tenant.into(),
+        aud: "byte8-ledger".into(),
+        iat,
+        nbf: iat,
+        exp: iat + 60,
+        jti: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A token exactly as the module signs it, with the store's api_key.
+pub fn module_token(api_key: &str, tenant: &str) -> String {
+    auth::sign(
+        Subkeys::derive(api_key).outbound.expose(),
+        &module_claims(tenant, now()),
+    )
+}
+
+/// Posts a webhook as the module does (token, content type, idempotency key, body).
+pub async fn post_event(
+    app: &TestApp,
+    tenant: &str,
+    event: &str,
+    token: Option<&str>,
+    key: Option<&str>,
+    body: &str,
+) -> reqwest::Response {
+    let mut request = app
+        .http
+        .post(app.url(&format!("/webhooks/magento/{tenant}/{event}")))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    request.send().await.expect("request reaches the test server")
+}
+
+/// A valid event body for entity `id`.
+pub fn event_body(id: i64) -> String {
+    format!(
+        r#"{{"magento_entity_id":{id},"website_id":1,"store_id":1,"occurred_at":"2026-04-29T12:11:12Z","payload":{{}}}}"#
+    )
+}
+
+/// Sends a valid webhook for the paired store with a fresh token.
+pub async fn send_valid(app: &TestApp, paired: &PairedStore, event: &str, id: i64) -> reqwest::Response {
+    let token = module_token(&paired.api_key(), &paired.tenant());
+    post_event(
+        app,
+        &paired.tenant(),
+        event,
+        Some(&token),
+        Some(&format!("{event}:{id}")),
+        &event_body(id),
+    )
+    .await
+}
+
+pub async fn count(app: &TestApp, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&app.state.db)
+        .await
+        .expect("count query")
+}

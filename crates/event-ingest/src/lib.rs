@@ -76,13 +76,8 @@ fn parse_body(bytes: &[u8]) -> Result<(EventBody, Value), Problem> {
         )]));
     };
     let mut errors = Vec::new();
-    let magento_entity_id = match object.get("magento_entity_id").and_then(Value::as_i64) {
-        Some(id) if id > 0 => id,
-        Some(_) => {
-            errors.push(field("magento_entity_id", "invalid", "must be a positive integer"));
-            0
-        }
-        None => {
+    let magento_entity_id = match object.get("magento_entity_id") {
+        None | Some(Value::Null) => {
             errors.push(field(
                 "magento_entity_id",
                 "required",
@@ -90,6 +85,13 @@ fn parse_body(bytes: &[u8]) -> Result<(EventBody, Value), Problem> {
             ));
             0
         }
+        Some(v) => match v.as_i64() {
+            Some(id) if id > 0 => id,
+            _ => {
+                errors.push(field("magento_entity_id", "invalid", "must be a positive integer"));
+                0
+            }
+        },
     };
     let mut non_negative = |name: &str| match object.get(name) {
         None | Some(Value::Null) => 0,

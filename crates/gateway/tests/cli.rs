@@ -289,3 +289,35 @@ async fn drop_database(name: &str) {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_cli_creates_a_merchant_and_prints_one_json_object() {
+    let db = TestDb::new().await;
+    let out = ledger()
+        .args([
+            "merchant",
+            "create",
+            "--email",
+            "cli@example.com",
+            "--password",
+            "a-long-enough-secret",
+        ])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    let created: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for key in ["account_id", "tenant_id", "token"] {
+        assert!(created[key].is_string(), "{key} in {stdout}");
+    }
+    assert!(created["token"].as_str().unwrap().starts_with("lgr_"));
+
+    let out = ledger()
+        .args(["merchant", "create", "--email", "cli@example.com"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a taken email fails");
+}

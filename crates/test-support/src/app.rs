@@ -141,3 +141,104 @@ impl Drop for TestApp {
         self.shutdown.cancel();
     }
 }
+
+/// A merchant created directly in the database, with an API token.
+#[derive(Debug, Clone)]
+pub struct TestMerchant {
+    pub account_id: ledger_core::AccountId,
+    pub tenant_id: ledger_core::TenantId,
+    pub token: String,
+}
+
+/// A sandbox store paired with a [`TestApp`] through `POST /v1/magento/connect`.
+#[derive(Debug)]
+pub struct PairedStore {
+    pub store: ledger_sandbox::magento::RunningStore,
+    pub binding_id: ledger_core::BindingId,
+    pub merchant: TestMerchant,
+    /// The api_key the store received when it was paired.
+    pub paired_key: String,
+}
+
+impl PairedStore {
+    pub fn tenant(&self) -> String {
+        self.merchant.tenant_id.to_string()
+    }
+
+    pub fn api_key(&self) -> String {
+        self.store.store.api_key().expect("the store is paired")
+    }
+
+    /// The key from pairing, still known after the store disconnected.
+    pub fn api_key_before_disconnect(&self) -> String {
+        self.paired_key.clone()
+    }
+}
+
+impl TestApp {
+    /// A new merchant account (email unique per call) and its API token.
+    pub async fn merchant(&self) -> TestMerchant {
+        let email = format!("m{}@example.com", uuid::Uuid::new_v4().simple());
+        let created = ledger_tenant_binding::accounts::create_account(
+            &self.state.db,
+            &email,
+            Some(Secret::new("correct-horse-battery".to_owned())),
+            false,
+        )
+        .await
+        .expect("account");
+        let token = ledger_tenant_binding::accounts::create_api_token(&self.state.db, created.account_id, "test")
+            .await
+            .expect("token");
+        TestMerchant {
+            account_id: created.account_id,
+            tenant_id: created.tenant_id,
+            token: token.into_inner(),
+        }
+    }
+
+    /// `POST /v1/magento/connect` as `merchant`.
+    pub async fn connect(&self, merchant: &TestMerchant, base_url: &str, code: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/magento/connect"))
+            .bearer_auth(&merchant.token)
+            .json(&serde_json::json!({ "magento_base_url": base_url, "pairing_code": code }))
+            .send()
+            .await
+            .expect("request reaches the test server")
+    }
+
+    /// Starts a sandbox store (manual drain: its cron interval is an hour) and pairs it.
+    pub async fn paired_store(&self) -> PairedStore {
+        let config = ledger_sandbox::magento::StoreConfig {
+            drain_interval: std::time::Duration::from_secs(3600),
+            backoff_divisor: 1000,
+            ..Default::default()
+        };
+        self.paired_store_with(config).await
+    }
+
+    pub async fn paired_store_with(&self, config: ledger_sandbox::magento::StoreConfig) -> PairedStore {
+        let merchant = self.merchant().await;
+        let store = ledger_sandbox::magento::RunningStore::spawn(config)
+            .await
+            .expect("sandbox store");
+        let code = store.store.generate_pairing_code();
+        let response = self.connect(&merchant, &store.base_url, &code).await;
+        assert_eq!(
+            response.status(),
+            201,
+            "pairing failed: {}",
+            response.text().await.unwrap_or_default()
+        );
+        let body: serde_json::Value = response.json().await.expect("json");
+        let binding_id = body["binding_id"].as_str().expect("binding_id").parse().expect("uuid");
+        let paired_key = store.store.api_key().expect("paired");
+        PairedStore {
+            store,
+            binding_id,
+            merchant,
+            paired_key,
+        }
+    }
+}

@@ -12,6 +12,8 @@ pub mod catalogue;
 pub mod jwt;
 mod page;
 
+pub use page::tile_verdict;
+
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard},
@@ -253,6 +255,13 @@ impl Store {
             issued_at: self.now(),
         });
         code
+    }
+
+    /// Ages the current pairing code by `secs` (tests of the 30-minute expiry).
+    pub fn age_pairing_code(&self, secs: i64) {
+        if let Some(p) = self.lock().pairing.as_mut() {
+            p.issued_at -= secs;
+        }
     }
 
     pub fn is_connected(&self) -> bool {

@@ -1,0 +1,428 @@
+//! The Magento channel end to end: a sandbox store paired through the connect endpoint,
+//! every event type delivered by its outbox, duplicates absorbed, the module's status
+//! calls, disconnect and re-pairing.
+
+use ledger_e2e::{count, event_body, module_token, post_event, send_valid};
+use ledger_sandbox::magento::OutboxStatus;
+use ledger_test_support::TestApp;
+use serde_json::Value;
+
+#[tokio::test]
+async fn every_event_type_is_accepted_once_and_the_outbox_drains() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    let store = &paired.store.store;
+    assert!(store.is_connected());
+    assert_eq!(
+        store.ledger_base_url(),
+        app.base_url,
+        "the store calls the ledger's public URL"
+    );
+
+    let (_, paid_invoice) = store.place_order(true); // invoice.created + invoice.paid
+    let (_, open_invoice) = store.place_order(false); // invoice.created
+    store.refund(paid_invoice, true).unwrap(); // creditmemo.created
+    store.save_customer(5).unwrap();
+    store.save_product(3).unwrap();
+    assert!(
+        store.save_product(3).is_none(),
+        "the module drops a repeated key at enqueue"
+    );
+
+    let report = store.drain_once().await;
+    assert_eq!(
+        (report.sent, report.succeeded, report.dead_lettered),
+        (6, 6, 0),
+        "{report:?}"
+    );
+    assert!(
+        store
+            .outbox()
+            .iter()
+            .all(|r| r.status == OutboxStatus::Succeeded && r.attempts == 1)
+    );
+
+    let events: Vec<(String, i64)> =
+        sqlx::query_as("SELECT event_name, magento_entity_id FROM received_events ORDER BY received_at")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap();
+    let names: std::collections::BTreeSet<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        [
+            "creditmemo.created",
+            "customer.upserted",
+            "invoice.created",
+            "invoice.paid",
+            "product.upserted"
+        ]
+    );
+    assert!(events.contains(&("invoice.created".into(), open_invoice)));
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM sync_runs WHERE status = 'pending'").await,
+        6
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM jobs WHERE status = 'queued'").await,
+        6
+    );
+
+    // A requeue, a retry or the CLI's republish sends the same key and bytes again.
+    let run_before: uuid::Uuid = sqlx::query_scalar(
+        "SELECT r.id FROM sync_runs r JOIN received_events e ON e.id = r.event_id WHERE e.idempotency_key = $1",
+    )
+    .bind(format!("invoice.created:{open_invoice}"))
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let res = send_valid(&app, &paired, "invoice.created", open_invoice).await;
+        assert_eq!(res.status(), 202);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["duplicate"], true);
+        assert_eq!(body["sync_run_id"], run_before.to_string(), "the original run");
+    }
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM received_events").await,
+        6,
+        "nothing new stored"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM jobs").await, 6, "nothing new queued");
+    assert_eq!(
+        count(&app, "SELECT sum(duplicates)::bigint FROM received_events").await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn events_out_of_order_are_all_accepted() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    // invoice.paid can overtake invoice.created when the latter hit a transient error.
+    assert_eq!(send_valid(&app, &paired, "invoice.paid", 77).await.status(), 202);
+    assert_eq!(send_valid(&app, &paired, "invoice.created", 77).await.status(), 202);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM sync_runs WHERE magento_entity_id = 77").await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn tile_reports_setup_then_connected_per_the_modules_decision_order() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    let store = &paired.store.store;
+
+    // Paired, Sage not connected yet: "Finish setup".
+    let health = store.fetch_tile_health().await;
+    assert_eq!(health["tenant"]["magento_connection_status"], "active");
+    assert_eq!(health["binding"]["status"], "");
+    assert_eq!(health["sync"]["pending_count"], 0);
+    assert_eq!(health["sync"]["failed_24h"], 0);
+    assert!(health["sync"]["last_run_at"].is_null());
+    let verdict = ledger_sandbox::magento::tile_verdict(true, &health);
+    assert_eq!(verdict["headline"], "Finish setup at ledger.byte8.io");
+
+    // Once Sage is connected (the next issue's flow), the binding is active with a region.
+    sqlx::query("UPDATE connector_bindings SET status = 'active', region = 'uk' WHERE id = $1")
+        .bind(paired.binding_id.0)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let health = store.fetch_tile_health().await;
+    assert_eq!(health["binding"]["status"], "active");
+    assert_eq!(health["binding"]["region"], "uk");
+    assert_eq!(
+        ledger_sandbox::magento::tile_verdict(true, &health)["headline"],
+        "Connected to Sage (UK)"
+    );
+
+    // A finished run shows as last_run_at (RFC 3339, Z); a failure turns the tile red.
+    store.place_order(false);
+    store.drain_once().await;
+    sqlx::query("UPDATE sync_runs SET status = 'failed', finished_at = now()")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let health = store.fetch_tile_health().await;
+    assert_eq!(health["sync"]["failed_24h"], 1);
+    let last = health["sync"]["last_run_at"].as_str().unwrap();
+    assert!(
+        last.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(last).is_ok(),
+        "{last}"
+    );
+    assert_eq!(ledger_sandbox::magento::tile_verdict(true, &health)["state"], "error");
+
+    // The store answering 401 to the ledger shows as token_revoked.
+    ledger_tenant_binding_record_401(&app, paired.binding_id).await;
+    let health = store.fetch_tile_health().await;
+    assert_eq!(health["tenant"]["magento_connection_status"], "token_revoked");
+}
+
+async fn ledger_tenant_binding_record_401(app: &TestApp, binding: ledger_core::BindingId) {
+    sqlx::query("UPDATE connector_bindings SET magento_connection_status = 'token_revoked' WHERE id = $1")
+        .bind(binding.0)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn entity_status_answers_for_the_calling_binding() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    send_valid(&app, &paired, "invoice.created", 42).await;
+    let get = |query: &'static str| {
+        let token = module_token(&paired.api_key(), &paired.tenant());
+        app.http
+            .get(app.url(&format!("/v1/status?{query}")))
+            .bearer_auth(token)
+            .send()
+    };
+    let body: Value = get("entity_type=invoice&entity_id=42")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (body["status"].as_str(), body["entity_id"].as_i64()),
+        (Some("pending"), Some(42))
+    );
+    assert!(body["sync_run_id"].is_string());
+    let body: Value = get("entity_type=invoice&entity_id=43")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["status"], "unknown");
+    let res = get("entity_type=order&entity_id=x").await.unwrap();
+    assert_eq!(res.status(), 422);
+    let body: Value = res.json().await.unwrap();
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["entity_type", "entity_id"]);
+}
+
+#[tokio::test]
+async fn disconnect_revokes_and_repairing_keeps_the_history() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    let store = &paired.store.store;
+    let old_key = paired.api_key();
+    send_valid(&app, &paired, "invoice.created", 1).await;
+    // A document already posted to Sage for this binding.
+    sqlx::query("INSERT INTO entity_xref (binding_id, entity_type, magento_entity_id, sage_id) VALUES ($1, 'invoice', 1, 'SI-1')")
+        .bind(paired.binding_id.0)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+
+    assert!(store.disconnect().await, "the ledger acknowledged with 2xx");
+    assert!(!store.is_connected());
+    let (status,): (String,) = sqlx::query_as("SELECT status FROM connector_bindings WHERE id = $1")
+        .bind(paired.binding_id.0)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(status, "revoked");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM jobs WHERE status = 'queued'").await,
+        0,
+        "queued work stopped"
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM audit_log WHERE action = 'binding.disconnected'"
+        )
+        .await,
+        1
+    );
+
+    // The disconnect is idempotent.
+    let again = app
+        .http
+        .post(app.url("/v1/tenant/disconnect"))
+        .bearer_auth(module_token(&old_key, &paired.tenant()))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 204);
+
+    // Webhooks with the old key now answer 401 binding_revoked.
+    let token = module_token(&old_key, &paired.tenant());
+    let res = post_event(
+        &app,
+        &paired.tenant(),
+        "invoice.created",
+        Some(&token),
+        Some("invoice.created:2"),
+        &event_body(2),
+    )
+    .await;
+    assert_eq!(res.status(), 401);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "binding_revoked");
+    assert!(body["detail"].as_str().unwrap().contains("pairing code"));
+
+    // Re-pairing the same store: same binding, new key, history kept.
+    let code = store.generate_pairing_code();
+    let res = app.connect(&paired.merchant, &paired.store.base_url, &code).await;
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["binding_id"], paired.binding_id.to_string());
+    assert_eq!(body["repaired"], true);
+    assert_eq!(body["status"], "paired");
+    assert_ne!(store.api_key().unwrap(), old_key, "a new key");
+    assert_eq!(count(&app, "SELECT count(*) FROM entity_xref").await, 1);
+    assert_eq!(send_valid(&app, &paired, "invoice.created", 3).await.status(), 202);
+    let token = module_token(&old_key, &paired.tenant());
+    let res = post_event(
+        &app,
+        &paired.tenant(),
+        "invoice.created",
+        Some(&token),
+        Some("invoice.created:4"),
+        &event_body(4),
+    )
+    .await;
+    assert_eq!(res.status(), 401, "the old key no longer works");
+}
+
+#[tokio::test]
+async fn a_tenant_with_two_stores_routes_each_webhook_to_the_binding_whose_key_verifies() {
+    let app = TestApp::spawn().await;
+    let production = app.paired_store().await;
+    // A staging store paired into the same tenant.
+    let staging = ledger_sandbox::magento::RunningStore::spawn(Default::default())
+        .await
+        .unwrap();
+    let code = staging.store.generate_pairing_code();
+    let res = app
+        .http
+        .post(app.url("/v1/magento/connect"))
+        .bearer_auth(&production.merchant.token)
+        .json(&serde_json::json!({ "magento_base_url": staging.base_url, "pairing_code": code, "tenant_id": production.merchant.tenant_id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let staging_binding: String = res.json::<Value>().await.unwrap()["binding_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let token = module_token(&staging.store.api_key().unwrap(), &production.tenant());
+    let res = post_event(
+        &app,
+        &production.tenant(),
+        "customer.upserted",
+        Some(&token),
+        Some("customer.upserted:9"),
+        &event_body(9),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let (binding,): (uuid::Uuid,) =
+        sqlx::query_as("SELECT binding_id FROM received_events WHERE idempotency_key = 'customer.upserted:9'")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(binding.to_string(), staging_binding);
+    assert_eq!(
+        send_valid(&app, &production, "customer.upserted", 9).await.status(),
+        202,
+        "same key, other binding: not a duplicate"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM received_events").await, 2);
+}
+
+#[tokio::test]
+async fn a_pending_key_is_confirmed_by_the_stores_first_signed_request() {
+    // The pairing answer was lost (timeout) but the store did keep the key: its first
+    // webhook proves it, and the binding goes live then.
+    let app = TestApp::spawn().await;
+    let merchant = app.merchant().await;
+    let binding = ledger_core::BindingId::new();
+    let api_key = "byte8_lk_pending_secret_for_test";
+    let sealed = app.state.keyring.seal(
+        api_key.as_bytes(),
+        &format!("connector_bindings.pending_api_key:{binding}"),
+    );
+    sqlx::query(
+        "INSERT INTO connector_bindings (id, tenant_id, magento_base_url, status, pending_api_key, pending_since)
+         VALUES ($1, $2, 'http://store.example', 'pairing', $3, now())",
+    )
+    .bind(binding.0)
+    .bind(merchant.tenant_id.0)
+    .bind(sealed)
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    let list: Value = app
+        .http
+        .get(app.url("/v1/bindings"))
+        .bearer_auth(&merchant.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 0, "an unconfirmed pairing is not live");
+
+    let tenant = merchant.tenant_id.to_string();
+    let token = module_token(api_key, &tenant);
+    let res = post_event(
+        &app,
+        &tenant,
+        "invoice.created",
+        Some(&token),
+        Some("invoice.created:1"),
+        &event_body(1),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let (status, has_key, pending): (String, bool, bool) = sqlx::query_as(
+        "SELECT status, api_key IS NOT NULL, pending_api_key IS NOT NULL FROM connector_bindings WHERE id = $1",
+    )
+    .bind(binding.0)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), has_key, pending), ("paired", true, false));
+}
+
+#[tokio::test]
+async fn the_api_key_is_stored_sealed_never_in_plain_text() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    let key = paired.api_key();
+    let (sealed, key_id): (Vec<u8>, String) =
+        sqlx::query_as("SELECT api_key, api_key_key_id FROM connector_bindings WHERE id = $1")
+            .bind(paired.binding_id.0)
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(key_id, "test1");
+    assert!(!sealed.windows(key.len()).any(|w| w == key.as_bytes()));
+    let dump: String = sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM connector_bindings t")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert!(!dump.contains(&key));
+    let audit: String = sqlx::query_scalar("SELECT coalesce(string_agg(details::text, ' '), '') FROM audit_log")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert!(!audit.contains(&key));
+}
