@@ -1,3 +1,5 @@
+#![allow(clippy::print_stderr, reason = "the suite reports its tally")]
+
 //! The attack suite: every forged, stale, replayed or misdirected webhook is refused,
 //! with a specific code, and changes nothing.
 
