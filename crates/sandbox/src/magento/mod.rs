@@ -92,6 +92,8 @@ pub struct OutboxRow {
     pub attempts: u32,
     pub last_status_code: Option<u16>,
     pub last_error: Option<String>,
+    /// The wait the ladder chose after the last transient failure (scaled by the divisor).
+    pub last_backoff_ms: Option<u64>,
     #[serde(skip)]
     next_attempt_at: Option<Instant>,
 }
@@ -343,6 +345,7 @@ impl Store {
             attempts: 0,
             last_status_code: None,
             last_error: None,
+            last_backoff_ms: None,
             next_attempt_at: None,
         });
         let entity_type = event_name.split('.').next().unwrap_or_default().to_owned();
@@ -486,6 +489,13 @@ impl Store {
         (before..after).collect()
     }
 
+    /// Lets time pass for the outbox: every waiting row becomes due now.
+    pub fn make_due(&self) {
+        for row in self.lock().outbox.iter_mut() {
+            row.next_attempt_at = None;
+        }
+    }
+
     /// Requeues dead-lettered rows (the module's `outbox:requeue`): pending, attempts 0.
     pub fn requeue(&self, id: Option<u64>) -> usize {
         let mut inner = self.lock();
@@ -577,9 +587,9 @@ impl Store {
                         report.dead_lettered += 1;
                     } else {
                         let wait = BACKOFF_LADDER[(stored.attempts as usize - 1).min(BACKOFF_LADDER.len() - 1)];
-                        stored.next_attempt_at = Some(
-                            Instant::now() + Duration::from_millis(wait * 1000 / self.config.backoff_divisor.max(1)),
-                        );
+                        let wait_ms = wait * 1000 / self.config.backoff_divisor.max(1);
+                        stored.last_backoff_ms = Some(wait_ms);
+                        stored.next_attempt_at = Some(Instant::now() + Duration::from_millis(wait_ms));
                         stored.last_error = Some(reason);
                         report.retrying += 1;
                     }
@@ -1048,7 +1058,9 @@ impl RunningStore {
         let cron = {
             let (store, token) = (store.clone(), shutdown.clone());
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(store.config.drain_interval);
+                // The first run comes one interval after start, like a cron.
+                let period = store.config.drain_interval;
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
