@@ -11,7 +11,7 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
 };
-use ledger_core::{AppState, FieldError, Problem};
+use ledger_core::{AppState, BindingId, FieldError, Problem};
 use ledger_tenant_binding::magento;
 use serde::Serialize;
 use serde_json::Value;
@@ -31,6 +31,77 @@ const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(receive))
+}
+
+/// One verified event, ready to store.
+#[derive(Debug)]
+pub struct NewEvent<'a> {
+    pub binding_id: BindingId,
+    pub event_name: &'a str,
+    pub idempotency_key: &'a str,
+    pub magento_entity_id: i64,
+    pub website_id: i64,
+    pub store_id: i64,
+    pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub body: &'a Value,
+    pub jti: &'a str,
+    pub jti_expires_at: i64,
+}
+
+/// What [`persist`] did.
+#[derive(Debug)]
+pub struct Persisted {
+    /// False when the token's jti was used before (nothing else was written).
+    pub fresh_token: bool,
+    /// The new run; `None` when the Idempotency-Key was seen before.
+    pub run_id: Option<uuid::Uuid>,
+}
+
+/// Stores an event with its sync run and job, consuming the token's jti and waking
+/// workers — one statement, so one round trip and one atomic commit.
+pub async fn persist(db: &sqlx::PgPool, e: &NewEvent<'_>) -> Result<Persisted, sqlx::Error> {
+    let entity_type = e.event_name.split('.').next().unwrap_or_default();
+    let row = sqlx::query!(
+        r#"WITH j AS (
+             INSERT INTO magento_jti (binding_id, jti, expires_at) VALUES ($2, $11, to_timestamp($12))
+             ON CONFLICT DO NOTHING RETURNING 1 AS one
+           ), ev AS (
+             INSERT INTO received_events
+               (id, binding_id, event_name, idempotency_key, magento_entity_id, website_id, store_id, occurred_at, body)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM j)
+             ON CONFLICT (binding_id, idempotency_key) DO NOTHING
+             RETURNING id
+           ), run AS (
+             INSERT INTO sync_runs (id, binding_id, event_id, event_name, entity_type, magento_entity_id)
+             SELECT $10, $2, ev.id, $3, $13, $5 FROM ev
+             RETURNING id
+           ), job AS (
+             INSERT INTO jobs (binding_id, kind, sync_run_id) SELECT $2, 'sync_event', run.id FROM run
+             RETURNING id
+           )
+           SELECT EXISTS (SELECT 1 FROM j) AS "fresh_token!",
+                  (SELECT id FROM run) AS run_id,
+                  (SELECT count(*) FROM (SELECT pg_notify('ledger_jobs', $2::text) FROM job) AS n) AS "notified!""#,
+        uuid::Uuid::new_v4(),
+        e.binding_id.0,
+        e.event_name,
+        e.idempotency_key,
+        e.magento_entity_id,
+        e.website_id,
+        e.store_id,
+        e.occurred_at,
+        e.body,
+        uuid::Uuid::new_v4(),
+        e.jti,
+        e.jti_expires_at as f64,
+        entity_type,
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(Persisted {
+        fresh_token: row.fresh_token,
+        run_id: row.run_id,
+    })
 }
 
 /// The answer to an accepted (or repeated) event.
@@ -197,48 +268,20 @@ pub async fn receive(
         }
     };
     let (event, document) = parse_body(&body)?;
-    let entity_type = event_name.split('.').next().unwrap_or_default();
 
-    let event_id = uuid::Uuid::new_v4();
-    let run_id = uuid::Uuid::new_v4();
-    // One statement, so one round trip and one atomic commit: jti, event, run, job, wake-up.
-    let row = sqlx::query!(
-        r#"WITH j AS (
-             INSERT INTO magento_jti (binding_id, jti, expires_at) VALUES ($2, $11, to_timestamp($12))
-             ON CONFLICT DO NOTHING RETURNING 1 AS one
-           ), ev AS (
-             INSERT INTO received_events
-               (id, binding_id, event_name, idempotency_key, magento_entity_id, website_id, store_id, occurred_at, body)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM j)
-             ON CONFLICT (binding_id, idempotency_key) DO NOTHING
-             RETURNING id
-           ), run AS (
-             INSERT INTO sync_runs (id, binding_id, event_id, event_name, entity_type, magento_entity_id)
-             SELECT $10, $2, ev.id, $3, $13, $5 FROM ev
-             RETURNING id
-           ), job AS (
-             INSERT INTO jobs (binding_id, kind, sync_run_id) SELECT $2, 'sync_event', run.id FROM run
-             RETURNING id
-           )
-           SELECT EXISTS (SELECT 1 FROM j) AS "fresh_token!",
-                  (SELECT id FROM run) AS run_id,
-                  (SELECT count(*) FROM (SELECT pg_notify('ledger_jobs', $2::text) FROM job) AS n) AS "notified!""#,
-        event_id,
-        caller.binding_id.0,
-        event_name,
-        key,
-        event.magento_entity_id,
-        event.website_id,
-        event.store_id,
-        event.occurred_at,
-        document,
-        run_id,
-        caller.claims.jti,
-        caller.jti_expires_at as f64,
-        entity_type,
-    )
-    .fetch_one(&state.db)
-    .await?;
+    let event = NewEvent {
+        binding_id: caller.binding_id,
+        event_name: &event_name,
+        idempotency_key: key,
+        magento_entity_id: event.magento_entity_id,
+        website_id: event.website_id,
+        store_id: event.store_id,
+        occurred_at: event.occurred_at,
+        body: &document,
+        jti: &caller.claims.jti,
+        jti_expires_at: caller.jti_expires_at,
+    };
+    let row = persist(&state.db, &event).await?;
     if !row.fresh_token {
         return Err(Problem::unauthorized(
             "token_replayed",
