@@ -47,5 +47,9 @@ deploy-check:
     kubernetes-validate --strict deploy/k8s/configmap.yaml deploy/k8s/gateway.yaml deploy/k8s/worker.yaml deploy/k8s/migrate-job.yaml
     python3 -c 'import yaml,sys; [list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]]' deploy/k8s/*.yaml
 
+# Property-based API testing with schemathesis against a running server.
+api-fuzz:
+    scripts/api-fuzz
+
 # Everything CI runs, in order.
-ci: fmt-check clippy sqlx-check openapi-check deploy-check test
+ci: fmt-check clippy sqlx-check openapi-check deploy-check test api-fuzz

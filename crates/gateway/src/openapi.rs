@@ -79,9 +79,83 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(ledger_event_ingest::routes())
 }
 
+/// The routes and the finished document.
+pub fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut document) = api_routes().split_for_parts();
+    add_common_responses(&mut document);
+    (router, document)
+}
+
 /// The document as the server serves it.
 pub fn document() -> utoipa::openapi::OpenApi {
-    api_routes().split_for_parts().1
+    split().1
+}
+
+/// Documents the answers the middleware and extractors give on every route, so each
+/// operation lists every status it can return: malformed input (400), oversized (413)
+/// or non-JSON (415) bodies, field errors (422), missing credentials (401), and
+/// transient unavailability (503); plus a problem+json `default` for anything else.
+fn add_common_responses(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ProblemBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let id = operation.operation_id.clone().unwrap_or_default();
+            if id == "healthz" {
+                continue;
+            }
+            let has_input =
+                operation.request_body.is_some() || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+            let mut add = |status: &str, description: &str| {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| problem(description).into());
+            };
+            if has_input {
+                add(
+                    "400",
+                    "The request is malformed (e.g. the body is not JSON or a path parameter has the wrong form)",
+                );
+            }
+            if secured {
+                add("401", "Missing or invalid credentials");
+            }
+            if operation.request_body.is_some() {
+                add("413", "The body is larger than the configured limit");
+                add("422", "The body does not have the expected fields");
+                if id != "magento_webhook" {
+                    add("415", "The body is not sent as application/json");
+                }
+            }
+            if id != "readyz" {
+                add(
+                    "503",
+                    "Temporarily unavailable (database unreachable or request timed out); retry later",
+                );
+            }
+            add("default", "Any other error, as an RFC 9457 problem document");
+        }
+    }
 }
 
 /// Pretty JSON with a trailing newline: the committed file's exact bytes.

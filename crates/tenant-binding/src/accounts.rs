@@ -398,6 +398,7 @@ pub async fn signin(
 
 /// End the current session.
 #[utoipa::path(post, path = "/v1/auth/signout", tag = "accounts", operation_id = "signout",
+    security(("session" = []), ("bearer" = [])),
     responses((status = 204, description = "Signed out; the cookie is cleared")))]
 pub async fn signout(
     State(state): State<AppState>,

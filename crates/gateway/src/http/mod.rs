@@ -36,7 +36,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         body_limit: state.settings.body_limit_bytes,
         timeout: state.settings.request_timeout,
     });
-    let (api, document) = openapi::api_routes().split_for_parts();
+    let (api, document) = openapi::split();
     let document = Bytes::from(serde_json::to_vec_pretty(&document).expect("the OpenAPI document serialises"));
 
     api.merge(extra)
