@@ -426,3 +426,37 @@ async fn the_api_key_is_stored_sealed_never_in_plain_text() {
         .unwrap();
     assert!(!audit.contains(&key));
 }
+
+#[tokio::test]
+async fn the_health_ping_records_a_store_that_stopped_accepting_our_key() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    use ledger_magento_callback::health::{PingOutcome, ping};
+    let tenant = paired.merchant.tenant_id;
+    assert_eq!(
+        ping(&app.state, paired.binding_id, tenant, &paired.store.base_url).await,
+        PingOutcome::Healthy
+    );
+
+    // The store is re-paired elsewhere: it now holds another key and answers 401.
+    let code = paired.store.store.generate_pairing_code();
+    let other = app.merchant().await;
+    assert_eq!(app.connect(&other, &paired.store.base_url, &code).await.status(), 201);
+    assert_eq!(
+        ping(&app.state, paired.binding_id, tenant, &paired.store.base_url).await,
+        PingOutcome::Unauthorized
+    );
+    let status: String = sqlx::query_scalar("SELECT magento_connection_status FROM connector_bindings WHERE id = $1")
+        .bind(paired.binding_id.0)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(status, "token_revoked");
+
+    // An unreachable store changes nothing (it may be down for a moment).
+    paired.store.stop().await;
+    assert_eq!(
+        ping(&app.state, paired.binding_id, tenant, "http://127.0.0.1:1").await,
+        PingOutcome::Unreachable
+    );
+}

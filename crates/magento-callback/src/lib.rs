@@ -1,2 +1,4 @@
-//! Calls back into the store: sync-state delivery (contract §8.12), health pings and
-//! payment-method look-ups. Nothing here yet.
+//! Calls back into the store: health pings (here), sync-state delivery and
+//! payment-method look-ups (with the sync engine).
+
+pub mod health;
