@@ -13,10 +13,27 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     tracker.spawn(housekeeping(state.clone(), shutdown.clone()));
+    tracker.spawn(store_health(state.clone(), shutdown.clone()));
     tracker.close();
     shutdown.cancelled().await;
     tracker.wait().await;
     Ok(())
+}
+
+/// How often every paired store is pinged (the module caches its tile for 30 s).
+const PING_EVERY: Duration = Duration::from_secs(60);
+
+async fn store_health(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PING_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(err) = ledger_magento_callback::health::ping_all(&state).await {
+            tracing::warn!(error = %err, "store health loop failed; retrying next minute");
+        }
+    }
 }
 
 async fn housekeeping(state: AppState, shutdown: CancellationToken) {
