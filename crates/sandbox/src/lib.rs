@@ -7,6 +7,7 @@
 
 pub mod magento;
 pub mod rng;
+pub mod sage;
 
 /// rustls needs a process-wide crypto provider before reqwest builds a client.
 pub fn install_crypto_provider() {
