@@ -59,6 +59,16 @@ specs! {
     "magento_clock_leeway" => "LEDGER_MAGENTO_CLOCK_LEEWAY",
     "magento_connect_timeout" => "LEDGER_MAGENTO_CONNECT_TIMEOUT",
     "magento_request_timeout" => "LEDGER_MAGENTO_REQUEST_TIMEOUT",
+    "sage_authorize_url" => "LEDGER_SAGE_AUTHORIZE_URL",
+    "sage_token_url" => "LEDGER_SAGE_TOKEN_URL",
+    "sage_revoke_url" => "LEDGER_SAGE_REVOKE_URL",
+    "sage_api_base" => "LEDGER_SAGE_API_BASE",
+    "sage_client_id" => "LEDGER_SAGE_CLIENT_ID",
+    "sage_client_secret" => "LEDGER_SAGE_CLIENT_SECRET",
+    "sage_timeout" => "LEDGER_SAGE_TIMEOUT",
+    "sage_refresh_margin" => "LEDGER_SAGE_REFRESH_MARGIN",
+    "sage_keepalive_after" => "LEDGER_SAGE_KEEPALIVE_AFTER",
+    "sage_reference_ttl" => "LEDGER_SAGE_REFERENCE_TTL",
 }
 
 /// Environment variable naming the optional settings file.
@@ -100,6 +110,22 @@ pub struct Settings {
     pub magento_clock_leeway: Duration,
     pub magento_connect_timeout: Duration,
     pub magento_request_timeout: Duration,
+    pub sage_authorize_url: Url,
+    pub sage_token_url: Url,
+    pub sage_revoke_url: Url,
+    /// Without a trailing slash, e.g. `https://api.accounting.sage.com/v3.1`.
+    pub sage_api_base: String,
+    pub sage_client_id: String,
+    pub sage_client_secret: Secret<String>,
+    /// Bound on each call to Sage (OAuth and API).
+    pub sage_timeout: Duration,
+    /// Access tokens are refreshed when they expire within this margin.
+    pub sage_refresh_margin: Duration,
+    /// Connections idle longer than this are refreshed, so quiet shops never reach
+    /// the 31-day refresh-token expiry.
+    pub sage_keepalive_after: Duration,
+    /// Reference data older than this is fetched again.
+    pub sage_reference_ttl: Duration,
 }
 
 /// Where a value came from, for error messages.
@@ -332,6 +358,18 @@ impl Settings {
             magento_clock_leeway: l.parse("magento_clock_leeway", parse_duration)?,
             magento_connect_timeout: l.parse("magento_connect_timeout", parse_duration)?,
             magento_request_timeout: l.parse("magento_request_timeout", parse_duration)?,
+            sage_authorize_url: l.parse("sage_authorize_url", parse_http_url)?,
+            sage_token_url: l.parse("sage_token_url", parse_http_url)?,
+            sage_revoke_url: l.parse("sage_revoke_url", parse_http_url)?,
+            sage_api_base: l.parse("sage_api_base", |v| {
+                parse_http_url(v).map(|u| u.as_str().trim_end_matches('/').to_owned())
+            })?,
+            sage_client_id: l.parse("sage_client_id", |v| Ok(v.trim().to_owned()))?,
+            sage_client_secret: l.parse("sage_client_secret", |v| Ok(Secret::new(v.to_owned())))?,
+            sage_timeout: l.parse("sage_timeout", parse_duration)?,
+            sage_refresh_margin: l.parse("sage_refresh_margin", parse_duration)?,
+            sage_keepalive_after: l.parse("sage_keepalive_after", parse_duration)?,
+            sage_reference_ttl: l.parse("sage_reference_ttl", parse_duration)?,
         })
         .and_then(|s: Self| {
             if s.db_min_connections > s.db_max_connections {

@@ -1,1 +1,435 @@
-//! The merchant dashboard and the ops console: server-rendered pages and their JSON twins. Nothing here yet.
+//! The merchant dashboard's web pages: server-rendered (askama, checked at compile
+//! time), calling the same domain code as the JSON API. This first part holds sign-in,
+//! the bindings list and binding page, and the Sage connect flow; the rest of the
+//! dashboard and the ops console build on it.
+
+use askama::Template;
+use std::net::SocketAddr;
+
+use axum::{
+    Form, Router,
+    extract::{ConnectInfo, Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::get,
+};
+use ledger_core::{AppState, BindingId, Problem, audit::Actor};
+use ledger_sage_vault::{
+    connect::{self, BusinessChoice, CallbackOutcome, CallbackParams},
+    oauth::REGIONS,
+};
+use ledger_tenant_binding::{
+    accounts,
+    auth::{Merchant, session_merchant},
+    bindings,
+};
+use serde::Deserialize;
+
+/// The pages' routes, with their state and security headers.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/assets/app.css", get(stylesheet))
+        .route("/signin", get(signin_page).post(signin_submit))
+        .route("/dashboard", get(bindings_page))
+        .route("/dashboard/bindings/{binding_id}", get(binding_page))
+        .route(
+            "/dashboard/bindings/{binding_id}/sage/connect",
+            get(connect_page).post(connect_submit),
+        )
+        .route(
+            "/dashboard/bindings/{binding_id}/sage/business",
+            axum::routing::post(business_submit),
+        )
+        .route("/sage/callback", get(callback))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), security_headers))
+        .with_state(state)
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../assets/app.css"),
+    )
+}
+
+/// Security headers for every page. `form-action` must allow the redirect to Sage's
+/// authorize page, which a form post on the connect page ends in.
+async fn security_headers(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let sage_origin = state.settings.sage_authorize_url.origin().ascii_serialization();
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    let csp = format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; base-uri 'none'; \
+         form-action 'self' {sage_origin}; frame-ancestors 'none'"
+    );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // The callback URL carries Sage's code: never leak it in a Referer.
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+fn render(template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(err) => Problem::internal(err).into_response(),
+    }
+}
+
+fn signin_redirect(path: &str) -> Response {
+    Redirect::to(&format!("/signin?next={}", encode(path))).into_response()
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Only local paths are followed after sign-in (no open redirect).
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        _ => "/dashboard".to_owned(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "signin.html")]
+struct SigninPage {
+    next: String,
+    email: String,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+async fn signin_page(Query(q): Query<NextQuery>) -> Response {
+    render(&SigninPage {
+        next: safe_next(q.next.as_deref()),
+        email: String::new(),
+        error: None,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct SigninForm {
+    email: String,
+    password: String,
+    next: Option<String>,
+}
+
+async fn signin_submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Form(form): Form<SigninForm>,
+) -> Result<Response, Problem> {
+    let next = safe_next(form.next.as_deref());
+    match accounts::password_signin(&state, &form.email, form.password, &peer.ip().to_string()).await? {
+        Ok(session) => {
+            // 303: the browser follows with a GET.
+            let mut response = Redirect::to(&next).into_response();
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, accounts::session_cookie(&session.cookie, &state));
+            Ok(response)
+        }
+        Err(refusal) => {
+            let mut response = render(&SigninPage {
+                next,
+                email: form.email,
+                error: Some(refusal.message),
+            });
+            *response.status_mut() = if refusal.throttled {
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            Ok(response)
+        }
+    }
+}
+
+struct BindingRow {
+    id: BindingId,
+    url: String,
+    status: String,
+}
+
+#[derive(Template)]
+#[template(path = "bindings.html")]
+struct BindingsPage {
+    bindings: Vec<BindingRow>,
+}
+
+async fn bindings_page(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
+    let Some(merchant) = session_merchant(&state, &headers).await? else {
+        return Ok(signin_redirect("/dashboard"));
+    };
+    let tenant = merchant.tenant(&state.db, None).await?;
+    let rows = sqlx::query!(
+        r#"SELECT id AS "id: BindingId", magento_base_url, status FROM connector_bindings
+           WHERE tenant_id = $1 AND status <> 'pairing' ORDER BY created_at DESC"#,
+        tenant.0
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let bindings = rows
+        .into_iter()
+        .map(|r| BindingRow {
+            id: r.id,
+            url: r.magento_base_url,
+            status: r.status,
+        })
+        .collect();
+    Ok(render(&BindingsPage { bindings }))
+}
+
+#[derive(Template)]
+#[template(path = "binding.html")]
+struct BindingPage {
+    binding_id: BindingId,
+    magento_url: String,
+    status: String,
+    magento_status: String,
+    sage_status: String,
+    business_name: String,
+    region: String,
+    notice: Option<String>,
+}
+
+/// The signed-in merchant who owns `binding`, or the response to send instead.
+async fn owner(
+    state: &AppState,
+    headers: &HeaderMap,
+    binding: BindingId,
+    path: &str,
+) -> Result<Result<Merchant, Response>, Problem> {
+    let Some(merchant) = session_merchant(state, headers).await? else {
+        return Ok(Err(signin_redirect(path)));
+    };
+    merchant.binding_tenant(&state.db, binding).await?;
+    Ok(Ok(merchant))
+}
+
+#[derive(Debug, Deserialize)]
+struct BindingQuery {
+    connected: Option<String>,
+}
+
+async fn binding_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(binding_id): Path<BindingId>,
+    Query(q): Query<BindingQuery>,
+) -> Result<Response, Problem> {
+    if let Err(r) = owner(
+        &state,
+        &headers,
+        binding_id,
+        &format!("/dashboard/bindings/{binding_id}"),
+    )
+    .await?
+    {
+        return Ok(r);
+    }
+    let binding = bindings::load(&state.db, binding_id)
+        .await?
+        .ok_or_else(|| Problem::not_found("binding_not_found", "No such binding."))?;
+    let sage = connect::load_connection(&state.db, binding_id).await?;
+    Ok(render(&BindingPage {
+        binding_id,
+        magento_url: binding.magento_base_url,
+        status: binding.status.as_str().to_owned(),
+        magento_status: binding.magento_connection_status,
+        sage_status: sage.status,
+        business_name: sage.business_name.unwrap_or_default(),
+        region: sage.region.unwrap_or_default().to_uppercase(),
+        notice: q.connected.map(|_| "Sage is connected.".to_owned()),
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "sage_connect.html")]
+struct ConnectPage {
+    binding_id: BindingId,
+    magento_url: String,
+    csrf_token: String,
+    regions: &'static [(&'static str, &'static str)],
+    error: Option<String>,
+}
+
+async fn connect_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(binding_id): Path<BindingId>,
+) -> Result<Response, Problem> {
+    let merchant = match owner(
+        &state,
+        &headers,
+        binding_id,
+        &format!("/dashboard/bindings/{binding_id}/sage/connect"),
+    )
+    .await?
+    {
+        Ok(m) => m,
+        Err(r) => return Ok(r),
+    };
+    let binding = bindings::load(&state.db, binding_id)
+        .await?
+        .ok_or_else(|| Problem::not_found("binding_not_found", "No such binding."))?;
+    Ok(render(&ConnectPage {
+        binding_id,
+        magento_url: binding.magento_base_url,
+        csrf_token: merchant.csrf_token().to_owned(),
+        regions: REGIONS,
+        error: None,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct ConnectForm {
+    csrf_token: String,
+    region: String,
+}
+
+async fn connect_submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(binding_id): Path<BindingId>,
+    Form(form): Form<ConnectForm>,
+) -> Result<Response, Problem> {
+    let merchant = match owner(
+        &state,
+        &headers,
+        binding_id,
+        &format!("/dashboard/bindings/{binding_id}/sage/connect"),
+    )
+    .await?
+    {
+        Ok(m) => m,
+        Err(r) => return Ok(r),
+    };
+    merchant.check_csrf(&form.csrf_token)?;
+    match connect::start(&state, binding_id, merchant.account_id, &form.region).await {
+        Ok(url) => Ok(Redirect::to(&url).into_response()),
+        Err(problem) => {
+            let binding = bindings::load(&state.db, binding_id)
+                .await?
+                .map(|b| b.magento_base_url)
+                .unwrap_or_default();
+            let mut response = render(&ConnectPage {
+                binding_id,
+                magento_url: binding,
+                csrf_token: merchant.csrf_token().to_owned(),
+                regions: REGIONS,
+                error: Some(problem.detail.clone()),
+            });
+            *response.status_mut() = problem.status;
+            Ok(response)
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "sage_business.html")]
+struct BusinessPage {
+    binding_id: BindingId,
+    csrf_token: String,
+    businesses: Vec<BusinessChoice>,
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessagePage {
+    heading: String,
+    message: String,
+    retry: Option<String>,
+}
+
+/// Sage's redirect back (`{LEDGER_PUBLIC_URL}/sage/callback`).
+async fn callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<CallbackParams>,
+) -> Result<Response, Problem> {
+    match connect::complete(&state, &params).await {
+        Ok(CallbackOutcome::Connected { binding_id, .. }) => {
+            Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}?connected=1")).into_response())
+        }
+        Ok(CallbackOutcome::ChooseBusiness { binding_id, businesses }) => {
+            let csrf_token = session_merchant(&state, &headers)
+                .await?
+                .map(|m| m.csrf_token().to_owned())
+                .unwrap_or_default();
+            Ok(render(&BusinessPage {
+                binding_id,
+                csrf_token,
+                businesses,
+            }))
+        }
+        Err(failure) => {
+            let mut response = render(&MessagePage {
+                heading: "Sage was not connected".to_owned(),
+                message: failure.message.clone(),
+                retry: failure
+                    .binding_id
+                    .map(|b| format!("/dashboard/bindings/{b}/sage/connect")),
+            });
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            Ok(response)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct BusinessForm {
+    csrf_token: String,
+    business_id: String,
+}
+
+async fn business_submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(binding_id): Path<BindingId>,
+    Form(form): Form<BusinessForm>,
+) -> Result<Response, Problem> {
+    let merchant = match owner(
+        &state,
+        &headers,
+        binding_id,
+        &format!("/dashboard/bindings/{binding_id}"),
+    )
+    .await?
+    {
+        Ok(m) => m,
+        Err(r) => return Ok(r),
+    };
+    merchant.check_csrf(&form.csrf_token)?;
+    connect::choose(
+        &state,
+        binding_id,
+        &form.business_id,
+        Actor::Account(merchant.account_id.0),
+    )
+    .await?;
+    Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}?connected=1")).into_response())
+}

@@ -39,6 +39,9 @@ pub enum Command {
     /// Operator commands for merchant accounts.
     #[command(subcommand)]
     Merchant(MerchantCommand),
+    /// Master-key management for the secrets stored in the database.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Run a simulator on its own (for trying the ledger against a local "store").
     #[command(subcommand)]
     Sandbox(SandboxCommand),
@@ -92,4 +95,18 @@ pub enum SandboxCommand {
 
 fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
     ledger_core::config::parse_duration(v)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-encrypt every stored secret under the active master key (the first in
+    /// LEDGER_MASTER_KEYS), in batches, while the ledger keeps running. Prints the rows
+    /// left after each batch; when it reports 0, older keys can be removed.
+    Rotate {
+        /// Rows per batch (each batch is one short transaction).
+        #[arg(long, default_value_t = 200)]
+        batch: i64,
+    },
+    /// How many stored secrets each key id protects.
+    Status,
 }

@@ -10,7 +10,7 @@ use ledger_core::{
 };
 use ledger_gateway::{
     AppState,
-    cli::{Cli, Command, MerchantCommand, SandboxCommand},
+    cli::{Cli, Command, KeysCommand, MerchantCommand, SandboxCommand},
     dev, http, metrics, openapi, server, shutdown, telemetry, worker,
 };
 
@@ -94,7 +94,7 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
         Command::Serve => {
             let listener = server::bind(settings.http_addr).await?;
             let metrics_listener = metrics::bind(settings.metrics_addr).await?;
-            let state = AppState::connect(settings).await?;
+            let state = ledger_gateway::connect_checked(settings).await?;
             let shutdown = shutdown::on_signals();
             tracing::info!(addr = %listener.local_addr()?, "serving");
             let metrics_task =
@@ -109,7 +109,7 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
         }
         Command::Worker => {
             let metrics_listener = metrics::bind(settings.metrics_addr).await?;
-            let state = AppState::connect(settings).await?;
+            let state = ledger_gateway::connect_checked(settings).await?;
             let shutdown = shutdown::on_signals();
             let metrics_task =
                 metrics_listener.map(|l| tokio::spawn(metrics::serve(l, state.db.clone(), shutdown.clone())));
@@ -158,6 +158,46 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
             }));
             Ok(())
         }
+        Command::Keys(keys) => {
+            let mut settings = settings;
+            settings.migrate_on_start = false;
+            let state = AppState::connect(settings).await?;
+            match keys {
+                KeysCommand::Rotate { batch } => {
+                    let active = state.keyring.active_id().to_owned();
+                    let report = ledger_sage_vault::rotation::rotate_all(&state, batch.max(1), |left| {
+                        print_line(&format!("rotating to key {active}: {left} rows left"));
+                    })
+                    .await?;
+                    let left: i64 = ledger_sage_vault::rotation::remaining(&state.db, &state.keyring)
+                        .await?
+                        .iter()
+                        .map(|(_, n)| n)
+                        .sum();
+                    print_line(&format!(
+                        "done: {} rewritten, {} already rewritten by live traffic, {left} rows left on older keys",
+                        report.rewritten, report.superseded
+                    ));
+                    if !report.failed.is_empty() {
+                        anyhow::bail!(
+                            "{} values could not be opened: {}",
+                            report.failed.len(),
+                            report.failed.join("; ")
+                        );
+                    }
+                    Ok(())
+                }
+                KeysCommand::Status => {
+                    for (column, left) in ledger_sage_vault::rotation::remaining(&state.db, &state.keyring).await? {
+                        print_line(&format!(
+                            "{}.{}: {left} not on the active key",
+                            column.table, column.column
+                        ));
+                    }
+                    Ok(())
+                }
+            }
+        }
         Command::Dev(_) | Command::Openapi { .. } | Command::Sandbox(_) => unreachable!("handled above"),
     }
 }
@@ -165,6 +205,11 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
 #[allow(clippy::print_stdout, reason = "the command's output")]
 fn print_json(value: &serde_json::Value) {
     println!("{value}");
+}
+
+#[allow(clippy::print_stdout, reason = "the command's output")]
+fn print_line(line: &str) {
+    println!("{line}");
 }
 
 #[allow(clippy::print_stdout, reason = "the document is the command's output")]

@@ -19,6 +19,7 @@ use crate::{AppState, http::health};
     tags(
         (name = "magento", description = "Called by the byte8 Magento module, authenticated by its HS256 JWT"),
         (name = "bindings", description = "Pairing stores and managing bindings"),
+        (name = "sage", description = "Connecting a binding to a Sage business, and its reference data"),
         (name = "accounts", description = "Sign-up, sign-in and the signed-in account"),
         (name = "operations", description = "Probes for orchestrators and load balancers"),
     ),
@@ -77,6 +78,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(ledger_tenant_binding::routes())
         .merge(ledger_pairing::routes())
         .merge(ledger_event_ingest::routes())
+        .merge(ledger_sage_vault::routes())
 }
 
 /// The routes and the finished document.

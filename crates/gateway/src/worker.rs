@@ -14,6 +14,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result
     let tracker = TaskTracker::new();
     tracker.spawn(housekeeping(state.clone(), shutdown.clone()));
     tracker.spawn(store_health(state.clone(), shutdown.clone()));
+    tracker.spawn(sage_upkeep(state.clone(), shutdown.clone()));
     tracker.close();
     shutdown.cancelled().await;
     tracker.wait().await;
@@ -32,6 +33,28 @@ async fn store_health(state: AppState, shutdown: CancellationToken) {
         }
         if let Err(err) = ledger_magento_callback::health::ping_all(&state).await {
             tracing::warn!(error = %err, "store health loop failed; retrying next minute");
+        }
+    }
+}
+
+/// How often idle Sage connections and stale reference caches are looked for. The first
+/// pass runs at start, so a worker that was down catches up at once.
+const SAGE_UPKEEP_EVERY: Duration = Duration::from_secs(300);
+
+async fn sage_upkeep(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SAGE_UPKEEP_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match ledger_sage_vault::tokens::keep_alive(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(refreshed = n, "Sage keep-alive refreshed idle connections"),
+            Err(err) => tracing::warn!(error = %err, "Sage keep-alive failed"),
+        }
+        if let Err(err) = ledger_sage_vault::reference::refresh_stale(&state).await {
+            tracing::warn!(error = %err, "Sage reference refresh failed");
         }
     }
 }

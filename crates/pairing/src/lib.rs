@@ -218,7 +218,10 @@ async fn confirm(
         "UPDATE connector_bindings
          SET api_key = $3, api_key_key_id = $4,
              pending_api_key = NULL, pending_api_key_key_id = NULL, pending_attempt = NULL, pending_since = NULL,
-             status = CASE WHEN status IN ('pairing', 'revoked') THEN 'paired' ELSE status END,
+             status = CASE WHEN status NOT IN ('pairing', 'revoked') THEN status
+                      -- A store paired again to a binding whose Sage side is still connected is live at once.
+                      WHEN EXISTS (SELECT 1 FROM sage_connections c WHERE c.binding_id = connector_bindings.id AND c.status = 'connected')
+                      THEN 'active' ELSE 'paired' END,
              magento_connection_status = 'active', magento_status_at = now(),
              paired_at = now(), revoked_at = NULL, updated_at = now()
          WHERE id = $1 AND pending_attempt = $2

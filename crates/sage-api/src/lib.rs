@@ -120,7 +120,10 @@ impl SageApi {
             .user_agent(concat!("byte8-ledger/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("HTTP client configuration is valid");
-        Self { http, base: base.trim_end_matches('/').to_owned() }
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -135,11 +138,23 @@ impl SageApi {
             let base = url::Url::parse(&self.base).map_err(|e| SageError::BadResponse { reason: e.to_string() })?;
             let next = url::Url::parse(path).map_err(|e| SageError::BadResponse { reason: e.to_string() })?;
             if next.origin() != base.origin() {
-                return Err(SageError::BadResponse { reason: format!("a link points to another host ({})", next.origin().ascii_serialization()) });
+                return Err(SageError::BadResponse {
+                    reason: format!(
+                        "a link points to another host ({})",
+                        next.origin().ascii_serialization()
+                    ),
+                });
             }
             return Ok(path.to_owned());
         }
-        let path = path.strip_prefix(url::Url::parse(&self.base).map(|u| u.path().to_owned()).unwrap_or_default().as_str()).unwrap_or(path);
+        let path = path
+            .strip_prefix(
+                url::Url::parse(&self.base)
+                    .map(|u| u.path().to_owned())
+                    .unwrap_or_default()
+                    .as_str(),
+            )
+            .unwrap_or(path);
         Ok(format!("{}/{}", self.base, path.trim_start_matches('/')))
     }
 
@@ -151,11 +166,23 @@ impl SageApi {
             request = request.header("X-Business", business);
         }
         let response = request.send().await.map_err(|e| SageError::Transient {
-            reason: if e.is_timeout() { "timed out".to_owned() } else { format!("request failed ({e})") },
+            reason: if e.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                format!("request failed ({e})")
+            },
         })?;
         let status = response.status();
-        let retry_after = response.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let bytes = response.bytes().await.map_err(|e| SageError::Transient { reason: e.to_string() })?.to_vec();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| SageError::Transient { reason: e.to_string() })?
+            .to_vec();
         if status.is_success() {
             return Ok(bytes);
         }
@@ -167,8 +194,13 @@ impl SageApi {
             StatusCode::UNAUTHORIZED => SageError::TokenRejected(errors),
             StatusCode::TOO_MANY_REQUESTS => SageError::RateLimited { retry_after },
             StatusCode::NOT_FOUND => SageError::NotFound { path: String::new() },
-            s if s.is_server_error() => SageError::Transient { reason: format!("HTTP {}", s.as_u16()) },
-            s => SageError::Rejected { status: s.as_u16(), errors },
+            s if s.is_server_error() => SageError::Transient {
+                reason: format!("HTTP {}", s.as_u16()),
+            },
+            s => SageError::Rejected {
+                status: s.as_u16(),
+                errors,
+            },
         })
     }
 
@@ -205,7 +237,9 @@ impl SageApi {
         while let Some(path) = next.take() {
             pages += 1;
             if pages > 1000 {
-                return Err(SageError::BadResponse { reason: "more than 1000 pages; refusing to loop".to_owned() });
+                return Err(SageError::BadResponse {
+                    reason: "more than 1000 pages; refusing to loop".to_owned(),
+                });
             }
             let page: Page<T> = self.get(auth, &path).await?;
             items.extend(page.items);
@@ -216,7 +250,14 @@ impl SageApi {
 
     /// The businesses the token's user can access.
     pub async fn businesses(&self, access_token: &Secret<String>) -> Result<Vec<Business>, SageError> {
-        self.list_all(Auth { access_token, business_id: None }, "/businesses").await
+        self.list_all(
+            Auth {
+                access_token,
+                business_id: None,
+            },
+            "/businesses",
+        )
+        .await
     }
 }
 
@@ -227,10 +268,17 @@ mod tests {
     #[test]
     fn urls_resolve_against_the_base_and_stay_on_its_host() {
         let api = SageApi::new("https://api.accounting.sage.com/v3.1", Duration::from_secs(1));
-        assert_eq!(api.url("/tax_rates?page=2").unwrap(), "https://api.accounting.sage.com/v3.1/tax_rates?page=2");
-        assert_eq!(api.url("/v3.1/tax_rates?page=2").unwrap(), "https://api.accounting.sage.com/v3.1/tax_rates?page=2");
         assert_eq!(
-            api.url("https://api.accounting.sage.com/v3.1/tax_rates?page=2").unwrap(),
+            api.url("/tax_rates?page=2").unwrap(),
+            "https://api.accounting.sage.com/v3.1/tax_rates?page=2"
+        );
+        assert_eq!(
+            api.url("/v3.1/tax_rates?page=2").unwrap(),
+            "https://api.accounting.sage.com/v3.1/tax_rates?page=2"
+        );
+        assert_eq!(
+            api.url("https://api.accounting.sage.com/v3.1/tax_rates?page=2")
+                .unwrap(),
             "https://api.accounting.sage.com/v3.1/tax_rates?page=2"
         );
         assert!(api.url("https://evil.example/steal").is_err());
@@ -242,6 +290,9 @@ mod tests {
             r#"[{"$severity":"error","$dataCode":"RecordInvalid","$message":"This field is required","$source":"line_items.description"}]"#,
         )
         .unwrap();
-        assert_eq!(e[0].to_string(), "[RecordInvalid] line_items.description: This field is required");
+        assert_eq!(
+            e[0].to_string(),
+            "[RecordInvalid] line_items.description: This field is required"
+        );
     }
 }

@@ -336,8 +336,52 @@ pub async fn signin(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(body): Json<Credentials>,
 ) -> Result<Response, Problem> {
-    let email_key = body.email.trim().to_ascii_lowercase();
-    let client_ip = peer.ip().to_string();
+    match password_signin(&state, &body.email, body.password, &peer.ip().to_string()).await? {
+        Ok(session) => {
+            let body = SignedIn {
+                account_id: session.account_id,
+                csrf_token: session.csrf_token.clone(),
+            };
+            Ok(signed_in_response(
+                StatusCode::OK,
+                &body,
+                session_cookie(&session.cookie, &state),
+            ))
+        }
+        Err(refusal) if refusal.throttled => {
+            let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", refusal.message);
+            problem.retry_after = Some(60 * FAILURE_WINDOW_MINUTES as u32);
+            Err(problem)
+        }
+        Err(refusal) => Err(Problem::unauthorized("invalid_credentials", refusal.message)),
+    }
+}
+
+/// A new sign-in session.
+#[derive(Debug)]
+pub struct NewSession {
+    pub account_id: AccountId,
+    /// The cookie value (shown once, never stored).
+    pub cookie: Secret<String>,
+    pub csrf_token: String,
+}
+
+/// Why a sign-in was refused; `message` never says which part was wrong.
+#[derive(Debug)]
+pub struct SigninRefusal {
+    pub throttled: bool,
+    pub message: String,
+}
+
+/// Checks email and password with throttling per account and per client address;
+/// records failures. Shared by the JSON API and the sign-in page.
+pub async fn password_signin(
+    state: &AppState,
+    email: &str,
+    password: String,
+    client_ip: &str,
+) -> Result<Result<NewSession, SigninRefusal>, Problem> {
+    let email_key = email.trim().to_ascii_lowercase();
     let throttle = sqlx::query!(
         r#"SELECT
              count(*) FILTER (WHERE email_key = $1) AS "by_email!",
@@ -351,15 +395,11 @@ pub async fn signin(
     .fetch_one(&state.db)
     .await?;
     if throttle.by_email >= MAX_FAILURES_PER_EMAIL || throttle.by_address >= MAX_FAILURES_PER_ADDRESS {
-        let mut problem = Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            format!("Too many failed sign-ins. Wait {FAILURE_WINDOW_MINUTES} minutes, then try again."),
-        );
-        problem.retry_after = Some(60 * FAILURE_WINDOW_MINUTES as u32);
-        return Err(problem);
+        return Ok(Err(SigninRefusal {
+            throttled: true,
+            message: format!("Too many failed sign-ins. Wait {FAILURE_WINDOW_MINUTES} minutes, then try again."),
+        }));
     }
-
     let account = sqlx::query!(
         r#"SELECT id AS "id: AccountId", password_hash FROM accounts WHERE lower(email) = $1"#,
         email_key
@@ -367,7 +407,7 @@ pub async fn signin(
     .fetch_optional(&state.db)
     .await?;
     let stored = account.as_ref().and_then(|a| a.password_hash.clone());
-    let ok = verify_password(Secret::new(body.password), stored).await;
+    let ok = verify_password(Secret::new(password), stored).await;
     let Some(account) = account.filter(|_| ok) else {
         sqlx::query!(
             "INSERT INTO signin_failures (email_key, client_ip) VALUES ($1, $2)",
@@ -376,24 +416,20 @@ pub async fn signin(
         )
         .execute(&state.db)
         .await?;
-        return Err(Problem::unauthorized(
-            "invalid_credentials",
-            "Email or password is incorrect.",
-        ));
+        return Ok(Err(SigninRefusal {
+            throttled: false,
+            message: "Email or password is incorrect.".to_owned(),
+        }));
     };
     sqlx::query!("DELETE FROM signin_failures WHERE email_key = $1", email_key)
         .execute(&state.db)
         .await?;
     let (cookie, csrf_token) = create_session(&state.db, account.id, state.settings.session_ttl).await?;
-    let body = SignedIn {
+    Ok(Ok(NewSession {
         account_id: account.id,
+        cookie,
         csrf_token,
-    };
-    Ok(signed_in_response(
-        StatusCode::OK,
-        &body,
-        session_cookie(&cookie, &state),
-    ))
+    }))
 }
 
 /// End the current session.

@@ -118,7 +118,53 @@ impl FromRequestParts<AppState> for Merchant {
     }
 }
 
+/// The merchant behind a session cookie, for web pages: no CSRF check here (forms
+/// carry the token in a field, which the page handler checks with [`Merchant::check_csrf`]).
+pub async fn session_merchant(state: &AppState, headers: &HeaderMap) -> Result<Option<Merchant>, Problem> {
+    let Some(cookie) = cookie_value(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let ttl_secs = state.settings.session_ttl.as_secs_f64();
+    let row = sqlx::query!(
+        r#"UPDATE sessions s SET last_seen_at = now(), expires_at = now() + make_interval(secs => $2)
+           FROM accounts a
+           WHERE s.id_hash = $1 AND s.expires_at > now() AND a.id = s.account_id
+           RETURNING a.id AS "account_id: AccountId", a.is_operator, s.csrf_token"#,
+        ring_sha256(cookie.as_bytes()),
+        ttl_secs,
+    )
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(row.map(|r| Merchant {
+        account_id: r.account_id,
+        is_operator: r.is_operator,
+        via: AuthVia::Session {
+            csrf_token: r.csrf_token,
+        },
+    }))
+}
+
 impl Merchant {
+    /// The session's CSRF token (empty for API tokens, which need none).
+    pub fn csrf_token(&self) -> &str {
+        match &self.via {
+            AuthVia::Session { csrf_token } => csrf_token,
+            AuthVia::Token => "",
+        }
+    }
+
+    /// Checks a form's CSRF field against the session's token.
+    pub fn check_csrf(&self, submitted: &str) -> Result<(), Problem> {
+        match &self.via {
+            AuthVia::Token => Ok(()),
+            AuthVia::Session { csrf_token } if constant_time_eq(submitted.as_bytes(), csrf_token.as_bytes()) => Ok(()),
+            AuthVia::Session { .. } => Err(Problem::forbidden(
+                "csrf_token_invalid",
+                "This form has expired. Reload the page and submit it again.",
+            )),
+        }
+    }
+
     /// The tenant to act on: `requested` when this account owns it, else the account's
     /// first tenant. Someone else's tenant is "not found", never "forbidden".
     pub async fn tenant(&self, db: &sqlx::PgPool, requested: Option<TenantId>) -> Result<TenantId, Problem> {

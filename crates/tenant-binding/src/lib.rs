@@ -36,6 +36,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// bindings whose pairing was never confirmed within a day. Returns rows removed.
 pub async fn housekeeping(db: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
     let mut removed = magento::prune_jti(db).await?;
+    removed += sqlx::query!("DELETE FROM sage_oauth_states WHERE expires_at < now()")
+        .execute(db)
+        .await?
+        .rows_affected();
     removed += sqlx::query!("DELETE FROM sessions WHERE expires_at < now()")
         .execute(db)
         .await?

@@ -5,7 +5,10 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use ledger_core::{AppState, Secret};
-use ledger_sandbox::magento::{RunningStore, Store, StoreConfig};
+use ledger_sandbox::{
+    magento::{RunningStore, Store, StoreConfig},
+    sage::{RunningSage, Sage, SageConfig},
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -14,12 +17,36 @@ pub const DEMO_PASSWORD: &str = "demo-password";
 /// The sandbox store's preferred address (stable across restarts, so re-pairing finds
 /// the same binding and keeps its history).
 const STORE_ADDR: &str = "127.0.0.1:8300";
+const SAGE_ADDR: &str = "127.0.0.1:8400";
+
+/// The sandbox Sage `ledger dev` uses: a real consent page and two businesses to choose from.
+pub async fn start_sage() -> anyhow::Result<RunningSage> {
+    let listener = match TcpListener::bind(SAGE_ADDR).await {
+        Ok(l) => l,
+        Err(_) => TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let config = SageConfig {
+        auto_approve: false,
+        businesses: vec![
+            ("Demo Trading Ltd".to_owned(), "GB".to_owned()),
+            ("Demo Trading Ireland".to_owned(), "IE".to_owned()),
+        ],
+        ..SageConfig::default()
+    };
+    Ok(RunningSage::start(
+        Sage::new(config),
+        listener,
+        CancellationToken::new(),
+    )?)
+}
 
 #[derive(Debug)]
 pub struct Demo {
     pub token: Secret<String>,
     pub store: RunningStore,
     pub binding_id: String,
+    /// The sandbox Sage's URL and the business the demo binding posts to.
+    pub sage_business: Option<(String, String)>,
 }
 
 /// The demo account's id, creating it on first use.
@@ -39,7 +66,12 @@ async fn demo_account(state: &AppState) -> anyhow::Result<ledger_core::AccountId
 }
 
 /// Creates the demo merchant, starts a sandbox store and pairs it over HTTP.
-pub async fn start(state: &AppState, activity_every: Duration, shutdown: CancellationToken) -> anyhow::Result<Demo> {
+pub async fn start(
+    state: &AppState,
+    sage: Option<&RunningSage>,
+    activity_every: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Demo> {
     let account = demo_account(state).await?;
     let token = ledger_tenant_binding::accounts::create_api_token(&state.db, account, "ledger dev").await?;
 
@@ -69,6 +101,15 @@ pub async fn start(state: &AppState, activity_every: Duration, shutdown: Cancell
         anyhow::bail!("pairing the sandbox store failed ({status}): {}", body["detail"]);
     }
     let binding_id = body["binding_id"].as_str().unwrap_or_default().to_owned();
+    let sage_business = match sage {
+        Some(sage) => Some((
+            sage.base_url.clone(),
+            connect_sage(state, sage, &token, &binding_id)
+                .await
+                .context("connecting the demo binding to the sandbox Sage")?,
+        )),
+        None => None,
+    };
 
     store.simulate(3);
     tokio::spawn(activity(store, activity_every, shutdown));
@@ -76,7 +117,64 @@ pub async fn start(state: &AppState, activity_every: Duration, shutdown: Cancell
         token,
         store: running,
         binding_id,
+        sage_business,
     })
+}
+
+/// Walks the connect flow over HTTP as a merchant's browser would: authorize, Sage's
+/// consent page ("Allow"), the callback, then the business choice.
+async fn connect_sage(
+    state: &AppState,
+    sage: &RunningSage,
+    token: &Secret<String>,
+    binding: &str,
+) -> anyhow::Result<String> {
+    let public = &state.settings.public_url;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let authorize: serde_json::Value = http
+        .post(format!("{public}/v1/bindings/{binding}/sage/authorize"))
+        .bearer_auth(token.expose())
+        .json(&serde_json::json!({ "region": "uk" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let url = url::Url::parse(authorize["authorize_url"].as_str().unwrap_or_default())?;
+    let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    form.push(("decision".into(), "allow".into()));
+    let consent = http
+        .post(format!("{}/oauth2/consent", sage.base_url))
+        .form(&form)
+        .send()
+        .await?;
+    let callback = consent
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let page = http.get(&callback).send().await?;
+    anyhow::ensure!(
+        page.status().is_success() || page.status().is_redirection(),
+        "the callback answered {}",
+        page.status()
+    );
+    let business = sage
+        .sage
+        .businesses()
+        .into_iter()
+        .next()
+        .context("the sandbox has a business")?;
+    http.post(format!("{public}/v1/bindings/{binding}/sage/business"))
+        .bearer_auth(token.expose())
+        .json(&serde_json::json!({ "business_id": business.id }))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(business.name)
 }
 
 /// A new order (sometimes a refund, a customer or product save) every `every`.

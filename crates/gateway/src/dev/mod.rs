@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use ledger_core::{Secret, Settings, config::Layers};
 use url::Url;
 
-use crate::{AppState, http, metrics, server, shutdown, telemetry, worker};
+use crate::{http, metrics, server, shutdown, telemetry, worker};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
@@ -39,6 +39,20 @@ pub async fn run(mut layers: Layers, args: DevArgs) -> anyhow::Result<()> {
     if layers.is_default("master_keys") {
         layers.default_to("master_keys", dev_master_keys(&args.data_dir)?.into_inner());
     }
+    // A sandbox Sage (OAuth consent page with business choice, API) unless real Sage
+    // credentials were configured.
+    let sage = if args.no_sandbox || !layers.is_default("sage_client_id") {
+        None
+    } else {
+        let sage = demo::start_sage().await?;
+        layers.default_to("sage_authorize_url", sage.sage.authorize_url());
+        layers.default_to("sage_token_url", sage.sage.token_url());
+        layers.default_to("sage_revoke_url", sage.sage.revoke_url());
+        layers.default_to("sage_api_base", sage.sage.api_base());
+        layers.default_to("sage_client_id", sage.sage.config().client_id.clone());
+        layers.default_to("sage_client_secret", sage.sage.config().client_secret.clone());
+        Some(sage)
+    };
     let derive_public_url = layers.is_default("public_url");
     let mut settings = Settings::from_layers(&layers)?;
     let _telemetry = telemetry::init(&settings)?;
@@ -57,7 +71,7 @@ pub async fn run(mut layers: Layers, args: DevArgs) -> anyhow::Result<()> {
     }
     let metrics_listener = metrics::bind(settings.metrics_addr).await?;
     let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    let state = AppState::connect(settings).await?;
+    let state = crate::connect_checked(settings).await?;
 
     let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, state.db.clone(), shutdown.clone())));
     let worker_task = tokio::spawn(worker::run(state.clone(), shutdown.clone()));
@@ -72,7 +86,7 @@ pub async fn run(mut layers: Layers, args: DevArgs) -> anyhow::Result<()> {
     let demo = if args.no_sandbox {
         None
     } else {
-        match demo::start(&state, args.activity_every, shutdown.clone()).await {
+        match demo::start(&state, sage.as_ref(), args.activity_every, shutdown.clone()).await {
             Ok(demo) => Some(demo),
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "the sandbox demo did not start; the ledger runs without it");
@@ -151,6 +165,10 @@ fn banner(
             "  Store        {} (sandbox Magento store, paired as binding {})",
             demo.store.base_url, demo.binding_id
         );
+        if let Some((sage_url, business)) = &demo.sage_business {
+            println!("  Sage         {sage_url} (sandbox; the demo binding posts to \"{business}\")");
+        }
+        println!("  Dashboard    {public_url}/dashboard");
         println!("  Demo login   {} / {}", demo::DEMO_EMAIL, demo::DEMO_PASSWORD);
         println!("  API token    {}", demo.token.expose());
         println!(

@@ -47,7 +47,8 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/docs", get(docs::page))
         .route("/docs/app.js", get(docs::script))
         .fallback(middleware::fallback)
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(ledger_dashboard::router(state))
         .layer(
             ServiceBuilder::new()
                 .layer(CompressionLayer::new())

@@ -17,7 +17,11 @@ use super::{Business, Sage};
 
 /// Sage's error body.
 pub fn sage_error(status: StatusCode, data_code: &str, message: &str, source: &str) -> Response {
-    (status, Json(json!([{ "$severity": "error", "$dataCode": data_code, "$message": message, "$source": source }]))).into_response()
+    (
+        status,
+        Json(json!([{ "$severity": "error", "$dataCode": data_code, "$message": message, "$source": source }])),
+    )
+        .into_response()
 }
 
 /// Who is calling: the business an API call acts on.
@@ -39,18 +43,40 @@ pub fn authenticate(sage: &Sage, headers: &HeaderMap) -> Result<Caller, Response
     if inner.faults.api_failures > 0 {
         inner.faults.api_failures -= 1;
         let status = StatusCode::from_u16(inner.faults.api_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return Err(sage_error(status, "ServiceUnavailable", "The service is temporarily unavailable", ""));
+        return Err(sage_error(
+            status,
+            "ServiceUnavailable",
+            "The service is temporarily unavailable",
+            "",
+        ));
     }
-    if !inner.access.get(token).is_some_and(|g| g.expires_at > now) {
-        return Err(sage_error(StatusCode::UNAUTHORIZED, "Unauthorized", "Invalid or expired access token", ""));
+    if inner.access.get(token).is_none_or(|g| g.expires_at <= now) {
+        return Err(sage_error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Invalid or expired access token",
+            "",
+        ));
     }
     let business_id = match headers.get("X-Business").and_then(|v| v.to_str().ok()) {
         Some(id) if inner.businesses.contains_key(id) => id.to_owned(),
-        Some(_) => return Err(sage_error(StatusCode::FORBIDDEN, "AccessDenied", "You do not have access to this business", "X-Business")),
+        Some(_) => {
+            return Err(sage_error(
+                StatusCode::FORBIDDEN,
+                "AccessDenied",
+                "You do not have access to this business",
+                "X-Business",
+            ));
+        }
         None => inner.order.first().cloned().unwrap_or_default(),
     };
     if inner.businesses.get(&business_id).is_some_and(|b| b.lapsed) {
-        return Err(sage_error(StatusCode::UNAUTHORIZED, "AuthorizationFailure", "No active subscription. (MSE)", ""));
+        return Err(sage_error(
+            StatusCode::UNAUTHORIZED,
+            "AuthorizationFailure",
+            "No active subscription. (MSE)",
+            "",
+        ));
     }
     Ok(Caller { business_id })
 }
@@ -62,7 +88,11 @@ pub fn page(sage: &Sage, uri: &str, items: Vec<Value>, query: &HashMap<String, S
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(20)
         .clamp(1, sage.config.max_items_per_page.min(200));
-    let page = query.get("page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let page = query
+        .get("page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
     let all = query.get("attributes").is_some_and(|a| a == "all");
     let total = items.len();
     let start = (page - 1) * per_page;
@@ -70,12 +100,21 @@ pub fn page(sage: &Sage, uri: &str, items: Vec<Value>, query: &HashMap<String, S
         .into_iter()
         .skip(start)
         .take(per_page)
-        .map(|item| if all { item } else { json!({ "id": item["id"], "displayed_as": item["displayed_as"], "$path": item["$path"] }) })
+        .map(|item| {
+            if all {
+                item
+            } else {
+                json!({ "id": item["id"], "displayed_as": item["displayed_as"], "$path": item["$path"] })
+            }
+        })
         .collect();
     let link = |p: usize| {
         let path = uri.split('?').next().unwrap_or(uri);
-        let mut params: Vec<(String, String)> =
-            query.iter().filter(|(k, _)| *k != "page" && *k != "items_per_page").map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut params: Vec<(String, String)> = query
+            .iter()
+            .filter(|(k, _)| *k != "page" && *k != "items_per_page")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         params.sort();
         params.push(("items_per_page".into(), per_page.to_string()));
         params.push(("page".into(), p.to_string()));
@@ -92,7 +131,13 @@ pub fn page(sage: &Sage, uri: &str, items: Vec<Value>, query: &HashMap<String, S
 
 type Q = Query<HashMap<String, String>>;
 
-fn list(sage: &Arc<Sage>, headers: &HeaderMap, uri: &str, query: &HashMap<String, String>, pick: impl FnOnce(&Business) -> Vec<Value>) -> Response {
+fn list(
+    sage: &Arc<Sage>,
+    headers: &HeaderMap,
+    uri: &str,
+    query: &HashMap<String, String>,
+    pick: impl FnOnce(&Business) -> Vec<Value>,
+) -> Response {
     let caller = match authenticate(sage, headers) {
         Ok(c) => c,
         Err(r) => return r,
@@ -101,7 +146,12 @@ fn list(sage: &Arc<Sage>, headers: &HeaderMap, uri: &str, query: &HashMap<String
     page(sage, uri, items, query)
 }
 
-async fn businesses(State(sage): State<Arc<Sage>>, headers: HeaderMap, OriginalUri(uri): OriginalUri, Query(q): Q) -> Response {
+async fn businesses(
+    State(sage): State<Arc<Sage>>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    Query(q): Q,
+) -> Response {
     // Lists every business of the user; needs no X-Business.
     let mut headers = headers;
     headers.remove("X-Business");
@@ -126,11 +176,21 @@ async fn lead_business(State(sage): State<Arc<Sage>>, headers: HeaderMap) -> Res
     Json(json!({ "id": lead.id, "displayed_as": lead.name, "$path": format!("/businesses/{}", lead.id), "name": lead.name })).into_response()
 }
 
-async fn tax_rates(State(sage): State<Arc<Sage>>, headers: HeaderMap, OriginalUri(uri): OriginalUri, Query(q): Q) -> Response {
+async fn tax_rates(
+    State(sage): State<Arc<Sage>>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    Query(q): Q,
+) -> Response {
     list(&sage, &headers, uri.path(), &q, |b| b.tax_rates.clone())
 }
 
-async fn ledger_accounts(State(sage): State<Arc<Sage>>, headers: HeaderMap, OriginalUri(uri): OriginalUri, Query(q): Q) -> Response {
+async fn ledger_accounts(
+    State(sage): State<Arc<Sage>>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    Query(q): Q,
+) -> Response {
     let visible = q.get("visible_in").cloned();
     list(&sage, &headers, uri.path(), &q, |b| {
         b.ledger_accounts
@@ -145,11 +205,21 @@ async fn ledger_accounts(State(sage): State<Arc<Sage>>, headers: HeaderMap, Orig
     })
 }
 
-async fn bank_accounts(State(sage): State<Arc<Sage>>, headers: HeaderMap, OriginalUri(uri): OriginalUri, Query(q): Q) -> Response {
+async fn bank_accounts(
+    State(sage): State<Arc<Sage>>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    Query(q): Q,
+) -> Response {
     list(&sage, &headers, uri.path(), &q, |b| b.bank_accounts.clone())
 }
 
-async fn currencies(State(sage): State<Arc<Sage>>, headers: HeaderMap, OriginalUri(uri): OriginalUri, Query(q): Q) -> Response {
+async fn currencies(
+    State(sage): State<Arc<Sage>>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    Query(q): Q,
+) -> Response {
     list(&sage, &headers, uri.path(), &q, |b| b.currencies.clone())
 }
 

@@ -29,7 +29,13 @@ fn tax_rate(id: &str, name: &str, percentage: &str) -> Value {
 }
 
 fn ledger_account(code: &str, name: &str, kind: &str, sales: bool, expenses: bool) -> Value {
-    let id = format!("{:0>32}", format!("{code}{}", hex::encode(name.as_bytes())).chars().take(32).collect::<String>());
+    let id = format!(
+        "{:0>32}",
+        format!("{code}{}", hex::encode(name.as_bytes()))
+            .chars()
+            .take(32)
+            .collect::<String>()
+    );
     json!({
         "id": id, "displayed_as": format!("{name} ({code})"), "$path": format!("/ledger_accounts/{id}"),
         "nominal_code": code.parse::<u32>().unwrap_or(0), "name": name, "display_name": name,
@@ -81,8 +87,33 @@ impl Business {
             ledger_account("5000", "Cost of Sales - Goods", "DIRECT_EXPENSES", false, true),
             ledger_account("5010", "Cost of Sales - Materials", "DIRECT_EXPENSES", false, true),
         ];
-        for (i, name) in ["Rent", "Rates", "Electricity", "Gas", "Office Costs", "Telephone", "Postage", "Advertising", "Travel", "Subscriptions", "Insurance", "Bank Charges", "Repairs", "Software", "Accountancy"].iter().enumerate() {
-            ledger_accounts.push(ledger_account(&format!("{}", 7100 + i * 10), name, "OVERHEADS", false, true));
+        for (i, name) in [
+            "Rent",
+            "Rates",
+            "Electricity",
+            "Gas",
+            "Office Costs",
+            "Telephone",
+            "Postage",
+            "Advertising",
+            "Travel",
+            "Subscriptions",
+            "Insurance",
+            "Bank Charges",
+            "Repairs",
+            "Software",
+            "Accountancy",
+        ]
+        .iter()
+        .enumerate()
+        {
+            ledger_accounts.push(ledger_account(
+                &format!("{}", 7100 + i * 10),
+                name,
+                "OVERHEADS",
+                false,
+                true,
+            ));
         }
         Self {
             id: random_hex(16),

@@ -194,7 +194,10 @@ impl Sage {
     }
 
     pub fn base_url(&self) -> String {
-        self.base_url.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.base_url
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn authorize_url(&self) -> String {
@@ -223,7 +226,11 @@ impl Sage {
 
     pub fn businesses(&self) -> Vec<Business> {
         let inner = self.lock();
-        inner.order.iter().filter_map(|id| inner.businesses.get(id).cloned()).collect()
+        inner
+            .order
+            .iter()
+            .filter_map(|id| inner.businesses.get(id).cloned())
+            .collect()
     }
 
     /// Turns a business's subscription off (its API calls answer the MSE 401) or on.
@@ -236,7 +243,10 @@ impl Sage {
     /// Whether a refresh token is still usable (not used, revoked or expired).
     pub fn refresh_token_is_live(&self, token: &str) -> bool {
         let now = self.now();
-        self.lock().refresh.get(token).is_some_and(|g| !g.used && !g.revoked && g.expires_at > now)
+        self.lock()
+            .refresh
+            .get(token)
+            .is_some_and(|g| !g.used && !g.revoked && g.expires_at > now)
     }
 
     /// Read access to a business's books (inspection for tests).
@@ -269,7 +279,12 @@ async fn control_clock(State(sage): State<Arc<Sage>>, Json(advance): Json<Advanc
 }
 
 async fn control_businesses(State(sage): State<Arc<Sage>>) -> Json<Value> {
-    Json(json!(sage.businesses().iter().map(|b| json!({ "id": b.id, "name": b.name, "country": b.country, "lapsed": b.lapsed })).collect::<Vec<_>>()))
+    Json(json!(
+        sage.businesses()
+            .iter()
+            .map(|b| json!({ "id": b.id, "name": b.name, "country": b.country, "lapsed": b.lapsed }))
+            .collect::<Vec<_>>()
+    ))
 }
 
 /// All routes: OAuth, API and sandbox controls.
@@ -303,9 +318,15 @@ impl RunningSage {
         let app = router(sage.clone());
         let token = shutdown.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
         });
-        Ok(Self { sage, base_url, shutdown })
+        Ok(Self {
+            sage,
+            base_url,
+            shutdown,
+        })
     }
 
     pub async fn spawn(config: SageConfig) -> std::io::Result<Self> {

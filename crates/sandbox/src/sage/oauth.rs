@@ -18,11 +18,21 @@ use super::{AccessGrant, CodeGrant, RefreshGrant, Sage, random_hex, sleep};
 type Params = HashMap<String, String>;
 
 fn error_page(message: &str) -> Response {
-    (StatusCode::BAD_REQUEST, Html(format!("<!doctype html><title>Sage sign-in error</title><h1>Something went wrong</h1><p>{message}</p>"))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Html(format!(
+            "<!doctype html><title>Sage sign-in error</title><h1>Something went wrong</h1><p>{message}</p>"
+        )),
+    )
+        .into_response()
 }
 
 fn redirect_with(redirect_uri: &str, pairs: &[(&str, &str)]) -> Response {
-    let query: String = pairs.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect::<Vec<_>>().join("&");
+    let query: String = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
     let separator = if redirect_uri.contains('?') { '&' } else { '?' };
     Redirect::to(&format!("{redirect_uri}{separator}{query}")).into_response()
 }
@@ -38,7 +48,10 @@ fn encode(value: &str) -> String {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Checks an authorize request; on success returns the redirect URI.
@@ -51,21 +64,32 @@ fn validate(sage: &Sage, p: &Params) -> Result<String, Response> {
     };
     // Callback URLs must match a registered one character for character.
     if !sage.config.redirect_uris.is_empty() && !sage.config.redirect_uris.contains(redirect_uri) {
-        return Err(error_page("The redirect_uri does not match the application's registered callback URL."));
+        return Err(error_page(
+            "The redirect_uri does not match the application's registered callback URL.",
+        ));
     }
     let state = p.get("state").cloned().unwrap_or_default();
     if p.get("response_type").map(String::as_str) != Some("code") {
-        return Err(redirect_with(redirect_uri, &[("error", "unsupported_response_type"), ("state", &state)]));
+        return Err(redirect_with(
+            redirect_uri,
+            &[("error", "unsupported_response_type"), ("state", &state)],
+        ));
     }
     if let Some(method) = p.get("code_challenge_method")
         && !matches!(method.as_str(), "S256" | "plain")
     {
-        return Err(redirect_with(redirect_uri, &[("error", "invalid_request"), ("state", &state)]));
+        return Err(redirect_with(
+            redirect_uri,
+            &[("error", "invalid_request"), ("state", &state)],
+        ));
     }
     if let Some(challenge) = p.get("code_challenge")
         && !(43..=128).contains(&challenge.len())
     {
-        return Err(redirect_with(redirect_uri, &[("error", "invalid_request"), ("state", &state)]));
+        return Err(redirect_with(
+            redirect_uri,
+            &[("error", "invalid_request"), ("state", &state)],
+        ));
     }
     if let Some(country) = p.get("country") {
         // The chosen country must match a business's region.
@@ -73,7 +97,11 @@ fn validate(sage: &Sage, p: &Params) -> Result<String, Response> {
         if !sage.businesses().iter().any(|b| b.country == wanted) {
             return Err(redirect_with(
                 redirect_uri,
-                &[("error", "access_denied"), ("error_description", "No business in the selected country"), ("state", &state)],
+                &[
+                    ("error", "access_denied"),
+                    ("error_description", "No business in the selected country"),
+                    ("state", &state),
+                ],
             ));
         }
     }
@@ -81,20 +109,38 @@ fn validate(sage: &Sage, p: &Params) -> Result<String, Response> {
 }
 
 fn issue_code(sage: &Sage, p: &Params, redirect_uri: &str) -> Response {
-    let country = p.get("country").map_or_else(|| sage.businesses()[0].country.clone(), |c| c.to_ascii_uppercase());
+    let country = p
+        .get("country")
+        .map_or_else(|| sage.businesses()[0].country.clone(), |c| c.to_ascii_uppercase());
     let code = format!("{country}/{}", random_hex(20));
-    let challenge = p.get("code_challenge").map(|c| (c.clone(), p.get("code_challenge_method").cloned().unwrap_or_else(|| "plain".into())));
+    let challenge = p.get("code_challenge").map(|c| {
+        (
+            c.clone(),
+            p.get("code_challenge_method")
+                .cloned()
+                .unwrap_or_else(|| "plain".into()),
+        )
+    });
     let now = sage.now();
     {
         let mut inner = sage.lock();
         inner.stats.authorizations += 1;
         inner.codes.insert(
             code.clone(),
-            CodeGrant { client_id: sage.config.client_id.clone(), redirect_uri: redirect_uri.to_owned(), challenge, issued_at: now, used: false },
+            CodeGrant {
+                client_id: sage.config.client_id.clone(),
+                redirect_uri: redirect_uri.to_owned(),
+                challenge,
+                issued_at: now,
+                used: false,
+            },
         );
     }
     let state = p.get("state").cloned().unwrap_or_default();
-    redirect_with(redirect_uri, &[("code", &code), ("country", &country), ("state", &state)])
+    redirect_with(
+        redirect_uri,
+        &[("code", &code), ("country", &country), ("state", &state)],
+    )
 }
 
 /// `GET /oauth2/auth/central`.
@@ -115,7 +161,11 @@ pub async fn authorize(State(sage): State<Arc<Sage>>, Query(p): Query<Params>) -
         .iter()
         .map(|(k, v)| format!(r#"<input type="hidden" name="{}" value="{}">"#, escape(k), escape(v)))
         .collect();
-    let businesses: String = sage.businesses().iter().map(|b| format!("<li>{} ({})</li>", escape(&b.name), escape(&b.country))).collect();
+    let businesses: String = sage
+        .businesses()
+        .iter()
+        .map(|b| format!("<li>{} ({})</li>", escape(&b.name), escape(&b.country)))
+        .collect();
     Html(format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Sage Accounting — authorise access</title>
@@ -155,7 +205,10 @@ fn dropped() -> Response {
     struct Broken;
     impl futures_core::Stream for Broken {
         type Item = Result<Vec<u8>, std::io::Error>;
-        fn poll_next(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        fn poll_next(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
             std::task::Poll::Ready(Some(Err(std::io::Error::other("connection dropped by the sandbox"))))
         }
     }
@@ -172,8 +225,20 @@ fn token_pair(sage: &Sage) -> (String, serde_json::Value) {
     let access = format!("sbx_at_{}", random_hex(32));
     let refresh = format!("sbx_rt_{}", random_hex(32));
     let mut inner = sage.lock();
-    inner.access.insert(access.clone(), AccessGrant { expires_at: now + sage.config.access_ttl_secs });
-    inner.refresh.insert(refresh.clone(), RefreshGrant { expires_at: now + sage.config.refresh_ttl_secs, used: false, revoked: false });
+    inner.access.insert(
+        access.clone(),
+        AccessGrant {
+            expires_at: now + sage.config.access_ttl_secs,
+        },
+    );
+    inner.refresh.insert(
+        refresh.clone(),
+        RefreshGrant {
+            expires_at: now + sage.config.refresh_ttl_secs,
+            used: false,
+            revoked: false,
+        },
+    );
     let body = json!({
         "access_token": access,
         "scope": "full_access",
@@ -189,7 +254,9 @@ fn token_pair(sage: &Sage) -> (String, serde_json::Value) {
 fn pkce_matches(challenge: &(String, String), verifier: Option<&String>) -> bool {
     let Some(verifier) = verifier else { return false };
     match challenge.1.as_str() {
-        "S256" => URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes())) == challenge.0,
+        "S256" => {
+            URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes())) == challenge.0
+        }
         _ => *verifier == challenge.0,
     }
 }
@@ -216,7 +283,8 @@ pub async fn token(State(sage): State<Arc<Sage>>, headers: HeaderMap, Form(p): F
     if headers.get(header::AUTHORIZATION).is_some() {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
-    if p.get("client_id") != Some(&sage.config.client_id) || p.get("client_secret") != Some(&sage.config.client_secret) {
+    if p.get("client_id") != Some(&sage.config.client_id) || p.get("client_secret") != Some(&sage.config.client_secret)
+    {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
     let now = sage.now();
@@ -229,7 +297,9 @@ pub async fn token(State(sage): State<Arc<Sage>>, headers: HeaderMap, Form(p): F
                     && now - g.issued_at <= sage.config.code_ttl_secs
                     && p.get("redirect_uri") == Some(&g.redirect_uri)
                     && g.client_id == sage.config.client_id
-                    && g.challenge.as_ref().is_none_or(|c| pkce_matches(c, p.get("code_verifier")))
+                    && g.challenge
+                        .as_ref()
+                        .is_none_or(|c| pkce_matches(c, p.get("code_verifier")))
             });
             match valid {
                 Some(grant) => {
@@ -247,7 +317,10 @@ pub async fn token(State(sage): State<Arc<Sage>>, headers: HeaderMap, Form(p): F
         Some("refresh_token") => {
             let presented = p.get("refresh_token").cloned().unwrap_or_default();
             let mut inner = sage.lock();
-            let valid = inner.refresh.get_mut(&presented).filter(|g| !g.used && !g.revoked && g.expires_at > now);
+            let valid = inner
+                .refresh
+                .get_mut(&presented)
+                .filter(|g| !g.used && !g.revoked && g.expires_at > now);
             match valid {
                 Some(grant) => {
                     grant.used = true; // rotation: the old token dies on use
@@ -278,7 +351,8 @@ pub async fn token(State(sage): State<Arc<Sage>>, headers: HeaderMap, Form(p): F
 
 /// `POST /oauth2/revoke`: revokes a refresh token (access tokens cannot be revoked).
 pub async fn revoke(State(sage): State<Arc<Sage>>, Form(p): Form<Params>) -> Response {
-    if p.get("client_id") != Some(&sage.config.client_id) || p.get("client_secret") != Some(&sage.config.client_secret) {
+    if p.get("client_id") != Some(&sage.config.client_id) || p.get("client_secret") != Some(&sage.config.client_secret)
+    {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
     let mut inner = sage.lock();

@@ -1,0 +1,500 @@
+//! Connecting a binding to a Sage business: authorize, callback, business choice.
+//!
+//! The `state` is 256 bits from the CSPRNG (oauth2's `CsrfToken::new_random`), stored
+//! only as its SHA-256 with the binding, the region and the sealed PKCE verifier; it
+//! is single-use and expires after 10 minutes.
+
+use axum::extract::{Path, State};
+use ledger_core::{
+    AccountId, AppState, BindingId, FieldError, Problem, TenantId,
+    audit::{self, Actor},
+    crypto,
+    extract::Json,
+};
+use ledger_sage_api::SageApi;
+use ledger_tenant_binding::auth::Merchant;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{
+    oauth::{self, OAuthError, SageOAuth},
+    reference, tokens,
+};
+
+const STATE_TTL_SECS: f64 = 600.0;
+
+fn verifier_context(state_hash: &[u8]) -> String {
+    format!("sage_oauth_states.pkce_verifier:{}", hex::encode(state_hash))
+}
+
+/// A business the user may choose.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BusinessChoice {
+    pub id: String,
+    pub name: String,
+}
+
+/// Starts an authorization: validates the region and the binding, remembers the state.
+pub async fn start(state: &AppState, binding: BindingId, account: AccountId, region: &str) -> Result<String, Problem> {
+    let region = region.trim().to_ascii_lowercase();
+    let Some(country) = oauth::country_for(&region) else {
+        let regions: Vec<&str> = oauth::REGIONS.iter().map(|(r, _)| *r).collect();
+        return Err(Problem::validation(vec![FieldError {
+            field: "region".into(),
+            code: "invalid".into(),
+            message: format!("must be one of {}", regions.join(", ")),
+        }]));
+    };
+    let status = sqlx::query_scalar!("SELECT status FROM connector_bindings WHERE id = $1", binding.0)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| Problem::not_found("binding_not_found", format!("There is no binding {binding}.")))?;
+    if matches!(status.as_str(), "pairing" | "revoked") {
+        return Err(Problem::conflict(
+            "binding_not_paired",
+            "Pair the Magento store first (Generate pairing code in the Magento admin, then connect the store); then connect Sage.",
+        ));
+    }
+    if state.settings.sage_client_id.is_empty() {
+        return Err(Problem::unavailable(
+            "sage_not_configured",
+            "The ledger has no Sage app credentials (LEDGER_SAGE_CLIENT_ID); an operator must set them.",
+            60,
+        ));
+    }
+    let (url, csrf, verifier) = SageOAuth::from_settings(&state.settings).authorize_url(country);
+    let state_hash = crypto::sha256(csrf.expose().as_bytes()).to_vec();
+    let sealed = state
+        .keyring
+        .seal(verifier.expose().as_bytes(), &verifier_context(&state_hash));
+    sqlx::query!(
+        "INSERT INTO sage_oauth_states (state_hash, binding_id, account_id, region, pkce_verifier, pkce_verifier_key_id, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+        state_hash,
+        binding.0,
+        account.0,
+        region,
+        sealed,
+        state.keyring.active_id(),
+        STATE_TTL_SECS,
+    )
+    .execute(&state.db)
+    .await?;
+    Ok(url.to_string())
+}
+
+/// What Sage sent back to the redirect URI (unknown extras such as `country` or `iss` are ignored).
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+pub struct CallbackParams {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+/// Where a callback ended.
+#[derive(Debug, Clone)]
+pub enum CallbackOutcome {
+    /// Connected to the only business the user has.
+    Connected {
+        binding_id: BindingId,
+        business_name: String,
+    },
+    /// Several businesses: the user picks one.
+    ChooseBusiness {
+        binding_id: BindingId,
+        businesses: Vec<BusinessChoice>,
+    },
+}
+
+/// Why a callback failed: a message for the page, never a token or code.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct CallbackFailure {
+    /// Known when the state was valid: the page offers "try again" for it.
+    pub binding_id: Option<BindingId>,
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn failure(binding_id: Option<BindingId>, code: &'static str, message: impl Into<String>) -> CallbackFailure {
+    CallbackFailure {
+        binding_id,
+        code,
+        message: message.into(),
+    }
+}
+
+/// Handles the redirect back from Sage.
+pub async fn complete(state: &AppState, params: &CallbackParams) -> Result<CallbackOutcome, CallbackFailure> {
+    let internal = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "Sage callback failed");
+        failure(
+            None,
+            "internal",
+            "Something went wrong on our side. Please start the connection again.",
+        )
+    };
+    let Some(raw_state) = params.state.as_deref().filter(|s| !s.is_empty()) else {
+        return Err(failure(
+            None,
+            "state_missing",
+            "This page was opened without a sign-in request. Start the connection from your binding page.",
+        ));
+    };
+    let state_hash = crypto::sha256(raw_state.as_bytes()).to_vec();
+    // Single use: the row is consumed whatever happens next.
+    let pending = sqlx::query!(
+        r#"DELETE FROM sage_oauth_states WHERE state_hash = $1
+           RETURNING binding_id AS "binding_id: BindingId", account_id, region, pkce_verifier, expires_at > now() AS "fresh!""#,
+        state_hash
+    )
+    .fetch_optional(&state.db)
+    .await
+    .map_err(|e| internal(&e))?;
+    let Some(pending) = pending.filter(|p| p.fresh) else {
+        return Err(failure(
+            None,
+            "state_invalid",
+            "This sign-in link has expired (they last 10 minutes) or was already used. Start the connection again.",
+        ));
+    };
+    let binding = pending.binding_id;
+    if let Some(error) = params.error.as_deref() {
+        let message = match error {
+            "access_denied" => "You chose not to give the ledger access to Sage, so nothing was connected.".to_owned(),
+            "temporarily_unavailable" => {
+                "Sage is temporarily unavailable. Wait about 10 minutes, then try again.".to_owned()
+            }
+            "server_error" => "Sage had an error while signing you in. Try again in a moment.".to_owned(),
+            other => format!(
+                "Sage did not complete the sign-in ({other}{}). Try again; if it keeps failing, contact support.",
+                params
+                    .error_description
+                    .as_deref()
+                    .map(|d| format!(": {}", d.chars().take(200).collect::<String>()))
+                    .unwrap_or_default()
+            ),
+        };
+        return Err(failure(Some(binding), "sage_declined", message));
+    }
+    let Some(code) = params.code.as_deref().filter(|c| !c.is_empty()) else {
+        return Err(failure(
+            Some(binding),
+            "code_missing",
+            "Sage did not send an authorization code. Try again.",
+        ));
+    };
+    let verifier = state
+        .keyring
+        .open_string(&pending.pkce_verifier, &verifier_context(&state_hash))
+        .map_err(|e| internal(&e))?;
+    let tokens = SageOAuth::from_settings(&state.settings)
+        .exchange_code(code, &verifier)
+        .await
+        .map_err(|e| match e {
+            OAuthError::InvalidGrant => failure(
+                Some(binding),
+                "code_expired",
+                "Sage's authorization code expired (they last 60 seconds) or was already used. Try again.",
+            ),
+            OAuthError::Rejected(reason) => failure(
+                Some(binding),
+                "sage_rejected",
+                format!("Sage refused the ledger's request ({reason}). Contact support."),
+            ),
+            OAuthError::Transient(_) => failure(
+                Some(binding),
+                "sage_unavailable",
+                "Sage did not answer in time. Try again in a moment.",
+            ),
+        })?;
+
+    let api = SageApi::new(&state.settings.sage_api_base, state.settings.sage_timeout);
+    let businesses = api.businesses(&tokens.access_token).await.map_err(|e| {
+        tracing::warn!(%binding, error = %e, "listing Sage businesses failed");
+        failure(
+            Some(binding),
+            "businesses_unavailable",
+            "Connected, but Sage did not list your businesses. Try again in a moment.",
+        )
+    })?;
+    let choices: Vec<BusinessChoice> = businesses
+        .iter()
+        .map(|b| BusinessChoice {
+            id: b.id.clone(),
+            name: b.displayed_as.clone(),
+        })
+        .collect();
+    if choices.is_empty() {
+        return Err(failure(
+            Some(binding),
+            "no_business",
+            "Your Sage user has no business yet. Create one in Sage, then try again.",
+        ));
+    }
+
+    let mut tx = state.db.begin().await.map_err(|e| internal(&e))?;
+    tokens::store_tokens(&mut tx, state, binding, &pending.region, &tokens)
+        .await
+        .map_err(|e| internal(&e))?;
+    sqlx::query!(
+        "UPDATE sage_connections SET businesses = $2 WHERE binding_id = $1",
+        binding.0,
+        serde_json::to_value(&choices).unwrap_or_default()
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| internal(&e))?;
+    tx.commit().await.map_err(|e| internal(&e))?;
+
+    if let [only] = choices.as_slice() {
+        let actor = pending.account_id.map_or(Actor::System, Actor::Account);
+        choose(state, binding, &only.id, actor)
+            .await
+            .map_err(|p| failure(Some(binding), "internal", p.detail))?;
+        return Ok(CallbackOutcome::Connected {
+            binding_id: binding,
+            business_name: only.name.clone(),
+        });
+    }
+    Ok(CallbackOutcome::ChooseBusiness {
+        binding_id: binding,
+        businesses: choices,
+    })
+}
+
+/// Picks the business for a connected binding; fetches its reference data.
+pub async fn choose(state: &AppState, binding: BindingId, business_id: &str, actor: Actor) -> Result<String, Problem> {
+    let offered = sqlx::query_scalar!(
+        "SELECT businesses FROM sage_connections WHERE binding_id = $1",
+        binding.0
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| Problem::conflict("sage_not_connected", "Connect Sage for this binding first."))?;
+    let choices: Vec<BusinessChoice> = serde_json::from_value(offered).unwrap_or_default();
+    let Some(choice) = choices.iter().find(|c| c.id == business_id) else {
+        return Err(Problem::validation(vec![FieldError {
+            field: "business_id".into(),
+            code: "not_offered".into(),
+            message: "choose one of the businesses Sage listed for this connection".into(),
+        }]));
+    };
+    let mut tx = state.db.begin().await?;
+    let region = sqlx::query_scalar!(
+        "UPDATE sage_connections SET business_id = $2, business_name = $3, status = 'connected', updated_at = now()
+         WHERE binding_id = $1 RETURNING region",
+        binding.0,
+        choice.id,
+        choice.name
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let tenant = sqlx::query_scalar!(
+        r#"UPDATE connector_bindings SET status = CASE WHEN status IN ('paired', 'needs_reauth', 'paused', 'active') THEN 'active' ELSE status END,
+             region = $2, updated_at = now()
+           WHERE id = $1 RETURNING tenant_id AS "tenant_id: TenantId""#,
+        binding.0,
+        region
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    // Work held while the connection needed re-authorisation resumes.
+    sqlx::query!(
+        "UPDATE jobs SET status = 'queued', updated_at = now() WHERE binding_id = $1 AND status = 'paused'",
+        binding.0
+    )
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        audit::Entry {
+            actor,
+            tenant_id: Some(tenant),
+            binding_id: Some(binding),
+            action: "sage.connected",
+            details: serde_json::json!({ "business_id": choice.id, "business_name": choice.name, "region": region }),
+            request_id: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    tokens::TokenCache::global().forget(binding);
+    if let Err(err) = reference::refresh(state, binding).await {
+        // The settings page offers a Refresh button; connecting does not fail for this.
+        tracing::warn!(%binding, error = %err, "fetching Sage reference data after connect failed");
+    }
+    Ok(choice.name.clone())
+}
+
+// ---- JSON twins ------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct AuthorizeRequest {
+    /// uk (default), ie, ca, us, es, fr or de.
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthorizeUrl {
+    /// Send the user's browser here; Sage redirects back to `{LEDGER_PUBLIC_URL}/sage/callback`.
+    pub authorize_url: String,
+}
+
+/// Start connecting Sage: the URL of Sage's consent page for this binding.
+#[utoipa::path(post, path = "/v1/bindings/{binding_id}/sage/authorize", tag = "sage", operation_id = "sage_authorize",
+    security(("bearer" = []), ("session" = [])),
+    params(("binding_id" = BindingId, Path, description = "The binding")),
+    request_body(content = AuthorizeRequest, description = "Optional; the region defaults to uk"),
+    responses(
+        (status = 200, body = AuthorizeUrl),
+        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The store is not paired", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn authorize(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(binding): Path<BindingId>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<AuthorizeUrl>, Problem> {
+    merchant.binding_tenant(&state.db, binding).await?;
+    // The body is optional: no body means the default region.
+    let request: AuthorizeRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        AuthorizeRequest::default()
+    } else {
+        ledger_core::extract::parse(&body)?
+    };
+    let region = request.region.unwrap_or_else(|| "uk".to_owned());
+    let authorize_url = start(&state, binding, merchant.account_id, &region).await?;
+    Ok(axum::Json(AuthorizeUrl { authorize_url }))
+}
+
+/// A binding's Sage connection.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Connection {
+    /// `not_connected`, `choosing_business`, `connected`, `needs_reauth` or `subscription_lapsed`.
+    pub status: String,
+    pub region: Option<String>,
+    pub business_id: Option<String>,
+    pub business_name: Option<String>,
+    /// The businesses to choose from while `choosing_business`.
+    pub businesses: Vec<BusinessChoice>,
+    pub refresh_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_refreshed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub async fn load_connection(db: &sqlx::PgPool, binding: BindingId) -> Result<Connection, sqlx::Error> {
+    let row = sqlx::query!(
+        "SELECT status, region, business_id, business_name, businesses, refresh_expires_at, last_refreshed_at
+         FROM sage_connections WHERE binding_id = $1",
+        binding.0
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(match row {
+        None => Connection {
+            status: "not_connected".into(),
+            region: None,
+            business_id: None,
+            business_name: None,
+            businesses: Vec::new(),
+            refresh_expires_at: None,
+            last_refreshed_at: None,
+        },
+        Some(r) => Connection {
+            businesses: if r.status == "choosing_business" {
+                serde_json::from_value(r.businesses).unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            status: r.status,
+            region: Some(r.region),
+            business_id: r.business_id,
+            business_name: r.business_name,
+            refresh_expires_at: r.refresh_expires_at,
+            last_refreshed_at: Some(r.last_refreshed_at),
+        },
+    })
+}
+
+/// The binding's Sage connection (never its tokens).
+#[utoipa::path(get, path = "/v1/bindings/{binding_id}/sage", tag = "sage", operation_id = "sage_connection",
+    security(("bearer" = []), ("session" = [])),
+    params(("binding_id" = BindingId, Path, description = "The binding")),
+    responses(
+        (status = 200, body = Connection),
+        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn connection(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(binding): Path<BindingId>,
+) -> Result<axum::Json<Connection>, Problem> {
+    merchant.binding_tenant(&state.db, binding).await?;
+    Ok(axum::Json(load_connection(&state.db, binding).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BusinessRequest {
+    /// One of the ids offered in `businesses`.
+    pub business_id: String,
+}
+
+/// Choose the Sage business when the user has more than one.
+#[utoipa::path(post, path = "/v1/bindings/{binding_id}/sage/business", tag = "sage", operation_id = "sage_choose_business",
+    security(("bearer" = []), ("session" = [])),
+    params(("binding_id" = BindingId, Path, description = "The binding")),
+    request_body = BusinessRequest,
+    responses(
+        (status = 200, body = Connection),
+        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Sage is not connected", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn business(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(binding): Path<BindingId>,
+    Json(body): Json<BusinessRequest>,
+) -> Result<axum::Json<Connection>, Problem> {
+    merchant.binding_tenant(&state.db, binding).await?;
+    choose(
+        &state,
+        binding,
+        &body.business_id,
+        Actor::Account(merchant.account_id.0),
+    )
+    .await?;
+    Ok(axum::Json(load_connection(&state.db, binding).await?))
+}
+
+/// Disconnect a binding from the ledger side: the binding is revoked (the store's later
+/// webhooks get 401 and dead-letter), the Sage refresh token is revoked at Sage (best
+/// effort) and the tokens deleted. Sync history and `entity_xref` are kept.
+#[utoipa::path(post, path = "/v1/bindings/{binding_id}/disconnect", tag = "bindings", operation_id = "disconnect_binding",
+    security(("bearer" = []), ("session" = [])),
+    params(("binding_id" = BindingId, Path, description = "The binding")),
+    responses(
+        (status = 204, description = "Disconnected (or already disconnected)"),
+        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn disconnect(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(binding): Path<BindingId>,
+) -> Result<axum::http::StatusCode, Problem> {
+    let tenant = merchant.binding_tenant(&state.db, binding).await?;
+    let mut tx = state.db.begin().await?;
+    ledger_tenant_binding::status::revoke(
+        &mut tx,
+        tenant,
+        binding,
+        Actor::Account(merchant.account_id.0),
+        "dashboard",
+    )
+    .await?;
+    tx.commit().await?;
+    tokens::disconnect(&state, binding).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
