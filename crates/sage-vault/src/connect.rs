@@ -162,7 +162,14 @@ pub async fn complete(state: &AppState, params: &CallbackParams) -> Result<Callb
     let binding = pending.binding_id;
     if let Some(error) = params.error.as_deref() {
         let message = match error {
-            "access_denied" => "You chose not to give the ledger access to Sage, so nothing was connected.".to_owned(),
+            "access_denied" => match params.error_description.as_deref().filter(|d| !d.is_empty()) {
+                // Sage also denies when the region does not match the business's country.
+                Some(description) => format!(
+                    "Sage refused access: {}. Check that you chose the region where your Sage business is registered.",
+                    description.chars().take(200).collect::<String>()
+                ),
+                None => "You chose not to give the ledger access to Sage, so nothing was connected.".to_owned(),
+            },
             "temporarily_unavailable" => {
                 "Sage is temporarily unavailable. Wait about 10 minutes, then try again.".to_owned()
             }

@@ -132,6 +132,7 @@ pub const REGIONS: &[(&str, &str)] = &[
 #[derive(Debug, Clone)]
 pub struct SageOAuth {
     client: SageClient,
+    client_secret: Secret<String>,
     http: ReqwestAdapter,
 }
 
@@ -152,10 +153,7 @@ impl SageOAuth {
             .timeout(settings.sage_timeout)
             .build()
             .expect("HTTP client configuration is valid");
-        Self {
-            client,
-            http: ReqwestAdapter(http),
-        }
+        Self { client, client_secret: settings.sage_client_secret.clone(), http: ReqwestAdapter(http) }
     }
 
     /// The URL to send the browser to, the `state` to remember and the PKCE verifier.
@@ -163,7 +161,7 @@ impl SageOAuth {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let (url, state) = self
             .client
-            .authorize_url(CsrfToken::new_random)
+            .authorize_url(|| CsrfToken::new_random_len(32))
             .add_scope(Scope::new("full_access".to_owned()))
             .add_extra_param("filter", "apiv3.1")
             .add_extra_param("country", country)
@@ -227,14 +225,22 @@ impl SageOAuth {
         Ok(Self::tokens(&response))
     }
 
-    /// Revokes a refresh token at Sage (access tokens cannot be revoked).
+    /// Revokes a refresh token at Sage (access tokens cannot be revoked): a form post of
+    /// `client_id`, `client_secret` and `token`, exactly as Sage documents it. (`oauth2`'s
+    /// own revocation refuses non-https endpoints, which rules out the sandbox.)
     pub async fn revoke(&self, refresh_token: &Secret<String>) -> Result<(), OAuthError> {
-        let token = StandardRevocableToken::RefreshToken(RefreshToken::new(refresh_token.expose().clone()));
-        self.client
-            .revoke_token(token)
-            .map_err(|e| OAuthError::Rejected(e.to_string()))?
-            .request_async(&self.http)
-            .await
-            .map_err(|e| OAuthError::Transient(e.to_string()))
+        let url = self.client.revocation_url().url().clone();
+        let form = [
+            ("client_id", self.client.client_id().as_str()),
+            ("client_secret", self.client_secret.expose().as_str()),
+            ("token", refresh_token.expose().as_str()),
+        ];
+        let response =
+            self.http.0.post(url).form(&form).send().await.map_err(|e| OAuthError::Transient(e.to_string()))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(OAuthError::Rejected(format!("HTTP {}", response.status().as_u16())))
+        }
     }
 }

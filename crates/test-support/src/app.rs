@@ -10,6 +10,16 @@ use crate::TestDb;
 
 type Configure = Box<dyn FnOnce(&mut Settings) + Send>;
 
+/// Points Sage settings at a sandbox.
+pub fn point_at_sage(settings: &mut Settings, sage: &ledger_sandbox::sage::RunningSage) {
+    settings.sage_authorize_url = sage.sage.authorize_url().parse().expect("url");
+    settings.sage_token_url = sage.sage.token_url().parse().expect("url");
+    settings.sage_revoke_url = sage.sage.revoke_url().parse().expect("url");
+    settings.sage_api_base = sage.sage.api_base();
+    settings.sage_client_id = sage.sage.config().client_id.clone();
+    settings.sage_client_secret = Secret::new(sage.sage.config().client_secret.clone());
+}
+
 /// Settings from the built-in defaults only: tests never read the developer's environment.
 pub fn test_settings(db: &TestDb) -> Settings {
     let layers = Layers::collect(None, &|_| None).expect("defaults load");
@@ -32,6 +42,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
 pub struct TestAppBuilder {
     configure: Vec<Configure>,
     extra_routes: Option<Router<AppState>>,
+    sage: Option<ledger_sandbox::sage::SageConfig>,
 }
 
 impl std::fmt::Debug for TestAppBuilder {
@@ -47,6 +58,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Starts a sandbox Sage and points the app's Sage settings at it.
+    pub fn sage(mut self, config: ledger_sandbox::sage::SageConfig) -> Self {
+        self.sage = Some(config);
+        self
+    }
+
     /// Routes merged in front of the application's middleware (for probing it).
     pub fn extra_routes(mut self, routes: Router<AppState>) -> Self {
         self.extra_routes = Some(routes);
@@ -56,6 +73,14 @@ impl TestAppBuilder {
     pub async fn spawn(self) -> TestApp {
         let db = TestDb::new().await;
         let mut settings = test_settings(&db);
+        let sage = match self.sage {
+            Some(config) => {
+                let running = ledger_sandbox::sage::RunningSage::spawn(config).await.expect("sandbox Sage");
+                point_at_sage(&mut settings, &running);
+                Some(running)
+            }
+            None => None,
+        };
         for f in self.configure {
             f(&mut settings);
         }
@@ -82,6 +107,7 @@ impl TestAppBuilder {
                 .expect("client"),
             state,
             db,
+            sage,
             shutdown,
             server: Some(server),
         }
@@ -96,6 +122,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub state: AppState,
     pub db: TestDb,
+    /// The sandbox Sage, when the builder asked for one.
+    pub sage: Option<ledger_sandbox::sage::RunningSage>,
     shutdown: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -240,5 +268,37 @@ impl TestApp {
             merchant,
             paired_key,
         }
+    }
+}
+
+impl TestApp {
+    /// The sandbox Sage (panics when the app was built without one).
+    pub fn sage(&self) -> &std::sync::Arc<ledger_sandbox::sage::Sage> {
+        &self.sage.as_ref().expect("built with .sage(...)").sage
+    }
+
+    /// Starts the Sage connect flow for `binding` and returns the callback URL Sage
+    /// redirected to (auto-approving sandboxes redirect at once).
+    pub async fn sage_authorize(&self, merchant: &TestMerchant, binding: ledger_core::BindingId, region: &str) -> String {
+        let res = self
+            .http
+            .post(self.url(&format!("/v1/bindings/{binding}/sage/authorize")))
+            .bearer_auth(&merchant.token)
+            .json(&serde_json::json!({ "region": region }))
+            .send()
+            .await
+            .expect("authorize");
+        assert_eq!(res.status(), 200, "authorize: {}", res.text().await.unwrap_or_default());
+        let body: serde_json::Value = res.json().await.expect("json");
+        let url = body["authorize_url"].as_str().expect("authorize_url").to_owned();
+        let res = self.http.get(&url).send().await.expect("Sage authorize page");
+        assert!(res.status().is_redirection(), "Sage redirects back: {}", res.status());
+        res.headers()["location"].to_str().expect("location").to_owned()
+    }
+
+    /// Runs the whole connect flow (auto-approving sandbox) and returns the callback's answer.
+    pub async fn connect_sage(&self, paired: &PairedStore) -> reqwest::Response {
+        let callback = self.sage_authorize(&paired.merchant, paired.binding_id, "uk").await;
+        self.http.get(&callback).send().await.expect("callback")
     }
 }
