@@ -8,5 +8,5 @@
 mod app;
 mod db;
 
-pub use app::{PairedStore, TestApp, TestAppBuilder, TestMerchant, test_settings};
+pub use app::{PairedStore, TestApp, TestAppBuilder, TestMerchant, point_at_sage, test_settings};
 pub use db::{TestDb, admin_url};
