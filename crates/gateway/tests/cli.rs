@@ -321,3 +321,57 @@ async fn the_cli_creates_a_merchant_and_prints_one_json_object() {
         .unwrap();
     assert!(!out.status.success(), "a taken email fails");
 }
+
+/// Two `ledger worker` processes run the Sage keep-alive for the same idle connection at
+/// start-up: exactly one refresh reaches Sage, with no invalid_grant.
+#[tokio::test]
+async fn two_worker_processes_refresh_a_connection_once() {
+    use ledger_test_support::TestApp;
+    let keys = ledger_core::crypto::Keyring::generate_spec("k1");
+    let app = TestApp::builder()
+        .sage(ledger_sandbox::sage::SageConfig::default())
+        .configure({
+            let keys = keys.expose().clone();
+            move |s| s.master_keys = Some(std::sync::Arc::new(ledger_core::crypto::Keyring::parse(&keys).unwrap()))
+        })
+        .spawn()
+        .await;
+    let paired = app.paired_store().await;
+    assert_eq!(app.connect_sage(&paired).await.status(), 303);
+    sqlx::query("UPDATE sage_connections SET last_refreshed_at = now() - interval '2 hours', access_expires_at = now()")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let sage = app.sage();
+    let worker = || {
+        spawn(
+            ledger()
+                .arg("worker")
+                .env("DATABASE_URL", app.db.url())
+                .env("LEDGER_MASTER_KEYS", keys.expose())
+                .env("LEDGER_METRICS_ADDR", "")
+                .env("LEDGER_SAGE_KEEPALIVE_AFTER", "1h")
+                .env("LEDGER_SAGE_AUTHORIZE_URL", sage.authorize_url())
+                .env("LEDGER_SAGE_TOKEN_URL", sage.token_url())
+                .env("LEDGER_SAGE_REVOKE_URL", sage.revoke_url())
+                .env("LEDGER_SAGE_API_BASE", sage.api_base())
+                .env("LEDGER_SAGE_CLIENT_ID", &sage.config().client_id)
+                .env("LEDGER_SAGE_CLIENT_SECRET", &sage.config().client_secret)
+                .stderr(Stdio::null()),
+        )
+    };
+    let (first, second) = (worker(), worker());
+    let started = Instant::now();
+    while sage.stats().refreshes == 0 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give the slower process time to finish its own pass.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for child in [&first, &second] {
+        terminate(child);
+    }
+    let stats = sage.stats();
+    assert_eq!(stats.refreshes, 1, "exactly one refresh across both processes");
+    assert_eq!(stats.invalid_grants, 0);
+    drop((first, second));
+}
