@@ -173,6 +173,9 @@ impl Drop for TestApp {
 /// A merchant created directly in the database, with an API token.
 #[derive(Debug, Clone)]
 pub struct TestMerchant {
+    pub email: String,
+    /// The account's password (the same for every test merchant).
+    pub password: String,
     pub account_id: ledger_core::AccountId,
     pub tenant_id: ledger_core::TenantId,
     pub token: String,
@@ -219,6 +222,8 @@ impl TestApp {
             .await
             .expect("token");
         TestMerchant {
+            email,
+            password: "correct-horse-battery".to_owned(),
             account_id: created.account_id,
             tenant_id: created.tenant_id,
             token: token.into_inner(),

@@ -6,6 +6,7 @@
 //! not race, and dropped when the [`TestDb`] is dropped.
 
 mod app;
+pub mod browser;
 mod db;
 
 pub use app::{PairedStore, TestApp, TestAppBuilder, TestMerchant, point_at_sage, test_settings};
