@@ -8,9 +8,9 @@ admin_url := env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 dev:
     cargo run -- dev
 
-# The README's test command.
+# The README's test command (installs Chromium and the OAuth test server when missing).
 test:
-    cargo test --workspace
+    scripts/test
 
 fmt-check:
     cargo fmt --all --check
@@ -51,5 +51,8 @@ deploy-check:
 api-fuzz:
     scripts/api-fuzz
 
+# Static checks: formatting, lints, offline query data, OpenAPI drift, manifests.
+lint: fmt-check clippy sqlx-check openapi-check deploy-check
+
 # Everything CI runs, in order.
-ci: fmt-check clippy sqlx-check openapi-check deploy-check test api-fuzz
+ci: lint test api-fuzz
