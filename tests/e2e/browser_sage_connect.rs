@@ -10,7 +10,10 @@ async fn chromium_connects_sage_from_the_binding_page() -> anyhow::Result<()> {
     let app = TestApp::builder()
         .sage(SageConfig {
             auto_approve: false,
-            businesses: vec![("Acme UK Ltd".into(), "GB".into()), ("Acme Retail Ltd".into(), "GB".into())],
+            businesses: vec![
+                ("Acme UK Ltd".into(), "GB".into()),
+                ("Acme Retail Ltd".into(), "GB".into()),
+            ],
             ..SageConfig::default()
         })
         .spawn()
@@ -27,7 +30,9 @@ async fn chromium_connects_sage_from_the_binding_page() -> anyhow::Result<()> {
     browser.fill("#password", &paired.merchant.password).await?;
     // Keyboard only: Enter submits the form.
     browser.keys("#password", "\u{E007}").await?;
-    browser.wait_for_url(&format!("/dashboard/bindings/{}", paired.binding_id)).await?;
+    browser
+        .wait_for_url(&format!("/dashboard/bindings/{}", paired.binding_id))
+        .await?;
     assert!(browser.text("#sage-status").await?.contains("Not connected"));
     browser.screenshot("binding-not-connected").await?;
 
@@ -61,7 +66,13 @@ async fn chromium_connects_sage_from_the_binding_page() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn chromium_sees_a_clear_page_when_access_is_denied() -> anyhow::Result<()> {
-    let app = TestApp::builder().sage(SageConfig { auto_approve: false, ..SageConfig::default() }).spawn().await;
+    let app = TestApp::builder()
+        .sage(SageConfig {
+            auto_approve: false,
+            ..SageConfig::default()
+        })
+        .spawn()
+        .await;
     let paired = app.paired_store().await;
     let browser = Browser::start("sage_denied").await?;
     browser.goto(&app.url("/signin")).await?;
@@ -69,7 +80,9 @@ async fn chromium_sees_a_clear_page_when_access_is_denied() -> anyhow::Result<()
     browser.fill("#password", &paired.merchant.password).await?;
     browser.click("#signin").await?;
     browser.wait_for_url("/dashboard").await?;
-    browser.goto(&app.url(&format!("/dashboard/bindings/{}/sage/connect", paired.binding_id))).await?;
+    browser
+        .goto(&app.url(&format!("/dashboard/bindings/{}/sage/connect", paired.binding_id)))
+        .await?;
     browser.click("#continue").await?;
     browser.wait_for_url("/oauth2/auth/central").await?;
     browser.click("#deny").await?;

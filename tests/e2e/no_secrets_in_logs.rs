@@ -36,13 +36,25 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
 async fn no_secret_reaches_logs_or_traces() {
     let capture = Capture::default();
     tracing_subscriber::registry()
-        .with(EnvFilter::new("trace,hyper=debug,hyper_util=debug,h2=debug,reqwest=trace,sqlx=trace"))
-        .with(tracing_subscriber::fmt::layer().json().with_span_events(FmtSpan::FULL).with_current_span(true).with_span_list(true).with_writer(capture.clone()))
+        .with(EnvFilter::new(
+            "trace,hyper=debug,hyper_util=debug,h2=debug,reqwest=trace,sqlx=trace",
+        ))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_span_events(FmtSpan::FULL)
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_writer(capture.clone()),
+        )
         .init();
 
     let master = Keyring::generate_spec("k1");
     let app = TestApp::builder()
-        .sage(SageConfig { client_secret: "sage-client-secret-4f2b9e".into(), ..SageConfig::default() })
+        .sage(SageConfig {
+            client_secret: "sage-client-secret-4f2b9e".into(),
+            ..SageConfig::default()
+        })
         .configure({
             let master = master.expose().clone();
             move |s| s.master_keys = Some(Arc::new(Keyring::parse(&master).unwrap()))
@@ -58,7 +70,13 @@ async fn no_secret_reaches_logs_or_traces() {
     store.drain_once().await;
     let api_key = paired.api_key();
     let code = store.generate_pairing_code();
-    assert_eq!(app.connect(&paired.merchant, &paired.store.base_url, &code).await.status(), 201, "re-pair with a fresh code");
+    assert_eq!(
+        app.connect(&paired.merchant, &paired.store.base_url, &code)
+            .await
+            .status(),
+        201,
+        "re-pair with a fresh code"
+    );
     let api_key_after = store.api_key().unwrap();
 
     // A session cookie and its CSRF token.
@@ -69,25 +87,61 @@ async fn no_secret_reaches_logs_or_traces() {
         .send()
         .await
         .unwrap();
-    let cookie = signin.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
-    let csrf = signin.json::<serde_json::Value>().await.unwrap()["csrf_token"].as_str().unwrap().to_owned();
+    let cookie = signin.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned();
+    let csrf = signin.json::<serde_json::Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // Sage: state, code, PKCE verifier, tokens before and after a refresh.
     let callback = app.sage_authorize(&paired.merchant, paired.binding_id, "uk").await;
     let callback_url = url::Url::parse(&callback).unwrap();
-    let sage_code = callback_url.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
-    let sage_state = callback_url.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
-    let verifier: Vec<u8> = sqlx::query_scalar("SELECT pkce_verifier FROM sage_oauth_states").fetch_one(&app.state.db).await.unwrap();
-    let verifier_hash: Vec<u8> = sqlx::query_scalar("SELECT state_hash FROM sage_oauth_states").fetch_one(&app.state.db).await.unwrap();
+    let sage_code = callback_url
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let sage_state = callback_url
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let verifier: Vec<u8> = sqlx::query_scalar("SELECT pkce_verifier FROM sage_oauth_states")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    let verifier_hash: Vec<u8> = sqlx::query_scalar("SELECT state_hash FROM sage_oauth_states")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
     let verifier = app
         .state
         .keyring
-        .open_string(&verifier, &format!("sage_oauth_states.pkce_verifier:{}", hex_of(&verifier_hash)))
+        .open_string(
+            &verifier,
+            &format!("sage_oauth_states.pkce_verifier:{}", hex_of(&verifier_hash)),
+        )
         .unwrap();
     assert_eq!(app.http.get(&callback).send().await.unwrap().status(), 303);
     let tokens_before = sage_tokens(&app, paired.binding_id).await;
-    sqlx::query("UPDATE sage_connections SET access_expires_at = now()").execute(&app.state.db).await.unwrap();
-    ledger_sage_vault::tokens::access_token_with(&app.state, &Default::default(), paired.binding_id, None).await.unwrap();
+    sqlx::query("UPDATE sage_connections SET access_expires_at = now()")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    ledger_sage_vault::tokens::access_token_with(&app.state, &Default::default(), paired.binding_id, None)
+        .await
+        .unwrap();
     let tokens_after = sage_tokens(&app, paired.binding_id).await;
     let res = app
         .http
@@ -136,11 +190,18 @@ async fn no_secret_reaches_logs_or_traces() {
 
 async fn sage_tokens(app: &TestApp, binding: ledger_core::BindingId) -> (String, String) {
     let (access, refresh): (Vec<u8>, Vec<u8>) =
-        sqlx::query_as("SELECT access_token, refresh_token FROM sage_connections").fetch_one(&app.state.db).await.unwrap();
+        sqlx::query_as("SELECT access_token, refresh_token FROM sage_connections")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
     let k = &app.state.keyring;
     (
-        k.open_string(&access, &format!("sage_connections.access_token:{binding}")).unwrap().into_inner(),
-        k.open_string(&refresh, &format!("sage_connections.refresh_token:{binding}")).unwrap().into_inner(),
+        k.open_string(&access, &format!("sage_connections.access_token:{binding}"))
+            .unwrap()
+            .into_inner(),
+        k.open_string(&refresh, &format!("sage_connections.refresh_token:{binding}"))
+            .unwrap()
+            .into_inner(),
     )
 }
 

@@ -51,17 +51,29 @@ fn start(redirect_uri: &str) -> (Server, u16) {
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
-    let port = line.trim().strip_prefix("listening ").unwrap_or_else(|| panic!("unexpected: {line}")).parse().unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("unexpected: {line}"))
+        .parse()
+        .unwrap();
     (Server(child), port)
 }
 
 /// Follows redirects by hand, carrying cookies, until the browser would land on `redirect_uri`.
 async fn walk_to_callback(start: &str, redirect_uri: &str) -> url::Url {
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let mut cookies: HashMap<String, String> = HashMap::new();
     let mut next = start.to_owned();
     for _ in 0..12 {
-        let cookie_header: String = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        let cookie_header: String = cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
         let res = http.get(&next).header("cookie", cookie_header).send().await.unwrap();
         for value in res.headers().get_all("set-cookie") {
             let pair = value.to_str().unwrap().split(';').next().unwrap();
@@ -69,7 +81,12 @@ async fn walk_to_callback(start: &str, redirect_uri: &str) -> url::Url {
                 cookies.insert(k.to_owned(), v.to_owned());
             }
         }
-        let location = res.headers().get("location").unwrap_or_else(|| panic!("no redirect from {next}: {}", res.status())).to_str().unwrap();
+        let location = res
+            .headers()
+            .get("location")
+            .unwrap_or_else(|| panic!("no redirect from {next}: {}", res.status()))
+            .to_str()
+            .unwrap();
         let url = url::Url::parse(&next).unwrap().join(location).unwrap();
         if url.as_str().starts_with(redirect_uri) {
             return url;
@@ -99,7 +116,10 @@ async fn code_flow_refresh_and_rotated_token_reuse_against_oidc_provider() {
     let callback = walk_to_callback(authorize.as_str(), &redirect_uri).await;
     let params: HashMap<String, String> = callback.query_pairs().into_owned().collect();
     assert_eq!(params.get("state"), Some(state.expose()), "state round-trips");
-    assert!(params.contains_key("iss"), "RFC 9207 iss is tolerated as an extra parameter");
+    assert!(
+        params.contains_key("iss"),
+        "RFC 9207 iss is tolerated as an extra parameter"
+    );
     let code = params.get("code").expect("a code").clone();
     let first = oauth.exchange_code(&code, &verifier).await.expect("code exchange");
     assert!(!first.refresh_token.expose().is_empty(), "a refresh token is issued");
@@ -110,10 +130,20 @@ async fn code_flow_refresh_and_rotated_token_reuse_against_oidc_provider() {
     assert_ne!(second.refresh_token.expose(), first.refresh_token.expose());
     assert_ne!(second.access_token.expose(), first.access_token.expose());
     // Reusing the rotated token is refused (and the provider revokes the grant).
-    assert_eq!(oauth.refresh(&first.refresh_token).await.unwrap_err(), OAuthError::InvalidGrant);
-    assert_eq!(oauth.refresh(&second.refresh_token).await.unwrap_err(), OAuthError::InvalidGrant, "the whole grant died");
+    assert_eq!(
+        oauth.refresh(&first.refresh_token).await.unwrap_err(),
+        OAuthError::InvalidGrant
+    );
+    assert_eq!(
+        oauth.refresh(&second.refresh_token).await.unwrap_err(),
+        OAuthError::InvalidGrant,
+        "the whole grant died"
+    );
     // A code is single-use.
-    assert_eq!(oauth.exchange_code(&code, &verifier).await.unwrap_err(), OAuthError::InvalidGrant);
+    assert_eq!(
+        oauth.exchange_code(&code, &verifier).await.unwrap_err(),
+        OAuthError::InvalidGrant
+    );
 }
 
 #[tokio::test]
@@ -131,7 +161,15 @@ async fn a_wrong_pkce_verifier_is_refused() {
     let oauth = SageOAuth::from_settings(&settings);
     let (authorize, _, _) = oauth.authorize_url("gb");
     let callback = walk_to_callback(authorize.as_str(), &redirect_uri).await;
-    let code = callback.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let code = callback
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
     let wrong = ledger_core::Secret::new("x".repeat(64));
-    assert_eq!(oauth.exchange_code(&code, &wrong).await.unwrap_err(), OAuthError::InvalidGrant);
+    assert_eq!(
+        oauth.exchange_code(&code, &wrong).await.unwrap_err(),
+        OAuthError::InvalidGrant
+    );
 }

@@ -8,19 +8,36 @@ use serde_json::Value;
 
 fn two_businesses() -> SageConfig {
     SageConfig {
-        businesses: vec![("Acme UK Ltd".into(), "GB".into()), ("Acme Ireland".into(), "IE".into())],
+        businesses: vec![
+            ("Acme UK Ltd".into(), "GB".into()),
+            ("Acme Ireland".into(), "IE".into()),
+        ],
         ..SageConfig::default()
     }
 }
 
 async fn connection(app: &TestApp, token: &str, binding: ledger_core::BindingId) -> Value {
-    app.http.get(app.url(&format!("/v1/bindings/{binding}/sage"))).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+    app.http
+        .get(app.url(&format!("/v1/bindings/{binding}/sage")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn one_business_connects_straight_away_and_fills_the_reference_cache() {
     // Small pages, so the reference fetch must follow $next.
-    let app = TestApp::builder().sage(SageConfig { max_items_per_page: 5, ..SageConfig::default() }).spawn().await;
+    let app = TestApp::builder()
+        .sage(SageConfig {
+            max_items_per_page: 5,
+            ..SageConfig::default()
+        })
+        .spawn()
+        .await;
     let paired = app.paired_store().await;
 
     let authorize: Value = app
@@ -44,19 +61,32 @@ async fn one_business_connects_straight_away_and_fills_the_reference_cache() {
 
     let res = app.connect_sage(&paired).await;
     assert_eq!(res.status(), 303);
-    assert_eq!(res.headers()["location"], format!("/dashboard/bindings/{}?connected=1", paired.binding_id));
+    assert_eq!(
+        res.headers()["location"],
+        format!("/dashboard/bindings/{}?connected=1", paired.binding_id)
+    );
 
     let c = connection(&app, &paired.merchant.token, paired.binding_id).await;
-    assert_eq!((c["status"].as_str(), c["business_name"].as_str(), c["region"].as_str()), (Some("connected"), Some("Demo Trading Ltd"), Some("uk")));
+    assert_eq!(
+        (c["status"].as_str(), c["business_name"].as_str(), c["region"].as_str()),
+        (Some("connected"), Some("Demo Trading Ltd"), Some("uk"))
+    );
     let business = app.sage().businesses()[0].id.clone();
     assert_eq!(c["business_id"], business);
     assert!(!c.to_string().contains("sbx_"), "no token in the answer");
 
     let (status, region): (String, Option<String>) =
-        sqlx::query_as("SELECT status, region FROM connector_bindings WHERE id = $1").bind(paired.binding_id.0).fetch_one(&app.state.db).await.unwrap();
+        sqlx::query_as("SELECT status, region FROM connector_bindings WHERE id = $1")
+            .bind(paired.binding_id.0)
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
     assert_eq!((status.as_str(), region.as_deref()), ("active", Some("uk")));
     let tile = paired.store.store.fetch_tile_health().await;
-    assert_eq!(ledger_sandbox::magento::tile_verdict(true, &tile)["headline"], "Connected to Sage (UK)");
+    assert_eq!(
+        ledger_sandbox::magento::tile_verdict(true, &tile)["headline"],
+        "Connected to Sage (UK)"
+    );
 
     let reference: Value = app
         .http
@@ -70,15 +100,28 @@ async fn one_business_connects_straight_away_and_fills_the_reference_cache() {
         .unwrap();
     let kinds = &reference["kinds"];
     assert_eq!(kinds["tax_rates"]["items"].as_array().unwrap().len(), 5);
-    assert_eq!(kinds["tax_rates"]["items"][0]["percentage"], "20.0", "full records (attributes=all)");
+    assert_eq!(
+        kinds["tax_rates"]["items"][0]["percentage"], "20.0",
+        "full records (attributes=all)"
+    );
     assert_eq!(kinds["ledger_accounts_sales"]["items"].as_array().unwrap().len(), 5);
-    assert_eq!(kinds["ledger_accounts_expenses"]["items"].as_array().unwrap().len(), 17, "four pages of five");
+    assert_eq!(
+        kinds["ledger_accounts_expenses"]["items"].as_array().unwrap().len(),
+        17,
+        "four pages of five"
+    );
     assert_eq!(kinds["bank_accounts"]["items"].as_array().unwrap().len(), 4);
     assert!(reference["fetched_at"].is_string());
-    assert_eq!(count(&app, "SELECT count(*) FROM audit_log WHERE action = 'sage.connected'").await, 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM audit_log WHERE action = 'sage.connected'").await,
+        1
+    );
 
     // Tokens are sealed, never stored in plain text.
-    let dump: String = sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM sage_connections t").fetch_one(&app.state.db).await.unwrap();
+    let dump: String = sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM sage_connections t")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
     assert!(!dump.contains("sbx_at_") && !dump.contains("sbx_rt_"));
 }
 
@@ -110,7 +153,10 @@ async fn several_businesses_offer_a_choice() {
     assert_eq!(res.json::<Value>().await.unwrap()["errors"][0]["code"], "not_offered");
     let ireland = app.sage().businesses()[1].id.clone();
     let c: Value = choose(ireland.clone()).await.unwrap().json().await.unwrap();
-    assert_eq!((c["status"].as_str(), c["business_name"].as_str()), (Some("connected"), Some("Acme Ireland")));
+    assert_eq!(
+        (c["status"].as_str(), c["business_name"].as_str()),
+        (Some("connected"), Some("Acme Ireland"))
+    );
     // Later calls send X-Business: the reference data is the Irish business's.
     let reference: Value = app
         .http
@@ -131,12 +177,18 @@ async fn refusals_and_broken_callbacks_explain_what_happened() {
     let paired = app.paired_store().await;
 
     // The user clicks Deny.
-    app.sage().set_faults(SageFaults { deny_next_authorize: true, ..Default::default() });
+    app.sage().set_faults(SageFaults {
+        deny_next_authorize: true,
+        ..Default::default()
+    });
     let res = app.connect_sage(&paired).await;
     assert_eq!(res.status(), 400);
     let page = res.text().await.unwrap();
     assert!(page.contains("chose not to give the ledger access"), "{page}");
-    assert!(page.contains(&format!("/dashboard/bindings/{}/sage/connect", paired.binding_id)), "offers a retry");
+    assert!(
+        page.contains(&format!("/dashboard/bindings/{}/sage/connect", paired.binding_id)),
+        "offers a retry"
+    );
     assert_eq!(count(&app, "SELECT count(*) FROM sage_connections").await, 0);
 
     // A state is single-use.
@@ -147,9 +199,19 @@ async fn refusals_and_broken_callbacks_explain_what_happened() {
     assert!(again.text().await.unwrap().contains("already used"));
 
     // No state at all, or an unknown one.
-    let res = app.http.get(app.url("/sage/callback?code=GB%2Fabc")).send().await.unwrap();
+    let res = app
+        .http
+        .get(app.url("/sage/callback?code=GB%2Fabc"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 400);
-    let res = app.http.get(app.url("/sage/callback?code=GB%2Fabc&state=forged")).send().await.unwrap();
+    let res = app
+        .http
+        .get(app.url("/sage/callback?code=GB%2Fabc&state=forged"))
+        .send()
+        .await
+        .unwrap();
     assert!(res.text().await.unwrap().contains("expired"));
 
     // Sage's code lives 60 s.
@@ -192,10 +254,15 @@ async fn a_second_connect_replaces_the_tokens() {
     let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
     let paired = app.paired_store().await;
     app.connect_sage(&paired).await;
-    let first: Vec<u8> = sqlx::query_scalar("SELECT refresh_token FROM sage_connections").fetch_one(&app.state.db).await.unwrap();
+    let first: Vec<u8> = sqlx::query_scalar("SELECT refresh_token FROM sage_connections")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
     app.connect_sage(&paired).await;
-    let (second, version): (Vec<u8>, i64) =
-        sqlx::query_as("SELECT refresh_token, token_version FROM sage_connections").fetch_one(&app.state.db).await.unwrap();
+    let (second, version): (Vec<u8>, i64) = sqlx::query_as("SELECT refresh_token, token_version FROM sage_connections")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
     assert_ne!(first, second);
     assert_eq!(version, 2);
     assert_eq!(count(&app, "SELECT count(*) FROM sage_connections").await, 1);
@@ -206,8 +273,18 @@ async fn disconnecting_from_the_ledger_revokes_at_sage_and_deletes_the_tokens() 
     let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
     let paired = app.paired_store().await;
     app.connect_sage(&paired).await;
-    let sealed: Vec<u8> = sqlx::query_scalar("SELECT refresh_token FROM sage_connections").fetch_one(&app.state.db).await.unwrap();
-    let refresh = app.state.keyring.open_string(&sealed, &format!("sage_connections.refresh_token:{}", paired.binding_id)).unwrap();
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT refresh_token FROM sage_connections")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    let refresh = app
+        .state
+        .keyring
+        .open_string(
+            &sealed,
+            &format!("sage_connections.refresh_token:{}", paired.binding_id),
+        )
+        .unwrap();
     assert!(app.sage().refresh_token_is_live(refresh.expose()));
 
     let res = app
@@ -222,7 +299,10 @@ async fn disconnecting_from_the_ledger_revokes_at_sage_and_deletes_the_tokens() 
     assert_eq!(app.sage().stats().revocations, 1);
     assert_eq!(count(&app, "SELECT count(*) FROM sage_connections").await, 0);
     assert_eq!(count(&app, "SELECT count(*) FROM sage_reference").await, 0);
-    assert_eq!(count(&app, "SELECT count(*) FROM connector_bindings WHERE status = 'revoked'").await, 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM connector_bindings WHERE status = 'revoked'").await,
+        1
+    );
     // The store's later events get the specific 401.
     let res = ledger_e2e::send_valid(&app, &paired, "invoice.created", 5).await;
     assert_eq!(res.json::<Value>().await.unwrap()["code"], "binding_revoked");

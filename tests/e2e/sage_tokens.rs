@@ -47,10 +47,17 @@ async fn fifty_workers_across_an_expiry_cause_exactly_one_refresh() {
         seen.insert(token.token.expose().clone());
     }
     let after = app.sage().stats();
-    assert_eq!(after.refreshes - before.refreshes, 1, "exactly one refresh call to Sage");
+    assert_eq!(
+        after.refreshes - before.refreshes,
+        1,
+        "exactly one refresh call to Sage"
+    );
     assert_eq!(after.invalid_grants, 0, "no invalid_grant");
     assert_eq!(seen.len(), 1, "everyone uses the refreshed token");
-    let version: i64 = sqlx::query_scalar("SELECT token_version FROM sage_connections").fetch_one(&app.state.db).await.unwrap();
+    let version: i64 = sqlx::query_scalar("SELECT token_version FROM sage_connections")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
     assert_eq!(version, 2);
 }
 
@@ -72,7 +79,9 @@ async fn a_token_401_refreshes_once_and_the_call_succeeds() {
     let fresh = tokens::access_token(&app.state, paired.binding_id).await.unwrap();
     assert_ne!(fresh.token.expose(), stale.token.expose());
     // A second caller reporting the same stale token does not refresh again.
-    let again = tokens::after_unauthorized(&app.state, paired.binding_id, &stale).await.unwrap();
+    let again = tokens::after_unauthorized(&app.state, paired.binding_id, &stale)
+        .await
+        .unwrap();
     assert_eq!(again.token.expose(), fresh.token.expose());
     assert_eq!(app.sage().stats().refreshes, 1);
 }
@@ -80,12 +89,18 @@ async fn a_token_401_refreshes_once_and_the_call_succeeds() {
 #[tokio::test]
 async fn a_dead_refresh_token_pauses_the_binding_until_reconnected() {
     let (app, paired) = connected().await;
-    sqlx::query("INSERT INTO jobs (binding_id, kind) VALUES ($1, 'sync_event')").bind(paired.binding_id.0).execute(&app.state.db).await.unwrap();
+    sqlx::query("INSERT INTO jobs (binding_id, kind) VALUES ($1, 'sync_event')")
+        .bind(paired.binding_id.0)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
     // 31 days without a refresh: Sage's refresh token has expired.
     app.sage().advance(31 * 86_400 + 60);
     expire_soon(&app, paired.binding_id).await;
     // Another process (its own cache) needs a token.
-    let err = tokens::access_token_with(&app.state, &TokenCache::default(), paired.binding_id, None).await.unwrap_err();
+    let err = tokens::access_token_with(&app.state, &TokenCache::default(), paired.binding_id, None)
+        .await
+        .unwrap_err();
     assert_eq!(err, VaultError::NeedsReauth);
     assert_eq!(app.sage().stats().invalid_grants, 1);
 
@@ -100,20 +115,40 @@ async fn a_dead_refresh_token_pauses_the_binding_until_reconnected() {
         .await
         .unwrap();
     assert_eq!(c["status"], "needs_reauth");
-    assert_eq!(count(&app, "SELECT count(*) FROM jobs WHERE status = 'paused'").await, 1, "paused, not failed");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM jobs WHERE status = 'paused'").await,
+        1,
+        "paused, not failed"
+    );
     let tile = paired.store.store.fetch_tile_health().await;
     assert_eq!(tile["binding"]["status"], "needs_reauth");
     assert_eq!(ledger_sandbox::magento::tile_verdict(true, &tile)["state"], "error");
-    assert_eq!(count(&app, "SELECT count(*) FROM audit_log WHERE action = 'sage.needs_reauth'").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM audit_log WHERE action = 'sage.needs_reauth'"
+        )
+        .await,
+        1
+    );
     // Repeated requests do not hammer Sage.
-    assert_eq!(tokens::access_token(&app.state, paired.binding_id).await.unwrap_err(), VaultError::NeedsReauth);
+    assert_eq!(
+        tokens::access_token(&app.state, paired.binding_id).await.unwrap_err(),
+        VaultError::NeedsReauth
+    );
     assert_eq!(app.sage().stats().invalid_grants, 1);
 
     // Connecting again resumes everything.
     assert_eq!(app.connect_sage(&paired).await.status(), 303);
     assert!(tokens::access_token(&app.state, paired.binding_id).await.is_ok());
-    assert_eq!(count(&app, "SELECT count(*) FROM jobs WHERE status = 'queued'").await, 1);
-    assert_eq!(count(&app, "SELECT count(*) FROM connector_bindings WHERE status = 'active'").await, 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM jobs WHERE status = 'queued'").await,
+        1
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM connector_bindings WHERE status = 'active'").await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -131,7 +166,10 @@ async fn a_lapsed_subscription_pauses_without_refreshing() {
     assert_eq!(res.status(), 409);
     assert_eq!(res.json::<Value>().await.unwrap()["code"], "sage_subscription_lapsed");
     assert_eq!(app.sage().stats().refreshes, 0, "the MSE 401 is not a token problem");
-    assert_eq!(count(&app, "SELECT count(*) FROM connector_bindings WHERE status = 'paused'").await, 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM connector_bindings WHERE status = 'paused'").await,
+        1
+    );
     // Renewed: the next successful call clears it.
     app.sage().set_lapsed(&business, false);
     let res = app
@@ -142,19 +180,35 @@ async fn a_lapsed_subscription_pauses_without_refreshing() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(count(&app, "SELECT count(*) FROM sage_connections WHERE status = 'connected'").await, 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM sage_connections WHERE status = 'connected'").await,
+        1
+    );
 }
 
 #[tokio::test]
 async fn sage_outages_are_transient_and_release_the_lease() {
     let (app, paired) = connected().await;
     expire_soon(&app, paired.binding_id).await;
-    app.sage().set_faults(SageFaults { token_status: 503, token_failures: 1, ..Default::default() });
-    let err = tokens::access_token_with(&app.state, &TokenCache::default(), paired.binding_id, None).await.unwrap_err();
+    app.sage().set_faults(SageFaults {
+        token_status: 503,
+        token_failures: 1,
+        ..Default::default()
+    });
+    let err = tokens::access_token_with(&app.state, &TokenCache::default(), paired.binding_id, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, VaultError::Transient(_)), "{err:?}");
-    let lease: Option<uuid::Uuid> = sqlx::query_scalar("SELECT refresh_lease FROM sage_connections").fetch_one(&app.state.db).await.unwrap();
+    let lease: Option<uuid::Uuid> = sqlx::query_scalar("SELECT refresh_lease FROM sage_connections")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
     assert!(lease.is_none(), "the lease is released for the next attempt");
-    assert!(tokens::access_token_with(&app.state, &TokenCache::default(), paired.binding_id, None).await.is_ok());
+    assert!(
+        tokens::access_token_with(&app.state, &TokenCache::default(), paired.binding_id, None)
+            .await
+            .is_ok()
+    );
     assert_eq!(app.sage().stats().refreshes, 1);
 }
 
@@ -164,20 +218,38 @@ async fn a_response_lost_after_sage_rotated_is_detected_not_hidden() {
     // for the old token, the connection cannot recover by itself: it must say so.
     let (app, paired) = connected().await;
     expire_soon(&app, paired.binding_id).await;
-    app.sage().set_faults(SageFaults { drop_token_responses: 1, ..Default::default() });
-    let err = tokens::access_token_with(&app.state, &TokenCache::default(), paired.binding_id, None).await.unwrap_err();
+    app.sage().set_faults(SageFaults {
+        drop_token_responses: 1,
+        ..Default::default()
+    });
+    let err = tokens::access_token_with(&app.state, &TokenCache::default(), paired.binding_id, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, VaultError::Transient(_)), "{err:?}");
-    let err = tokens::access_token_with(&app.state, &TokenCache::default(), paired.binding_id, None).await.unwrap_err();
+    let err = tokens::access_token_with(&app.state, &TokenCache::default(), paired.binding_id, None)
+        .await
+        .unwrap_err();
     assert_eq!(err, VaultError::NeedsReauth);
 }
 
 #[tokio::test]
 async fn keep_alive_refreshes_idle_connections() {
-    let app = TestApp::builder().sage(SageConfig::default()).configure(|s| s.sage_keepalive_after = Duration::from_secs(3600)).spawn().await;
+    let app = TestApp::builder()
+        .sage(SageConfig::default())
+        .configure(|s| s.sage_keepalive_after = Duration::from_secs(3600))
+        .spawn()
+        .await;
     let paired = app.paired_store().await;
     app.connect_sage(&paired).await;
-    assert_eq!(tokens::keep_alive(&app.state).await.unwrap(), 0, "fresh connections are left alone");
-    sqlx::query("UPDATE sage_connections SET last_refreshed_at = now() - interval '2 hours'").execute(&app.state.db).await.unwrap();
+    assert_eq!(
+        tokens::keep_alive(&app.state).await.unwrap(),
+        0,
+        "fresh connections are left alone"
+    );
+    sqlx::query("UPDATE sage_connections SET last_refreshed_at = now() - interval '2 hours'")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
     assert_eq!(tokens::keep_alive(&app.state).await.unwrap(), 1);
     assert_eq!(app.sage().stats().refreshes, 1);
     assert_eq!(tokens::keep_alive(&app.state).await.unwrap(), 0);
@@ -215,7 +287,12 @@ async fn master_key_rotation_under_load_loses_nothing() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server_url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = tokio_util_token();
-    tokio::spawn(ledger_gateway::server::serve(listener, ledger_gateway::http::router(rotated.clone()), shutdown.clone(), Duration::from_secs(1)));
+    tokio::spawn(ledger_gateway::server::serve(
+        listener,
+        ledger_gateway::http::router(rotated.clone()),
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
 
     // Traffic while rotating: webhooks (api_keys) and token refreshes (Sage tokens).
     let traffic = {
@@ -250,8 +327,15 @@ async fn master_key_rotation_under_load_loses_nothing() {
             let mut failures = 0;
             for _ in 0..5 {
                 for b in &bindings {
-                    sqlx::query("UPDATE sage_connections SET access_expires_at = now() WHERE binding_id = $1").bind(b.0).execute(&state.db).await.unwrap();
-                    if tokens::access_token_with(&state, &TokenCache::default(), *b, None).await.is_err() {
+                    sqlx::query("UPDATE sage_connections SET access_expires_at = now() WHERE binding_id = $1")
+                        .bind(b.0)
+                        .execute(&state.db)
+                        .await
+                        .unwrap();
+                    if tokens::access_token_with(&state, &TokenCache::default(), *b, None)
+                        .await
+                        .is_err()
+                    {
                         failures += 1;
                     }
                 }
@@ -259,7 +343,9 @@ async fn master_key_rotation_under_load_loses_nothing() {
             failures
         })
     };
-    let report = ledger_sage_vault::rotation::rotate_all(&rotated, 2, |_| {}).await.unwrap();
+    let report = ledger_sage_vault::rotation::rotate_all(&rotated, 2, |_| {})
+        .await
+        .unwrap();
     let (ok, webhook_failures) = traffic.await.unwrap();
     let refresh_failures = refreshes.await.unwrap();
     assert_eq!(webhook_failures, 0, "no failed decrypt for api_keys");
@@ -271,14 +357,32 @@ async fn master_key_rotation_under_load_loses_nothing() {
     assert!(report.rewritten >= 6, "{report:?}");
 
     // Everything is on k2; k1 can go.
-    let left: i64 = ledger_sage_vault::rotation::remaining(&rotated.db, &rotated.keyring).await.unwrap().iter().map(|(_, n)| n).sum();
+    let left: i64 = ledger_sage_vault::rotation::remaining(&rotated.db, &rotated.keyring)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
     assert_eq!(left, 0);
     let only_k2 = Keyring::parse(k2.expose()).unwrap();
-    assert!(ledger_sage_vault::rotation::unknown_keys_in_use(&rotated.db, &only_k2).await.unwrap().is_empty());
+    assert!(
+        ledger_sage_vault::rotation::unknown_keys_in_use(&rotated.db, &only_k2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     shutdown.cancel();
     for p in &stores {
-        let sealed: Vec<u8> = sqlx::query_scalar("SELECT api_key FROM connector_bindings WHERE id = $1").bind(p.binding_id.0).fetch_one(&rotated.db).await.unwrap();
-        assert!(only_k2.open(&sealed, &format!("connector_bindings.api_key:{}", p.binding_id)).is_ok());
+        let sealed: Vec<u8> = sqlx::query_scalar("SELECT api_key FROM connector_bindings WHERE id = $1")
+            .bind(p.binding_id.0)
+            .fetch_one(&rotated.db)
+            .await
+            .unwrap();
+        assert!(
+            only_k2
+                .open(&sealed, &format!("connector_bindings.api_key:{}", p.binding_id))
+                .is_ok()
+        );
     }
 }
 

@@ -338,10 +338,12 @@ async fn two_worker_processes_refresh_a_connection_once() {
         .await;
     let paired = app.paired_store().await;
     assert_eq!(app.connect_sage(&paired).await.status(), 303);
-    sqlx::query("UPDATE sage_connections SET last_refreshed_at = now() - interval '2 hours', access_expires_at = now()")
-        .execute(&app.state.db)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE sage_connections SET last_refreshed_at = now() - interval '2 hours', access_expires_at = now()",
+    )
+    .execute(&app.state.db)
+    .await
+    .unwrap();
     let sage = app.sage();
     let worker = || {
         spawn(

@@ -153,7 +153,11 @@ impl SageOAuth {
             .timeout(settings.sage_timeout)
             .build()
             .expect("HTTP client configuration is valid");
-        Self { client, client_secret: settings.sage_client_secret.clone(), http: ReqwestAdapter(http) }
+        Self {
+            client,
+            client_secret: settings.sage_client_secret.clone(),
+            http: ReqwestAdapter(http),
+        }
     }
 
     /// The URL to send the browser to, the `state` to remember and the PKCE verifier.
@@ -235,8 +239,14 @@ impl SageOAuth {
             ("client_secret", self.client_secret.expose().as_str()),
             ("token", refresh_token.expose().as_str()),
         ];
-        let response =
-            self.http.0.post(url).form(&form).send().await.map_err(|e| OAuthError::Transient(e.to_string()))?;
+        let response = self
+            .http
+            .0
+            .post(url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| OAuthError::Transient(e.to_string()))?;
         if response.status().is_success() {
             Ok(())
         } else {

@@ -5,7 +5,10 @@
 //! code, behave like the real thing including its documented quirks, and run both
 //! in-process (tests) and alone (`ledger sandbox magento`).
 
-#![allow(clippy::result_large_err, reason = "simulator handlers return early with axum responses; their size does not matter here")]
+#![allow(
+    clippy::result_large_err,
+    reason = "simulator handlers return early with axum responses; their size does not matter here"
+)]
 
 pub mod magento;
 pub mod rng;

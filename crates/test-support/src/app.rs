@@ -75,7 +75,9 @@ impl TestAppBuilder {
         let mut settings = test_settings(&db);
         let sage = match self.sage {
             Some(config) => {
-                let running = ledger_sandbox::sage::RunningSage::spawn(config).await.expect("sandbox Sage");
+                let running = ledger_sandbox::sage::RunningSage::spawn(config)
+                    .await
+                    .expect("sandbox Sage");
                 point_at_sage(&mut settings, &running);
                 Some(running)
             }
@@ -284,7 +286,12 @@ impl TestApp {
 
     /// Starts the Sage connect flow for `binding` and returns the callback URL Sage
     /// redirected to (auto-approving sandboxes redirect at once).
-    pub async fn sage_authorize(&self, merchant: &TestMerchant, binding: ledger_core::BindingId, region: &str) -> String {
+    pub async fn sage_authorize(
+        &self,
+        merchant: &TestMerchant,
+        binding: ledger_core::BindingId,
+        region: &str,
+    ) -> String {
         let res = self
             .http
             .post(self.url(&format!("/v1/bindings/{binding}/sage/authorize")))

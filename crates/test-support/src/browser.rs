@@ -50,10 +50,14 @@ impl Browser {
     /// command when the Debian packages are missing (`scripts/test` installs them).
     pub async fn start(test_name: &str) -> anyhow::Result<Self> {
         let chromium = find_program(&["chromium", "chromium-browser"], &["/usr/bin/chromium"]).ok_or_else(|| {
-            anyhow::anyhow!("Chromium is not installed: run `apt-get install -y chromium chromium-driver` (scripts/test does)")
+            anyhow::anyhow!(
+                "Chromium is not installed: run `apt-get install -y chromium chromium-driver` (scripts/test does)"
+            )
         })?;
         let chromedriver = find_program(&["chromedriver"], &["/usr/bin/chromedriver"]).ok_or_else(|| {
-            anyhow::anyhow!("chromedriver is not installed: run `apt-get install -y chromium-driver` (scripts/test does)")
+            anyhow::anyhow!(
+                "chromedriver is not installed: run `apt-get install -y chromium-driver` (scripts/test does)"
+            )
         })?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let driver = Command::new(chromedriver)
@@ -72,7 +76,10 @@ impl Browser {
             {
                 break;
             }
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(20), "chromedriver did not become ready");
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromedriver did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let profile = std::env::temp_dir().join(format!("ledger-chromium-{}", uuid::Uuid::new_v4().simple()));
@@ -82,14 +89,27 @@ impl Browser {
                      "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
                      format!("--user-data-dir={}", profile.display()), "--window-size=1280,900"]
         }}}});
-        let created: Value = http.post(format!("{base}/session")).json(&caps).send().await?.json().await?;
+        let created: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await?
+            .json()
+            .await?;
         let session = created["value"]["sessionId"]
             .as_str()
             .ok_or_else(|| anyhow::anyhow!("chromedriver refused the session: {created}"))?
             .to_owned();
         let shots = output_dir().join("screenshots").join(test_name);
         std::fs::create_dir_all(&shots)?;
-        Ok(Self { driver, base, session, http, profile, shots })
+        Ok(Self {
+            driver,
+            base,
+            session,
+            http,
+            profile,
+            shots,
+        })
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -106,24 +126,45 @@ impl Browser {
     }
 
     pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
-        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await.map(drop)
+        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await
+            .map(drop)
     }
 
     pub async fn url(&self) -> anyhow::Result<String> {
-        Ok(self.call(reqwest::Method::GET, "/url", None).await?.as_str().unwrap_or_default().to_owned())
+        Ok(self
+            .call(reqwest::Method::GET, "/url", None)
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
     }
 
     pub async fn source(&self) -> anyhow::Result<String> {
-        Ok(self.call(reqwest::Method::GET, "/source", None).await?.as_str().unwrap_or_default().to_owned())
+        Ok(self
+            .call(reqwest::Method::GET, "/source", None)
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
     }
 
     /// Waits (up to 10 s) for an element matching `css`; returns its WebDriver id.
     pub async fn find(&self, css: &str) -> anyhow::Result<String> {
         let started = Instant::now();
         loop {
-            match self.call(reqwest::Method::POST, "/element", Some(json!({ "using": "css selector", "value": css }))).await {
+            match self
+                .call(
+                    reqwest::Method::POST,
+                    "/element",
+                    Some(json!({ "using": "css selector", "value": css })),
+                )
+                .await
+            {
                 Ok(v) => return Ok(v[ELEMENT].as_str().unwrap_or_default().to_owned()),
-                Err(e) if started.elapsed() > Duration::from_secs(10) => return Err(e.context(format!("no element {css}"))),
+                Err(e) if started.elapsed() > Duration::from_secs(10) => {
+                    return Err(e.context(format!("no element {css}")));
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
@@ -131,24 +172,44 @@ impl Browser {
 
     pub async fn click(&self, css: &str) -> anyhow::Result<()> {
         let id = self.find(css).await?;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await.map(drop)
+        self.call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({})))
+            .await
+            .map(drop)
     }
 
     pub async fn fill(&self, css: &str, text: &str) -> anyhow::Result<()> {
         let id = self.find(css).await?;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/clear"), Some(json!({}))).await?;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({ "text": text }))).await.map(drop)
+        self.call(reqwest::Method::POST, &format!("/element/{id}/clear"), Some(json!({})))
+            .await?;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn text(&self, css: &str) -> anyhow::Result<String> {
         let id = self.find(css).await?;
-        Ok(self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None).await?.as_str().unwrap_or_default().to_owned())
+        Ok(self
+            .call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
     }
 
     /// Presses a key in the focused element (e.g. "\u{E007}" Enter, "\u{E004}" Tab).
     pub async fn keys(&self, css: &str, keys: &str) -> anyhow::Result<()> {
         let id = self.find(css).await?;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({ "text": keys }))).await.map(drop)
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": keys })),
+        )
+        .await
+        .map(drop)
     }
 
     /// Waits until the current URL contains `fragment`.
@@ -159,7 +220,10 @@ impl Browser {
             if url.contains(fragment) {
                 return Ok(url);
             }
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "still at {url}, expected {fragment}");
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "still at {url}, expected {fragment}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

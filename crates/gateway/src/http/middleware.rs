@@ -73,7 +73,10 @@ async fn finalize_errors(response: Response, request_id: &str, method: &Method, 
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_CONTENT_TYPE.as_bytes()));
     // Web pages render their own error pages.
-    let is_page = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    let is_page = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
     if status.as_u16() < 400 || is_problem || is_page {
         return response;
     }
