@@ -79,3 +79,40 @@ pub async fn count(app: &TestApp, sql: &'static str) -> i64 {
         .await
         .expect("count query")
 }
+
+/// One sync run as the tests inspect it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Run {
+    pub id: uuid::Uuid,
+    pub event_name: String,
+    pub status: String,
+    pub magento_entity_id: i64,
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+    pub attempts: i32,
+}
+
+/// Every run, oldest first.
+pub async fn runs(app: &TestApp) -> Vec<Run> {
+    sqlx::query_as(
+        "SELECT id, event_name, status, magento_entity_id, error_code, message, attempts FROM sync_runs ORDER BY created_at, id",
+    )
+    .fetch_all(&app.state.db)
+    .await
+    .expect("runs")
+}
+
+/// The sandbox Sage's books for `business` (every document, deleted ones included).
+pub async fn books(app: &TestApp, business: &str) -> serde_json::Value {
+    let sage = app.sage.as_ref().expect("the app runs a Sage sandbox");
+    let body: serde_json::Value = app
+        .http
+        .get(format!("{}/sandbox/businesses/{business}/books", sage.base_url))
+        .send()
+        .await
+        .expect("books")
+        .json()
+        .await
+        .expect("books json");
+    body["books"].clone()
+}

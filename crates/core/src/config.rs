@@ -69,6 +69,13 @@ specs! {
     "sage_refresh_margin" => "LEDGER_SAGE_REFRESH_MARGIN",
     "sage_keepalive_after" => "LEDGER_SAGE_KEEPALIVE_AFTER",
     "sage_reference_ttl" => "LEDGER_SAGE_REFERENCE_TTL",
+    "sage_call_budget" => "LEDGER_SAGE_CALL_BUDGET",
+    "sage_call_window" => "LEDGER_SAGE_CALL_WINDOW",
+    "worker_concurrency" => "LEDGER_WORKER_CONCURRENCY",
+    "binding_concurrency" => "LEDGER_BINDING_CONCURRENCY",
+    "job_lease" => "LEDGER_JOB_LEASE",
+    "job_max_attempts" => "LEDGER_JOB_MAX_ATTEMPTS",
+    "job_poll_interval" => "LEDGER_JOB_POLL_INTERVAL",
 }
 
 /// Environment variable naming the optional settings file.
@@ -126,6 +133,19 @@ pub struct Settings {
     pub sage_keepalive_after: Duration,
     /// Reference data older than this is fetched again.
     pub sage_reference_ttl: Duration,
+    /// Calls allowed per Sage business in any `sage_call_window`, across every process.
+    pub sage_call_budget: u32,
+    pub sage_call_window: Duration,
+    /// Jobs one worker process runs at once.
+    pub worker_concurrency: usize,
+    /// Jobs of one binding running at once, across every process.
+    pub binding_concurrency: u32,
+    /// How long a claimed job is leased (renewed while it runs).
+    pub job_lease: Duration,
+    /// Attempts before a retrying job is dead.
+    pub job_max_attempts: u32,
+    /// Fallback polling when no notification arrives.
+    pub job_poll_interval: Duration,
 }
 
 /// Where a value came from, for error messages.
@@ -370,6 +390,13 @@ impl Settings {
             sage_refresh_margin: l.parse("sage_refresh_margin", parse_duration)?,
             sage_keepalive_after: l.parse("sage_keepalive_after", parse_duration)?,
             sage_reference_ttl: l.parse("sage_reference_ttl", parse_duration)?,
+            sage_call_budget: l.parse("sage_call_budget", parse_positive)?,
+            sage_call_window: l.parse("sage_call_window", parse_duration)?,
+            worker_concurrency: l.parse("worker_concurrency", parse_positive)?,
+            binding_concurrency: l.parse("binding_concurrency", parse_positive)?,
+            job_lease: l.parse("job_lease", parse_duration)?,
+            job_max_attempts: l.parse("job_max_attempts", parse_positive)?,
+            job_poll_interval: l.parse("job_poll_interval", parse_duration)?,
         })
         .and_then(|s: Self| {
             if s.db_min_connections > s.db_max_connections {

@@ -46,6 +46,9 @@ pub struct NewEvent<'a> {
     pub body: &'a Value,
     pub jti: &'a str,
     pub jti_expires_at: i64,
+    /// The request body's bytes (a repeat is the same key with the same bytes).
+    pub raw: &'a [u8],
+    pub request_id: Option<&'a str>,
 }
 
 /// What [`persist`] did.
@@ -53,8 +56,10 @@ pub struct NewEvent<'a> {
 pub struct Persisted {
     /// False when the token's jti was used before (nothing else was written).
     pub fresh_token: bool,
-    /// The new run; `None` when the Idempotency-Key was seen before.
+    /// The new run (or the waiting run it was folded into); `None` for a repeat.
     pub run_id: Option<uuid::Uuid>,
+    /// Folded into a run not yet started (a repeated customer or product update).
+    pub folded: bool,
 }
 
 /// Stores an event with its sync run and job, consuming the token's jti and waking
@@ -67,20 +72,32 @@ pub async fn persist(db: &sqlx::PgPool, e: &NewEvent<'_>) -> Result<Persisted, s
              ON CONFLICT DO NOTHING RETURNING 1 AS one
            ), ev AS (
              INSERT INTO received_events
-               (id, binding_id, event_name, idempotency_key, magento_entity_id, website_id, store_id, occurred_at, body)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM j)
-             ON CONFLICT (binding_id, idempotency_key) DO NOTHING
+               (id, binding_id, event_name, idempotency_key, magento_entity_id, website_id, store_id, occurred_at, body, body_sha256)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $14 WHERE EXISTS (SELECT 1 FROM j)
+             ON CONFLICT (binding_id, idempotency_key, body_sha256) DO NOTHING
              RETURNING id
+           ), waiting AS (
+             -- Updates of a customer or product fold into a run not yet started: it reads
+             -- the latest state anyway.
+             SELECT r.id FROM sync_runs r
+             WHERE r.binding_id = $2 AND r.event_name = $3 AND r.magento_entity_id = $5 AND r.status = 'pending'
+               AND $3 IN ('customer.upserted', 'product.upserted') AND EXISTS (SELECT 1 FROM ev)
+             LIMIT 1
            ), run AS (
-             INSERT INTO sync_runs (id, binding_id, event_id, event_name, entity_type, magento_entity_id)
-             SELECT $10, $2, ev.id, $3, $13, $5 FROM ev
+             INSERT INTO sync_runs (id, binding_id, event_id, event_name, entity_type, magento_entity_id, policy, request_id)
+             SELECT $10, $2, ev.id, $3, $13, $5, (SELECT settings FROM binding_settings WHERE binding_id = $2), $15
+             FROM ev WHERE NOT EXISTS (SELECT 1 FROM waiting)
              RETURNING id
+           ), folded AS (
+             UPDATE sync_runs SET coalesced = coalesced + 1, updated_at = now() FROM waiting
+             WHERE sync_runs.id = waiting.id RETURNING sync_runs.id
            ), job AS (
              INSERT INTO jobs (binding_id, kind, sync_run_id) SELECT $2, 'sync_event', run.id FROM run
              RETURNING id
            )
            SELECT EXISTS (SELECT 1 FROM j) AS "fresh_token!",
-                  (SELECT id FROM run) AS run_id,
+                  COALESCE((SELECT id FROM run), (SELECT id FROM folded)) AS run_id,
+                  EXISTS (SELECT 1 FROM folded) AS "folded!",
                   (SELECT count(*) FROM (SELECT pg_notify('ledger_jobs', $2::text) FROM job) AS n) AS "notified!""#,
         uuid::Uuid::new_v4(),
         e.binding_id.0,
@@ -95,12 +112,15 @@ pub async fn persist(db: &sqlx::PgPool, e: &NewEvent<'_>) -> Result<Persisted, s
         e.jti,
         e.jti_expires_at as f64,
         entity_type,
+        &ledger_core::crypto::sha256(e.raw)[..],
+        e.request_id,
     )
     .fetch_one(db)
     .await?;
     Ok(Persisted {
         fresh_token: row.fresh_token,
         run_id: row.run_id,
+        folded: row.folded,
     })
 }
 
@@ -243,6 +263,10 @@ pub async fn receive(
 ) -> Result<(StatusCode, axum::Json<Accepted>), Problem> {
     // Authenticate before saying anything about the request.
     let caller = magento::authenticate(&state, &headers, Some(&tenant_id), false).await?;
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if !EVENTS.contains(&event_name.as_str()) {
         return Err(Problem::not_found(
             "unknown_event",
@@ -280,6 +304,8 @@ pub async fn receive(
         body: &document,
         jti: &caller.claims.jti,
         jti_expires_at: caller.jti_expires_at,
+        raw: &body,
+        request_id: request_id.as_deref(),
     };
     let row = persist(&state.db, &event).await?;
     if !row.fresh_token {
@@ -302,11 +328,12 @@ pub async fn receive(
     let original = sqlx::query_scalar!(
         r#"WITH e AS (
              UPDATE received_events SET duplicates = duplicates + 1
-             WHERE binding_id = $1 AND idempotency_key = $2 RETURNING id
+             WHERE binding_id = $1 AND idempotency_key = $2 AND body_sha256 = $3 RETURNING id
            )
            SELECT r.id FROM sync_runs r JOIN e ON r.event_id = e.id ORDER BY r.created_at LIMIT 1"#,
         caller.binding_id.0,
         key,
+        &ledger_core::crypto::sha256(&body)[..],
     )
     .fetch_optional(&state.db)
     .await?

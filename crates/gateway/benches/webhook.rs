@@ -136,6 +136,8 @@ async fn run() {
                     body: &body,
                     jti: &jti,
                     jti_expires_at: chrono::Utc::now().timestamp() + 90,
+                    raw: key.as_bytes(),
+                    request_id: None,
                 };
                 let stored = ledger_event_ingest::persist(&pool, &event).await.expect("insert");
                 assert!(stored.run_id.is_some());

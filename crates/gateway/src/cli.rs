@@ -39,6 +39,9 @@ pub enum Command {
     /// Operator commands for merchant accounts.
     #[command(subcommand)]
     Merchant(MerchantCommand),
+    /// Operator actions on sync runs (the same as the API's).
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Master-key management for the secrets stored in the database.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -109,4 +112,20 @@ pub enum KeysCommand {
     },
     /// How many stored secrets each key id protects.
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Queue a failed, dead or skipped sync run again.
+    Retry {
+        /// The sync run id.
+        run: uuid::Uuid,
+    },
+    /// Queue every dead and failed run of a binding again.
+    RetryDead {
+        #[arg(long)]
+        binding: ledger_core::BindingId,
+    },
+    /// Give up on a pending, failed or dead run (recorded as skipped by an operator).
+    Skip { run: uuid::Uuid },
 }

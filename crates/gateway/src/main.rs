@@ -10,7 +10,7 @@ use ledger_core::{
 };
 use ledger_gateway::{
     AppState,
-    cli::{Cli, Command, KeysCommand, MerchantCommand, SandboxCommand},
+    cli::{Cli, Command, KeysCommand, MerchantCommand, RunsCommand, SandboxCommand},
     dev, http, metrics, openapi, server, shutdown, telemetry, worker,
 };
 
@@ -156,6 +156,28 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
                 "tenant_id": created.tenant_id,
                 "token": token.expose(),
             }));
+            Ok(())
+        }
+        Command::Runs(action) => {
+            let state = ledger_gateway::connect_checked(settings).await?;
+            let actor = ledger_core::audit::Actor::System;
+            let line = match action {
+                RunsCommand::Retry { run } => match ledger_sage_sync::runs::retry(&state, run, actor).await? {
+                    true => format!("run {run} queued again"),
+                    false => anyhow::bail!("run {run} does not exist or is not failed, dead or skipped"),
+                },
+                RunsCommand::RetryDead { binding } => {
+                    format!(
+                        "{} runs queued again",
+                        ledger_sage_sync::runs::retry_dead(&state, binding, actor).await?
+                    )
+                }
+                RunsCommand::Skip { run } => match ledger_sage_sync::runs::skip(&state, run, actor).await? {
+                    true => format!("run {run} skipped"),
+                    false => anyhow::bail!("run {run} does not exist or is already synced or skipped"),
+                },
+            };
+            print_line(&line);
             Ok(())
         }
         Command::Keys(keys) => {

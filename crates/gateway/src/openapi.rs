@@ -20,6 +20,7 @@ use crate::{AppState, http::health};
         (name = "magento", description = "Called by the byte8 Magento module, authenticated by its HS256 JWT"),
         (name = "bindings", description = "Pairing stores and managing bindings"),
         (name = "sage", description = "Connecting a binding to a Sage business, and its reference data"),
+        (name = "sync", description = "Sync runs, operator actions and the binding's sync settings"),
         (name = "accounts", description = "Sign-up, sign-in and the signed-in account"),
         (name = "operations", description = "Probes for orchestrators and load balancers"),
     ),
@@ -79,6 +80,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(ledger_pairing::routes())
         .merge(ledger_event_ingest::routes())
         .merge(ledger_sage_vault::routes())
+        .merge(ledger_sage_sync::routes())
 }
 
 /// The routes and the finished document.

@@ -15,6 +15,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result
     tracker.spawn(housekeeping(state.clone(), shutdown.clone()));
     tracker.spawn(store_health(state.clone(), shutdown.clone()));
     tracker.spawn(sage_upkeep(state.clone(), shutdown.clone()));
+    tracker.spawn(ledger_sage_sync::worker::run(state.clone(), shutdown.clone()));
     tracker.close();
     shutdown.cancelled().await;
     tracker.wait().await;

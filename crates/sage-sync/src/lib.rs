@@ -1,2 +1,28 @@
-//! The sync engine: durable jobs, sync runs, policy, the Magento → Sage mapping,
-//! exactly-once posting and the per-business rate budget. Nothing here yet.
+//! The sync engine: durable jobs in Postgres ([`queue`]), the worker runtime
+//! ([`worker`]), sync runs and operator actions ([`runs`]), the sync policy
+//! ([`policy`]), the Magento → Sage mapping ([`mapping`]), exactly-once posting
+//! ([`process`], [`xref`]) and the callbacks that drive the store's chips ([`callback`]).
+
+pub mod callback;
+pub mod mapping;
+pub mod outcome;
+pub mod policy;
+pub mod process;
+pub mod queue;
+pub mod runs;
+pub mod worker;
+pub mod xref;
+
+use ledger_core::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+/// The JSON API of runs and settings.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(runs::list_runs))
+        .routes(routes!(runs::get_run))
+        .routes(routes!(runs::retry_run))
+        .routes(routes!(runs::skip_run))
+        .routes(routes!(runs::retry_dead_runs))
+        .routes(routes!(policy::get, policy::put))
+}

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod oauth;
 pub mod reference;
 pub mod rotation;
+pub mod session;
 pub mod tokens;
 
 use ledger_core::AppState;

@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use ledger_core::{AppState, BindingId, Problem};
-use ledger_sage_api::{Auth, SageApi, SageError};
+use ledger_sage_api::SageError;
 use ledger_tenant_binding::auth::Merchant;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::tokens::{self, VaultError};
+use crate::{
+    session::{CallError, Session},
+    tokens::VaultError,
+};
 
 /// Each cached kind and the list it comes from (full records need `attributes=all`).
 pub const KINDS: &[(&str, &str)] = &[
@@ -33,9 +36,7 @@ pub const KINDS: &[(&str, &str)] = &[
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ReferenceError {
     #[error(transparent)]
-    Vault(#[from] VaultError),
-    #[error(transparent)]
-    Sage(#[from] SageError),
+    Call(#[from] CallError),
     #[error("database: {0}")]
     Database(String),
 }
@@ -49,14 +50,14 @@ impl From<sqlx::Error> for ReferenceError {
 impl From<ReferenceError> for Problem {
     fn from(err: ReferenceError) -> Self {
         match err {
-            ReferenceError::Vault(VaultError::NotConnected) => {
+            ReferenceError::Call(CallError::Vault(VaultError::NotConnected)) => {
                 Problem::conflict("sage_not_connected", "Connect Sage for this binding first.")
             }
-            ReferenceError::Vault(VaultError::NeedsReauth) => Problem::conflict(
+            ReferenceError::Call(CallError::Vault(VaultError::NeedsReauth)) => Problem::conflict(
                 "sage_needs_reauth",
                 "Sage refused the stored authorisation. Connect Sage again from the binding page.",
             ),
-            ReferenceError::Sage(SageError::SubscriptionLapsed(_)) => Problem::conflict(
+            ReferenceError::Call(CallError::Sage(SageError::SubscriptionLapsed(_))) => Problem::conflict(
                 "sage_subscription_lapsed",
                 "Sage says the business has no active subscription. Renew it in Sage, then refresh.",
             ),
@@ -69,32 +70,13 @@ impl From<ReferenceError> for Problem {
     }
 }
 
-/// Fetches every kind, following `$next`, with one token retry after a token 401.
+/// Fetches every kind, following `$next`; calls count against the business's budget
+/// (waiting for it when spent).
 pub async fn refresh(state: &AppState, binding: BindingId) -> Result<(), ReferenceError> {
-    let api = SageApi::new(&state.settings.sage_api_base, state.settings.sage_timeout);
-    let mut token = tokens::access_token(state, binding).await?;
+    let mut session = Session::open(state, binding).await?.waiting();
     let mut fetched = Vec::with_capacity(KINDS.len());
     for (kind, path) in KINDS {
-        let mut retried = false;
-        let items: Vec<Value> = loop {
-            let auth = Auth {
-                access_token: &token.token,
-                business_id: token.business_id.as_deref(),
-            };
-            match api.list_all(auth, path).await {
-                Ok(items) => break items,
-                Err(SageError::TokenRejected(_)) if !retried => {
-                    retried = true;
-                    token = tokens::after_unauthorized(state, binding, &token).await?;
-                }
-                Err(SageError::SubscriptionLapsed(e)) => {
-                    tokens::mark_subscription_lapsed(state, binding).await?;
-                    return Err(SageError::SubscriptionLapsed(e).into());
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        fetched.push((*kind, items));
+        fetched.push((*kind, session.list_all(path).await?));
     }
     let mut tx = state.db.begin().await?;
     for (kind, items) in fetched {
@@ -111,6 +93,12 @@ pub async fn refresh(state: &AppState, binding: BindingId) -> Result<(), Referen
     // A successful call proves the subscription is live again.
     sqlx::query!(
         "UPDATE sage_connections SET status = 'connected' WHERE binding_id = $1 AND status = 'subscription_lapsed'",
+        binding.0
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "UPDATE connector_bindings SET status = 'active' WHERE id = $1 AND status = 'paused'",
         binding.0
     )
     .execute(&mut *tx)

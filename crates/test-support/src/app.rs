@@ -314,3 +314,63 @@ impl TestApp {
         self.http.get(&callback).send().await.expect("callback")
     }
 }
+
+/// The background workers of a [`TestApp`], stopped when dropped.
+#[derive(Debug)]
+pub struct Workers {
+    token: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Workers {
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+impl TestApp {
+    /// Runs the worker process's loops in-process against this app's database.
+    pub fn start_workers(&self) -> Workers {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(ledger_gateway::worker::run(self.state.clone(), token.clone()));
+        Workers {
+            token,
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits until no job is queued, running or waiting (up to `limit`).
+    pub async fn wait_idle(&self, limit: std::time::Duration) -> bool {
+        let started = std::time::Instant::now();
+        loop {
+            let busy: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")
+                .fetch_one(&self.state.db)
+                .await
+                .unwrap_or(1);
+            if busy == 0 {
+                return true;
+            }
+            if started.elapsed() > limit {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A paired store with Sage connected (the app must have a sandbox Sage).
+    pub async fn connected_store(&self) -> PairedStore {
+        let paired = self.paired_store().await;
+        let res = self.connect_sage(&paired).await;
+        assert_eq!(res.status(), 303, "Sage connect");
+        paired
+    }
+}

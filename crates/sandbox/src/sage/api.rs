@@ -78,7 +78,40 @@ pub fn authenticate(sage: &Sage, headers: &HeaderMap) -> Result<Caller, Response
             "",
         ));
     }
+    // Per-business rate limit over a sliding window.
+    if let Some((limit, window_ms)) = sage.config.rate_limit {
+        let now_ms = chrono::Utc::now().timestamp_millis() + inner.clock_offset * 1000;
+        let business = inner.businesses.get_mut(&business_id).expect("checked above");
+        while business.calls.front().is_some_and(|t| *t <= now_ms - window_ms) {
+            business.calls.pop_front();
+        }
+        if business.calls.len() >= limit {
+            business.rate_limited += 1;
+            let wait_ms = business.calls.front().map_or(window_ms, |t| t + window_ms - now_ms);
+            let retry_after = (wait_ms + 999) / 1000;
+            let mut response = sage_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "Rate limit exceeded",
+                "",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after.max(1).into());
+            return Err(response);
+        }
+        business.calls.push_back(now_ms);
+    }
     Ok(Caller { business_id })
+}
+
+/// Applies the slow-Sage fault, then [`authenticate`].
+pub async fn enter(sage: &Sage, headers: &HeaderMap) -> Result<Caller, Response> {
+    let delay = sage.lock().faults.api_delay_ms;
+    if delay > 0 {
+        super::sleep(delay).await;
+    }
+    authenticate(sage, headers)
 }
 
 /// The `$items` envelope for one page of `items`, with an absolute `$next` link.
@@ -231,4 +264,5 @@ pub fn router() -> Router<Arc<Sage>> {
         .route("/ledger_accounts", get(ledger_accounts))
         .route("/bank_accounts", get(bank_accounts))
         .route("/currencies", get(currencies))
+        .merge(super::documents::router())
 }

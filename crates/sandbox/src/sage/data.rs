@@ -18,6 +18,15 @@ pub struct Business {
     pub ledger_accounts: Vec<Value>,
     pub bank_accounts: Vec<Value>,
     pub currencies: Vec<Value>,
+    /// Documents posted to the business, by endpoint (`contacts`, `sales_invoices`, ...).
+    pub books: std::collections::BTreeMap<String, Vec<Value>>,
+    /// `idempotency_id` → (resource type, first response, unix time).
+    pub idempotency: std::collections::HashMap<String, (String, Value, i64)>,
+    /// Recent API call times (unix ms), for the rate limit.
+    pub calls: std::collections::VecDeque<i64>,
+    /// Requests refused with 429.
+    pub rate_limited: u64,
+    pub counters: std::collections::HashMap<String, u64>,
 }
 
 fn tax_rate(id: &str, name: &str, percentage: &str) -> Value {
@@ -134,6 +143,36 @@ impl Business {
                 currency("USD", "US Dollar"),
                 currency("CAD", "Canadian Dollar"),
             ],
+            books: Default::default(),
+            idempotency: Default::default(),
+            calls: Default::default(),
+            rate_limited: 0,
+            counters: Default::default(),
         }
+    }
+}
+
+impl Business {
+    /// The business's base currency.
+    pub fn base_currency(&self) -> &'static str {
+        match self.country.as_str() {
+            "GB" => "GBP",
+            "US" => "USD",
+            "CA" => "CAD",
+            _ => "EUR",
+        }
+    }
+
+    /// Documents of one kind (`sales_invoices`, `contacts`, ...).
+    pub fn book(&self, kind: &str) -> &[Value] {
+        self.books.get(kind).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn tax_rate_percentage(&self, id: &str) -> Option<rust_decimal::Decimal> {
+        self.tax_rates
+            .iter()
+            .find(|r| r["id"] == id)
+            .and_then(|r| r["percentage"].as_str())
+            .and_then(|p| p.parse().ok())
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod data;
+pub mod documents;
 pub mod oauth;
 
 use std::{
@@ -48,6 +49,8 @@ pub struct SageConfig {
     pub code_ttl_secs: i64,
     /// Largest `items_per_page` honoured (Sage: 200); smaller values exercise paging.
     pub max_items_per_page: usize,
+    /// Per-business rate limit: at most `.0` API calls in any `.1` milliseconds (429 beyond).
+    pub rate_limit: Option<(usize, i64)>,
 }
 
 impl Default for SageConfig {
@@ -62,6 +65,7 @@ impl Default for SageConfig {
             refresh_ttl_secs: 2_678_400,
             code_ttl_secs: 60,
             max_items_per_page: 200,
+            rate_limit: Some((200, 60_000)),
         }
     }
 }
@@ -89,6 +93,13 @@ pub struct SageFaults {
     pub api_status: u16,
     #[serde(default)]
     pub api_failures: u32,
+    /// Delay every API answer (slow Sage).
+    #[serde(default)]
+    pub api_delay_ms: u64,
+    /// The next `drop_after_commit` successful writes take effect, but the answer is
+    /// dropped (the connection closes): "commit, then drop the response".
+    #[serde(default)]
+    pub drop_after_commit: u32,
 }
 
 /// Call counters, for tests to assert on.
@@ -299,6 +310,7 @@ pub fn router(sage: Arc<Sage>) -> Router {
         .route("/sandbox/faults", post(control_faults))
         .route("/sandbox/clock", post(control_clock))
         .route("/sandbox/businesses", get(control_businesses))
+        .route("/sandbox/businesses/{id}/books", get(documents::control_books))
         .with_state(sage)
 }
 

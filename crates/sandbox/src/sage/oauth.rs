@@ -201,7 +201,7 @@ fn oauth_error(status: StatusCode, error: &str) -> Response {
 
 /// A response whose body fails mid-way: the client sees the connection drop after the
 /// server already acted ("commit, then drop the response").
-fn dropped() -> Response {
+pub(crate) fn dropped() -> Response {
     struct Broken;
     impl futures_core::Stream for Broken {
         type Item = Result<Vec<u8>, std::io::Error>;

@@ -1,0 +1,811 @@
+//! Magento canonical documents → Sage request bodies. Pure functions: no I/O, so every
+//! rule is unit- and snapshot-testable, and the totals are known before posting.
+//!
+//! Amounts are rounded to cents once, here, with Magento's rounding (half away from
+//! zero); lines carry explicit net, tax and total so Sage does not recompute them, and
+//! the lines plus shipping must add up to Magento's grand total or nothing is posted.
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    outcome::{ErrorClass, Failure},
+    policy::{NamePriority, Settings},
+};
+use ledger_magento_api::canonical::{Address, Contact, CreditMemo, Invoice, InvoiceLine};
+
+/// Cents, rounded as Magento rounds.
+pub fn cents(d: Decimal) -> Decimal {
+    d.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// A decimal as a JSON number with its exact text.
+pub fn num(d: Decimal) -> Value {
+    let text = d.normalize().to_string();
+    text.parse::<serde_json::Number>()
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
+}
+
+/// The deterministic `idempotency_id` (32 hex) of one Sage write.
+pub fn idempotency_id(binding: &str, kind: &str, key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{binding}:{kind}:{key}").as_bytes());
+    hex::encode(digest.as_ref())[..32].to_owned()
+}
+
+/// Decodes HTML entities (Sage refuses descriptions containing them).
+pub fn decode_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('&') {
+        out.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        let Some(end) = tail.find(';').filter(|e| *e <= 10) else {
+            out.push('&');
+            rest = &tail[1..];
+            continue;
+        };
+        let entity = &tail[1..end];
+        let decoded = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" | "#39" => Some('\''),
+            "nbsp" => Some(' '),
+            "trade" => Some('™'),
+            "reg" => Some('®'),
+            "copy" => Some('©'),
+            "euro" => Some('€'),
+            "pound" => Some('£'),
+            "ndash" => Some('–'),
+            "mdash" => Some('—'),
+            "hellip" => Some('…'),
+            e if e.starts_with("#x") || e.starts_with("#X") => {
+                u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32)
+            }
+            e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
+            _ => None,
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &tail[end + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What the mapping needs besides the document.
+#[derive(Debug, Clone)]
+pub struct Ctx<'a> {
+    pub settings: &'a Settings,
+    /// The Sage business's country, e.g. `GB`.
+    pub business_country: &'a str,
+    pub base_currency: &'a str,
+    /// The binding id (idempotency keys).
+    pub binding: &'a str,
+}
+
+/// Totals of a document as Sage will compute them from our lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    pub net: Decimal,
+    pub tax: Decimal,
+    pub total: Decimal,
+}
+
+/// A request body ready to post, with the totals Sage must answer with.
+#[derive(Debug, Clone)]
+pub struct Mapped {
+    pub body: Value,
+    pub totals: Totals,
+    /// Things worth telling the merchant (e.g. mixed goods and services coerced).
+    pub notes: Vec<String>,
+}
+
+fn validation(code: &str, message: impl Into<String>) -> Failure {
+    Failure::new(ErrorClass::Validation, code, message)
+}
+
+fn config(code: &str, message: impl Into<String>) -> Failure {
+    Failure::new(ErrorClass::Config, code, message)
+}
+
+/// `YYYY-MM-DD` from the canonical `YYYY-MM-DDTHH:MM:SSZ` (or `""`).
+pub fn date_of(timestamp: &str) -> Option<String> {
+    (timestamp.len() >= 10 && chrono::NaiveDate::parse_from_str(&timestamp[..10], "%Y-%m-%d").is_ok())
+        .then(|| timestamp[..10].to_owned())
+}
+
+pub fn sage_address(a: &Address) -> Value {
+    let mut o = Map::new();
+    let mut lines = a.street.iter().filter(|s| !s.trim().is_empty());
+    if let Some(first) = lines.next() {
+        o.insert("address_line_1".into(), json!(first));
+    }
+    let rest: Vec<&String> = lines.collect();
+    if !rest.is_empty() {
+        o.insert(
+            "address_line_2".into(),
+            json!(rest.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+        );
+    }
+    if !a.city.is_empty() {
+        o.insert("city".into(), json!(a.city));
+    }
+    if let Some(p) = &a.postcode {
+        o.insert("postal_code".into(), json!(p));
+    }
+    if let Some(r) = &a.region {
+        o.insert("region".into(), json!(r));
+    }
+    if !a.country_id.is_empty() {
+        o.insert("country_id".into(), json!(a.country_id));
+    }
+    Value::Object(o)
+}
+
+/// The invoice's reference: the increment id with the optional prefix, never doubled.
+pub fn document_reference(prefix: Option<&str>, increment_id: &str) -> String {
+    match prefix.filter(|p| !p.is_empty()) {
+        Some(p) if !increment_id.starts_with(p) => format!("{p}{increment_id}"),
+        _ => increment_id.to_owned(),
+    }
+}
+
+/// Sage's `exchange_rate` (base per foreign unit) from Magento's base-to-order rate, 10 dp.
+pub fn exchange_rate(base_to_order_rate: Option<Decimal>) -> Option<Decimal> {
+    base_to_order_rate
+        .filter(|r| *r > Decimal::ZERO)
+        .map(|r| (Decimal::ONE / r).round_dp(10))
+}
+
+fn tax_rate_for(net: Decimal, tax: Decimal, ctx: &Ctx<'_>) -> Result<String, Failure> {
+    let map = &ctx.settings.tax_rate_map;
+    if tax.is_zero() {
+        return map
+            .get("0.00")
+            .cloned()
+            .or_else(|| ctx.settings.default_tax_rate_id.clone().filter(|_| net.is_zero()))
+            .ok_or_else(|| {
+                config(
+                    "zero_tax_rate_not_mapped",
+                    "Map a zero tax rate (0.00) in the tax-rate map for untaxed lines.",
+                )
+            });
+    }
+    // The rate whose percentage of the net gives the tax to the cent.
+    let mut best: Option<(Decimal, &String)> = None;
+    for (key, id) in map {
+        let Ok(pct) = key.parse::<Decimal>() else { continue };
+        let diff = (cents(net * pct / Decimal::ONE_HUNDRED) - tax).abs();
+        if diff <= Decimal::new(1, 2) && best.as_ref().is_none_or(|(d, _)| diff < *d) {
+            best = Some((diff, id));
+        }
+    }
+    best.map(|(_, id)| id.clone())
+        .or_else(|| ctx.settings.default_tax_rate_id.clone())
+        .ok_or_else(|| {
+            let pct = if net.is_zero() {
+                Decimal::ZERO
+            } else {
+                (tax / net * Decimal::ONE_HUNDRED).round_dp(2)
+            };
+            config(
+                "tax_rate_not_mapped",
+                format!("No Sage tax rate is mapped for {pct}% and no default tax rate is set."),
+            )
+        })
+}
+
+fn is_cross_border(country: &str, ctx: &Ctx<'_>) -> bool {
+    !country.is_empty() && !country.eq_ignore_ascii_case(ctx.business_country)
+}
+
+struct Lines {
+    lines: Vec<Value>,
+    totals: Totals,
+    notes: Vec<String>,
+}
+
+/// Lines with explicit net, tax and total. Zero-amount rows (the children of
+/// configurable products, the parents of bundles) are dropped when the document has
+/// priced lines.
+fn map_lines(source: &[InvoiceLine], cross_border: bool, ctx: &Ctx<'_>) -> Result<Lines, Failure> {
+    let account = ctx.settings.default_ledger_account_id.clone().ok_or_else(|| {
+        config(
+            "ledger_account_not_set",
+            "Choose a default sales ledger account in the binding's settings.",
+        )
+    })?;
+    let priced = source
+        .iter()
+        .any(|l| !cents(l.line_subtotal).is_zero() || !cents(l.line_tax).is_zero());
+    let mut out = Lines {
+        lines: Vec::new(),
+        totals: Totals::default(),
+        notes: Vec::new(),
+    };
+    let eu_kinds: Vec<String> = source
+        .iter()
+        .map(|l| {
+            l.product_type
+                .as_deref()
+                .and_then(|t| ctx.settings.product_type_eu_goods_map.get(t))
+                .cloned()
+                .unwrap_or_else(|| ctx.settings.default_eu_goods_services_type.clone())
+        })
+        .collect();
+    let eu_kind = if eu_kinds.iter().all(|k| *k == eu_kinds[0]) {
+        eu_kinds
+            .first()
+            .cloned()
+            .unwrap_or_else(|| ctx.settings.default_eu_goods_services_type.clone())
+    } else {
+        if cross_border {
+            out.notes.push("mixed_eu_goods_services_coerced_to_default".to_owned());
+        }
+        ctx.settings.default_eu_goods_services_type.clone()
+    };
+    let zero_rate = ctx.settings.tax_rate_map.get("0.00").cloned();
+    for line in source {
+        let subtotal = cents(line.line_subtotal);
+        let tax = cents(line.line_tax);
+        // line_total = row total + tax − item discount.
+        let discount = cents(line.line_subtotal + line.line_tax - line.line_total).max(Decimal::ZERO);
+        if priced && subtotal.is_zero() && tax.is_zero() {
+            continue;
+        }
+        let net = subtotal - discount;
+        let qty = line.qty;
+        if qty <= Decimal::ZERO {
+            return Err(validation(
+                "invalid_quantity",
+                format!("Line {} has quantity {qty}.", line.sku),
+            ));
+        }
+        let tax_rate_id = if cross_border {
+            zero_rate.clone().ok_or_else(|| {
+                config(
+                    "zero_tax_rate_not_mapped",
+                    "Sales outside the business's country need a zero tax rate (0.00) in the tax-rate map.",
+                )
+            })?
+        } else {
+            tax_rate_for(net, tax, ctx)?
+        };
+        let unit_price = cents(line.unit_price);
+        let description = decode_html(&line.name);
+        let mut l = Map::new();
+        l.insert(
+            "description".into(),
+            json!(if description.trim().is_empty() {
+                line.sku.clone()
+            } else {
+                description
+            }),
+        );
+        l.insert("ledger_account_id".into(), json!(account));
+        l.insert("quantity".into(), num(qty.normalize()));
+        l.insert("unit_price".into(), num(unit_price));
+        l.insert("discount_amount".into(), num(discount));
+        l.insert("net_amount".into(), num(net));
+        l.insert("tax_rate_id".into(), json!(tax_rate_id));
+        l.insert("tax_amount".into(), num(tax));
+        l.insert("total_amount".into(), num(net + tax));
+        if cross_border {
+            l.insert("eu_goods_services_type_id".into(), json!(eu_kind));
+        }
+        out.totals.net += net;
+        out.totals.tax += tax;
+        out.lines.push(Value::Object(l));
+    }
+    if out.lines.is_empty() {
+        return Err(validation("no_lines", "The document has no lines to post."));
+    }
+    out.totals.total = out.totals.net + out.totals.tax;
+    Ok(out)
+}
+
+fn shipping(
+    body: &mut Map<String, Value>,
+    totals: &mut Totals,
+    net: Decimal,
+    tax: Decimal,
+    cross_border: bool,
+    ctx: &Ctx<'_>,
+) -> Result<(), Failure> {
+    let net = cents(net);
+    let tax = cents(tax);
+    if net.is_zero() && tax.is_zero() {
+        return Ok(());
+    }
+    // Sage recomputes shipping tax from rate × net and ignores an explicit zero amount,
+    // so untaxed shipping must carry the zero rate.
+    let rate = if cross_border || tax.is_zero() {
+        ctx.settings.tax_rate_map.get("0.00").cloned().ok_or_else(|| {
+            config(
+                "zero_tax_rate_not_mapped",
+                "Untaxed shipping needs a zero tax rate (0.00) in the tax-rate map.",
+            )
+        })?
+    } else {
+        tax_rate_for(net, tax, ctx)?
+    };
+    body.insert("shipping_net_amount".into(), num(net));
+    body.insert("shipping_tax_rate_id".into(), json!(rate));
+    body.insert("shipping_tax_amount".into(), num(tax));
+    body.insert("shipping_total_amount".into(), num(net + tax));
+    totals.net += net;
+    totals.tax += tax;
+    totals.total = totals.net + totals.tax;
+    Ok(())
+}
+
+/// `sage_rate` is Sage's `exchange_rate` (base per foreign unit), already converted.
+fn currency_fields(
+    body: &mut Map<String, Value>,
+    currency: &str,
+    sage_rate: Option<Decimal>,
+    ctx: &Ctx<'_>,
+) -> Result<(), Failure> {
+    body.insert("currency_id".into(), json!(currency));
+    if !currency.eq_ignore_ascii_case(ctx.base_currency) {
+        let rate = sage_rate.ok_or_else(|| {
+            validation(
+                "exchange_rate_missing",
+                format!("The {currency} document has no exchange rate."),
+            )
+        })?;
+        body.insert("exchange_rate".into(), num(rate));
+    }
+    Ok(())
+}
+
+/// The billing country of a document's customer.
+pub fn customer_country(billing: Option<&Address>, contact: &Contact) -> String {
+    billing
+        .map(|a| a.country_id.clone())
+        .or_else(|| {
+            contact
+                .addresses
+                .iter()
+                .find(|a| a.kind == "billing")
+                .map(|a| a.country_id.clone())
+        })
+        .unwrap_or_default()
+}
+
+/// `invoice.created` → the `sales_invoice` body.
+pub fn map_invoice(inv: &Invoice, contact_id: &str, ctx: &Ctx<'_>) -> Result<Mapped, Failure> {
+    let country = customer_country(inv.billing_address.as_ref(), &inv.customer);
+    let cross_border = is_cross_border(&country, ctx);
+    let mut lines = map_lines(&inv.lines, cross_border, ctx)?;
+    let mut body = Map::new();
+    body.insert("contact_id".into(), json!(contact_id));
+    let date = date_of(&inv.created_at).unwrap_or_else(|| chrono::Utc::now().format("%Y-%m-%d").to_string());
+    body.insert("date".into(), json!(date));
+    body.insert("due_date".into(), json!(date));
+    body.insert(
+        "reference".into(),
+        json!(document_reference(
+            ctx.settings.invoice_number_prefix.as_deref(),
+            &inv.increment_id
+        )),
+    );
+    body.insert("invoice_lines".into(), Value::Array(std::mem::take(&mut lines.lines)));
+    let billing = inv
+        .billing_address
+        .as_ref()
+        .or_else(|| inv.customer.addresses.iter().find(|a| a.kind == "billing"));
+    let delivery = inv.shipping_address.as_ref().or(billing);
+    // Always both: without a delivery address Sage copies the billing one.
+    if let Some(b) = billing {
+        body.insert("main_address".into(), sage_address(b));
+    }
+    if let Some(d) = delivery {
+        body.insert("delivery_address".into(), sage_address(d));
+    }
+    shipping(
+        &mut body,
+        &mut lines.totals,
+        inv.shipping_amount,
+        inv.shipping_tax_amount,
+        cross_border,
+        ctx,
+    )?;
+    currency_fields(&mut body, &inv.currency, exchange_rate(inv.base_to_order_rate), ctx)?;
+    let mut notes = vec![format!(
+        "Magento invoice {} (order {})",
+        inv.increment_id, inv.order_increment_id
+    )];
+    if let Some(po) = inv.po_number.as_deref().filter(|p| !p.is_empty()) {
+        notes.push(format!("Purchase order: {po}"));
+    }
+    body.insert("notes".into(), json!(notes.join("\n")));
+    body.insert(
+        "idempotency_id".into(),
+        json!(idempotency_id(
+            ctx.binding,
+            "sales_invoice",
+            &inv.magento_id.to_string()
+        )),
+    );
+
+    let grand = cents(inv.grand_total);
+    if lines.totals.total != grand {
+        return Err(Failure::new(
+            ErrorClass::Validation,
+            "total_mismatch",
+            format!(
+                "The invoice's lines and shipping add up to {} but Magento's grand total is {grand} (difference {}). Nothing was posted.",
+                lines.totals.total,
+                grand - lines.totals.total
+            ),
+        ));
+    }
+    Ok(Mapped {
+        body: Value::Object(body),
+        totals: lines.totals,
+        notes: lines.notes,
+    })
+}
+
+/// `creditmemo.created` → the `sales_credit_note` body (adjustment lines included).
+pub fn map_credit_note(memo: &CreditMemo, contact_id: &str, ctx: &Ctx<'_>) -> Result<Mapped, Failure> {
+    let billing = memo.customer.addresses.iter().find(|a| a.kind == "billing");
+    let country = customer_country(billing, &memo.customer);
+    let cross_border = is_cross_border(&country, ctx);
+    let mut lines = map_lines(&memo.lines, cross_border, ctx)?;
+    let account = ctx.settings.default_ledger_account_id.clone().unwrap_or_default();
+    let zero = ctx.settings.tax_rate_map.get("0.00").cloned();
+    let mut adjustment = |amount: Decimal, label: &str, sign: Decimal| -> Result<(), Failure> {
+        let amount = cents(amount);
+        if amount.is_zero() {
+            return Ok(());
+        }
+        let rate = zero.clone().ok_or_else(|| {
+            config(
+                "zero_tax_rate_not_mapped",
+                "Adjustments need a zero tax rate (0.00) in the tax-rate map.",
+            )
+        })?;
+        let value = amount * sign;
+        let mut l = Map::new();
+        l.insert("description".into(), json!(label));
+        l.insert("ledger_account_id".into(), json!(account));
+        l.insert("quantity".into(), num(Decimal::ONE));
+        l.insert("unit_price".into(), num(value));
+        l.insert("net_amount".into(), num(value));
+        l.insert("tax_rate_id".into(), json!(rate));
+        l.insert("tax_amount".into(), num(Decimal::ZERO));
+        l.insert("total_amount".into(), num(value));
+        lines.lines.push(Value::Object(l));
+        lines.totals.net += value;
+        lines.totals.total += value;
+        Ok(())
+    };
+    adjustment(memo.adjustment_positive, "Adjustment refund", Decimal::ONE)?;
+    adjustment(memo.adjustment_negative, "Adjustment fee", Decimal::NEGATIVE_ONE)?;
+    let mut body = Map::new();
+    body.insert("contact_id".into(), json!(contact_id));
+    let date = date_of(&memo.created_at).unwrap_or_else(|| chrono::Utc::now().format("%Y-%m-%d").to_string());
+    body.insert("date".into(), json!(date));
+    if let Some(original) = memo.invoice_created_at.as_deref().and_then(date_of) {
+        body.insert("original_invoice_date".into(), json!(original));
+    }
+    body.insert(
+        "reference".into(),
+        json!(document_reference(
+            ctx.settings.invoice_number_prefix.as_deref(),
+            &memo.increment_id
+        )),
+    );
+    body.insert(
+        "credit_note_lines".into(),
+        Value::Array(std::mem::take(&mut lines.lines)),
+    );
+    if let Some(b) = billing {
+        body.insert("main_address".into(), sage_address(b));
+        let delivery = memo
+            .customer
+            .addresses
+            .iter()
+            .find(|a| a.kind == "shipping")
+            .unwrap_or(b);
+        body.insert("delivery_address".into(), sage_address(delivery));
+    }
+    shipping(
+        &mut body,
+        &mut lines.totals,
+        memo.shipping_amount,
+        memo.shipping_tax_amount,
+        cross_border,
+        ctx,
+    )?;
+    currency_fields(&mut body, &memo.currency, exchange_rate(memo.base_to_order_rate), ctx)?;
+    let mut notes = vec![format!("Magento credit memo {}", memo.increment_id)];
+    if let Some(inv) = &memo.invoice_increment_id {
+        notes.push(format!("for invoice {inv}"));
+    }
+    if let Some(reason) = memo.reason.as_deref().filter(|r| !r.is_empty()) {
+        notes.push(format!("Reason: {reason}"));
+    }
+    body.insert("notes".into(), json!(notes.join("\n")));
+    body.insert(
+        "idempotency_id".into(),
+        json!(idempotency_id(
+            ctx.binding,
+            "sales_credit_note",
+            &memo.magento_id.to_string()
+        )),
+    );
+    let grand = cents(memo.grand_total);
+    if lines.totals.total != grand {
+        return Err(Failure::new(
+            ErrorClass::Validation,
+            "total_mismatch",
+            format!(
+                "The credit memo's lines, shipping and adjustments add up to {} but Magento's grand total is {grand} (difference {}). Nothing was posted.",
+                lines.totals.total,
+                grand - lines.totals.total
+            ),
+        ));
+    }
+    Ok(Mapped {
+        body: Value::Object(body),
+        totals: lines.totals,
+        notes: lines.notes,
+    })
+}
+
+/// Who a Sage contact stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContactKey {
+    /// A registered customer (Magento id).
+    Customer(i64),
+    /// A guest, by email.
+    Guest(String),
+    /// The B2C consolidation contact.
+    WebSales,
+}
+
+impl ContactKey {
+    /// The `entity_xref` id for the contact: customer id; a negative hash for guests; 0 for web sales.
+    pub fn xref_id(&self) -> i64 {
+        match self {
+            Self::Customer(id) => *id,
+            Self::WebSales => 0,
+            Self::Guest(email) => {
+                let d = ring::digest::digest(&ring::digest::SHA256, email.trim().to_lowercase().as_bytes());
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&d.as_ref()[..8]);
+                -(i64::from_le_bytes(b) & i64::MAX).max(1)
+            }
+        }
+    }
+}
+
+/// The contact's ≤ 10-character reference: `M{id}` (registered), `G` + hex of the
+/// email's SHA-256 (guests), the B2C fallback's; a currency initial when not base.
+pub fn contact_reference(key: &ContactKey, currency: &str, ctx: &Ctx<'_>) -> String {
+    let initial = (!currency.eq_ignore_ascii_case(ctx.base_currency))
+        .then(|| currency.chars().next().unwrap_or('X').to_ascii_uppercase());
+    let room = if initial.is_some() { 9 } else { 10 };
+    let stem: String = match key {
+        ContactKey::Customer(id) => format!("M{id}"),
+        ContactKey::Guest(email) => {
+            let d = ring::digest::digest(&ring::digest::SHA256, email.trim().to_lowercase().as_bytes());
+            format!("G{}", &hex::encode(d.as_ref())[..9])
+        }
+        ContactKey::WebSales => ctx.settings.b2c.fallback_contact_reference.to_uppercase(),
+    };
+    let mut reference: String = stem.chars().take(room).collect();
+    if let Some(i) = initial {
+        reference.push(i);
+    }
+    reference
+}
+
+/// Display name per `customer_name_priority`, with a ` (EUR)` suffix when not base currency.
+pub fn contact_name(contact: &Contact, currency: &str, ctx: &Ctx<'_>) -> String {
+    let person = [contact.first_name.as_deref(), contact.last_name.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let company = contact.company.clone().filter(|c| !c.trim().is_empty());
+    let name = match (ctx.settings.customer_name_priority, company, person.is_empty()) {
+        (NamePriority::Company, Some(c), _) => c,
+        (NamePriority::Person, Some(c), true) => c,
+        (_, _, false) => person,
+        (_, None, true) => contact.email.clone(),
+    };
+    let name = decode_html(&name);
+    if currency.eq_ignore_ascii_case(ctx.base_currency) {
+        name
+    } else {
+        format!("{name} ({})", currency.to_uppercase())
+    }
+}
+
+/// The `contact` body for a customer in one currency.
+pub fn map_contact(contact: &Contact, key: &ContactKey, currency: &str, ctx: &Ctx<'_>) -> Value {
+    let mut o = Map::new();
+    let name = match key {
+        ContactKey::WebSales => {
+            let base = ctx.settings.b2c.fallback_contact_name.clone();
+            if currency.eq_ignore_ascii_case(ctx.base_currency) {
+                base
+            } else {
+                format!("{base} ({})", currency.to_uppercase())
+            }
+        }
+        _ => contact_name(contact, currency, ctx),
+    };
+    o.insert("name".into(), json!(name));
+    o.insert("contact_type_ids".into(), json!(["CUSTOMER"]));
+    o.insert("reference".into(), json!(contact_reference(key, currency, ctx)));
+    o.insert("currency_id".into(), json!(currency.to_uppercase()));
+    if !matches!(key, ContactKey::WebSales) {
+        let billing = contact.addresses.iter().find(|a| a.kind == "billing");
+        let shipping = contact.addresses.iter().find(|a| a.kind == "shipping").or(billing);
+        if let Some(b) = billing {
+            o.insert("main_address".into(), sage_address(b));
+        }
+        if let Some(s) = shipping {
+            o.insert("delivery_address".into(), sage_address(s));
+        }
+        let mut person = Map::new();
+        let person_name = [contact.first_name.as_deref(), contact.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        person.insert(
+            "name".into(),
+            json!(if person_name.is_empty() {
+                contact.email.clone()
+            } else {
+                decode_html(&person_name)
+            }),
+        );
+        person.insert("email".into(), json!(contact.email));
+        if let Some(phone) = &contact.phone {
+            person.insert("telephone".into(), json!(phone));
+        }
+        person.insert("is_main_contact".into(), json!(true));
+        o.insert("main_contact_person".into(), Value::Object(person));
+        let country = billing.map(|b| b.country_id.as_str()).unwrap_or_default();
+        o.insert("tax_treatment".into(), tax_treatment(country, ctx));
+    } else if let Some(email) = &ctx.settings.b2c.fallback_contact_email {
+        o.insert(
+            "main_contact_person".into(),
+            json!({ "name": name, "email": email, "is_main_contact": true }),
+        );
+    }
+    Value::Object(o)
+}
+
+const EU: &[&str] = &[
+    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT", "LU", "MT",
+    "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
+];
+
+fn tax_treatment(country: &str, ctx: &Ctx<'_>) -> Value {
+    let home = country.is_empty() || country.eq_ignore_ascii_case(ctx.business_country);
+    let eu = !home && EU.contains(&country.to_ascii_uppercase().as_str());
+    json!({ "home_tax": home, "eu_tax_registered": false, "eu_not_tax_registered": eu, "rest_of_world_tax": !home && !eu })
+}
+
+/// The payment body for a paid invoice, allocated to the Sage invoice.
+#[allow(clippy::too_many_arguments, reason = "every argument is one field of Sage's body")]
+pub fn map_payment(
+    invoice_id: i64,
+    increment_id: &str,
+    contact_id: &str,
+    sage_invoice_id: &str,
+    bank_account_id: &str,
+    amount: Decimal,
+    allocate: Decimal,
+    currency: &str,
+    sage_rate: Option<Decimal>,
+    date: &str,
+    ctx: &Ctx<'_>,
+) -> Result<Value, Failure> {
+    let amount = cents(amount);
+    let allocate = cents(allocate).min(amount);
+    let mut o = Map::new();
+    o.insert("transaction_type_id".into(), json!("CUSTOMER_RECEIPT"));
+    o.insert("contact_id".into(), json!(contact_id));
+    o.insert("bank_account_id".into(), json!(bank_account_id));
+    o.insert("date".into(), json!(date));
+    o.insert("total_amount".into(), num(amount));
+    currency_fields(&mut o, currency, sage_rate, ctx)?;
+    let reference: String = document_reference(ctx.settings.invoice_number_prefix.as_deref(), increment_id)
+        .chars()
+        .take(25)
+        .collect();
+    o.insert("reference".into(), json!(reference));
+    // Whatever the invoice no longer owes (a refund got there first) stays on account.
+    if allocate > Decimal::ZERO {
+        o.insert(
+            "allocated_artefacts".into(),
+            json!([{ "artefact_id": sage_invoice_id, "amount": num(allocate) }]),
+        );
+    }
+    o.insert(
+        "idempotency_id".into(),
+        json!(idempotency_id(ctx.binding, "contact_payment", &invoice_id.to_string())),
+    );
+    Ok(Value::Object(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_entities_are_decoded() {
+        assert_eq!(decode_html("Desk Lamp&trade; &amp; Shade"), "Desk Lamp™ & Shade");
+        assert_eq!(decode_html("T&#8209;Shirt &#x2019;s"), "T‑Shirt ’s");
+        assert_eq!(decode_html("Fish & Chips &unknown; &"), "Fish & Chips &unknown; &");
+    }
+
+    #[test]
+    fn references_never_double_the_prefix() {
+        assert_eq!(document_reference(Some("MG-"), "000000042"), "MG-000000042");
+        assert_eq!(document_reference(Some("MG-"), "MG-000000042"), "MG-000000042");
+        assert_eq!(document_reference(None, "000000042"), "000000042");
+    }
+
+    #[test]
+    fn exchange_rates_have_ten_places() {
+        assert_eq!(
+            exchange_rate(Some("1.17".parse().unwrap())).unwrap().to_string(),
+            "0.8547008547"
+        );
+    }
+
+    #[test]
+    fn contact_references_fit_ten_characters() {
+        let settings = Settings::default();
+        let ctx = Ctx {
+            settings: &settings,
+            business_country: "GB",
+            base_currency: "GBP",
+            binding: "b",
+        };
+        assert_eq!(contact_reference(&ContactKey::Customer(42), "GBP", &ctx), "M42");
+        assert_eq!(contact_reference(&ContactKey::Customer(42), "EUR", &ctx), "M42E");
+        let guest = contact_reference(&ContactKey::Guest("A@Example.com".into()), "GBP", &ctx);
+        assert_eq!(guest.len(), 10);
+        assert!(guest.starts_with('G'));
+        assert_eq!(
+            guest,
+            contact_reference(&ContactKey::Guest("a@example.com ".into()), "GBP", &ctx),
+            "case and spaces do not matter"
+        );
+        let euro_guest = contact_reference(&ContactKey::Guest("a@example.com".into()), "EUR", &ctx);
+        assert_eq!(euro_guest.len(), 10);
+        assert!(euro_guest.ends_with('E'));
+        assert_eq!(contact_reference(&ContactKey::WebSales, "USD", &ctx), "WEBSALESU");
+    }
+
+    #[test]
+    fn idempotency_ids_are_32_hex_and_stable() {
+        let a = idempotency_id("b1", "sales_invoice", "42");
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a, idempotency_id("b1", "sales_invoice", "42"));
+        assert_ne!(a, idempotency_id("b1", "sales_credit_note", "42"));
+    }
+}

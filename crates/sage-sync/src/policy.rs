@@ -1,0 +1,493 @@
+//! A binding's sync settings: policy knobs, default mappings, the tax-rate and
+//! payment-method maps, B2C consolidation and commercial knobs. Validated against the
+//! Sage reference cache on save; snapshotted onto each sync run when its event arrives,
+//! so a change applies to the next event, never to one in flight.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use ledger_core::{
+    AppState, BindingId, FieldError, Problem,
+    audit::{self, Actor},
+    extract::Json,
+};
+use ledger_sage_vault::reference::{self, Reference};
+use ledger_tenant_binding::auth::Merchant;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub enum NamePriority {
+    #[default]
+    Company,
+    Person,
+}
+
+/// B2C consolidation: small consumer orders posted to one "web sales" contact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct B2c {
+    pub enabled: bool,
+    pub fallback_contact_name: String,
+    pub fallback_contact_email: Option<String>,
+    /// ≤ 10 characters, leaving room for a currency initial.
+    pub fallback_contact_reference: String,
+    /// Orders at or above this total get their own contact (0 = off).
+    #[schema(value_type = String)]
+    pub min_total_for_individual: Decimal,
+    pub always_individual_for_b2b: bool,
+}
+
+impl Default for B2c {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            fallback_contact_name: "Magento Web Sales".to_owned(),
+            fallback_contact_email: None,
+            fallback_contact_reference: "WEBSALES".to_owned(),
+            min_total_for_individual: Decimal::ZERO,
+            always_individual_for_b2b: true,
+        }
+    }
+}
+
+/// Every setting, with the module's documented defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct Settings {
+    pub sync_unpaid_invoices: bool,
+    pub sync_zero_value_invoices: bool,
+    /// Documents created before this date are skipped (`outside_sync_since`).
+    pub sync_since: Option<chrono::NaiveDate>,
+    /// Website ids to sync; empty = all.
+    pub website_filter: Vec<i64>,
+    pub store_filter: Vec<i64>,
+    pub sync_products: bool,
+    pub sync_stock: bool,
+    pub default_tax_rate_id: Option<String>,
+    /// Sales-visible ledger account for invoice and credit-note lines.
+    pub default_ledger_account_id: Option<String>,
+    pub default_bank_account_id: Option<String>,
+    /// Expenses-visible account; required when products sync.
+    pub default_purchase_ledger_account_id: Option<String>,
+    /// Tax percentage as two decimals ("20.00") → Sage tax rate id.
+    pub tax_rate_map: BTreeMap<String, String>,
+    /// Magento payment method code → Sage bank account id, or null (leave unpaid).
+    pub payment_method_map: BTreeMap<String, Option<String>>,
+    pub b2c: B2c,
+    /// Prefix on invoice and credit-note references, never doubled.
+    pub invoice_number_prefix: Option<String>,
+    pub customer_name_priority: NamePriority,
+    /// Magento product type → GOODS or SERVICES, for sales outside the business's country.
+    pub product_type_eu_goods_map: BTreeMap<String, String>,
+    pub default_eu_goods_services_type: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let goods = ["simple", "configurable", "bundle", "grouped"].map(|t| (t.to_owned(), "GOODS".to_owned()));
+        let services = ["virtual", "downloadable"].map(|t| (t.to_owned(), "SERVICES".to_owned()));
+        Self {
+            sync_unpaid_invoices: true,
+            sync_zero_value_invoices: true,
+            sync_since: None,
+            website_filter: Vec::new(),
+            store_filter: Vec::new(),
+            sync_products: false,
+            sync_stock: false,
+            default_tax_rate_id: None,
+            default_ledger_account_id: None,
+            default_bank_account_id: None,
+            default_purchase_ledger_account_id: None,
+            tax_rate_map: BTreeMap::new(),
+            payment_method_map: BTreeMap::new(),
+            b2c: B2c::default(),
+            invoice_number_prefix: None,
+            customer_name_priority: NamePriority::Company,
+            product_type_eu_goods_map: goods.into_iter().chain(services).collect(),
+            default_eu_goods_services_type: "GOODS".to_owned(),
+        }
+    }
+}
+
+/// "20", " 20.0 ", "20.00" → "20.00".
+pub fn canonical_percentage(key: &str) -> Option<String> {
+    let d: Decimal = key.trim().trim_end_matches('%').parse().ok()?;
+    (d >= Decimal::ZERO && d <= Decimal::ONE_HUNDRED).then(|| format!("{:.2}", d.round_dp(2)))
+}
+
+fn ids(reference: &Reference, kind: &str) -> Vec<String> {
+    reference
+        .kinds
+        .get(kind)
+        .map(|l| {
+            l.items
+                .iter()
+                .filter_map(|i| i["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn field(name: &str, code: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: name.into(),
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+/// Canonicalises map keys and checks every id against the reference cache. Returns the
+/// settings to store, or every problem at once (nothing is saved then).
+pub fn validate(mut s: Settings, reference: &Reference) -> Result<Settings, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let tax = ids(reference, "tax_rates");
+    let sales = ids(reference, "ledger_accounts_sales");
+    let expenses = ids(reference, "ledger_accounts_expenses");
+    let banks = ids(reference, "bank_accounts");
+    let check = |errors: &mut Vec<FieldError>, name: &str, value: &Option<String>, known: &[String], what: &str| {
+        if let Some(v) = value
+            && !known.contains(v)
+        {
+            errors.push(field(
+                name,
+                "not_in_reference",
+                format!("({v}) is not one of the business's {what}; refresh the reference data or pick another"),
+            ));
+        }
+    };
+    check(
+        &mut errors,
+        "default_tax_rate_id",
+        &s.default_tax_rate_id,
+        &tax,
+        "tax rates",
+    );
+    check(
+        &mut errors,
+        "default_ledger_account_id",
+        &s.default_ledger_account_id,
+        &sales,
+        "sales ledger accounts",
+    );
+    check(
+        &mut errors,
+        "default_bank_account_id",
+        &s.default_bank_account_id,
+        &banks,
+        "bank accounts",
+    );
+    check(
+        &mut errors,
+        "default_purchase_ledger_account_id",
+        &s.default_purchase_ledger_account_id,
+        &expenses,
+        "expense ledger accounts",
+    );
+
+    let mut canonical = BTreeMap::new();
+    for (key, rate) in std::mem::take(&mut s.tax_rate_map) {
+        match canonical_percentage(&key) {
+            None => errors.push(field(
+                &format!("tax_rate_map.{key}"),
+                "invalid_format",
+                "keys are percentages such as 20.00",
+            )),
+            Some(k) => {
+                if !tax.contains(&rate) {
+                    errors.push(field(
+                        &format!("tax_rate_map.{k}"),
+                        "not_in_reference",
+                        format!("({rate}) is not one of the business's tax rates"),
+                    ));
+                }
+                canonical.insert(k, rate);
+            }
+        }
+    }
+    s.tax_rate_map = canonical;
+    for (method, account) in &s.payment_method_map {
+        if method.trim().is_empty() {
+            errors.push(field(
+                "payment_method_map",
+                "invalid_format",
+                "payment method codes cannot be empty",
+            ));
+        }
+        if let Some(a) = account
+            && !banks.contains(a)
+        {
+            errors.push(field(
+                &format!("payment_method_map.{method}"),
+                "not_in_reference",
+                format!("({a}) is not one of the business's bank accounts"),
+            ));
+        }
+    }
+    if s.sync_products && s.default_purchase_ledger_account_id.is_none() {
+        errors.push(field(
+            "default_purchase_ledger_account_id",
+            "required",
+            "syncing products needs an expense ledger account",
+        ));
+    }
+    if s.sync_stock && !s.sync_products {
+        errors.push(field(
+            "sync_stock",
+            "invalid",
+            "stock syncs only together with products",
+        ));
+    }
+    let reference_len = s.b2c.fallback_contact_reference.chars().count();
+    if s.b2c.enabled && !(1..=9).contains(&reference_len) {
+        errors.push(field(
+            "b2c.fallback_contact_reference",
+            "invalid_format",
+            "1 to 9 characters (one is kept for the currency initial)",
+        ));
+    }
+    if s.b2c.min_total_for_individual < Decimal::ZERO {
+        errors.push(field(
+            "b2c.min_total_for_individual",
+            "invalid_format",
+            "cannot be negative",
+        ));
+    }
+    if let Some(prefix) = &s.invoice_number_prefix
+        && (prefix.len() > 10 || prefix.chars().any(char::is_whitespace))
+    {
+        errors.push(field(
+            "invoice_number_prefix",
+            "invalid_format",
+            "up to 10 characters, no spaces",
+        ));
+    }
+    for (name, kind) in s.product_type_eu_goods_map.iter().chain(std::iter::once((
+        &"default".to_owned(),
+        &s.default_eu_goods_services_type,
+    ))) {
+        if kind != "GOODS" && kind != "SERVICES" {
+            errors.push(field(
+                &format!("product_type_eu_goods_map.{name}"),
+                "invalid_format",
+                "GOODS or SERVICES",
+            ));
+        }
+    }
+    if errors.is_empty() { Ok(s) } else { Err(errors) }
+}
+
+fn percentage(item: &Value) -> Option<Decimal> {
+    match &item["percentage"] {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.to_string().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The happy path needs no configuration: defaults chosen from the reference cache —
+/// the business's standard sales account (nominal 4000, else the first sales account),
+/// tax rates matched by percentage, the first expense account, no bank account.
+pub fn defaults_from(reference: &Reference) -> Settings {
+    let mut s = Settings::default();
+    let items = |kind: &str| reference.kinds.get(kind).map(|l| l.items.clone()).unwrap_or_default();
+    let sales = items("ledger_accounts_sales");
+    s.default_ledger_account_id = sales
+        .iter()
+        .find(|a| a["nominal_code"].as_i64() == Some(4000))
+        .or_else(|| sales.first())
+        .and_then(|a| a["id"].as_str().map(str::to_owned));
+    s.default_purchase_ledger_account_id = items("ledger_accounts_expenses")
+        .first()
+        .and_then(|a| a["id"].as_str().map(str::to_owned));
+    let mut standard: Option<(Decimal, String)> = None;
+    for rate in items("tax_rates") {
+        let (Some(pct), Some(id)) = (percentage(&rate), rate["id"].as_str()) else {
+            continue;
+        };
+        // Exempt/no-tax rates are not "a 0 % rate": prefer the zero rate for 0.00.
+        let key = format!("{:.2}", pct.round_dp(2));
+        let preferred = !id.contains("EXEMPT") && !id.contains("NO_TAX");
+        if preferred && (!s.tax_rate_map.contains_key(&key) || id.ends_with("_ZERO") || id.ends_with("_STANDARD")) {
+            s.tax_rate_map.insert(key, id.to_owned());
+        }
+        if preferred && standard.as_ref().is_none_or(|(p, _)| pct > *p) {
+            standard = Some((pct, id.to_owned()));
+        }
+    }
+    s.default_tax_rate_id = standard.map(|(_, id)| id);
+    s
+}
+
+/// The binding's settings; on first use, defaults from the reference cache (recorded).
+pub async fn load(state: &AppState, binding: BindingId) -> Result<Settings, sqlx::Error> {
+    if let Some(v) = sqlx::query_scalar!("SELECT settings FROM binding_settings WHERE binding_id = $1", binding.0)
+        .fetch_optional(&state.db)
+        .await?
+    {
+        return Ok(serde_json::from_value(v).unwrap_or_default());
+    }
+    let reference = reference::load(&state.db, binding).await?;
+    if reference.kinds.is_empty() {
+        return Ok(Settings::default());
+    }
+    let settings = defaults_from(&reference);
+    sqlx::query!(
+        "INSERT INTO binding_settings (binding_id, settings, updated_by) VALUES ($1, $2, 'system:defaults') ON CONFLICT DO NOTHING",
+        binding.0,
+        serde_json::to_value(&settings).unwrap_or_default()
+    )
+    .execute(&state.db)
+    .await?;
+    Ok(settings)
+}
+
+/// The binding's sync settings (defaults chosen from Sage's reference data until saved).
+#[utoipa::path(get, path = "/v1/bindings/{binding_id}/settings", tag = "sync", operation_id = "get_settings",
+    security(("bearer" = []), ("session" = [])),
+    params(("binding_id" = BindingId, Path, description = "The binding")),
+    responses(
+        (status = 200, body = Settings),
+        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(binding): Path<BindingId>,
+) -> Result<axum::Json<Settings>, Problem> {
+    merchant.binding_tenant(&state.db, binding).await?;
+    Ok(axum::Json(load(&state, binding).await?))
+}
+
+/// Save the binding's sync settings. Every id is checked against the cached Sage
+/// reference data; with any invalid field nothing is saved (422 with every field error).
+#[utoipa::path(put, path = "/v1/bindings/{binding_id}/settings", tag = "sync", operation_id = "put_settings",
+    security(("bearer" = []), ("session" = [])),
+    params(("binding_id" = BindingId, Path, description = "The binding")),
+    request_body = Settings,
+    responses(
+        (status = 200, description = "Saved (map keys canonicalised)", body = Settings),
+        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (`not_in_reference`, `invalid_format`, ...)", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn put(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(binding): Path<BindingId>,
+    Json(settings): Json<Settings>,
+) -> Result<axum::Json<Settings>, Problem> {
+    let tenant = merchant.binding_tenant(&state.db, binding).await?;
+    let saved = save(&state, binding, tenant, settings, Actor::Account(merchant.account_id.0)).await?;
+    Ok(axum::Json(saved))
+}
+
+/// Validates and stores settings, recording the change in the audit trail.
+pub async fn save(
+    state: &AppState,
+    binding: BindingId,
+    tenant: ledger_core::TenantId,
+    settings: Settings,
+    actor: Actor,
+) -> Result<Settings, Problem> {
+    let reference = reference::load(&state.db, binding).await?;
+    let settings = validate(settings, &reference).map_err(Problem::validation)?;
+    let before = load(state, binding).await?;
+    let mut tx = state.db.begin().await?;
+    let value = serde_json::to_value(&settings).unwrap_or_default();
+    sqlx::query!(
+        "INSERT INTO binding_settings (binding_id, settings, updated_by) VALUES ($1, $2, $3)
+         ON CONFLICT (binding_id) DO UPDATE SET settings = $2, updated_at = now(), updated_by = $3",
+        binding.0,
+        value,
+        actor.as_text()
+    )
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        audit::Entry {
+            actor,
+            tenant_id: Some(tenant),
+            binding_id: Some(binding),
+            action: "settings.updated",
+            details: serde_json::json!({ "before": before, "after": settings }),
+            request_id: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference() -> Reference {
+        let list = |items: Value| ledger_sage_vault::reference::ReferenceList {
+            items: serde_json::from_value(items).unwrap(),
+            fetched_at: chrono::Utc::now(),
+        };
+        Reference {
+            kinds: [
+                (
+                    "tax_rates".to_owned(),
+                    list(serde_json::json!([
+                    {"id": "GB_STANDARD", "percentage": "20.0"}, {"id": "GB_LOWER", "percentage": "5.0"},
+                    {"id": "GB_ZERO", "percentage": "0.0"}, {"id": "GB_EXEMPT", "percentage": "0.0"}])),
+                ),
+                (
+                    "ledger_accounts_sales".to_owned(),
+                    list(serde_json::json!([{"id": "s1", "nominal_code": 4010}, {"id": "s0", "nominal_code": 4000}])),
+                ),
+                (
+                    "ledger_accounts_expenses".to_owned(),
+                    list(serde_json::json!([{"id": "e1", "nominal_code": 5000}])),
+                ),
+                ("bank_accounts".to_owned(), list(serde_json::json!([{"id": "b1"}]))),
+            ]
+            .into_iter()
+            .collect(),
+            fetched_at: Some(chrono::Utc::now()),
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_reference_cache() {
+        let s = defaults_from(&reference());
+        assert_eq!(s.default_ledger_account_id.as_deref(), Some("s0"));
+        assert_eq!(s.default_tax_rate_id.as_deref(), Some("GB_STANDARD"));
+        assert_eq!(s.tax_rate_map.get("20.00").map(String::as_str), Some("GB_STANDARD"));
+        assert_eq!(s.tax_rate_map.get("0.00").map(String::as_str), Some("GB_ZERO"));
+        assert_eq!(
+            s.default_bank_account_id, None,
+            "payments stay unpaid until a method is mapped"
+        );
+    }
+
+    #[test]
+    fn keys_are_canonicalised_and_stale_ids_refused() {
+        let mut s = Settings::default();
+        s.tax_rate_map.insert(" 20.0 ".into(), "GB_STANDARD".into());
+        s.tax_rate_map.insert("5".into(), "GB_LOWER".into());
+        let ok = validate(s.clone(), &reference()).unwrap();
+        assert_eq!(ok.tax_rate_map.keys().collect::<Vec<_>>(), ["20.00", "5.00"]);
+
+        s.tax_rate_map.insert("twenty".into(), "GB_STANDARD".into());
+        s.default_bank_account_id = Some("gone".into());
+        s.sync_products = true;
+        let errors = validate(s, &reference()).unwrap_err();
+        let codes: Vec<(&str, &str)> = errors.iter().map(|e| (e.field.as_str(), e.code.as_str())).collect();
+        assert!(
+            codes.contains(&("default_bank_account_id", "not_in_reference")),
+            "{codes:?}"
+        );
+        assert!(codes.contains(&("tax_rate_map.twenty", "invalid_format")), "{codes:?}");
+        assert!(
+            codes.contains(&("default_purchase_ledger_account_id", "required")),
+            "{codes:?}"
+        );
+    }
+}

@@ -1,0 +1,1055 @@
+//! Processing one sync run: read the entity back from the store, apply the binding's
+//! policy, map it, and post it to Sage exactly once.
+//!
+//! Exactly once: an entity already in `entity_xref` is answered from there with no Sage
+//! call; a post is recorded as `posting` (with its idempotency id) before it is sent;
+//! after an uncertain outcome the next attempt looks the document up by reference before
+//! posting again, and Sage's `idempotency_id` makes a repeat within 7 days return the
+//! first result. After posting, Sage's own totals must equal Magento's to the cent.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ledger_core::{AppState, BindingId, TenantId};
+use ledger_magento_api::{
+    MagentoClient, MagentoError, UrlPolicy, canonical::Contact, client::ErrorClass as MagentoClass, url::Url,
+};
+use ledger_sage_api::SageError;
+use ledger_sage_vault::{
+    session::{CallError, Session},
+    tokens::VaultError,
+};
+use ledger_tenant_binding::bindings;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use crate::{
+    mapping::{self, ContactKey, Ctx, Mapped, cents},
+    outcome::{ErrorClass, Failure, Outcome},
+    policy::{self, Settings},
+    xref,
+};
+
+/// Everything about the run being processed.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub id: uuid::Uuid,
+    pub binding: BindingId,
+    pub tenant: TenantId,
+    pub event_name: String,
+    pub entity_type: String,
+    pub entity_id: i64,
+    pub created_at: DateTime<Utc>,
+    pub policy: Option<Value>,
+    pub magento_base_url: String,
+}
+
+pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunInfo>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT r.id, r.binding_id AS "binding_id: BindingId", b.tenant_id AS "tenant_id: TenantId", r.event_name,
+                  r.entity_type, r.magento_entity_id, r.created_at, r.policy, b.magento_base_url
+           FROM sync_runs r JOIN connector_bindings b ON b.id = r.binding_id WHERE r.id = $1"#,
+        run
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| RunInfo {
+        id: r.id,
+        binding: r.binding_id,
+        tenant: r.tenant_id,
+        event_name: r.event_name,
+        entity_type: r.entity_type,
+        entity_id: r.magento_entity_id,
+        created_at: r.created_at,
+        policy: r.policy,
+        magento_base_url: r.magento_base_url,
+    }))
+}
+
+fn from_magento(state: &AppState, binding: BindingId, err: MagentoError) -> Failure {
+    let message = err.to_string();
+    match err.class() {
+        MagentoClass::Auth => {
+            let db = state.db.clone();
+            tokio::spawn(async move {
+                let _ = bindings::record_magento_answer(&db, binding, true).await;
+            });
+            Failure::new(
+                ErrorClass::MagentoAuth,
+                "magento_unauthorized",
+                format!("{message}. Pair the store again."),
+            )
+        }
+        MagentoClass::NotFound => Failure::new(ErrorClass::NotFound, "magento_entity_not_found", message),
+        MagentoClass::Transient if matches!(err, MagentoError::Transient { ref reason, .. } if reason.starts_with("HTTP 5")) => {
+            Failure::new(ErrorClass::Transient, "magento_error", message)
+        }
+        MagentoClass::Transient => Failure::new(ErrorClass::MagentoUnreachable, "magento_unreachable", message),
+        MagentoClass::BadData => Failure::new(ErrorClass::Internal, "magento_bad_response", message),
+    }
+}
+
+/// Turns a Sage call failure into a failure (or a wait, for a spent budget).
+fn from_sage(err: CallError) -> Result<Failure, Outcome> {
+    Ok(match err {
+        CallError::BudgetSpent(at) => {
+            let after = (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(10);
+            return Err(Outcome::Blocked {
+                after,
+                reason: "sage_call_budget".to_owned(),
+            });
+        }
+        CallError::Vault(VaultError::NotConnected) => Failure::new(
+            ErrorClass::SageAuth,
+            "sage_not_connected",
+            "Sage is not connected for this binding; connect it from the binding page.",
+        ),
+        CallError::Vault(VaultError::NeedsReauth) => Failure::new(
+            ErrorClass::SageAuth,
+            "sage_needs_reauth",
+            "Sage refused the stored authorisation; connect Sage again from the binding page.",
+        ),
+        CallError::Vault(VaultError::Transient(m)) => Failure::new(ErrorClass::Transient, "sage_unavailable", m),
+        CallError::Vault(VaultError::Internal(m)) => Failure::new(ErrorClass::Internal, "vault_error", m),
+        CallError::Sage(SageError::SubscriptionLapsed(_)) => Failure::new(
+            ErrorClass::SageAuth,
+            "sage_subscription_lapsed",
+            "Sage says the business has no active subscription; syncing resumes when it is renewed.",
+        ),
+        CallError::Sage(SageError::TokenRejected(_)) => Failure::new(
+            ErrorClass::SageAuth,
+            "sage_token_rejected",
+            "Sage refused a freshly refreshed token; connect Sage again.",
+        ),
+        CallError::Sage(SageError::RateLimited { retry_after }) => Failure {
+            class: ErrorClass::RateLimited,
+            code: "sage_rate_limited".into(),
+            message: "Sage's rate limit was reached; retrying later.".into(),
+            retry_after: retry_after.map(Duration::from_secs),
+        },
+        CallError::Sage(SageError::Rejected { status, errors }) => {
+            let data_code = errors.first().map(|e| e.data_code.clone()).unwrap_or_default();
+            let detail = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            Failure::new(
+                ErrorClass::Validation,
+                format!(
+                    "sage_{}",
+                    if data_code.is_empty() {
+                        format!("http_{status}")
+                    } else {
+                        to_snake(&data_code)
+                    }
+                ),
+                format!("Sage refused the document: {detail}"),
+            )
+        }
+        CallError::Sage(SageError::NotFound { path }) => {
+            Failure::new(ErrorClass::Validation, "sage_not_found", format!("Sage has no {path}."))
+        }
+        CallError::Sage(SageError::Transient { reason }) => {
+            Failure::new(ErrorClass::Transient, "sage_unavailable", reason)
+        }
+        CallError::Sage(SageError::BadResponse { reason }) => {
+            Failure::new(ErrorClass::Internal, "sage_bad_response", reason)
+        }
+    })
+}
+
+fn to_snake(code: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in code.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+macro_rules! sage {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(err) => {
+                return match from_sage(err) {
+                    Ok(failure) => Err(Stop::Failed(failure)),
+                    Err(outcome) => Err(Stop::Outcome(outcome)),
+                }
+            }
+        }
+    };
+}
+
+/// Early exits of a handler.
+enum Stop {
+    Failed(Failure),
+    Outcome(Outcome),
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Self {
+        Self::Failed(f)
+    }
+}
+
+impl From<sqlx::Error> for Stop {
+    fn from(e: sqlx::Error) -> Self {
+        let class = if ledger_core::db::is_transient(&e) {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Internal
+        };
+        Self::Failed(Failure::new(class, "database", e.to_string()))
+    }
+}
+
+type Step<T> = Result<T, Stop>;
+
+/// The business's country and base currency, from the connection's region.
+fn business_locale(region: &str) -> (&'static str, &'static str) {
+    match region {
+        "uk" | "gb" => ("GB", "GBP"),
+        "ie" => ("IE", "EUR"),
+        "ca" => ("CA", "CAD"),
+        "us" => ("US", "USD"),
+        "es" => ("ES", "EUR"),
+        "fr" => ("FR", "EUR"),
+        "de" => ("DE", "EUR"),
+        _ => ("GB", "GBP"),
+    }
+}
+
+/// The per-run environment.
+struct Env<'a> {
+    state: &'a AppState,
+    run: &'a RunInfo,
+    settings: Settings,
+    magento: MagentoClient,
+    session: Session<'a>,
+    business: String,
+    country: &'static str,
+    base_currency: &'static str,
+    binding_text: String,
+}
+
+impl Env<'_> {
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            settings: &self.settings,
+            business_country: self.country,
+            base_currency: self.base_currency,
+            binding: &self.binding_text,
+        }
+    }
+}
+
+/// Runs one sync event to an outcome.
+pub async fn sync_event(state: &AppState, run: &RunInfo) -> Outcome {
+    match run_event(state, run).await {
+        Ok(outcome) | Err(Stop::Outcome(outcome)) => outcome,
+        Err(Stop::Failed(failure)) => Outcome::Failed(failure),
+    }
+}
+
+async fn run_event(state: &AppState, run: &RunInfo) -> Step<Outcome> {
+    let settings = match &run.policy {
+        Some(snapshot) => serde_json::from_value(snapshot.clone()).unwrap_or_default(),
+        None => policy::load(state, run.binding).await?,
+    };
+    // Products need no Sage or store call when they are off.
+    if run.event_name == "product.upserted" && !settings.sync_products {
+        return Ok(Outcome::Skipped {
+            reason: "products_not_synced".into(),
+            message: "Product sync is off in the binding's settings.".into(),
+        });
+    }
+    let key = bindings::api_key(state, run.binding)
+        .await
+        .map_err(|p| Failure::new(ErrorClass::Internal, "api_key", p.detail))?;
+    let base = Url::parse(&run.magento_base_url)
+        .map_err(|e| Failure::new(ErrorClass::Config, "magento_url", e.to_string()))?;
+    let magento = MagentoClient::new(
+        &base,
+        &run.tenant.to_string(),
+        &key,
+        &UrlPolicy::from_settings(&state.settings),
+    )
+    .await
+    .map_err(|e| from_magento(state, run.binding, e))?;
+    let region = sqlx::query_scalar!(
+        "SELECT region FROM sage_connections WHERE binding_id = $1",
+        run.binding.0
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .unwrap_or_else(|| "uk".to_owned());
+    let (country, base_currency) = business_locale(&region);
+    let session = sage!(Session::open(state, run.binding).await);
+    let business = session.business_id().unwrap_or_default().to_owned();
+    let mut env = Env {
+        state,
+        run,
+        settings,
+        magento,
+        session,
+        business,
+        country,
+        base_currency,
+        binding_text: run.binding.to_string(),
+    };
+    match run.event_name.as_str() {
+        "invoice.created" => invoice_created(&mut env).await,
+        "invoice.paid" => invoice_paid(&mut env).await,
+        "creditmemo.created" => credit_memo(&mut env).await,
+        "customer.upserted" => customer(&mut env).await,
+        "product.upserted" => product(&mut env).await,
+        other => Ok(Outcome::Failed(Failure::new(
+            ErrorClass::Validation,
+            "unknown_event",
+            format!("No handler for {other}."),
+        ))),
+    }
+}
+
+fn skip(reason: &str, message: impl Into<String>) -> Outcome {
+    Outcome::Skipped {
+        reason: reason.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Policy checks shared by documents, in the documented order.
+fn document_policy(s: &Settings, website: i64, store: Option<i64>, created_at: &str) -> Option<Outcome> {
+    if !s.website_filter.is_empty() && !s.website_filter.contains(&website) {
+        return Some(skip(
+            "outside_website_filter",
+            format!("Website {website} is not in the binding's website filter."),
+        ));
+    }
+    if let Some(store) = store
+        && !s.store_filter.is_empty()
+        && !s.store_filter.contains(&store)
+    {
+        return Some(skip(
+            "outside_store_filter",
+            format!("Store {store} is not in the binding's store filter."),
+        ));
+    }
+    if let (Some(since), Some(date)) = (s.sync_since, mapping::date_of(created_at))
+        && date < since.to_string()
+    {
+        return Some(skip(
+            "outside_sync_since",
+            format!("Created {date}, before the sync start date {since}."),
+        ));
+    }
+    None
+}
+
+async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
+    let id = env.run.entity_id;
+    let inv = env
+        .magento
+        .invoice(id)
+        .await
+        .map_err(|e| from_magento(env.state, env.run.binding, e))?;
+    if let Some(skipped) = document_policy(&env.settings, inv.website_id, Some(inv.store_id), &inv.created_at) {
+        return Ok(skipped);
+    }
+    if inv.state != "paid" && !env.settings.sync_unpaid_invoices {
+        return Ok(skip(
+            "unpaid_invoice",
+            "Only invoices paid at creation sync (sync_unpaid_invoices is off).",
+        ));
+    }
+    if cents(inv.grand_total).is_zero() && !env.settings.sync_zero_value_invoices {
+        return Ok(skip(
+            "zero_value_invoice",
+            "Zero-value invoices are not synced (sync_zero_value_invoices is off).",
+        ));
+    }
+    if let Some(x) = xref::get(&env.state.db, env.run.binding, "invoice", id, "").await?
+        && let Some(sage_id) = x.posted()
+    {
+        return Ok(Outcome::Synced {
+            sage_id: sage_id.to_owned(),
+            reference: x.sage_reference.clone(),
+            message: Some("Already in Sage; nothing posted again.".into()),
+        });
+    }
+    let contact_id = ensure_contact(env, &inv.customer, &inv.currency, inv.grand_total).await?;
+    let mapped = mapping::map_invoice(&inv, &contact_id, &env.ctx())?;
+    let reference = mapped.body["reference"].as_str().unwrap_or_default().to_owned();
+    let created = post_once(
+        env,
+        Doc {
+            entity: "invoice",
+            id,
+            path: "/sales_invoices",
+            wrapper: "sales_invoice",
+            reference: &reference,
+            contact_id: &contact_id,
+        },
+        mapped.clone(),
+    )
+    .await?;
+    let sage_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let number = created["invoice_number"]
+        .as_str()
+        .or_else(|| created["displayed_as"].as_str())
+        .map(str::to_owned);
+    let extra = json!({ "contact_id": contact_id, "currency": inv.currency, "exchange_rate": mapped.body.get("exchange_rate"), "totals": mapped.totals });
+    xref::mark_posted(
+        &env.state.db,
+        env.run.binding,
+        "invoice",
+        id,
+        "",
+        &sage_id,
+        number.as_deref(),
+        &env.business,
+        &extra,
+    )
+    .await?;
+    check_totals(&created, &mapped, &sage_id)?;
+    Ok(Outcome::Synced {
+        sage_id,
+        reference: number,
+        message: notes_message(&mapped),
+    })
+}
+
+fn notes_message(mapped: &Mapped) -> Option<String> {
+    (!mapped.notes.is_empty()).then(|| mapped.notes.join("; "))
+}
+
+fn amount(v: &Value) -> Option<Decimal> {
+    match v {
+        Value::Number(n) => n.to_string().parse().ok(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Sage's own totals must equal what the lines add up to (and so Magento's).
+fn check_totals(created: &Value, mapped: &Mapped, sage_id: &str) -> Result<(), Failure> {
+    let (net, tax, total) = (
+        amount(&created["net_amount"]),
+        amount(&created["tax_amount"]),
+        amount(&created["total_amount"]),
+    );
+    let expected = mapped.totals;
+    let differs = |got: Option<Decimal>, want: Decimal| got.is_some_and(|g| cents(g) != want);
+    if differs(net, expected.net) || differs(tax, expected.tax) || differs(total, expected.total) {
+        return Err(Failure::new(
+            ErrorClass::Validation,
+            "total_mismatch",
+            format!(
+                "Sage totals the document {sage_id} as net {} tax {} total {}, but Magento's figures are net {} tax {} total {} \
+                 (difference {}). The document is in Sage; correct it there.",
+                net.unwrap_or_default(),
+                tax.unwrap_or_default(),
+                total.unwrap_or_default(),
+                expected.net,
+                expected.tax,
+                expected.total,
+                total.unwrap_or_default() - expected.total
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One document to post exactly once.
+struct Doc<'a> {
+    entity: &'static str,
+    id: i64,
+    path: &'static str,
+    wrapper: &'static str,
+    reference: &'a str,
+    contact_id: &'a str,
+}
+
+/// Posts a document once: looks it up by reference after an uncertain earlier attempt,
+/// records `posting` with the idempotency id before sending, and marks a definite
+/// refusal so a corrected retry gets a fresh idempotency id.
+async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -> Step<Value> {
+    let db = env.state.db.clone();
+    let binding = env.run.binding;
+    let previous = xref::get(&db, binding, doc.entity, doc.id, "").await?;
+    if previous.as_ref().is_some_and(|x| x.state == "posting")
+        && let Some(found) = find_by_reference(env, &doc).await?
+    {
+        return Ok(found);
+    }
+    let generation = previous.as_ref().map_or(0, xref::Xref::generation);
+    let mut body = mapped.body;
+    let idempotency = mapping::idempotency_id(&env.binding_text, doc.wrapper, &format!("{}:{generation}", doc.id));
+    body["idempotency_id"] = json!(idempotency);
+    xref::mark_posting(&db, binding, doc.entity, doc.id, "", &idempotency, &env.business).await?;
+    match env.session.post::<Value>(doc.path, &json!({ doc.wrapper: body })).await {
+        Ok(created) => Ok(created),
+        Err(CallError::Sage(e @ SageError::Rejected { .. })) => {
+            xref::mark_rejected(&db, binding, doc.entity, doc.id, "").await?;
+            Err(Stop::Failed(
+                from_sage(CallError::Sage(e)).unwrap_or_else(|_| Failure::new(ErrorClass::Internal, "x", "x")),
+            ))
+        }
+        Err(e) => match from_sage(e) {
+            Ok(f) => Err(Stop::Failed(f)),
+            Err(o) => Err(Stop::Outcome(o)),
+        },
+    }
+}
+
+/// Finds a document a previous attempt may have created (its answer was lost).
+async fn find_by_reference(env: &mut Env<'_>, doc: &Doc<'_>) -> Step<Option<Value>> {
+    let path = match doc.entity {
+        "payment" => format!("{}?contact_id={}&attributes=all", doc.path, doc.contact_id),
+        _ => format!(
+            "{}?search={}&contact_id={}&attributes=all",
+            doc.path,
+            encode(doc.reference),
+            doc.contact_id
+        ),
+    };
+    let items = sage!(env.session.list_all(&path).await);
+    Ok(items
+        .into_iter()
+        .find(|i| i["reference"].as_str() == Some(doc.reference)))
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// B2C routing (first match wins): disabled → individual; company and
+/// always_individual_for_b2b → individual; an existing contact → individual; total at
+/// or above the threshold → individual; else the web-sales contact.
+async fn contact_key(env: &Env<'_>, contact: &Contact, grand_total: Decimal) -> Step<ContactKey> {
+    let individual = if contact.is_guest() {
+        ContactKey::Guest(contact.email.clone())
+    } else {
+        ContactKey::Customer(contact.magento_id)
+    };
+    let b2c = &env.settings.b2c;
+    if !b2c.enabled {
+        return Ok(individual);
+    }
+    if b2c.always_individual_for_b2b && contact.company.as_deref().is_some_and(|c| !c.trim().is_empty()) {
+        return Ok(individual);
+    }
+    let existing = sqlx::query_scalar!(
+        "SELECT EXISTS (SELECT 1 FROM entity_xref WHERE binding_id = $1 AND entity_type = 'contact' AND magento_entity_id = $2 AND state = 'posted')",
+        env.run.binding.0,
+        individual.xref_id()
+    )
+    .fetch_one(&env.state.db)
+    .await?
+    .unwrap_or(false);
+    if existing {
+        return Ok(individual);
+    }
+    if b2c.min_total_for_individual > Decimal::ZERO && grand_total >= b2c.min_total_for_individual {
+        return Ok(individual);
+    }
+    Ok(ContactKey::WebSales)
+}
+
+fn payload_hash(body: &Value) -> String {
+    mapping::idempotency_id("", "hash", &body.to_string())
+}
+
+/// The Sage contact for a customer in a currency: from the xref, else adopted by
+/// reference or email, else created. An existing one is refreshed when the store's
+/// data changed (the module sends customer updates only once per 30 days).
+async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, grand_total: Decimal) -> Step<String> {
+    let key = contact_key(env, contact, grand_total).await?;
+    let currency = currency.to_uppercase();
+    let body = mapping::map_contact(contact, &key, &currency, &env.ctx());
+    let hash = payload_hash(&body);
+    let db = env.state.db.clone();
+    let binding = env.run.binding;
+    let xid = key.xref_id();
+    if let Some(x) = xref::get(&db, binding, "contact", xid, &currency).await?
+        && let Some(id) = x.posted()
+    {
+        let id = id.to_owned();
+        if x.extra["payload_hash"].as_str() != Some(hash.as_str()) && key != ContactKey::WebSales {
+            let mut update = body.clone();
+            if let Some(o) = update.as_object_mut() {
+                o.remove("reference"); // references stay as created
+            }
+            sage!(
+                env.session
+                    .put::<Value>(&format!("/contacts/{id}"), &json!({ "contact": update }))
+                    .await
+            );
+            xref::merge_extra(
+                &db,
+                binding,
+                "contact",
+                xid,
+                &currency,
+                &json!({ "payload_hash": hash }),
+            )
+            .await?;
+        }
+        return Ok(id);
+    }
+    // Adopt, don't duplicate: by reference, then by email in the same currency.
+    let reference = body["reference"].as_str().unwrap_or_default().to_owned();
+    let by_reference = sage!(
+        env.session
+            .list_all(&format!("/contacts?search={}&attributes=all", encode(&reference)))
+            .await
+    );
+    let mut found = by_reference
+        .into_iter()
+        .find(|c| c["reference"].as_str() == Some(reference.as_str()));
+    if found.is_none() && key != ContactKey::WebSales && !contact.email.is_empty() {
+        let by_email = sage!(
+            env.session
+                .list_all(&format!("/contacts?email={}&attributes=all", encode(&contact.email)))
+                .await
+        );
+        found = by_email.into_iter().find(|c| {
+            c["currency"]["id"]
+                .as_str()
+                .unwrap_or(env.base_currency)
+                .eq_ignore_ascii_case(&currency)
+        });
+    }
+    let id = match found {
+        Some(existing) => existing["id"].as_str().unwrap_or_default().to_owned(),
+        None => {
+            let mut body = body.clone();
+            body["idempotency_id"] = json!(mapping::idempotency_id(
+                &env.binding_text,
+                "contact",
+                &format!("{xid}:{currency}")
+            ));
+            let created: Value = sage!(env.session.post("/contacts", &json!({ "contact": body })).await);
+            created["id"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    if id.is_empty() {
+        return Err(Failure::new(
+            ErrorClass::Internal,
+            "sage_bad_response",
+            "Sage answered a contact without an id.",
+        )
+        .into());
+    }
+    xref::mark_posted(
+        &db,
+        binding,
+        "contact",
+        xid,
+        &currency,
+        &id,
+        Some(&reference),
+        &env.business,
+        &json!({ "payload_hash": hash }),
+    )
+    .await?;
+    Ok(id)
+}
+
+/// When a document depends on the invoice: the invoice's xref, or how to wait/fail.
+async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
+    if let Some(x) = xref::get(&env.state.db, env.run.binding, "invoice", invoice_id, "").await?
+        && x.posted().is_some()
+    {
+        return Ok(x);
+    }
+    let last = sqlx::query!(
+        "SELECT status, skip_reason FROM sync_runs WHERE binding_id = $1 AND event_name = 'invoice.created' AND magento_entity_id = $2
+         ORDER BY created_at DESC LIMIT 1",
+        env.run.binding.0,
+        invoice_id
+    )
+    .fetch_optional(&env.state.db)
+    .await?;
+    match last.as_ref().map(|r| r.status.as_str()) {
+        Some("pending" | "running") => Err(Stop::Outcome(Outcome::Blocked {
+            after: Duration::from_secs(2),
+            reason: "waiting_for_invoice".into(),
+        })),
+        Some("skipped_by_policy") => Err(Stop::Outcome(skip(
+            last.and_then(|r| r.skip_reason)
+                .as_deref()
+                .unwrap_or("invoice_not_synced"),
+            "The invoice was skipped by policy, so this document is too.",
+        ))),
+        Some(_) => Err(Failure::new(
+            ErrorClass::Validation,
+            "invoice_not_synced",
+            format!("Invoice {invoice_id} did not sync to Sage. Fix and retry it, then retry this run."),
+        )
+        .into()),
+        // The invoice's event has not arrived (yet): wait a while, then give up loudly.
+        None if Utc::now() - env.run.created_at < chrono::Duration::hours(1) => Err(Stop::Outcome(Outcome::Blocked {
+            after: Duration::from_secs(30),
+            reason: "waiting_for_invoice".into(),
+        })),
+        None => Err(Failure::new(
+            ErrorClass::Validation,
+            "invoice_not_received",
+            format!(
+                "The ledger never received invoice {invoice_id}; republish it from Magento (byte8:sage:invoice:sync)."
+            ),
+        )
+        .into()),
+    }
+}
+
+async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
+    let invoice_id = env.run.entity_id;
+    if let Some(x) = xref::get(&env.state.db, env.run.binding, "payment", invoice_id, "").await?
+        && let Some(id) = x.posted()
+    {
+        return Ok(Outcome::Synced {
+            sage_id: id.to_owned(),
+            reference: x.sage_reference.clone(),
+            message: Some("Already in Sage.".into()),
+        });
+    }
+    let invoice = require_invoice(env, invoice_id).await?;
+    let payment = env
+        .magento
+        .payment(invoice_id)
+        .await
+        .map_err(|e| from_magento(env.state, env.run.binding, e))?;
+    let bank = match env.settings.payment_method_map.get(&payment.method) {
+        Some(Some(account)) => account.clone(),
+        Some(None) => {
+            return Ok(skip(
+                "payment_method_not_mapped",
+                format!(
+                    "Payment method {} is mapped to no bank account; the invoice stays unpaid in Sage.",
+                    payment.method
+                ),
+            ));
+        }
+        None => match &env.settings.default_bank_account_id {
+            Some(account) => account.clone(),
+            None => {
+                return Ok(skip(
+                    "payment_method_not_mapped",
+                    format!(
+                        "Map payment method {:?} to a Sage bank account (or set a default) to record payments.",
+                        payment.method
+                    ),
+                ));
+            }
+        },
+    };
+    let contact_id = invoice.extra["contact_id"].as_str().unwrap_or_default().to_owned();
+    let sage_invoice = invoice.sage_id.clone().unwrap_or_default();
+    // Cross-currency payments use the invoice's exchange rate.
+    let rate = amount(&invoice.extra["exchange_rate"]);
+    let date = mapping::date_of(&payment.captured_at).unwrap_or_else(|| Utc::now().format("%Y-%m-%d").to_string());
+    let current: Value = sage!(
+        env.session
+            .get(&format!("/sales_invoices/{sage_invoice}?mark_as_sent=false"))
+            .await
+    );
+    let outstanding = amount(&current["outstanding_amount"]).unwrap_or_default();
+    let body = mapping::map_payment(
+        invoice_id,
+        &payment.invoice_increment_id,
+        &contact_id,
+        &sage_invoice,
+        &bank,
+        payment.amount,
+        outstanding,
+        &payment.currency,
+        rate,
+        &date,
+        &env.ctx(),
+    )?;
+    let on_account = cents(payment.amount) - outstanding.min(cents(payment.amount));
+    let reference = body["reference"].as_str().unwrap_or_default().to_owned();
+    let mapped = Mapped {
+        body,
+        totals: Default::default(),
+        notes: Vec::new(),
+    };
+    let created = post_once(
+        env,
+        Doc {
+            entity: "payment",
+            id: invoice_id,
+            path: "/contact_payments",
+            wrapper: "contact_payment",
+            reference: &reference,
+            contact_id: &contact_id,
+        },
+        mapped,
+    )
+    .await?;
+    let sage_id = created["id"].as_str().unwrap_or_default().to_owned();
+    xref::mark_posted(
+        &env.state.db,
+        env.run.binding,
+        "payment",
+        invoice_id,
+        "",
+        &sage_id,
+        Some(&reference),
+        &env.business,
+        &json!({}),
+    )
+    .await?;
+    let message = (on_account > Decimal::ZERO)
+        .then(|| format!("{on_account} was more than the invoice still owed and is held on account."));
+    Ok(Outcome::Synced {
+        sage_id,
+        reference: Some(reference),
+        message,
+    })
+}
+
+async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
+    let id = env.run.entity_id;
+    let memo = env
+        .magento
+        .creditmemo(id)
+        .await
+        .map_err(|e| from_magento(env.state, env.run.binding, e))?;
+    if let Some(skipped) = document_policy(&env.settings, memo.website_id, None, &memo.created_at) {
+        return Ok(skipped);
+    }
+    if let Some(x) = xref::get(&env.state.db, env.run.binding, "creditmemo", id, "").await?
+        && let Some(sage_id) = x.posted()
+    {
+        return Ok(Outcome::Synced {
+            sage_id: sage_id.to_owned(),
+            reference: x.sage_reference.clone(),
+            message: Some("Already in Sage.".into()),
+        });
+    }
+    // On the original invoice's contact (needed to allocate); refunds from the order use routing.
+    let invoice = match memo.invoice_id {
+        Some(invoice_id) => Some(require_invoice(env, invoice_id).await?),
+        None => None,
+    };
+    let contact_id = match invoice.as_ref().and_then(|x| x.extra["contact_id"].as_str()) {
+        Some(c) => c.to_owned(),
+        None => ensure_contact(env, &memo.customer, &memo.currency, memo.grand_total).await?,
+    };
+    let mapped = mapping::map_credit_note(&memo, &contact_id, &env.ctx())?;
+    let reference = mapped.body["reference"].as_str().unwrap_or_default().to_owned();
+    let created = post_once(
+        env,
+        Doc {
+            entity: "creditmemo",
+            id,
+            path: "/sales_credit_notes",
+            wrapper: "sales_credit_note",
+            reference: &reference,
+            contact_id: &contact_id,
+        },
+        mapped.clone(),
+    )
+    .await?;
+    let sage_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let number = created["credit_note_number"]
+        .as_str()
+        .or_else(|| created["displayed_as"].as_str())
+        .map(str::to_owned);
+    xref::mark_posted(
+        &env.state.db,
+        env.run.binding,
+        "creditmemo",
+        id,
+        "",
+        &sage_id,
+        number.as_deref(),
+        &env.business,
+        &json!({ "contact_id": contact_id, "totals": mapped.totals }),
+    )
+    .await?;
+    check_totals(&created, &mapped, &sage_id)?;
+    // Allocated against the invoice while it is outstanding.
+    let mut message = notes_message(&mapped);
+    if let Some(invoice) = invoice
+        && let Some(invoice_sage_id) = invoice.sage_id.as_deref()
+    {
+        let current: Value = sage!(
+            env.session
+                .get(&format!("/sales_invoices/{invoice_sage_id}?mark_as_sent=false"))
+                .await
+        );
+        let outstanding = amount(&current["outstanding_amount"]).unwrap_or_default();
+        let allocate = outstanding.min(mapped.totals.total);
+        if allocate > Decimal::ZERO {
+            let body = json!({ "contact_allocation": {
+                "transaction_type_id": "CUSTOMER_ALLOCATION",
+                "contact_id": contact_id,
+                "date": mapping::date_of(&memo.created_at).unwrap_or_else(|| Utc::now().format("%Y-%m-%d").to_string()),
+                "allocated_artefacts": [
+                    { "artefact_id": invoice_sage_id, "amount": mapping::num(allocate) },
+                    { "artefact_id": sage_id, "amount": mapping::num(-allocate) },
+                ],
+                "idempotency_id": mapping::idempotency_id(&env.binding_text, "contact_allocation", &id.to_string()),
+            }});
+            sage!(env.session.post::<Value>("/contact_allocations", &body).await);
+            message = Some(format!("Allocated {allocate} against the invoice."));
+        }
+    }
+    Ok(Outcome::Synced {
+        sage_id,
+        reference: number,
+        message,
+    })
+}
+
+async fn customer(env: &mut Env<'_>) -> Step<Outcome> {
+    let id = env.run.entity_id;
+    let contact = env
+        .magento
+        .customer(id)
+        .await
+        .map_err(|e| from_magento(env.state, env.run.binding, e))?;
+    let mut currencies = xref::contact_currencies(&env.state.db, env.run.binding, id).await?;
+    if currencies.is_empty() {
+        currencies.push(env.base_currency.to_owned());
+    }
+    let mut last = String::new();
+    for currency in currencies {
+        // A large total forces an individual contact even with B2C consolidation on.
+        last = ensure_contact(env, &contact, &currency, Decimal::MAX).await?;
+    }
+    Ok(Outcome::Synced {
+        sage_id: last,
+        reference: Some(format!("M{id}")),
+        message: None,
+    })
+}
+
+async fn product(env: &mut Env<'_>) -> Step<Outcome> {
+    let id = env.run.entity_id;
+    let p = env
+        .magento
+        .product(id)
+        .await
+        .map_err(|e| from_magento(env.state, env.run.binding, e))?;
+    let kind = match p.product_type.as_str() {
+        "simple" if p.manage_stock && env.settings.sync_stock => "stock_item",
+        "simple" => "product",
+        "virtual" | "downloadable" => "service",
+        other => {
+            return Ok(skip(
+                "PRODUCT_TYPE_NOT_SUPPORTED",
+                format!("{other} products are not synced; their simple children are."),
+            ));
+        }
+    };
+    let sales = env.settings.default_ledger_account_id.clone().ok_or_else(|| {
+        Failure::new(
+            ErrorClass::Config,
+            "ledger_account_not_set",
+            "Choose a default sales ledger account.",
+        )
+    })?;
+    let purchase = env.settings.default_purchase_ledger_account_id.clone();
+    let price = cents(p.special_price.or(p.price).unwrap_or_default());
+    let mut body = json!({
+        "item_code": p.sku,
+        "description": mapping::decode_html(&p.name),
+        "sales_ledger_account_id": sales,
+        "active": true,
+    });
+    if let Some(purchase) = &purchase {
+        body["purchase_ledger_account_id"] = json!(purchase);
+    }
+    if let Some(cost) = p.cost {
+        body["cost_price"] = mapping::num(cents(cost));
+    }
+    let (path, wrapper, price_key) = match kind {
+        "service" => ("/services", "service", "sales_rates"),
+        "stock_item" => ("/stock_items", "stock_item", "sales_prices"),
+        _ => ("/products", "product", "sales_prices"),
+    };
+    body[price_key] = if kind == "service" {
+        json!([{ "rate_name": "Selling Price", "rate": mapping::num(price), "rate_includes_tax": false }])
+    } else {
+        json!([{ "price_name": "Selling Price", "price": mapping::num(price), "price_includes_tax": false }])
+    };
+    let db = env.state.db.clone();
+    let existing = xref::get(&db, env.run.binding, "product", id, "").await?;
+    let sage_id = match existing.as_ref().and_then(|x| x.posted()) {
+        Some(sage_id) => {
+            let sage_id = sage_id.to_owned();
+            sage!(
+                env.session
+                    .put::<Value>(&format!("{path}/{sage_id}"), &json!({ wrapper: body }))
+                    .await
+            );
+            sage_id
+        }
+        None => {
+            let found = sage!(
+                env.session
+                    .list_all(&format!("{path}?search={}&attributes=all", encode(&p.sku)))
+                    .await
+            )
+            .into_iter()
+            .find(|i| i["item_code"].as_str() == Some(p.sku.as_str()));
+            match found {
+                Some(f) => f["id"].as_str().unwrap_or_default().to_owned(),
+                None => {
+                    body["idempotency_id"] =
+                        json!(mapping::idempotency_id(&env.binding_text, wrapper, &id.to_string()));
+                    let created: Value = sage!(env.session.post(path, &json!({ wrapper: body })).await);
+                    created["id"].as_str().unwrap_or_default().to_owned()
+                }
+            }
+        }
+    };
+    xref::mark_posted(
+        &db,
+        env.run.binding,
+        "product",
+        id,
+        "",
+        &sage_id,
+        Some(&p.sku),
+        &env.business,
+        &json!({ "kind": kind }),
+    )
+    .await?;
+    let mut message = None;
+    if kind == "stock_item"
+        && let Some(qty) = p.stock_qty
+    {
+        let item: Value = sage!(env.session.get(&format!("/stock_items/{sage_id}")).await);
+        let in_stock = amount(&item["quantity_in_stock"]).unwrap_or_default();
+        let diff = qty - in_stock;
+        if !diff.is_zero() {
+            let movement = json!({ "stock_movement": {
+                "stock_item_id": sage_id,
+                "date": Utc::now().format("%Y-%m-%d").to_string(),
+                "quantity": mapping::num(diff),
+                "cost_price": mapping::num(cents(p.cost.unwrap_or_default())),
+                "details": "Stock level from Magento",
+                "idempotency_id": mapping::idempotency_id(&env.binding_text, "stock_movement", &format!("{id}:{}:{qty}", p.updated_at.clone().unwrap_or_default())),
+            }});
+            sage!(env.session.post::<Value>("/stock_movements", &movement).await);
+            message = Some(format!("Stock moved by {diff} to {qty}."));
+        }
+    }
+    Ok(Outcome::Synced {
+        sage_id,
+        reference: Some(p.sku),
+        message,
+    })
+}

@@ -1,0 +1,212 @@
+//! The Postgres job queue.
+//!
+//! Claiming takes a lease (`lease_id`, `locked_until`) in one short transaction and
+//! commits it before any outbound call; no transaction is ever held across the
+//! network. Bindings are served round-robin (`last_served_at`), each with at most
+//! `binding_concurrency` jobs running across all processes, and a binding whose Sage
+//! business has spent its call budget is skipped until the budget frees (its
+//! callbacks to Magento still run). Expired leases are reclaimed by any worker.
+
+use std::time::Duration;
+
+use ledger_core::BindingId;
+use serde_json::Value;
+use sqlx::PgPool;
+
+/// The channel `pg_notify` wakes workers on.
+pub const CHANNEL: &str = "ledger_jobs";
+
+/// A claimed job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub binding_id: BindingId,
+    pub kind: String,
+    pub sync_run_id: Option<uuid::Uuid>,
+    /// This attempt's number (1 for the first).
+    pub attempt: i32,
+    pub lease_id: uuid::Uuid,
+    pub payload: Value,
+    pub entity_key: Option<String>,
+}
+
+/// Claims the next job: any kind for bindings with budget left, callbacks otherwise.
+pub async fn claim(db: &PgPool, binding_concurrency: u32, lease: Duration) -> Result<Option<Job>, sqlx::Error> {
+    if let Some(job) = claim_with(db, binding_concurrency, lease, false).await? {
+        return Ok(Some(job));
+    }
+    claim_with(db, binding_concurrency, lease, true).await
+}
+
+async fn claim_with(
+    db: &PgPool,
+    binding_concurrency: u32,
+    lease: Duration,
+    callbacks_only: bool,
+) -> Result<Option<Job>, sqlx::Error> {
+    let lease_id = uuid::Uuid::new_v4();
+    let row = sqlx::query!(
+        r#"WITH b AS (
+             SELECT cb.id FROM connector_bindings cb
+             LEFT JOIN sage_connections sc ON sc.binding_id = cb.id
+             LEFT JOIN sage_budgets sb ON sb.business_id = sc.business_id
+             WHERE cb.status = 'active'
+               AND CASE WHEN $4
+                   THEN EXISTS (SELECT 1 FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued'
+                                AND j.kind = 'sync_state' AND j.run_at <= now())
+                   ELSE (sb.blocked_until IS NULL OR sb.blocked_until <= now())
+                        AND EXISTS (SELECT 1 FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued' AND j.run_at <= now())
+                   END
+               AND (SELECT count(*) FROM jobs r WHERE r.binding_id = cb.id AND r.status = 'running') < $1
+             ORDER BY cb.last_served_at NULLS FIRST, cb.id
+             LIMIT 1
+             FOR UPDATE OF cb SKIP LOCKED
+           ), picked AS (
+             SELECT j.id FROM jobs j JOIN b ON j.binding_id = b.id
+             WHERE j.status = 'queued' AND j.run_at <= now() AND (NOT $4 OR j.kind = 'sync_state')
+             ORDER BY j.run_at, j.id
+             LIMIT 1
+             FOR UPDATE OF j SKIP LOCKED
+           ), claimed AS (
+             UPDATE jobs SET status = 'running', lease_id = $2, locked_until = now() + make_interval(secs => $3),
+                    attempts = attempts + 1, updated_at = now()
+             FROM picked WHERE jobs.id = picked.id
+             RETURNING jobs.id, jobs.binding_id, jobs.kind, jobs.sync_run_id, jobs.attempts, jobs.payload, jobs.entity_key
+           ), served AS (
+             UPDATE connector_bindings SET last_served_at = now() FROM claimed WHERE connector_bindings.id = claimed.binding_id
+           )
+           SELECT id AS "id!", binding_id AS "binding_id!: BindingId", kind AS "kind!", sync_run_id, attempts AS "attempts!",
+                  payload AS "payload!", entity_key FROM claimed"#,
+        i64::from(binding_concurrency),
+        lease_id,
+        lease.as_secs_f64(),
+        callbacks_only,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| Job {
+        id: r.id,
+        binding_id: r.binding_id,
+        kind: r.kind,
+        sync_run_id: r.sync_run_id,
+        attempt: r.attempts,
+        lease_id,
+        payload: r.payload,
+        entity_key: r.entity_key,
+    }))
+}
+
+/// Extends a running job's lease; false when the lease was lost (reclaimed).
+pub async fn heartbeat(db: &PgPool, job: &Job, lease: Duration) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query!(
+        "UPDATE jobs SET locked_until = now() + make_interval(secs => $3) WHERE id = $1 AND lease_id = $2 AND status = 'running'",
+        job.id,
+        job.lease_id,
+        lease.as_secs_f64()
+    )
+    .execute(db)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Puts jobs whose lease expired (their worker died) back in the queue.
+pub async fn reclaim_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
+    let n = sqlx::query!(
+        "UPDATE jobs SET status = 'queued', lease_id = NULL, run_at = now(), updated_at = now()
+         WHERE status = 'running' AND locked_until < now()"
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    if n > 0 {
+        sqlx::query!("SELECT pg_notify('ledger_jobs', 'reclaimed')")
+            .execute(db)
+            .await?;
+    }
+    Ok(n)
+}
+
+/// Finishes a job in the caller's transaction (only while it still holds the lease).
+pub async fn finish(
+    conn: &mut sqlx::PgConnection,
+    job: &Job,
+    status: &str,
+    error: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query!(
+        "UPDATE jobs SET status = $3, lease_id = NULL, locked_until = NULL, last_error = $4, updated_at = now()
+         WHERE id = $1 AND lease_id = $2",
+        job.id,
+        job.lease_id,
+        status,
+        error
+    )
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Queues a job again after `after`; an attempt that should not count is given back.
+pub async fn retry(
+    conn: &mut sqlx::PgConnection,
+    job: &Job,
+    after: Duration,
+    count: bool,
+    waiting_for: Option<&str>,
+    error: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query!(
+        "UPDATE jobs SET status = 'queued', lease_id = NULL, locked_until = NULL,
+                run_at = now() + make_interval(secs => $3), attempts = attempts - CASE WHEN $4 THEN 0 ELSE 1 END,
+                waiting_for = $5, last_error = $6, updated_at = now()
+         WHERE id = $1 AND lease_id = $2",
+        job.id,
+        job.lease_id,
+        after.as_secs_f64(),
+        count,
+        waiting_for,
+        error,
+    )
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Queues the sync-state callback for an entity; a queued one not yet sent is replaced
+/// (the latest state wins).
+pub async fn enqueue_callback(
+    conn: &mut sqlx::PgConnection,
+    binding: BindingId,
+    entity_key: &str,
+    payload: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO jobs (binding_id, kind, entity_key, payload) VALUES ($1, 'sync_state', $2, $3)
+         ON CONFLICT (binding_id, entity_key) WHERE status = 'queued' AND kind = 'sync_state'
+         DO UPDATE SET payload = EXCLUDED.payload, run_at = now(), attempts = 0, updated_at = now()",
+        binding.0,
+        entity_key,
+        payload
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", binding.0.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Queued jobs and the age of the oldest, per binding (for metrics).
+pub async fn depth(db: &PgPool) -> Result<Vec<(BindingId, i64, f64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT binding_id AS "binding_id: BindingId", count(*) AS "n!",
+                  COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) AS "age!"
+           FROM jobs WHERE status = 'queued' GROUP BY binding_id"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.binding_id, r.n, r.age)).collect())
+}

@@ -1,0 +1,538 @@
+//! Sync runs, the audit trail of sync work: recording each attempt's outcome, and the
+//! operator actions (retry, retry all dead, skip) with their JSON API.
+
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+};
+use chrono::{DateTime, Utc};
+use ledger_core::{
+    AppState, BindingId, Problem, TenantId,
+    audit::{self, Actor},
+};
+use ledger_tenant_binding::auth::Merchant;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    callback,
+    outcome::{ErrorClass, Next, Outcome},
+    process::RunInfo,
+    queue::{self, Job},
+    xref,
+};
+
+/// Records an attempt and moves run and job on, in one transaction, only while the
+/// job's lease is still held. Queues the store callback for terminal outcomes.
+pub async fn complete(
+    state: &AppState,
+    job: &Job,
+    run: &RunInfo,
+    outcome: &Outcome,
+    started: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let attempt = u32::try_from(job.attempt).unwrap_or(1);
+    let next = crate::outcome::next(outcome, attempt, state.settings.job_max_attempts);
+    let (status, class, code, message, sage_id, reference, skip_reason) = match outcome {
+        Outcome::Synced {
+            sage_id,
+            reference,
+            message,
+        } => (
+            "synced",
+            None,
+            None,
+            message.clone(),
+            Some(sage_id.clone()),
+            reference.clone(),
+            None,
+        ),
+        Outcome::Skipped { reason, message } => (
+            "skipped_by_policy",
+            None,
+            None,
+            Some(message.clone()),
+            None,
+            None,
+            Some(reason.clone()),
+        ),
+        Outcome::Failed(f) => {
+            let terminal = next == Next::Done;
+            let dead = terminal
+                && matches!(
+                    f.class,
+                    ErrorClass::RateLimited | ErrorClass::Transient | ErrorClass::Internal
+                );
+            let status = if dead {
+                "dead"
+            } else if terminal {
+                "failed"
+            } else {
+                "pending"
+            };
+            (
+                status,
+                Some(f.class.as_str()),
+                Some(f.code.clone()),
+                Some(f.message.clone()),
+                None,
+                None,
+                None,
+            )
+        }
+        Outcome::Blocked { reason, .. } => (
+            "pending",
+            None,
+            None,
+            Some(format!("Waiting: {reason}")),
+            None,
+            None,
+            None,
+        ),
+    };
+    let mut tx = state.db.begin().await?;
+    let still_ours = match &next {
+        Next::Done => queue::finish(&mut tx, job, "done", code.as_deref()).await?,
+        Next::Retry { after, count } => {
+            let waiting = if let Outcome::Blocked { reason, .. } = outcome {
+                Some(reason.as_str())
+            } else {
+                None
+            };
+            queue::retry(&mut tx, job, *after, *count, waiting, message.as_deref()).await?
+        }
+    };
+    if !still_ours {
+        // The lease expired and another worker owns the job now: its result counts.
+        tx.rollback().await?;
+        tracing::warn!(job = job.id, "lease lost before completing; result discarded");
+        return Ok(());
+    }
+    let counted = !matches!(next, Next::Retry { count: false, .. });
+    if counted || matches!(outcome, Outcome::Failed(_)) {
+        sqlx::query!(
+            "INSERT INTO sync_attempts (sync_run_id, attempt, started_at, outcome, error_class, error_code, message)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            run.id,
+            job.attempt,
+            started,
+            status,
+            class,
+            code,
+            message
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    let finished = next == Next::Done;
+    sqlx::query!(
+        "UPDATE sync_runs SET status = $2, error_class = $3, error_code = $4, message = $5,
+                sage_id = COALESCE($6, sage_id), sage_reference = COALESCE($7, sage_reference), skip_reason = $8,
+                attempts = $9, started_at = COALESCE(started_at, $10), finished_at = CASE WHEN $11 THEN now() END, updated_at = now()
+         WHERE id = $1",
+        run.id,
+        status,
+        class,
+        code,
+        message,
+        sage_id,
+        reference,
+        skip_reason,
+        job.attempt,
+        started,
+        finished,
+    )
+    .execute(&mut *tx)
+    .await?;
+    metrics::counter!("sync_runs_total", "status" => status, "class" => class.unwrap_or("none")).increment(1);
+    if finished {
+        let invoice_sage = if run.event_name == "invoice.paid" {
+            xref::get(&state.db, run.binding, "invoice", run.entity_id, "")
+                .await?
+                .and_then(|x| x.sage_id.map(|id| (id, x.sage_reference)))
+        } else {
+            None
+        };
+        if let Some(sync_state) = callback::state_for(
+            &run.event_name,
+            &run.entity_type,
+            run.entity_id,
+            status,
+            outcome,
+            Utc::now(),
+            invoice_sage,
+            None,
+        ) {
+            let payload = json!({ "state": sync_state, "run_id": run.id, "finished_at": Utc::now() });
+            queue::enqueue_callback(
+                &mut tx,
+                run.binding,
+                &format!("{}:{}", run.entity_type, run.entity_id),
+                &payload,
+            )
+            .await?;
+        }
+    }
+    tx.commit().await
+}
+
+// ---- API ----------------------------------------------------------------------
+
+/// One sync run as the history shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Run {
+    pub sync_run_id: uuid::Uuid,
+    pub binding_id: BindingId,
+    pub event_name: String,
+    pub entity_type: String,
+    pub magento_entity_id: i64,
+    /// pending, running, synced, skipped_by_policy, failed or dead.
+    pub status: String,
+    pub skip_reason: Option<String>,
+    pub error_class: Option<String>,
+    pub error_code: Option<String>,
+    /// What happened, and what to do when it failed.
+    pub message: Option<String>,
+    pub sage_id: Option<String>,
+    pub sage_reference: Option<String>,
+    pub attempts: i32,
+    /// Events folded into this run (repeated customer or product updates).
+    pub coalesced: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Whether the store was told (delivered, rejected) and when.
+    pub callback_status: Option<String>,
+    pub trace_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub outcome: String,
+    pub error_class: Option<String>,
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: Run,
+    pub attempts_detail: Vec<Attempt>,
+    /// The event as the store sent it.
+    pub event: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+pub struct RunFilter {
+    /// pending, running, synced, skipped_by_policy, failed or dead.
+    pub status: Option<String>,
+    /// A skip reason or error code.
+    pub reason: Option<String>,
+    /// The Magento entity id.
+    pub entity_id: Option<i64>,
+    /// Runs created on or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many (default 100, at most 500).
+    pub limit: Option<i64>,
+}
+
+pub async fn list(db: &sqlx::PgPool, binding: BindingId, f: &RunFilter) -> Result<Vec<Run>, sqlx::Error> {
+    sqlx::query_as!(
+        Run,
+        r#"SELECT id AS "sync_run_id!", binding_id AS "binding_id!: BindingId", event_name AS "event_name!", entity_type AS "entity_type!",
+           magento_entity_id AS "magento_entity_id!", status AS "status!", skip_reason, error_class, error_code, message,
+           sage_id, sage_reference, attempts AS "attempts!", coalesced AS "coalesced!", created_at AS "created_at!",
+           started_at, finished_at, callback_status, trace_id FROM sync_runs
+         WHERE binding_id = $1 AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR skip_reason = $3 OR error_code = $3 OR error_class = $3)
+           AND ($4::bigint IS NULL OR magento_entity_id = $4) AND ($5::timestamptz IS NULL OR created_at >= $5)
+         ORDER BY created_at DESC, id LIMIT $6"#,
+        binding.0,
+        f.status,
+        f.reason,
+        f.entity_id,
+        f.since,
+        f.limit.unwrap_or(100).clamp(1, 500),
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub async fn detail(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunDetail>, sqlx::Error> {
+    let Some(r) = sqlx::query_as!(Run, r#"SELECT id AS "sync_run_id!", binding_id AS "binding_id!: BindingId", event_name AS "event_name!", entity_type AS "entity_type!",
+           magento_entity_id AS "magento_entity_id!", status AS "status!", skip_reason, error_class, error_code, message,
+           sage_id, sage_reference, attempts AS "attempts!", coalesced AS "coalesced!", created_at AS "created_at!",
+           started_at, finished_at, callback_status, trace_id FROM sync_runs WHERE id = $1"#, run).fetch_optional(db).await? else {
+        return Ok(None);
+    };
+    let attempts = sqlx::query_as!(
+        Attempt,
+        "SELECT attempt, started_at, finished_at, outcome, error_class, error_code, message FROM sync_attempts WHERE sync_run_id = $1 ORDER BY id",
+        run
+    )
+    .fetch_all(db)
+    .await?;
+    let event = sqlx::query_scalar!(
+        "SELECT e.body FROM received_events e JOIN sync_runs r ON r.event_id = e.id WHERE r.id = $1",
+        run
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(Some(RunDetail {
+        run: r,
+        attempts_detail: attempts,
+        event,
+    }))
+}
+
+/// The binding's sync runs, newest first.
+#[utoipa::path(get, path = "/v1/bindings/{binding_id}/runs", tag = "sync", operation_id = "list_runs",
+    security(("bearer" = []), ("session" = [])),
+    params(("binding_id" = BindingId, Path, description = "The binding"), RunFilter),
+    responses(
+        (status = 200, body = Vec<Run>),
+        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn list_runs(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(binding): Path<BindingId>,
+    Query(filter): Query<RunFilter>,
+) -> Result<axum::Json<Vec<Run>>, Problem> {
+    merchant.binding_tenant(&state.db, binding).await?;
+    Ok(axum::Json(list(&state.db, binding, &filter).await?))
+}
+
+async fn owned_run(state: &AppState, merchant: &Merchant, run: uuid::Uuid) -> Result<(BindingId, TenantId), Problem> {
+    let binding = sqlx::query_scalar!(
+        r#"SELECT binding_id AS "binding_id: BindingId" FROM sync_runs WHERE id = $1"#,
+        run
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| Problem::not_found("run_not_found", format!("There is no sync run {run}.")))?;
+    let tenant = merchant
+        .binding_tenant(&state.db, binding)
+        .await
+        .map_err(|_| Problem::not_found("run_not_found", format!("There is no sync run {run}.")))?;
+    Ok((binding, tenant))
+}
+
+/// One run with every attempt and the event that started it.
+#[utoipa::path(get, path = "/v1/runs/{sync_run_id}", tag = "sync", operation_id = "get_run",
+    security(("bearer" = []), ("session" = [])),
+    params(("sync_run_id" = uuid::Uuid, Path, description = "The run")),
+    responses(
+        (status = 200, body = RunDetail),
+        (status = 404, description = "No such run", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn get_run(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(run): Path<uuid::Uuid>,
+) -> Result<axum::Json<RunDetail>, Problem> {
+    owned_run(&state, &merchant, run).await?;
+    let detail = detail(&state.db, run)
+        .await?
+        .ok_or_else(|| Problem::not_found("run_not_found", "No such run."))?;
+    Ok(axum::Json(detail))
+}
+
+/// Puts a finished run back in the queue (after the merchant fixed the cause).
+pub async fn retry(state: &AppState, run: uuid::Uuid, actor: Actor) -> Result<bool, sqlx::Error> {
+    let mut tx = state.db.begin().await?;
+    let row = sqlx::query!(
+        r#"UPDATE sync_runs SET status = 'pending', error_class = NULL, error_code = NULL, message = 'Retry requested',
+                  finished_at = NULL, updated_at = now()
+           WHERE id = $1 AND status IN ('failed', 'dead', 'skipped_by_policy')
+           RETURNING binding_id AS "binding_id: BindingId""#,
+        run
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else { return Ok(false) };
+    let requeued = sqlx::query!(
+        "UPDATE jobs SET status = 'queued', attempts = 0, run_at = now(), lease_id = NULL, updated_at = now()
+         WHERE sync_run_id = $1 AND kind = 'sync_event' AND status IN ('done', 'dead', 'cancelled', 'paused')",
+        run
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if requeued == 0 {
+        sqlx::query!(
+            "INSERT INTO jobs (binding_id, kind, sync_run_id) VALUES ($1, 'sync_event', $2)",
+            row.binding_id.0,
+            run
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", row.binding_id.0.to_string())
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut tx,
+        audit::Entry {
+            actor,
+            tenant_id: None,
+            binding_id: Some(row.binding_id),
+            action: "run.retried",
+            details: json!({ "sync_run_id": run }),
+            request_id: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Retries every dead (and failed) run of a binding; returns how many.
+pub async fn retry_dead(state: &AppState, binding: BindingId, actor: Actor) -> Result<u64, sqlx::Error> {
+    let runs = sqlx::query_scalar!(
+        "SELECT id FROM sync_runs WHERE binding_id = $1 AND status IN ('dead', 'failed')",
+        binding.0
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let mut n = 0;
+    for run in runs {
+        if retry(state, run, actor.clone()).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Gives up on a run on purpose: skipped (reason `skipped_by_operator`), its job cancelled.
+pub async fn skip(state: &AppState, run: uuid::Uuid, actor: Actor) -> Result<bool, sqlx::Error> {
+    let mut tx = state.db.begin().await?;
+    let row = sqlx::query!(
+        r#"UPDATE sync_runs SET status = 'skipped_by_policy', skip_reason = 'skipped_by_operator', message = 'Skipped by an operator',
+                  finished_at = now(), updated_at = now()
+           WHERE id = $1 AND status IN ('pending', 'failed', 'dead')
+           RETURNING binding_id AS "binding_id: BindingId", event_name, entity_type, magento_entity_id"#,
+        run
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else { return Ok(false) };
+    sqlx::query!("UPDATE jobs SET status = 'cancelled', updated_at = now() WHERE sync_run_id = $1 AND status IN ('queued', 'paused')", run)
+        .execute(&mut *tx)
+        .await?;
+    let outcome = Outcome::Skipped {
+        reason: "skipped_by_operator".into(),
+        message: String::new(),
+    };
+    if let Some(s) = callback::state_for(
+        &row.event_name,
+        &row.entity_type,
+        row.magento_entity_id,
+        "skipped_by_policy",
+        &outcome,
+        Utc::now(),
+        None,
+        None,
+    ) {
+        let payload = json!({ "state": s, "run_id": run, "finished_at": Utc::now() });
+        queue::enqueue_callback(
+            &mut tx,
+            row.binding_id,
+            &format!("{}:{}", row.entity_type, row.magento_entity_id),
+            &payload,
+        )
+        .await?;
+    }
+    audit::record(
+        &mut tx,
+        audit::Entry {
+            actor,
+            tenant_id: None,
+            binding_id: Some(row.binding_id),
+            action: "run.skipped",
+            details: json!({ "sync_run_id": run }),
+            request_id: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Retry a failed, dead or skipped run.
+#[utoipa::path(post, path = "/v1/runs/{sync_run_id}/retry", tag = "sync", operation_id = "retry_run",
+    security(("bearer" = []), ("session" = [])),
+    params(("sync_run_id" = uuid::Uuid, Path, description = "The run")),
+    responses(
+        (status = 202, description = "Queued again"),
+        (status = 404, description = "No such run", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The run is not finished", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn retry_run(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(run): Path<uuid::Uuid>,
+) -> Result<StatusCode, Problem> {
+    owned_run(&state, &merchant, run).await?;
+    if retry(&state, run, Actor::Account(merchant.account_id.0)).await? {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(Problem::conflict(
+            "run_not_finished",
+            "Only failed, dead or skipped runs can be retried; this one is still in progress or synced.",
+        ))
+    }
+}
+
+/// Skip a pending, failed or dead run (it will not be posted).
+#[utoipa::path(post, path = "/v1/runs/{sync_run_id}/skip", tag = "sync", operation_id = "skip_run",
+    security(("bearer" = []), ("session" = [])),
+    params(("sync_run_id" = uuid::Uuid, Path, description = "The run")),
+    responses(
+        (status = 204, description = "Skipped"),
+        (status = 404, description = "No such run", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Already synced or skipped", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn skip_run(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(run): Path<uuid::Uuid>,
+) -> Result<StatusCode, Problem> {
+    owned_run(&state, &merchant, run).await?;
+    if skip(&state, run, Actor::Account(merchant.account_id.0)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::conflict(
+            "run_finished",
+            "This run is already synced or skipped.",
+        ))
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Retried {
+    pub retried: u64,
+}
+
+/// Retry every dead and failed run of the binding.
+#[utoipa::path(post, path = "/v1/bindings/{binding_id}/runs/retry-dead", tag = "sync", operation_id = "retry_dead_runs",
+    security(("bearer" = []), ("session" = [])),
+    params(("binding_id" = BindingId, Path, description = "The binding")),
+    responses(
+        (status = 200, body = Retried),
+        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn retry_dead_runs(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(binding): Path<BindingId>,
+) -> Result<axum::Json<Retried>, Problem> {
+    merchant.binding_tenant(&state.db, binding).await?;
+    let retried = retry_dead(&state, binding, Actor::Account(merchant.account_id.0)).await?;
+    Ok(axum::Json(Retried { retried }))
+}

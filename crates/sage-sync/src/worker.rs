@@ -1,0 +1,313 @@
+//! The worker runtime: `worker_concurrency` loops claiming jobs, woken at once by
+//! LISTEN/NOTIFY with a polling fallback, each job's lease renewed while it runs. On
+//! shutdown no new job is claimed, running ones get until the deadline, and any still
+//! running then are released for another worker.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::Utc;
+use ledger_core::AppState;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    callback::{self, Delivery},
+    outcome::{Next, Outcome},
+    process, queue, runs,
+};
+
+/// Jobs this process holds, for release at shutdown.
+#[derive(Debug, Default)]
+struct Held(Mutex<HashSet<(i64, uuid::Uuid)>>);
+
+impl Held {
+    fn add(&self, job: &queue::Job) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((job.id, job.lease_id));
+    }
+    fn remove(&self, job: &queue::Job) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(job.id, job.lease_id));
+    }
+    fn all(&self) -> Vec<(i64, uuid::Uuid)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
+/// Runs the job loops until `shutdown`, then drains or releases within the deadline.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let wake = Arc::new(Notify::new());
+    let held = Arc::new(Held::default());
+    let stop_claiming = shutdown.child_token();
+    let background = TaskTracker::new();
+    background.spawn(listen(state.clone(), wake.clone(), shutdown.clone()));
+    background.spawn(housekeeping(state.clone(), wake.clone(), shutdown.clone()));
+    let workers = TaskTracker::new();
+    for n in 0..state.settings.worker_concurrency {
+        workers.spawn(work(
+            state.clone(),
+            n,
+            wake.clone(),
+            held.clone(),
+            stop_claiming.clone(),
+        ));
+    }
+    workers.close();
+    background.close();
+    shutdown.cancelled().await;
+    if tokio::time::timeout(state.settings.shutdown_deadline, workers.wait())
+        .await
+        .is_err()
+    {
+        let stragglers = held.all();
+        tracing::warn!(
+            jobs = stragglers.len(),
+            "shutdown deadline passed; releasing running jobs"
+        );
+        for (id, lease) in stragglers {
+            let _ = sqlx::query!(
+                "UPDATE jobs SET status = 'queued', lease_id = NULL, locked_until = NULL, attempts = attempts - 1, run_at = now()
+                 WHERE id = $1 AND lease_id = $2",
+                id,
+                lease
+            )
+            .execute(&state.db)
+            .await;
+        }
+    }
+    background.wait().await;
+}
+
+/// Wakes idle workers when a job is queued anywhere (any process).
+async fn listen(state: AppState, wake: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        let listener = async {
+            let mut l = PgListener::connect_with(&state.db).await?;
+            l.listen(queue::CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = match listener.await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN failed; polling until it works");
+                tokio::select! { () = shutdown.cancelled() => return, () = tokio::time::sleep(Duration::from_secs(2)) => continue }
+            }
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                n = listener.recv() => match n {
+                    Ok(_) => wake.notify_waiters(),
+                    Err(e) => { tracing::warn!(error = %e, "LISTEN connection lost"); break; }
+                },
+            }
+        }
+    }
+}
+
+/// Reclaims expired leases, prunes the budget log, publishes queue depth.
+async fn housekeeping(state: AppState, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! { () = shutdown.cancelled() => return, _ = tick.tick() => {} }
+        n += 1;
+        match queue::reclaim_expired(&state.db).await {
+            Ok(0) => {}
+            Ok(k) => {
+                tracing::info!(reclaimed = k, "jobs with expired leases returned to the queue");
+                wake.notify_waiters();
+            }
+            Err(e) => tracing::warn!(error = %e, "reclaiming leases failed"),
+        }
+        if n.is_multiple_of(15)
+            && let Ok(depths) = queue::depth(&state.db).await
+        {
+            for (binding, count, age) in depths {
+                metrics::gauge!("queue_depth", "binding" => binding.to_string()).set(count as f64);
+                metrics::gauge!("queue_oldest_age_seconds", "binding" => binding.to_string()).set(age);
+            }
+        }
+        if n.is_multiple_of(60) {
+            let _ = ledger_sage_vault::session::Budget::from_settings(&state.settings)
+                .prune(&state.db)
+                .await;
+        }
+    }
+}
+
+async fn work(state: AppState, n: usize, wake: Arc<Notify>, held: Arc<Held>, stop: CancellationToken) {
+    let name = format!("{}-{n}", std::process::id());
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        // Register for a wake-up before looking, so a notification in between is not lost.
+        let notified = wake.notified();
+        let claimed = queue::claim(&state.db, state.settings.binding_concurrency, state.settings.job_lease).await;
+        match claimed {
+            Ok(Some(job)) => {
+                held.add(&job);
+                execute(&state, &job, &name).await;
+                held.remove(&job);
+            }
+            Ok(None) => {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = notified => {}
+                    () = tokio::time::sleep(state.settings.job_poll_interval) => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming a job failed");
+                tokio::select! { () = stop.cancelled() => return, () = tokio::time::sleep(Duration::from_secs(1)) => {} }
+            }
+        }
+    }
+}
+
+/// Processes one job while a heartbeat keeps its lease.
+async fn execute(state: &AppState, job: &queue::Job, worker: &str) {
+    let heartbeat = CancellationToken::new();
+    let beat = {
+        let (db, job, token, lease) = (
+            state.db.clone(),
+            job.clone(),
+            heartbeat.clone(),
+            state.settings.job_lease,
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(lease / 3) => {
+                        if !matches!(queue::heartbeat(&db, &job, lease).await, Ok(true)) { return; }
+                    }
+                }
+            }
+        })
+    };
+    let result = match job.kind.as_str() {
+        "sync_event" => sync_event(state, job, worker).await,
+        "sync_state" => sync_state(state, job).await,
+        other => {
+            tracing::error!(kind = other, "unknown job kind");
+            let mut conn = match state.db.acquire().await {
+                Ok(c) => c,
+                Err(e) => return tracing::warn!(error = %e, "no connection"),
+            };
+            queue::finish(&mut conn, job, "dead", Some("unknown job kind"))
+                .await
+                .map(drop)
+        }
+    };
+    heartbeat.cancel();
+    let _ = beat.await;
+    if let Err(e) = result {
+        // The lease expires and another worker retries the job.
+        tracing::warn!(job = job.id, error = %e, "recording a job's result failed");
+    }
+}
+
+async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<(), sqlx::Error> {
+    let started = Utc::now();
+    let Some(run_id) = job.sync_run_id else {
+        let mut conn = state.db.acquire().await?;
+        return queue::finish(&mut conn, job, "dead", Some("no sync run"))
+            .await
+            .map(drop);
+    };
+    let Some(run) = process::load_run(&state.db, run_id).await? else {
+        let mut conn = state.db.acquire().await?;
+        return queue::finish(&mut conn, job, "dead", Some("sync run deleted"))
+            .await
+            .map(drop);
+    };
+    sqlx::query!("UPDATE sync_runs SET status = 'running', started_at = COALESCE(started_at, now()), updated_at = now() WHERE id = $1 AND status = 'pending'", run.id)
+        .execute(&state.db)
+        .await?;
+    let span = tracing::info_span!("sync", run = %run.id, event = %run.event_name, entity = run.entity_id, binding = %run.binding, worker);
+    let outcome = tracing::Instrument::instrument(process::sync_event(state, &run), span).await;
+    match &outcome {
+        Outcome::Failed(f) => {
+            tracing::info!(run = %run.id, class = f.class.as_str(), code = %f.code, "sync attempt failed")
+        }
+        Outcome::Blocked { reason, .. } => tracing::debug!(run = %run.id, reason, "sync waiting"),
+        _ => tracing::info!(run = %run.id, "sync finished"),
+    }
+    runs::complete(state, job, &run, &outcome, started).await
+}
+
+async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Error> {
+    let delivery = callback::deliver(state, job.binding_id, &job.payload).await;
+    let run_id = job.payload["run_id"]
+        .as_str()
+        .and_then(|r| r.parse::<uuid::Uuid>().ok());
+    let mut tx = state.db.begin().await?;
+    let (status, held) = match &delivery {
+        Delivery::Delivered => (Some("delivered"), queue::finish(&mut tx, job, "done", None).await?),
+        Delivery::Rejected(reason) => {
+            tracing::warn!(job = job.id, reason, "the store refused a sync-state callback");
+            (
+                Some("rejected"),
+                queue::finish(&mut tx, job, "dead", Some(reason)).await?,
+            )
+        }
+        Delivery::Retry(failure) => {
+            let attempt = u32::try_from(job.attempt).unwrap_or(1);
+            let Next::Retry { after, .. } = crate::outcome::next(&Outcome::Failed(failure.clone()), attempt, u32::MAX)
+            else {
+                unreachable!()
+            };
+            (
+                None,
+                queue::retry(
+                    &mut tx,
+                    job,
+                    after,
+                    true,
+                    Some("store_unreachable"),
+                    Some(&failure.message),
+                )
+                .await?,
+            )
+        }
+    };
+    if !held {
+        return tx.rollback().await;
+    }
+    if let (Some(status), Some(run)) = (status, run_id) {
+        sqlx::query!(
+            "UPDATE sync_runs SET callback_status = $2, callback_at = now() WHERE id = $1",
+            run,
+            status
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    if let (Delivery::Delivered, Some(finished)) = (
+        &delivery,
+        job.payload["finished_at"]
+            .as_str()
+            .and_then(|f| chrono::DateTime::parse_from_rfc3339(f).ok()),
+    ) {
+        let lag = (Utc::now() - finished.with_timezone(&Utc)).to_std().unwrap_or_default();
+        metrics::histogram!("callback_lag_seconds").record(lag.as_secs_f64());
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! `entity_xref`: which Sage object each Magento entity became, per binding and currency.
+//! Written around every post: `posting` before (with the idempotency id), `posted` after,
+//! `rejected` after a definite refusal (the next post uses a new idempotency id).
+
+use ledger_core::BindingId;
+use serde_json::Value;
+
+#[derive(Debug, Clone)]
+pub struct Xref {
+    pub state: String,
+    pub sage_id: Option<String>,
+    pub sage_reference: Option<String>,
+    pub idempotency_id: Option<String>,
+    pub extra: Value,
+}
+
+impl Xref {
+    pub fn posted(&self) -> Option<&str> {
+        (self.state == "posted").then_some(self.sage_id.as_deref()).flatten()
+    }
+
+    /// How many definite refusals preceded (feeds the idempotency id).
+    pub fn generation(&self) -> i64 {
+        self.extra["generation"].as_i64().unwrap_or(0)
+    }
+}
+
+pub async fn get(
+    db: &sqlx::PgPool,
+    binding: BindingId,
+    entity: &str,
+    id: i64,
+    currency: &str,
+) -> Result<Option<Xref>, sqlx::Error> {
+    let row = sqlx::query!(
+        "SELECT state, sage_id, sage_reference, idempotency_id, extra FROM entity_xref
+         WHERE binding_id = $1 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4",
+        binding.0,
+        entity,
+        id,
+        currency
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| Xref {
+        state: r.state,
+        sage_id: r.sage_id,
+        sage_reference: r.sage_reference,
+        idempotency_id: r.idempotency_id,
+        extra: r.extra,
+    }))
+}
+
+/// Every currency a customer's contact exists in.
+pub async fn contact_currencies(db: &sqlx::PgPool, binding: BindingId, id: i64) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT currency FROM entity_xref WHERE binding_id = $1 AND entity_type = 'contact' AND magento_entity_id = $2 AND state = 'posted'
+         ORDER BY created_at",
+        binding.0,
+        id
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Records that a post is about to be sent.
+pub async fn mark_posting(
+    db: &sqlx::PgPool,
+    binding: BindingId,
+    entity: &str,
+    id: i64,
+    currency: &str,
+    idempotency: &str,
+    business: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO entity_xref (binding_id, entity_type, magento_entity_id, currency, state, idempotency_id, sage_business_id)
+         VALUES ($1, $2, $3, $4, 'posting', $5, $6)
+         ON CONFLICT (binding_id, entity_type, magento_entity_id, currency)
+         DO UPDATE SET state = 'posting', idempotency_id = $5, sage_business_id = $6, updated_at = now()",
+        binding.0,
+        entity,
+        id,
+        currency,
+        idempotency,
+        business
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records the Sage object a post created (or that a look-up found).
+#[allow(clippy::too_many_arguments, reason = "one column each")]
+pub async fn mark_posted(
+    db: &sqlx::PgPool,
+    binding: BindingId,
+    entity: &str,
+    id: i64,
+    currency: &str,
+    sage_id: &str,
+    reference: Option<&str>,
+    business: &str,
+    extra: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO entity_xref (binding_id, entity_type, magento_entity_id, currency, state, sage_id, sage_reference, sage_business_id, extra)
+         VALUES ($1, $2, $3, $4, 'posted', $5, $6, $7, $8)
+         ON CONFLICT (binding_id, entity_type, magento_entity_id, currency)
+         DO UPDATE SET state = 'posted', sage_id = $5, sage_reference = $6, sage_business_id = $7,
+                       extra = entity_xref.extra || $8, updated_at = now()",
+        binding.0,
+        entity,
+        id,
+        currency,
+        sage_id,
+        reference,
+        business,
+        extra
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Sage refused the post for good: the next one uses a new idempotency id.
+pub async fn mark_rejected(
+    db: &sqlx::PgPool,
+    binding: BindingId,
+    entity: &str,
+    id: i64,
+    currency: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE entity_xref SET state = 'rejected',
+                extra = jsonb_set(extra, '{generation}', to_jsonb(COALESCE((extra->>'generation')::int, 0) + 1)), updated_at = now()
+         WHERE binding_id = $1 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4 AND state = 'posting'",
+        binding.0,
+        entity,
+        id,
+        currency
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Merges facts into a posted xref's `extra`.
+pub async fn merge_extra(
+    db: &sqlx::PgPool,
+    binding: BindingId,
+    entity: &str,
+    id: i64,
+    currency: &str,
+    extra: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE entity_xref SET extra = extra || $5, updated_at = now()
+         WHERE binding_id = $1 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4",
+        binding.0,
+        entity,
+        id,
+        currency,
+        extra
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}

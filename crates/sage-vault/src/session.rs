@@ -1,0 +1,237 @@
+//! Every call to Sage for a binding goes through a [`Session`]: it attaches the access
+//! token and `X-Business`, spends the business's call budget first, refreshes once on a
+//! token 401, marks a lapsed subscription, and counts calls and 429s for metrics.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ledger_core::{AppState, BindingId};
+use ledger_sage_api::{Auth, SageApi, SageError};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::tokens::{self, AccessToken, VaultError};
+
+/// Why a call could not be made or failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Sage(#[from] SageError),
+    /// The business's budget is spent until the given time (nothing was sent).
+    #[error("the Sage call budget for this business is spent until {0}")]
+    BudgetSpent(DateTime<Utc>),
+}
+
+impl From<sqlx::Error> for CallError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Vault(e.into())
+    }
+}
+
+/// The per-business budget: at most `limit` calls in any `window`, across every process.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub limit: i64,
+    pub window: Duration,
+}
+
+impl Budget {
+    pub fn from_settings(s: &ledger_core::Settings) -> Self {
+        Self {
+            limit: i64::from(s.sage_call_budget),
+            window: s.sage_call_window,
+        }
+    }
+
+    /// Takes one call from `business`'s budget, or says when the next one frees.
+    /// Exact for any window: a sliding log of calls, serialised by the business's row.
+    pub async fn acquire(&self, db: &sqlx::PgPool, business: &str) -> Result<Result<(), DateTime<Utc>>, sqlx::Error> {
+        let window = self.window.as_secs_f64();
+        let mut tx = db.begin().await?;
+        sqlx::query!(
+            "INSERT INTO sage_budgets (business_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            business
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "SELECT business_id FROM sage_budgets WHERE business_id = $1 FOR UPDATE",
+            business
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let usage = sqlx::query!(
+            r#"SELECT count(*) AS "used!", min(at) AS oldest FROM
+                 (SELECT at FROM sage_calls WHERE business_id = $1 AND at > clock_timestamp() - make_interval(secs => $2)
+                  ORDER BY at DESC LIMIT $3) recent"#,
+            business,
+            window,
+            self.limit,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if usage.used >= self.limit {
+            // The oldest call in the window expires first.
+            let free_at =
+                usage.oldest.unwrap_or_else(Utc::now) + chrono::Duration::from_std(self.window).unwrap_or_default();
+            sqlx::query!(
+                "UPDATE sage_budgets SET blocked_until = $2 WHERE business_id = $1",
+                business,
+                free_at
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Err(free_at));
+        }
+        sqlx::query!("INSERT INTO sage_calls (business_id) VALUES ($1)", business)
+            .execute(&mut *tx)
+            .await?;
+        if usage.used + 1 >= self.limit {
+            let free_at =
+                usage.oldest.unwrap_or_else(Utc::now) + chrono::Duration::from_std(self.window).unwrap_or_default();
+            sqlx::query!(
+                "UPDATE sage_budgets SET blocked_until = $2 WHERE business_id = $1",
+                business,
+                free_at
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Deletes call records older than the window.
+    pub async fn prune(&self, db: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+        let window = self.window.as_secs_f64();
+        Ok(sqlx::query!(
+            "DELETE FROM sage_calls WHERE at < clock_timestamp() - make_interval(secs => $1)",
+            window
+        )
+        .execute(db)
+        .await?
+        .rows_affected())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Request<'a> {
+    Get(&'a str),
+    Post(&'a str, &'a Value),
+    Put(&'a str, &'a Value),
+}
+
+/// A binding's connection to its Sage business.
+#[derive(Debug)]
+pub struct Session<'a> {
+    state: &'a AppState,
+    binding: BindingId,
+    api: SageApi,
+    token: AccessToken,
+    budget: Budget,
+    /// Wait for budget instead of failing with `BudgetSpent` (reference refreshes).
+    wait_for_budget: bool,
+}
+
+impl<'a> Session<'a> {
+    pub async fn open(state: &'a AppState, binding: BindingId) -> Result<Self, CallError> {
+        let token = tokens::access_token(state, binding).await?;
+        Ok(Self {
+            state,
+            binding,
+            api: SageApi::new(&state.settings.sage_api_base, state.settings.sage_timeout),
+            token,
+            budget: Budget::from_settings(&state.settings),
+            wait_for_budget: false,
+        })
+    }
+
+    /// Waits for the budget rather than failing (interactive refreshes).
+    pub fn waiting(mut self) -> Self {
+        self.wait_for_budget = true;
+        self
+    }
+
+    pub fn business_id(&self) -> Option<&str> {
+        self.token.business_id.as_deref()
+    }
+
+    async fn spend(&self) -> Result<(), CallError> {
+        let Some(business) = self.token.business_id.clone() else {
+            return Ok(());
+        };
+        loop {
+            match self.budget.acquire(&self.state.db, &business).await? {
+                Ok(()) => {
+                    metrics::counter!("sage_calls_total", "business" => business.clone()).increment(1);
+                    return Ok(());
+                }
+                Err(free_at) if self.wait_for_budget => {
+                    let wait = (free_at - Utc::now()).to_std().unwrap_or_default();
+                    tokio::time::sleep(wait.min(Duration::from_secs(60)) + Duration::from_millis(5)).await;
+                }
+                Err(free_at) => return Err(CallError::BudgetSpent(free_at)),
+            }
+        }
+    }
+
+    async fn run<T: DeserializeOwned>(&mut self, request: Request<'_>) -> Result<T, CallError> {
+        let mut retried = false;
+        loop {
+            self.spend().await?;
+            let auth = Auth {
+                access_token: &self.token.token,
+                business_id: self.token.business_id.as_deref(),
+            };
+            let result = match request {
+                Request::Get(path) => self.api.get(auth, path).await,
+                Request::Post(path, body) => self.api.post(auth, path, body).await,
+                Request::Put(path, body) => self.api.put(auth, path, body).await,
+            };
+            match result {
+                Err(SageError::TokenRejected(_)) if !retried => {
+                    retried = true;
+                    self.token = tokens::after_unauthorized(self.state, self.binding, &self.token).await?;
+                }
+                Err(SageError::SubscriptionLapsed(e)) => {
+                    tokens::mark_subscription_lapsed(self.state, self.binding).await?;
+                    return Err(SageError::SubscriptionLapsed(e).into());
+                }
+                Err(e @ SageError::RateLimited { .. }) => {
+                    let business = self.token.business_id.clone().unwrap_or_default();
+                    metrics::counter!("sage_rate_limited_total", "business" => business).increment(1);
+                    return Err(e.into());
+                }
+                other => return other.map_err(Into::into),
+            }
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&mut self, path: &str) -> Result<T, CallError> {
+        self.run(Request::Get(path)).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(&mut self, path: &str, body: &Value) -> Result<T, CallError> {
+        self.run(Request::Post(path, body)).await
+    }
+
+    pub async fn put<T: DeserializeOwned>(&mut self, path: &str, body: &Value) -> Result<T, CallError> {
+        self.run(Request::Put(path, body)).await
+    }
+
+    /// Every page of a list; each page is one call against the budget.
+    pub async fn list_all(&mut self, path: &str) -> Result<Vec<Value>, CallError> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let mut next = Some(format!("{path}{separator}items_per_page={}", ledger_sage_api::MAX_PAGE));
+        let mut items = Vec::new();
+        while let Some(page_path) = next.take() {
+            let page: ledger_sage_api::Page<Value> = self.get(&page_path).await?;
+            items.extend(page.items);
+            next = page.next.filter(|n| !n.is_empty());
+        }
+        Ok(items)
+    }
+}
