@@ -14,6 +14,7 @@ pub mod ids;
 pub mod problem;
 pub mod secret;
 pub mod state;
+pub mod trace;
 
 pub use config::{ConfigError, Settings};
 pub use ids::*;

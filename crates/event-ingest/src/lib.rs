@@ -49,6 +49,8 @@ pub struct NewEvent<'a> {
     /// The request body's bytes (a repeat is the same key with the same bytes).
     pub raw: &'a [u8],
     pub request_id: Option<&'a str>,
+    /// The webhook request's W3C trace context.
+    pub traceparent: Option<&'a str>,
 }
 
 /// What [`persist`] did.
@@ -84,8 +86,8 @@ pub async fn persist(db: &sqlx::PgPool, e: &NewEvent<'_>) -> Result<Persisted, s
                AND $3 IN ('customer.upserted', 'product.upserted') AND EXISTS (SELECT 1 FROM ev)
              LIMIT 1
            ), run AS (
-             INSERT INTO sync_runs (id, binding_id, event_id, event_name, entity_type, magento_entity_id, policy, request_id)
-             SELECT $10, $2, ev.id, $3, $13, $5, (SELECT settings FROM binding_settings WHERE binding_id = $2), $15
+             INSERT INTO sync_runs (id, binding_id, event_id, event_name, entity_type, magento_entity_id, policy, request_id, traceparent, trace_id)
+             SELECT $10, $2, ev.id, $3, $13, $5, (SELECT settings FROM binding_settings WHERE binding_id = $2), $15, $16, $17
              FROM ev WHERE NOT EXISTS (SELECT 1 FROM waiting)
              RETURNING id
            ), folded AS (
@@ -114,6 +116,8 @@ pub async fn persist(db: &sqlx::PgPool, e: &NewEvent<'_>) -> Result<Persisted, s
         entity_type,
         &ledger_core::crypto::sha256(e.raw)[..],
         e.request_id,
+        e.traceparent,
+        e.traceparent.and_then(ledger_core::trace::trace_id),
     )
     .fetch_one(db)
     .await?;
@@ -292,6 +296,7 @@ pub async fn receive(
         }
     };
     let (event, document) = parse_body(&body)?;
+    let traceparent = ledger_core::trace::traceparent(&tracing::Span::current());
 
     let event = NewEvent {
         binding_id: caller.binding_id,
@@ -306,6 +311,7 @@ pub async fn receive(
         jti_expires_at: caller.jti_expires_at,
         raw: &body,
         request_id: request_id.as_deref(),
+        traceparent: traceparent.as_deref(),
     };
     let row = persist(&state.db, &event).await?;
     if !row.fresh_token {

@@ -138,6 +138,7 @@ async fn run() {
                     jti_expires_at: chrono::Utc::now().timestamp() + 90,
                     raw: key.as_bytes(),
                     request_id: None,
+                    traceparent: None,
                 };
                 let stored = ledger_event_ingest::persist(&pool, &event).await.expect("insert");
                 assert!(stored.run_id.is_some());

@@ -1,8 +1,9 @@
 //! Logs and traces: one `init` that returns a guard flushing spans on drop.
 //!
 //! Logs are structured JSON lines on stderr (or human-readable in `pretty` mode).
-//! Traces go to an OTLP/HTTP collector only when `otlp_endpoint` is set; otherwise no
-//! exporter exists, so nothing retries or complains.
+//! Spans always carry trace context (stored on sync runs, sent to the store); they go
+//! to an OTLP/HTTP collector only when `otlp_endpoint` is set, otherwise no exporter
+//! exists, so nothing retries or complains.
 
 use ledger_core::{Settings, config::LogFormat};
 use opentelemetry::trace::TracerProvider as _;
@@ -43,28 +44,27 @@ pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
             .boxed(),
     };
 
-    let (otel, provider) = match &settings.otlp_endpoint {
-        None => (None, None),
-        Some(endpoint) => {
-            let endpoint = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
-            ledger_core::install_crypto_provider();
-            let client = reqwest::blocking::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?;
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_http_client(client)
-                .with_endpoint(endpoint)
-                .build()?;
-            let provider = SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(Resource::builder().with_service_name("ledger").build())
-                .build();
-            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("ledger"));
-            (Some(layer), Some(provider))
-        }
-    };
+    // The OpenTelemetry layer is always on, so every span has a trace id to store on
+    // sync runs and pass to the store; spans are exported only with an endpoint.
+    let mut builder =
+        SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name("ledger").build());
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        let endpoint = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
+        ledger_core::install_crypto_provider();
+        let client = reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(client)
+            .with_endpoint(endpoint)
+            .build()?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("ledger"));
+    let provider = Some(provider);
 
     tracing_subscriber::registry()
         .with(filter)

@@ -254,7 +254,39 @@ impl MagentoClient {
         )
     }
 
+    /// One client span per call; the store gets the W3C trace context, so a store that
+    /// traces can join the ledger's trace.
     async fn send(&self, request: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, MagentoError> {
+        let method = request
+            .try_clone()
+            .and_then(|r| r.build().ok())
+            .map_or_else(|| "HTTP".to_owned(), |r| r.method().to_string());
+        let path = url.split(['?', '#']).next().unwrap_or_default();
+        let route = path.rsplit_once("/rest/V1/").map_or("", |(_, r)| r);
+        let route: Vec<&str> = route
+            .split('/')
+            .map(|s| {
+                if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+                    "{id}"
+                } else {
+                    s
+                }
+            })
+            .collect();
+        let span = tracing::info_span!(
+            "magento",
+            otel.name = %format!("magento {method} /rest/V1/{}", route.join("/")),
+            otel.kind = "client",
+            http.request.method = %method,
+        );
+        let mut request = request;
+        if let Some(tp) = ledger_core::trace::traceparent(&span) {
+            request = request.header("traceparent", tp);
+        }
+        tracing::Instrument::instrument(self.send_inner(request, url), span).await
+    }
+
+    async fn send_inner(&self, request: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, MagentoError> {
         let response = request
             .header(header::AUTHORIZATION, self.bearer())
             .header(header::ACCEPT, "application/json")

@@ -65,6 +65,19 @@ pub enum SageError {
 }
 
 impl SageError {
+    /// A short, stable name for the variant (span attributes, call summaries).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TokenRejected(_) => "token_rejected",
+            Self::SubscriptionLapsed(_) => "subscription_lapsed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Rejected { .. } => "rejected",
+            Self::NotFound { .. } => "not_found",
+            Self::Transient { .. } => "transient",
+            Self::BadResponse { .. } => "bad_response",
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient { .. } | Self::RateLimited { .. })
     }
@@ -158,7 +171,29 @@ impl SageApi {
         Ok(format!("{}/{}", self.base, path.trim_start_matches('/')))
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder, auth: Auth<'_>) -> Result<Vec<u8>, SageError> {
+    /// One client span per call, named by method and route (ids elided).
+    async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        request: reqwest::RequestBuilder,
+        auth: Auth<'_>,
+    ) -> Result<Vec<u8>, SageError> {
+        let span = tracing::info_span!(
+            "sage",
+            otel.name = %format!("sage {method} {}", route_of(url)),
+            otel.kind = "client",
+            http.request.method = method,
+            error.r#type = tracing::field::Empty,
+        );
+        let result = tracing::Instrument::instrument(self.send_inner(request, auth), span.clone()).await;
+        if let Err(e) = &result {
+            span.record("error.r#type", e.kind());
+        }
+        result
+    }
+
+    async fn send_inner(&self, request: reqwest::RequestBuilder, auth: Auth<'_>) -> Result<Vec<u8>, SageError> {
         let mut request = request
             .header(header::AUTHORIZATION, format!("Bearer {}", auth.access_token.expose()))
             .header(header::ACCEPT, "application/json");
@@ -207,24 +242,27 @@ impl SageApi {
     /// GET and decode.
     pub async fn get<T: DeserializeOwned>(&self, auth: Auth<'_>, path: &str) -> Result<T, SageError> {
         let url = self.url(path)?;
-        let bytes = self.send(self.http.get(&url), auth).await.map_err(|e| match e {
-            SageError::NotFound { .. } => SageError::NotFound { path: path.to_owned() },
-            other => other,
-        })?;
+        let bytes = self
+            .send("GET", &url, self.http.get(&url), auth)
+            .await
+            .map_err(|e| match e {
+                SageError::NotFound { .. } => SageError::NotFound { path: path.to_owned() },
+                other => other,
+            })?;
         serde_json::from_slice(&bytes).map_err(|e| SageError::BadResponse { reason: e.to_string() })
     }
 
     /// POST a JSON body and decode the answer.
     pub async fn post<T: DeserializeOwned>(&self, auth: Auth<'_>, path: &str, body: &Value) -> Result<T, SageError> {
         let url = self.url(path)?;
-        let bytes = self.send(self.http.post(&url).json(body), auth).await?;
+        let bytes = self.send("POST", &url, self.http.post(&url).json(body), auth).await?;
         serde_json::from_slice(&bytes).map_err(|e| SageError::BadResponse { reason: e.to_string() })
     }
 
     /// PUT a JSON body and decode the answer.
     pub async fn put<T: DeserializeOwned>(&self, auth: Auth<'_>, path: &str, body: &Value) -> Result<T, SageError> {
         let url = self.url(path)?;
-        let bytes = self.send(self.http.put(&url).json(body), auth).await?;
+        let bytes = self.send("PUT", &url, self.http.put(&url).json(body), auth).await?;
         serde_json::from_slice(&bytes).map_err(|e| SageError::BadResponse { reason: e.to_string() })
     }
 
@@ -261,9 +299,38 @@ impl SageApi {
     }
 }
 
+/// A URL's path with ids replaced by `{id}` and the query dropped: span names must not
+/// carry ids (cardinality) or search terms (personal data).
+pub fn route_of(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    let path = path
+        .split_once("://")
+        .map_or(path, |(_, rest)| rest.find('/').map_or("", |i| &rest[i..]));
+    path.split('/')
+        .map(|seg| {
+            let digits = seg.bytes().any(|b| b.is_ascii_digit());
+            if digits && (seg.len() >= 8 || seg.bytes().all(|b| b.is_ascii_digit())) {
+                "{id}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_hide_ids_and_queries() {
+        assert_eq!(
+            route_of("https://api.accounting.sage.com/v3.1/sales_invoices/8f2c0a9e4b6d?search=Jane%20Doe"),
+            "/v3.1/sales_invoices/{id}"
+        );
+        assert_eq!(route_of("http://127.0.0.1:8400/contacts"), "/contacts");
+    }
 
     #[test]
     fn urls_resolve_against_the_base_and_stay_on_its_host() {

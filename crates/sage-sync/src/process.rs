@@ -16,7 +16,7 @@ use ledger_magento_api::{
 };
 use ledger_sage_api::SageError;
 use ledger_sage_vault::{
-    session::{CallError, Session},
+    session::{CallError, CallLog, Session},
     tokens::VaultError,
 };
 use ledger_tenant_binding::bindings;
@@ -42,12 +42,14 @@ pub struct RunInfo {
     pub created_at: DateTime<Utc>,
     pub policy: Option<Value>,
     pub magento_base_url: String,
+    /// The webhook's W3C trace context, continued while syncing.
+    pub traceparent: Option<String>,
 }
 
 pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunInfo>, sqlx::Error> {
     let row = sqlx::query!(
         r#"SELECT r.id, r.binding_id AS "binding_id: BindingId", b.tenant_id AS "tenant_id: TenantId", r.event_name,
-                  r.entity_type, r.magento_entity_id, r.created_at, r.policy, b.magento_base_url
+                  r.entity_type, r.magento_entity_id, r.created_at, r.policy, b.magento_base_url, r.traceparent
            FROM sync_runs r JOIN connector_bindings b ON b.id = r.binding_id WHERE r.id = $1"#,
         run
     )
@@ -63,6 +65,7 @@ pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunIn
         created_at: r.created_at,
         policy: r.policy,
         magento_base_url: r.magento_base_url,
+        traceparent: r.traceparent,
     }))
 }
 
@@ -244,14 +247,14 @@ impl Env<'_> {
 }
 
 /// Runs one sync event to an outcome.
-pub async fn sync_event(state: &AppState, run: &RunInfo) -> Outcome {
-    match run_event(state, run).await {
+pub async fn sync_event(state: &AppState, run: &RunInfo, log: &CallLog) -> Outcome {
+    match run_event(state, run, log).await {
         Ok(outcome) | Err(Stop::Outcome(outcome)) => outcome,
         Err(Stop::Failed(failure)) => Outcome::Failed(failure),
     }
 }
 
-async fn run_event(state: &AppState, run: &RunInfo) -> Step<Outcome> {
+async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog) -> Step<Outcome> {
     let settings = match &run.policy {
         Some(snapshot) => serde_json::from_value(snapshot.clone()).unwrap_or_default(),
         None => policy::load(state, run.binding).await?,
@@ -284,7 +287,7 @@ async fn run_event(state: &AppState, run: &RunInfo) -> Step<Outcome> {
     .await?
     .unwrap_or_else(|| "uk".to_owned());
     let (country, base_currency) = business_locale(&region);
-    let session = sage!(Session::open(state, run.binding).await);
+    let session = sage!(Session::open(state, run.binding).await).recording(log);
     let business = session.business_id().unwrap_or_default().to_owned();
     let mut env = Env {
         state,

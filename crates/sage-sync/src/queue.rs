@@ -50,7 +50,8 @@ async fn claim_with(
              SELECT cb.id FROM connector_bindings cb
              LEFT JOIN sage_connections sc ON sc.binding_id = cb.id
              LEFT JOIN sage_budgets sb ON sb.business_id = sc.business_id
-             WHERE cb.status = 'active'
+             -- Callbacks still go to stores whose Sage connection is held (needs_reauth, paused).
+             WHERE (cb.status = 'active' OR ($4 AND cb.status IN ('needs_reauth', 'paused')))
                AND CASE WHEN $4
                    THEN EXISTS (SELECT 1 FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued'
                                 AND j.kind = 'sync_state' AND j.run_at <= now())

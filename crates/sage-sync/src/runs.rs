@@ -31,6 +31,7 @@ pub async fn complete(
     run: &RunInfo,
     outcome: &Outcome,
     started: DateTime<Utc>,
+    calls: &[ledger_sage_vault::session::CallSummary],
 ) -> Result<(), sqlx::Error> {
     let attempt = u32::try_from(job.attempt).unwrap_or(1);
     let next = crate::outcome::next(outcome, attempt, state.settings.job_max_attempts);
@@ -112,15 +113,17 @@ pub async fn complete(
     let counted = !matches!(next, Next::Retry { count: false, .. });
     if counted || matches!(outcome, Outcome::Failed(_)) {
         sqlx::query!(
-            "INSERT INTO sync_attempts (sync_run_id, attempt, started_at, outcome, error_class, error_code, message)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO sync_attempts (sync_run_id, attempt, started_at, outcome, error_class, error_code, message, request, worker)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             run.id,
             job.attempt,
             started,
             status,
             class,
             code,
-            message
+            message,
+            json!({ "sage_calls": calls }),
+            format!("{}", std::process::id()),
         )
         .execute(&mut *tx)
         .await?;
@@ -164,7 +167,12 @@ pub async fn complete(
             invoice_sage,
             None,
         ) {
-            let payload = json!({ "state": sync_state, "run_id": run.id, "finished_at": Utc::now() });
+            let payload = json!({
+                "state": sync_state,
+                "run_id": run.id,
+                "finished_at": Utc::now(),
+                "traceparent": ledger_core::trace::traceparent(&tracing::Span::current()).or_else(|| run.traceparent.clone()),
+            });
             queue::enqueue_callback(
                 &mut tx,
                 run.binding,
@@ -216,6 +224,11 @@ pub struct Attempt {
     pub error_class: Option<String>,
     pub error_code: Option<String>,
     pub message: Option<String>,
+    /// What was asked of Sage, redacted: method, route, outcome, timing (no bodies).
+    #[schema(value_type = Object)]
+    pub request: Option<Value>,
+    /// The worker process that made the attempt.
+    pub worker: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -272,7 +285,7 @@ pub async fn detail(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunDeta
     };
     let attempts = sqlx::query_as!(
         Attempt,
-        "SELECT attempt, started_at, finished_at, outcome, error_class, error_code, message FROM sync_attempts WHERE sync_run_id = $1 ORDER BY id",
+        "SELECT attempt, started_at, finished_at, outcome, error_class, error_code, message, request, worker FROM sync_attempts WHERE sync_run_id = $1 ORDER BY id",
         run
     )
     .fetch_all(db)

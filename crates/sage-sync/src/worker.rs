@@ -240,8 +240,18 @@ async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<
     sqlx::query!("UPDATE sync_runs SET status = 'running', started_at = COALESCE(started_at, now()), updated_at = now() WHERE id = $1 AND status = 'pending'", run.id)
         .execute(&state.db)
         .await?;
-    let span = tracing::info_span!("sync", run = %run.id, event = %run.event_name, entity = run.entity_id, binding = %run.binding, worker);
-    let outcome = tracing::Instrument::instrument(process::sync_event(state, &run), span).await;
+    let span = tracing::info_span!(
+        "sync",
+        otel.name = %format!("sync {}", run.event_name),
+        run = %run.id,
+        event = %run.event_name,
+        entity = run.entity_id,
+        binding = %run.binding,
+        worker
+    );
+    ledger_core::trace::continue_from(&span, run.traceparent.as_deref());
+    let log = ledger_sage_vault::session::CallLog::default();
+    let outcome = tracing::Instrument::instrument(process::sync_event(state, &run, &log), span.clone()).await;
     match &outcome {
         Outcome::Failed(f) => {
             tracing::info!(run = %run.id, class = f.class.as_str(), code = %f.code, "sync attempt failed")
@@ -249,11 +259,14 @@ async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<
         Outcome::Blocked { reason, .. } => tracing::debug!(run = %run.id, reason, "sync waiting"),
         _ => tracing::info!(run = %run.id, "sync finished"),
     }
-    runs::complete(state, job, &run, &outcome, started).await
+    tracing::Instrument::instrument(runs::complete(state, job, &run, &outcome, started, &log.take()), span).await
 }
 
 async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Error> {
-    let delivery = callback::deliver(state, job.binding_id, &job.payload).await;
+    let span =
+        tracing::info_span!("sync_state", otel.name = "sync-state callback", job = job.id, binding = %job.binding_id);
+    ledger_core::trace::continue_from(&span, job.payload["traceparent"].as_str());
+    let delivery = tracing::Instrument::instrument(callback::deliver(state, job.binding_id, &job.payload), span).await;
     let run_id = job.payload["run_id"]
         .as_str()
         .and_then(|r| r.parse::<uuid::Uuid>().ok());

@@ -97,12 +97,25 @@ pub async fn refresh(state: &AppState, binding: BindingId) -> Result<(), Referen
     )
     .execute(&mut *tx)
     .await?;
-    sqlx::query!(
+    let resumed = sqlx::query!(
         "UPDATE connector_bindings SET status = 'active' WHERE id = $1 AND status = 'paused'",
         binding.0
     )
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if resumed > 0 {
+        // Work held while the subscription was lapsed resumes.
+        sqlx::query!(
+            "UPDATE jobs SET status = 'queued', run_at = now(), updated_at = now() WHERE binding_id = $1 AND status = 'paused'",
+            binding.0
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", binding.0.to_string())
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(())
 }

@@ -124,6 +124,38 @@ enum Request<'a> {
     Put(&'a str, &'a Value),
 }
 
+/// One Sage call as the run history shows it: no bodies, no query strings (they carry
+/// customers' personal data), just what was called and how it went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallSummary {
+    pub method: &'static str,
+    pub route: String,
+    /// `ok`, or the error kind (`rejected`, `rate_limited`, ...).
+    pub outcome: &'static str,
+    /// Sage's error codes and fields when it refused, e.g. `RecordInvalid: reference`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    pub ms: u64,
+}
+
+/// Collects a run's call summaries, whichever way the run ends.
+#[derive(Debug, Clone, Default)]
+pub struct CallLog(std::sync::Arc<std::sync::Mutex<Vec<CallSummary>>>);
+
+impl CallLog {
+    fn push(&self, call: CallSummary) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(call);
+    }
+
+    /// Everything recorded so far, emptying the log.
+    pub fn take(&self) -> Vec<CallSummary> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
 /// A binding's connection to its Sage business.
 #[derive(Debug)]
 pub struct Session<'a> {
@@ -134,6 +166,7 @@ pub struct Session<'a> {
     budget: Budget,
     /// Wait for budget instead of failing with `BudgetSpent` (reference refreshes).
     wait_for_budget: bool,
+    log: Option<CallLog>,
 }
 
 impl<'a> Session<'a> {
@@ -146,12 +179,19 @@ impl<'a> Session<'a> {
             token,
             budget: Budget::from_settings(&state.settings),
             wait_for_budget: false,
+            log: None,
         })
     }
 
     /// Waits for the budget rather than failing (interactive refreshes).
     pub fn waiting(mut self) -> Self {
         self.wait_for_budget = true;
+        self
+    }
+
+    /// Records a summary of every call into `log`.
+    pub fn recording(mut self, log: &CallLog) -> Self {
+        self.log = Some(log.clone());
         self
     }
 
@@ -186,11 +226,28 @@ impl<'a> Session<'a> {
                 access_token: &self.token.token,
                 business_id: self.token.business_id.as_deref(),
             };
-            let result = match request {
-                Request::Get(path) => self.api.get(auth, path).await,
-                Request::Post(path, body) => self.api.post(auth, path, body).await,
-                Request::Put(path, body) => self.api.put(auth, path, body).await,
+            let started = std::time::Instant::now();
+            let (method, path, result) = match request {
+                Request::Get(path) => ("GET", path, self.api.get(auth, path).await),
+                Request::Post(path, body) => ("POST", path, self.api.post(auth, path, body).await),
+                Request::Put(path, body) => ("PUT", path, self.api.put(auth, path, body).await),
             };
+            if let Some(log) = &self.log {
+                let errors = match &result {
+                    Err(SageError::Rejected { errors, .. }) => errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.data_code, e.source))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                log.push(CallSummary {
+                    method,
+                    route: ledger_sage_api::route_of(path),
+                    outcome: result.as_ref().map_or_else(SageError::kind, |_| "ok"),
+                    errors,
+                    ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                });
+            }
             match result {
                 Err(SageError::TokenRejected(_)) if !retried => {
                     retried = true;

@@ -360,7 +360,7 @@ async fn mark_needs_reauth(state: &AppState, binding: BindingId, lease: uuid::Uu
         .fetch_optional(&mut *tx)
         .await?;
         sqlx::query!(
-            "UPDATE jobs SET status = 'paused', updated_at = now() WHERE binding_id = $1 AND status = 'queued'",
+            "UPDATE jobs SET status = 'paused', updated_at = now() WHERE binding_id = $1 AND status = 'queued' AND kind = 'sync_event'",
             binding.0
         )
         .execute(&mut *tx)
@@ -405,7 +405,7 @@ pub async fn mark_subscription_lapsed(state: &AppState, binding: BindingId) -> R
         .execute(&mut *tx)
         .await?;
         sqlx::query!(
-            "UPDATE jobs SET status = 'paused', updated_at = now() WHERE binding_id = $1 AND status = 'queued'",
+            "UPDATE jobs SET status = 'paused', updated_at = now() WHERE binding_id = $1 AND status = 'queued' AND kind = 'sync_event'",
             binding.0
         )
         .execute(&mut *tx)

@@ -87,7 +87,7 @@ fn make_span(req: &Request) -> Span {
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         otel.name = %format!("{} {route}", req.method()),
         otel.kind = "server",
@@ -95,7 +95,11 @@ fn make_span(req: &Request) -> Span {
         http.route = %route,
         request_id = %request_id,
         http.response.status_code = Empty,
-    )
+    );
+    // A caller's W3C trace context is continued (propagation convention).
+    let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
+    ledger_core::trace::continue_from(&span, parent);
+    span
 }
 
 fn on_response<B>(res: &Response<B>, latency: std::time::Duration, span: &Span) {
