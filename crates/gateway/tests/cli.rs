@@ -2,72 +2,14 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use ledger_test_support::{TestDb, admin_url};
 
-const LEDGER: &str = env!("CARGO_BIN_EXE_ledger");
-
-/// Kills the child if a test fails before it exits, so no process outlives the run.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-impl std::ops::Deref for Reaper {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Reaper {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-fn spawn(cmd: &mut Command) -> Reaper {
-    ledger_gateway::install_crypto_provider();
-    Reaper(cmd.spawn().unwrap())
-}
-
-/// A clean environment: nothing from the developer's shell leaks into the child.
-fn ledger() -> Command {
-    let mut cmd = Command::new(LEDGER);
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-    cmd
-}
-
-fn terminate(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            panic!("the process did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+mod common;
+use common::*;
 
 #[test]
 fn bad_configuration_exits_2_naming_the_setting() {

@@ -233,6 +233,8 @@ struct Env<'a> {
     country: &'static str,
     base_currency: &'static str,
     binding_text: String,
+    /// This attempt's job lease: the holder of the entity leases it takes.
+    holder: uuid::Uuid,
 }
 
 impl Env<'_> {
@@ -247,14 +249,14 @@ impl Env<'_> {
 }
 
 /// Runs one sync event to an outcome.
-pub async fn sync_event(state: &AppState, run: &RunInfo, log: &CallLog) -> Outcome {
-    match run_event(state, run, log).await {
+pub async fn sync_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid::Uuid) -> Outcome {
+    match run_event(state, run, log, holder).await {
         Ok(outcome) | Err(Stop::Outcome(outcome)) => outcome,
         Err(Stop::Failed(failure)) => Outcome::Failed(failure),
     }
 }
 
-async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog) -> Step<Outcome> {
+async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid::Uuid) -> Step<Outcome> {
     let settings = match &run.policy {
         Some(snapshot) => serde_json::from_value(snapshot.clone()).unwrap_or_default(),
         None => policy::load(state, run.binding).await?,
@@ -299,6 +301,7 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog) -> Step<Outco
         country,
         base_currency,
         binding_text: run.binding.to_string(),
+        holder,
     };
     match run.event_name.as_str() {
         "invoice.created" => invoice_created(&mut env).await,
@@ -311,6 +314,21 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog) -> Step<Outco
             "unknown_event",
             format!("No handler for {other}."),
         ))),
+    }
+}
+
+/// Leases a Magento entity for this attempt (released when the attempt is recorded), or
+/// waits a moment when another attempt works on it: an invoice, its payment and its
+/// credit notes move the same Sage balance, so they go one at a time.
+async fn hold(env: &Env<'_>, key: &str) -> Step<()> {
+    let ttl = env.state.settings.job_lease;
+    if xref::lock(&env.state.db, env.run.binding, key, env.holder, ttl).await? {
+        Ok(())
+    } else {
+        Err(Stop::Outcome(Outcome::Blocked {
+            after: Duration::from_millis(250),
+            reason: "entity_busy".into(),
+        }))
     }
 }
 
@@ -351,6 +369,7 @@ fn document_policy(s: &Settings, website: i64, store: Option<i64>, created_at: &
 
 async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
     let id = env.run.entity_id;
+    hold(env, &format!("invoice:{id}")).await?;
     let inv = env
         .magento
         .invoice(id)
@@ -489,7 +508,16 @@ async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -> Step<Valu
     let mut body = mapped.body;
     let idempotency = mapping::idempotency_id(&env.binding_text, doc.wrapper, &format!("{}:{generation}", doc.id));
     body["idempotency_id"] = json!(idempotency);
-    xref::mark_posting(&db, binding, doc.entity, doc.id, "", &idempotency, &env.business).await?;
+    if !xref::mark_posting(&db, binding, doc.entity, doc.id, "", &idempotency, &env.business).await? {
+        // Another attempt posted it meanwhile (its lease had lapsed): use that document.
+        let sage_id = xref::get(&db, binding, doc.entity, doc.id, "")
+            .await?
+            .and_then(|x| x.sage_id)
+            .unwrap_or_default();
+        return Ok(sage!(
+            env.session.get::<Value>(&format!("{}/{sage_id}", doc.path)).await
+        ));
+    }
     match env.session.post::<Value>(doc.path, &json!({ doc.wrapper: body })).await {
         Ok(created) => Ok(created),
         Err(CallError::Sage(e @ SageError::Rejected { .. })) => {
@@ -580,6 +608,7 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
     let db = env.state.db.clone();
     let binding = env.run.binding;
     let xid = key.xref_id();
+    hold(env, &format!("contact:{xid}:{currency}")).await?;
     if let Some(x) = xref::get(&db, binding, "contact", xid, &currency).await?
         && let Some(id) = x.posted()
     {
@@ -691,6 +720,11 @@ async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
                 .unwrap_or("invoice_not_synced"),
             "The invoice was skipped by policy, so this document is too.",
         ))),
+        // Synced, its xref about to say so (another attempt is finishing): look again soon.
+        Some("synced") => Err(Stop::Outcome(Outcome::Blocked {
+            after: Duration::from_secs(1),
+            reason: "waiting_for_invoice".into(),
+        })),
         Some(_) => Err(Failure::new(
             ErrorClass::Validation,
             "invoice_not_synced",
@@ -715,6 +749,7 @@ async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
 
 async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
     let invoice_id = env.run.entity_id;
+    hold(env, &format!("invoice:{invoice_id}")).await?;
     if let Some(x) = xref::get(&env.state.db, env.run.binding, "payment", invoice_id, "").await?
         && let Some(id) = x.posted()
     {
@@ -830,69 +865,91 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
     if let Some(skipped) = document_policy(&env.settings, memo.website_id, None, &memo.created_at) {
         return Ok(skipped);
     }
-    if let Some(x) = xref::get(&env.state.db, env.run.binding, "creditmemo", id, "").await?
-        && let Some(sage_id) = x.posted()
-    {
-        return Ok(Outcome::Synced {
-            sage_id: sage_id.to_owned(),
-            reference: x.sage_reference.clone(),
-            message: Some("Already in Sage.".into()),
-        });
-    }
+    hold(env, &format!("creditmemo:{id}")).await?;
     // On the original invoice's contact (needed to allocate); refunds from the order use routing.
     let invoice = match memo.invoice_id {
-        Some(invoice_id) => Some(require_invoice(env, invoice_id).await?),
+        Some(invoice_id) => {
+            hold(env, &format!("invoice:{invoice_id}")).await?;
+            Some(require_invoice(env, invoice_id).await?)
+        }
         None => None,
     };
-    let contact_id = match invoice.as_ref().and_then(|x| x.extra["contact_id"].as_str()) {
-        Some(c) => c.to_owned(),
-        None => ensure_contact(env, &memo.customer, &memo.currency, memo.grand_total).await?,
+    let existing = xref::get(&env.state.db, env.run.binding, "creditmemo", id, "").await?;
+    let (sage_id, number, total, mut message) = match existing.as_ref().and_then(|x| x.posted().map(|p| (x, p))) {
+        Some((x, posted)) => {
+            let done = Outcome::Synced {
+                sage_id: posted.to_owned(),
+                reference: x.sage_reference.clone(),
+                message: Some("Already in Sage.".into()),
+            };
+            if invoice.is_none() || x.extra["allocated"].as_bool() == Some(true) {
+                return Ok(done);
+            }
+            // Posted, but the allocation may not have happened: finish it below.
+            let total = x.extra["totals"]["total"].clone();
+            (
+                posted.to_owned(),
+                x.sage_reference.clone(),
+                amount(&total).unwrap_or_default(),
+                None,
+            )
+        }
+        None => {
+            let contact_id = match invoice.as_ref().and_then(|x| x.extra["contact_id"].as_str()) {
+                Some(c) => c.to_owned(),
+                None => ensure_contact(env, &memo.customer, &memo.currency, memo.grand_total).await?,
+            };
+            let mapped = mapping::map_credit_note(&memo, &contact_id, &env.ctx())?;
+            let reference = mapped.body["reference"].as_str().unwrap_or_default().to_owned();
+            let created = post_once(
+                env,
+                Doc {
+                    entity: "creditmemo",
+                    id,
+                    path: "/sales_credit_notes",
+                    wrapper: "sales_credit_note",
+                    reference: &reference,
+                    contact_id: &contact_id,
+                },
+                mapped.clone(),
+            )
+            .await?;
+            let sage_id = created["id"].as_str().unwrap_or_default().to_owned();
+            let number = created["credit_note_number"]
+                .as_str()
+                .or_else(|| created["displayed_as"].as_str())
+                .map(str::to_owned);
+            xref::mark_posted(
+                &env.state.db,
+                env.run.binding,
+                "creditmemo",
+                id,
+                "",
+                &sage_id,
+                number.as_deref(),
+                &env.business,
+                &json!({ "contact_id": contact_id, "totals": mapped.totals }),
+            )
+            .await?;
+            check_totals(&created, &mapped, &sage_id)?;
+            (sage_id, number, mapped.totals.total, notes_message(&mapped))
+        }
     };
-    let mapped = mapping::map_credit_note(&memo, &contact_id, &env.ctx())?;
-    let reference = mapped.body["reference"].as_str().unwrap_or_default().to_owned();
-    let created = post_once(
-        env,
-        Doc {
-            entity: "creditmemo",
-            id,
-            path: "/sales_credit_notes",
-            wrapper: "sales_credit_note",
-            reference: &reference,
-            contact_id: &contact_id,
-        },
-        mapped.clone(),
-    )
-    .await?;
-    let sage_id = created["id"].as_str().unwrap_or_default().to_owned();
-    let number = created["credit_note_number"]
-        .as_str()
-        .or_else(|| created["displayed_as"].as_str())
-        .map(str::to_owned);
-    xref::mark_posted(
-        &env.state.db,
-        env.run.binding,
-        "creditmemo",
-        id,
-        "",
-        &sage_id,
-        number.as_deref(),
-        &env.business,
-        &json!({ "contact_id": contact_id, "totals": mapped.totals }),
-    )
-    .await?;
-    check_totals(&created, &mapped, &sage_id)?;
-    // Allocated against the invoice while it is outstanding.
-    let mut message = notes_message(&mapped);
+    // Allocated against the invoice as far as both are still open. Both balances are read
+    // again: an earlier attempt's allocation may have landed with its answer lost.
     if let Some(invoice) = invoice
         && let Some(invoice_sage_id) = invoice.sage_id.as_deref()
     {
+        let contact_id = invoice.extra["contact_id"].as_str().unwrap_or_default().to_owned();
         let current: Value = sage!(
             env.session
                 .get(&format!("/sales_invoices/{invoice_sage_id}?mark_as_sent=false"))
                 .await
         );
-        let outstanding = amount(&current["outstanding_amount"]).unwrap_or_default();
-        let allocate = outstanding.min(mapped.totals.total);
+        let note: Value = sage!(env.session.get(&format!("/sales_credit_notes/{sage_id}")).await);
+        let invoice_open = amount(&current["outstanding_amount"]).unwrap_or_default();
+        let note_open = amount(&note["outstanding_amount"]).unwrap_or(total);
+        let allocate = invoice_open.min(note_open);
         if allocate > Decimal::ZERO {
             let body = json!({ "contact_allocation": {
                 "transaction_type_id": "CUSTOMER_ALLOCATION",
@@ -902,11 +959,20 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                     { "artefact_id": invoice_sage_id, "amount": mapping::num(allocate) },
                     { "artefact_id": sage_id, "amount": mapping::num(-allocate) },
                 ],
-                "idempotency_id": mapping::idempotency_id(&env.binding_text, "contact_allocation", &id.to_string()),
+                "idempotency_id": mapping::idempotency_id(&env.binding_text, "contact_allocation", &format!("{id}:{allocate}")),
             }});
             sage!(env.session.post::<Value>("/contact_allocations", &body).await);
             message = Some(format!("Allocated {allocate} against the invoice."));
         }
+        xref::merge_extra(
+            &env.state.db,
+            env.run.binding,
+            "creditmemo",
+            id,
+            "",
+            &json!({ "allocated": true }),
+        )
+        .await?;
     }
     Ok(Outcome::Synced {
         sage_id,
@@ -917,6 +983,7 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
 
 async fn customer(env: &mut Env<'_>) -> Step<Outcome> {
     let id = env.run.entity_id;
+    hold(env, &format!("customer:{id}")).await?;
     let contact = env
         .magento
         .customer(id)
@@ -940,6 +1007,7 @@ async fn customer(env: &mut Env<'_>) -> Step<Outcome> {
 
 async fn product(env: &mut Env<'_>) -> Step<Outcome> {
     let id = env.run.entity_id;
+    hold(env, &format!("product:{id}")).await?;
     let p = env
         .magento
         .product(id)

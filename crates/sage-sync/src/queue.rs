@@ -97,9 +97,25 @@ async fn claim_with(
     }))
 }
 
+/// How long until a queued job may be due: its `run_at`, or its business's budget
+/// freeing up, whichever is later (capped by the caller's poll interval).
+pub async fn next_due_in(db: &PgPool) -> Result<Option<Duration>, sqlx::Error> {
+    let secs = sqlx::query_scalar!(
+        r#"SELECT EXTRACT(EPOCH FROM min(GREATEST(j.run_at, COALESCE(sb.blocked_until, j.run_at))) - now())::float8
+           FROM jobs j
+           JOIN connector_bindings cb ON cb.id = j.binding_id AND cb.status = 'active'
+           LEFT JOIN sage_connections sc ON sc.binding_id = cb.id
+           LEFT JOIN sage_budgets sb ON sb.business_id = sc.business_id
+           WHERE j.status = 'queued'"#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+}
+
 /// Extends a running job's lease; false when the lease was lost (reclaimed).
 pub async fn heartbeat(db: &PgPool, job: &Job, lease: Duration) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query!(
+    let held = sqlx::query!(
         "UPDATE jobs SET locked_until = now() + make_interval(secs => $3) WHERE id = $1 AND lease_id = $2 AND status = 'running'",
         job.id,
         job.lease_id,
@@ -108,7 +124,18 @@ pub async fn heartbeat(db: &PgPool, job: &Job, lease: Duration) -> Result<bool, 
     .execute(db)
     .await?
     .rows_affected()
-        == 1)
+        == 1;
+    if held {
+        // The entity leases the attempt took live as long as the job's.
+        sqlx::query!(
+            "UPDATE sync_locks SET until = now() + make_interval(secs => $2) WHERE holder = $1",
+            job.lease_id,
+            lease.as_secs_f64()
+        )
+        .execute(db)
+        .await?;
+    }
+    Ok(held)
 }
 
 /// Puts jobs whose lease expired (their worker died) back in the queue.

@@ -166,10 +166,21 @@ async fn work(state: AppState, n: usize, wake: Arc<Notify>, held: Arc<Held>, sto
                 held.remove(&job);
             }
             Ok(None) => {
+                // Sleep until the next job falls due (a backoff ends, a budget frees), a
+                // notification, or the polling fallback, whichever comes first.
+                let due = queue::next_due_in(&state.db).await.ok().flatten();
+                // A job due now that could not be claimed waits on a busy binding, whose
+                // own workers claim it when they finish: no need to spin.
+                let wait = match due {
+                    Some(d) if d > Duration::from_millis(5) => {
+                        (d + Duration::from_millis(2)).min(state.settings.job_poll_interval)
+                    }
+                    _ => state.settings.job_poll_interval,
+                };
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = notified => {}
-                    () = tokio::time::sleep(state.settings.job_poll_interval) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
             }
             Err(e) => {
@@ -251,7 +262,8 @@ async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<
     );
     ledger_core::trace::continue_from(&span, run.traceparent.as_deref());
     let log = ledger_sage_vault::session::CallLog::default();
-    let outcome = tracing::Instrument::instrument(process::sync_event(state, &run, &log), span.clone()).await;
+    let outcome =
+        tracing::Instrument::instrument(process::sync_event(state, &run, &log, job.lease_id), span.clone()).await;
     match &outcome {
         Outcome::Failed(f) => {
             tracing::info!(run = %run.id, class = f.class.as_str(), code = %f.code, "sync attempt failed")
@@ -259,7 +271,11 @@ async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<
         Outcome::Blocked { reason, .. } => tracing::debug!(run = %run.id, reason, "sync waiting"),
         _ => tracing::info!(run = %run.id, "sync finished"),
     }
-    tracing::Instrument::instrument(runs::complete(state, job, &run, &outcome, started, &log.take()), span).await
+    let recorded =
+        tracing::Instrument::instrument(runs::complete(state, job, &run, &outcome, started, &log.take()), span).await;
+    // Entity leases end with the attempt (or expire with the job's lease if this fails).
+    crate::xref::unlock_all(&state.db, job.lease_id).await?;
+    recorded
 }
 
 async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Error> {

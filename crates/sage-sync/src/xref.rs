@@ -63,7 +63,40 @@ pub async fn contact_currencies(db: &sqlx::PgPool, binding: BindingId, id: i64) 
     .await
 }
 
-/// Records that a post is about to be sent.
+/// Takes (or renews) the lease on `key` for `holder` until `ttl` from now; false when
+/// another holder has it.
+pub async fn lock(
+    db: &sqlx::PgPool,
+    binding: BindingId,
+    key: &str,
+    holder: uuid::Uuid,
+    ttl: std::time::Duration,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query_scalar!(
+        r#"INSERT INTO sync_locks (binding_id, key, holder, until) VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+           ON CONFLICT (binding_id, key) DO UPDATE SET holder = $3, until = EXCLUDED.until
+           WHERE sync_locks.holder = $3 OR sync_locks.until < now()
+           RETURNING 1 AS "one!""#,
+        binding.0,
+        key,
+        holder,
+        ttl.as_secs_f64()
+    )
+    .fetch_optional(db)
+    .await?
+    .is_some())
+}
+
+/// Releases every lease `holder` has.
+pub async fn unlock_all(db: &sqlx::PgPool, holder: uuid::Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!("DELETE FROM sync_locks WHERE holder = $1", holder)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Records that a post is about to be sent; false when the entity is already posted (a
+/// concurrent attempt finished first), in which case nothing changes.
 pub async fn mark_posting(
     db: &sqlx::PgPool,
     binding: BindingId,
@@ -72,12 +105,13 @@ pub async fn mark_posting(
     currency: &str,
     idempotency: &str,
     business: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query!(
         "INSERT INTO entity_xref (binding_id, entity_type, magento_entity_id, currency, state, idempotency_id, sage_business_id)
          VALUES ($1, $2, $3, $4, 'posting', $5, $6)
          ON CONFLICT (binding_id, entity_type, magento_entity_id, currency)
-         DO UPDATE SET state = 'posting', idempotency_id = $5, sage_business_id = $6, updated_at = now()",
+         DO UPDATE SET state = 'posting', idempotency_id = $5, sage_business_id = $6, updated_at = now()
+         WHERE entity_xref.state <> 'posted'",
         binding.0,
         entity,
         id,
@@ -86,8 +120,9 @@ pub async fn mark_posting(
         business
     )
     .execute(db)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// Records the Sage object a post created (or that a look-up found).

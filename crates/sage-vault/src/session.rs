@@ -45,9 +45,10 @@ impl Budget {
         }
     }
 
-    /// Takes one call from `business`'s budget, or says when the next one frees.
-    /// Exact for any window: a sliding log of calls, serialised by the business's row.
-    pub async fn acquire(&self, db: &sqlx::PgPool, business: &str) -> Result<Result<(), DateTime<Utc>>, sqlx::Error> {
+    /// Takes one call from `business`'s budget (its log entry's id), or says when the
+    /// next one frees. Exact for any window: a sliding log of calls, serialised by the
+    /// business's row.
+    pub async fn acquire(&self, db: &sqlx::PgPool, business: &str) -> Result<Result<i64, DateTime<Utc>>, sqlx::Error> {
         let window = self.window.as_secs_f64();
         let mut tx = db.begin().await?;
         sqlx::query!(
@@ -86,9 +87,12 @@ impl Budget {
             tx.commit().await?;
             return Ok(Err(free_at));
         }
-        sqlx::query!("INSERT INTO sage_calls (business_id) VALUES ($1)", business)
-            .execute(&mut *tx)
-            .await?;
+        let id = sqlx::query_scalar!(
+            "INSERT INTO sage_calls (business_id) VALUES ($1) RETURNING id",
+            business
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         if usage.used + 1 >= self.limit {
             let free_at =
                 usage.oldest.unwrap_or_else(Utc::now) + chrono::Duration::from_std(self.window).unwrap_or_default();
@@ -101,7 +105,31 @@ impl Budget {
             .await?;
         }
         tx.commit().await?;
-        Ok(Ok(()))
+        Ok(Ok(id))
+    }
+
+    /// Moves a call's log entry to now, once its answer is in: Sage saw the call at some
+    /// point before, so the window counted from here covers Sage's own window for it
+    /// whatever the network delays.
+    pub async fn settle(&self, db: &sqlx::PgPool, call: i64) -> Result<(), sqlx::Error> {
+        sqlx::query!("UPDATE sage_calls SET at = clock_timestamp() WHERE id = $1", call)
+            .execute(db)
+            .await?;
+        Ok(())
+    }
+
+    /// Holds every call to `business` until `until` (Sage said 429 anyway: someone else
+    /// uses the business too, or its limit is lower than ours).
+    pub async fn block(&self, db: &sqlx::PgPool, business: &str, until: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        sqlx::query!(
+            "INSERT INTO sage_budgets (business_id, blocked_until) VALUES ($1, $2)
+             ON CONFLICT (business_id) DO UPDATE SET blocked_until = GREATEST(sage_budgets.blocked_until, $2)",
+            business,
+            until
+        )
+        .execute(db)
+        .await?;
+        Ok(())
     }
 
     /// Deletes call records older than the window.
@@ -199,15 +227,15 @@ impl<'a> Session<'a> {
         self.token.business_id.as_deref()
     }
 
-    async fn spend(&self) -> Result<(), CallError> {
+    async fn spend(&self) -> Result<Option<i64>, CallError> {
         let Some(business) = self.token.business_id.clone() else {
-            return Ok(());
+            return Ok(None);
         };
         loop {
             match self.budget.acquire(&self.state.db, &business).await? {
-                Ok(()) => {
+                Ok(call) => {
                     metrics::counter!("sage_calls_total", "business" => business.clone()).increment(1);
-                    return Ok(());
+                    return Ok(Some(call));
                 }
                 Err(free_at) if self.wait_for_budget => {
                     let wait = (free_at - Utc::now()).to_std().unwrap_or_default();
@@ -221,7 +249,7 @@ impl<'a> Session<'a> {
     async fn run<T: DeserializeOwned>(&mut self, request: Request<'_>) -> Result<T, CallError> {
         let mut retried = false;
         loop {
-            self.spend().await?;
+            let call = self.spend().await?;
             let auth = Auth {
                 access_token: &self.token.token,
                 business_id: self.token.business_id.as_deref(),
@@ -232,6 +260,9 @@ impl<'a> Session<'a> {
                 Request::Post(path, body) => ("POST", path, self.api.post(auth, path, body).await),
                 Request::Put(path, body) => ("PUT", path, self.api.put(auth, path, body).await),
             };
+            if let Some(call) = call {
+                self.budget.settle(&self.state.db, call).await?;
+            }
             if let Some(log) = &self.log {
                 let errors = match &result {
                     Err(SageError::Rejected { errors, .. }) => errors
@@ -257,10 +288,13 @@ impl<'a> Session<'a> {
                     tokens::mark_subscription_lapsed(self.state, self.binding).await?;
                     return Err(SageError::SubscriptionLapsed(e).into());
                 }
-                Err(e @ SageError::RateLimited { .. }) => {
+                Err(SageError::RateLimited { retry_after }) => {
                     let business = self.token.business_id.clone().unwrap_or_default();
-                    metrics::counter!("sage_rate_limited_total", "business" => business).increment(1);
-                    return Err(e.into());
+                    metrics::counter!("sage_rate_limited_total", "business" => business.clone()).increment(1);
+                    let wait = retry_after.unwrap_or(60).clamp(1, 3600);
+                    let until = Utc::now() + chrono::Duration::seconds(i64::try_from(wait).unwrap_or(60));
+                    self.budget.block(&self.state.db, &business, until).await?;
+                    return Err(SageError::RateLimited { retry_after }.into());
                 }
                 other => return other.map_err(Into::into),
             }

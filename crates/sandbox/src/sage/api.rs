@@ -102,6 +102,10 @@ pub fn authenticate(sage: &Sage, headers: &HeaderMap) -> Result<Caller, Response
         }
         business.calls.push_back(now_ms);
     }
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    if let Some(business) = inner.businesses.get_mut(&business_id) {
+        business.accepted.push(now_ms);
+    }
     Ok(Caller { business_id })
 }
 

@@ -24,6 +24,8 @@ pub struct Business {
     pub idempotency: std::collections::HashMap<String, (String, Value, i64)>,
     /// Recent API call times (unix ms), for the rate limit.
     pub calls: std::collections::VecDeque<i64>,
+    /// Every API call let through the rate limit (unix ms), for tests measuring usage.
+    pub accepted: Vec<i64>,
     /// Requests refused with 429.
     pub rate_limited: u64,
     pub counters: std::collections::HashMap<String, u64>,
@@ -146,6 +148,7 @@ impl Business {
             books: Default::default(),
             idempotency: Default::default(),
             calls: Default::default(),
+            accepted: Vec::new(),
             rate_limited: 0,
             counters: Default::default(),
         }

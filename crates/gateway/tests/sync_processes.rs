@@ -1,0 +1,289 @@
+//! The sync engine across real `ledger worker` processes: the shared Sage call budget,
+//! and crash safety under repeated SIGKILL.
+#![allow(clippy::print_stderr, reason = "the tests report what they measured")]
+
+mod common;
+
+use std::{collections::HashSet, process::Command, time::Duration};
+
+use common::*;
+use ledger_sandbox::sage::SageConfig;
+use ledger_test_support::PairedStore;
+
+/// Sends everything the store's outbox holds.
+async fn drain_all(paired: &PairedStore) {
+    loop {
+        let report = paired.store.store.drain_once().await;
+        assert_eq!(report.dead_lettered, 0, "{report:?}");
+        if report.sent == 0 {
+            return;
+        }
+    }
+}
+
+async fn business_of(app: &TestApp, paired: &PairedStore) -> String {
+    sqlx::query_scalar("SELECT business_id FROM sage_connections WHERE binding_id = $1")
+        .bind(paired.binding_id.0)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+}
+
+fn kill(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Two processes, two bindings on one Sage business, a backlog far larger than the
+/// budget, and a Sage that answers 429 past the same limit: the budget is shared (no
+/// 429 at all) and used fully (at least 95 % of it over five windows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_share_one_budget_and_use_it_fully() {
+    const BUDGET: usize = 40;
+    const WINDOW_MS: i64 = 4_000;
+    const WINDOWS: i64 = 5;
+    let (app, keys) = app_with_keys(
+        SageConfig {
+            rate_limit: Some((BUDGET, WINDOW_MS)),
+            ..SageConfig::default()
+        },
+        |s| {
+            s.sage_call_budget = BUDGET as u32;
+            s.sage_call_window = Duration::from_millis(WINDOW_MS as u64);
+        },
+    )
+    .await;
+    let (a, b) = (app.connected_store().await, app.connected_store().await);
+    let business = business_of(&app, &a).await;
+    assert_eq!(
+        business,
+        business_of(&app, &b).await,
+        "both bindings book into one business"
+    );
+    for paired in [&a, &b] {
+        paired.store.store.simulate(60);
+        drain_all(paired).await;
+    }
+    // Setup calls (connecting, reference data) age out of the window first.
+    tokio::time::sleep(Duration::from_millis(WINDOW_MS as u64 + 200)).await;
+
+    let since = chrono::Utc::now().timestamp_millis();
+    let env = [
+        ("LEDGER_SAGE_CALL_BUDGET", BUDGET.to_string()),
+        ("LEDGER_SAGE_CALL_WINDOW", format!("{WINDOW_MS}ms")),
+        ("LEDGER_JOB_POLL_INTERVAL", "1s".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let first = spawn(&mut worker(&app, &keys, &env));
+    let second = spawn(&mut worker(&app, &keys, &env));
+    tokio::time::sleep(Duration::from_millis((WINDOW_MS * WINDOWS) as u64 + 2_500)).await;
+    kill(&first, "-KILL");
+    kill(&second, "-KILL");
+
+    let sage = app.sage();
+    let stats = sage.businesses().into_iter().find(|x| x.id == business).unwrap();
+    assert_eq!(stats.rate_limited, 0, "no call was refused with 429");
+    let calls: Vec<i64> = stats.accepted.iter().copied().filter(|t| *t >= since).collect();
+    let t0 = *calls.first().expect("the workers called Sage");
+    let measured = calls.iter().filter(|t| **t < t0 + WINDOW_MS * WINDOWS).count();
+    let ceiling = BUDGET * WINDOWS as usize;
+    // Never more than the budget in any window (Sage would have said 429, but check).
+    for (i, t) in calls.iter().enumerate() {
+        let in_window = calls[i..].iter().take_while(|u| **u < t + WINDOW_MS).count();
+        assert!(in_window <= BUDGET, "{in_window} calls in the window starting at {t}");
+    }
+    let usage = measured as f64 / ceiling as f64;
+    eprintln!(
+        "budget usage over {WINDOWS} windows: {measured}/{ceiling} calls = {:.1} %",
+        usage * 100.0
+    );
+    assert!(usage >= 0.95, "the backlog used {measured} of {ceiling} calls");
+
+    let backlog: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running') AND kind = 'sync_event'")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert!(backlog > 0, "the backlog outlasted the measurement");
+    let workers: HashSet<String> =
+        sqlx::query_scalar("SELECT DISTINCT worker FROM sync_attempts WHERE worker IS NOT NULL")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert!(
+        workers.contains(&first.id().to_string()) && workers.contains(&second.id().to_string()),
+        "both processes worked: {workers:?}"
+    );
+}
+
+/// A tiny deterministic generator (no dependency for one test's dice).
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Thousands of events, two worker processes, one of them SIGKILLed every second or
+/// two and replaced, Sage dropping some answers after committing: every event ends
+/// terminal, Sage holds each document once, and the store's chips agree with the runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_backlog_loses_and_repeats_nothing() {
+    let (app, keys) = app_with_keys(
+        SageConfig {
+            rate_limit: None,
+            ..SageConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let paired = app.connected_store().await;
+    let business = business_of(&app, &paired).await;
+    let sage = app.sage();
+    let bank = sage
+        .businesses()
+        .into_iter()
+        .find(|b| b.id == business)
+        .unwrap()
+        .bank_accounts[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = app.url(&format!("/v1/bindings/{}/settings", paired.binding_id));
+    let mut settings: serde_json::Value = app
+        .http
+        .get(&url)
+        .bearer_auth(&paired.merchant.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    settings["payment_method_map"] =
+        serde_json::json!({ "checkmo": bank, "banktransfer": bank, "stripe_payments": bank });
+    let res = app
+        .http
+        .put(&url)
+        .bearer_auth(&paired.merchant.token)
+        .json(&settings)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let store = &paired.store.store;
+    store.simulate(900);
+    drain_all(&paired).await;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM received_events")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert!(events >= 1500, "thousands of events: {events}");
+    sage.set_faults(ledger_sandbox::sage::SageFaults {
+        drop_after_commit: 25,
+        ..Default::default()
+    });
+
+    let env = [
+        ("LEDGER_JOB_LEASE", "3s"),
+        ("LEDGER_BINDING_CONCURRENCY", "4"),
+        ("LEDGER_WORKER_CONCURRENCY", "4"),
+        ("LEDGER_SAGE_CALL_BUDGET", "100000"),
+        ("LEDGER_SAGE_TIMEOUT", "2s"),
+    ];
+    let mut workers = vec![
+        spawn(&mut worker(&app, &keys, &env)),
+        spawn(&mut worker(&app, &keys, &env)),
+    ];
+    let mut dice = Dice(u64::try_from(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(7)).unwrap_or(7));
+    let started = std::time::Instant::now();
+    let mut kills = 0;
+    loop {
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(400),
+            "{open} jobs still open after {kills} kills"
+        );
+        tokio::time::sleep(Duration::from_millis(700 + dice.below(1300))).await;
+        // Kill while work is in flight, most of the time.
+        if kills < 40 {
+            let victim = usize::try_from(dice.below(2)).unwrap();
+            kill(&workers[victim], "-KILL");
+            workers[victim] = spawn(&mut worker(&app, &keys, &env));
+            kills += 1;
+        }
+    }
+    eprintln!(
+        "{events} events, {kills} SIGKILLs, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for w in &workers {
+        kill(w, "-TERM");
+    }
+
+    // Every event ends terminal.
+    type Open = (String, i64, String, Option<String>, Option<String>);
+    let open: Vec<Open> = sqlx::query_as(
+        "SELECT event_name, magento_entity_id, status, error_code, message FROM sync_runs WHERE status NOT IN ('synced', 'skipped_by_policy')",
+    )
+    .fetch_all(&app.state.db)
+    .await
+    .unwrap();
+    assert!(open.is_empty(), "runs not synced or skipped: {open:#?}");
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM received_events e WHERE NOT EXISTS (SELECT 1 FROM sync_runs r WHERE r.event_id = e.id)
+           AND e.event_name NOT IN ('customer.upserted', 'product.upserted')",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(orphans, 0, "every document event has its run");
+
+    // Sage holds each document exactly once.
+    let books = sage.businesses().into_iter().find(|b| b.id == business).unwrap().books;
+    let catalogue = store.catalogue();
+    let unique = |book: &str, field: &str| {
+        let docs = books.get(book).cloned().unwrap_or_default();
+        let keys: HashSet<String> = docs.iter().map(|d| d[field].to_string()).collect();
+        assert_eq!(keys.len(), docs.len(), "a duplicate in {book}");
+        docs.len()
+    };
+    assert_eq!(unique("sales_invoices", "reference"), catalogue.invoices.len());
+    assert_eq!(unique("sales_credit_notes", "reference"), catalogue.credit_memos.len());
+    let paid = catalogue.invoices.iter().filter(|i| i.paid).count();
+    assert_eq!(unique("contact_payments", "reference"), paid);
+
+    // The store's chips agree with the ledger's runs.
+    let mirror = store.mirror();
+    let runs: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT entity_type, magento_entity_id, sage_id FROM sync_runs WHERE event_name IN ('invoice.created', 'creditmemo.created')",
+    )
+    .fetch_all(&app.state.db)
+    .await
+    .unwrap();
+    for (entity, id, sage_id) in runs {
+        let row = mirror
+            .iter()
+            .find(|r| r.entity_type == entity && r.magento_entity_id == id)
+            .unwrap_or_else(|| panic!("{entity} {id} has a chip"));
+        assert_eq!(row.sync_status, "synced", "{entity} {id}");
+        assert_eq!(row.provider_entity_id, sage_id, "{entity} {id}");
+    }
+}
