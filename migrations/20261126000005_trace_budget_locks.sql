@@ -16,3 +16,8 @@ CREATE TABLE sync_locks (
     PRIMARY KEY (binding_id, key)
 );
 CREATE INDEX sync_locks_holder ON sync_locks (holder);
+-- Store callbacks are claimed on their own (they need no Sage budget).
+CREATE INDEX jobs_callbacks ON jobs (binding_id, run_at) WHERE status = 'queued' AND kind = 'sync_state';
+-- Superseded by jobs_ready_per_binding; left alone it tempts the planner into scanning one busy
+-- tenant's whole backlog when looking for another tenant's next job.
+DROP INDEX jobs_ready;

@@ -30,41 +30,41 @@ pub struct Job {
     pub entity_key: Option<String>,
 }
 
-/// Claims the next job: any kind for bindings with budget left, callbacks otherwise.
-pub async fn claim(db: &PgPool, binding_concurrency: u32, lease: Duration) -> Result<Option<Job>, sqlx::Error> {
-    if let Some(job) = claim_with(db, binding_concurrency, lease, false).await? {
-        return Ok(Some(job));
-    }
-    claim_with(db, binding_concurrency, lease, true).await
+/// One claimed row.
+struct Claimed {
+    id: i64,
+    binding_id: BindingId,
+    kind: String,
+    sync_run_id: Option<uuid::Uuid>,
+    attempts: i32,
+    payload: Value,
+    entity_key: Option<String>,
 }
 
-async fn claim_with(
-    db: &PgPool,
-    binding_concurrency: u32,
-    lease: Duration,
-    callbacks_only: bool,
-) -> Result<Option<Job>, sqlx::Error> {
+/// Claims the next job: any kind for bindings with budget left, callbacks otherwise.
+pub async fn claim(db: &PgPool, binding_concurrency: u32, lease: Duration) -> Result<Option<Job>, sqlx::Error> {
     let lease_id = uuid::Uuid::new_v4();
-    let row = sqlx::query!(
+    let (limit, secs) = (i64::from(binding_concurrency), lease.as_secs_f64());
+    let row = match sqlx::query_as!(
+        Claimed,
         r#"WITH b AS (
              SELECT cb.id FROM connector_bindings cb
              LEFT JOIN sage_connections sc ON sc.binding_id = cb.id
              LEFT JOIN sage_budgets sb ON sb.business_id = sc.business_id
-             -- Callbacks still go to stores whose Sage connection is held (needs_reauth, paused).
-             WHERE (cb.status = 'active' OR ($4 AND cb.status IN ('needs_reauth', 'paused')))
-               AND CASE WHEN $4
-                   THEN EXISTS (SELECT 1 FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued'
-                                AND j.kind = 'sync_state' AND j.run_at <= now())
-                   ELSE (sb.blocked_until IS NULL OR sb.blocked_until <= now())
-                        AND EXISTS (SELECT 1 FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued' AND j.run_at <= now())
-                   END
+             -- Each binding's earliest queued job, straight from the (binding_id, run_at) index.
+             CROSS JOIN LATERAL (
+               SELECT j.run_at FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued' ORDER BY j.run_at LIMIT 1
+             ) next
+             WHERE cb.status = 'active' AND next.run_at <= now()
+               AND (sb.blocked_until IS NULL OR sb.blocked_until <= now())
                AND (SELECT count(*) FROM jobs r WHERE r.binding_id = cb.id AND r.status = 'running') < $1
              ORDER BY cb.last_served_at NULLS FIRST, cb.id
              LIMIT 1
              FOR UPDATE OF cb SKIP LOCKED
            ), picked AS (
-             SELECT j.id FROM jobs j JOIN b ON j.binding_id = b.id
-             WHERE j.status = 'queued' AND j.run_at <= now() AND (NOT $4 OR j.kind = 'sync_state')
+             -- A scalar binding id, so the partial index serves the order.
+             SELECT j.id FROM jobs j
+             WHERE j.binding_id = (SELECT id FROM b) AND j.status = 'queued' AND j.run_at <= now() 
              ORDER BY j.run_at, j.id
              LIMIT 1
              FOR UPDATE OF j SKIP LOCKED
@@ -78,13 +78,53 @@ async fn claim_with(
            )
            SELECT id AS "id!", binding_id AS "binding_id!: BindingId", kind AS "kind!", sync_run_id, attempts AS "attempts!",
                   payload AS "payload!", entity_key FROM claimed"#,
-        i64::from(binding_concurrency),
+        limit,
         lease_id,
-        lease.as_secs_f64(),
-        callbacks_only,
+        secs,
     )
     .fetch_optional(db)
-    .await?;
+    .await?
+    {
+        Some(row) => Some(row),
+        // Store callbacks need no Sage budget: they run while a business waits for it.
+        None => sqlx::query_as!(
+            Claimed,
+            r#"WITH b AS (
+             SELECT cb.id FROM connector_bindings cb
+             CROSS JOIN LATERAL (
+               SELECT j.run_at FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued' AND j.kind = 'sync_state'
+               ORDER BY j.run_at LIMIT 1
+             ) next
+             -- Callbacks still go to stores whose Sage connection is held (needs_reauth, paused).
+             WHERE cb.status IN ('active', 'needs_reauth', 'paused') AND next.run_at <= now()
+               AND (SELECT count(*) FROM jobs r WHERE r.binding_id = cb.id AND r.status = 'running') < $1
+             ORDER BY cb.last_served_at NULLS FIRST, cb.id
+             LIMIT 1
+             FOR UPDATE OF cb SKIP LOCKED
+           ), picked AS (
+             -- A scalar binding id, so the partial index serves the order.
+             SELECT j.id FROM jobs j
+             WHERE j.binding_id = (SELECT id FROM b) AND j.status = 'queued' AND j.run_at <= now() AND j.kind = 'sync_state'
+             ORDER BY j.run_at, j.id
+             LIMIT 1
+             FOR UPDATE OF j SKIP LOCKED
+           ), claimed AS (
+             UPDATE jobs SET status = 'running', lease_id = $2, locked_until = now() + make_interval(secs => $3),
+                    attempts = attempts + 1, updated_at = now()
+             FROM picked WHERE jobs.id = picked.id
+             RETURNING jobs.id, jobs.binding_id, jobs.kind, jobs.sync_run_id, jobs.attempts, jobs.payload, jobs.entity_key
+           ), served AS (
+             UPDATE connector_bindings SET last_served_at = now() FROM claimed WHERE connector_bindings.id = claimed.binding_id
+           )
+           SELECT id AS "id!", binding_id AS "binding_id!: BindingId", kind AS "kind!", sync_run_id, attempts AS "attempts!",
+                  payload AS "payload!", entity_key FROM claimed"#,
+            limit,
+            lease_id,
+            secs,
+        )
+        .fetch_optional(db)
+        .await?,
+    };
     Ok(row.map(|r| Job {
         id: r.id,
         binding_id: r.binding_id,
@@ -97,16 +137,18 @@ async fn claim_with(
     }))
 }
 
-/// How long until a queued job may be due: its `run_at`, or its business's budget
-/// freeing up, whichever is later (capped by the caller's poll interval).
+/// How long until something queued falls due: the next job whose `run_at` is in the
+/// future, or the next business whose budget frees. One index probe per binding and a
+/// tiny table, so idle workers can ask often. Jobs due now but not claimable (their binding
+/// is at its concurrency limit) are claimed by that binding's own workers.
 pub async fn next_due_in(db: &PgPool) -> Result<Option<Duration>, sqlx::Error> {
     let secs = sqlx::query_scalar!(
-        r#"SELECT EXTRACT(EPOCH FROM min(GREATEST(j.run_at, COALESCE(sb.blocked_until, j.run_at))) - now())::float8
-           FROM jobs j
-           JOIN connector_bindings cb ON cb.id = j.binding_id AND cb.status = 'active'
-           LEFT JOIN sage_connections sc ON sc.binding_id = cb.id
-           LEFT JOIN sage_budgets sb ON sb.business_id = sc.business_id
-           WHERE j.status = 'queued'"#
+        r#"SELECT EXTRACT(EPOCH FROM LEAST(
+                 (SELECT min(n.run_at) FROM connector_bindings cb CROSS JOIN LATERAL (
+                    SELECT j.run_at FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued' AND j.run_at > now()
+                    ORDER BY j.run_at LIMIT 1) n),
+                 (SELECT min(blocked_until) FROM sage_budgets WHERE blocked_until > now())
+               ) - now())::float8"#
     )
     .fetch_one(db)
     .await?;

@@ -111,7 +111,8 @@ async fn listen(state: AppState, wake: Arc<Notify>, shutdown: CancellationToken)
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 n = listener.recv() => match n {
-                    Ok(_) => wake.notify_waiters(),
+                    // One notification, one worker: no herd of idle workers racing to claim.
+                    Ok(_) => wake.notify_one(),
                     Err(e) => { tracing::warn!(error = %e, "LISTEN connection lost"); break; }
                 },
             }
