@@ -21,3 +21,7 @@ CREATE INDEX jobs_callbacks ON jobs (binding_id, run_at) WHERE status = 'queued'
 -- Superseded by jobs_ready_per_binding; left alone it tempts the planner into scanning one busy
 -- tenant's whole backlog when looking for another tenant's next job.
 DROP INDEX jobs_ready;
+-- Claims walk bindings in serving order, id breaking ties, and stop at the first
+-- eligible one: the index gives that order with no sort.
+DROP INDEX connector_bindings_served;
+CREATE INDEX connector_bindings_served ON connector_bindings (last_served_at NULLS FIRST, id);

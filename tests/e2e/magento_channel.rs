@@ -76,8 +76,24 @@ async fn every_event_type_is_accepted_once_and_the_outbox_drains() {
     .fetch_one(&app.state.db)
     .await
     .unwrap();
+    let sent = store
+        .outbox()
+        .into_iter()
+        .find(|r| r.idempotency_key == format!("invoice.created:{open_invoice}"))
+        .expect("the outbox row")
+        .body;
     for _ in 0..3 {
-        let res = send_valid(&app, &paired, "invoice.created", open_invoice).await;
+        let token = module_token(&paired.api_key(), &paired.tenant());
+        let key = format!("invoice.created:{open_invoice}");
+        let res = post_event(
+            &app,
+            &paired.tenant(),
+            "invoice.created",
+            Some(&token),
+            Some(&key),
+            &sent,
+        )
+        .await;
         assert_eq!(res.status(), 202);
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["duplicate"], true);
@@ -93,6 +109,14 @@ async fn every_event_type_is_accepted_once_and_the_outbox_drains() {
         count(&app, "SELECT sum(duplicates)::bigint FROM received_events").await,
         3
     );
+
+    // The module reuses a key when an entity's state changes (contract §11.6): new bytes are
+    // a new event, so a later state is never swallowed as a repeat.
+    let res = send_valid(&app, &paired, "invoice.created", open_invoice).await;
+    assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["duplicate"], false);
+    assert_ne!(body["sync_run_id"], run_before.to_string());
 }
 
 #[tokio::test]

@@ -10,6 +10,10 @@ use common::*;
 use ledger_sandbox::sage::SageConfig;
 use ledger_test_support::PairedStore;
 
+/// The two tests each load both cores; running them side by side would measure the
+/// machine, not the budget.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Sends everything the store's outbox holds.
 async fn drain_all(paired: &PairedStore) {
     loop {
@@ -42,6 +46,7 @@ fn kill(child: &std::process::Child, signal: &str) {
 /// 429 at all) and used fully (at least 95 % of it over five windows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_worker_processes_share_one_budget_and_use_it_fully() {
+    let _serial = SERIAL.lock().await;
     const BUDGET: usize = 40;
     const WINDOW_MS: i64 = 4_000;
     const WINDOWS: i64 = 5;
@@ -139,6 +144,7 @@ impl Dice {
 /// terminal, Sage holds each document once, and the store's chips agree with the runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_backlog_loses_and_repeats_nothing() {
+    let _serial = SERIAL.lock().await;
     let (app, keys) = app_with_keys(
         SageConfig {
             rate_limit: None,

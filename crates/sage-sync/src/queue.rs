@@ -48,15 +48,14 @@ pub async fn claim(db: &PgPool, binding_concurrency: u32, lease: Duration) -> Re
     let row = match sqlx::query_as!(
         Claimed,
         r#"WITH b AS (
+             -- Conditions as subqueries, so bindings are read in serving order straight
+             -- from the index and the first eligible one ends the scan.
              SELECT cb.id FROM connector_bindings cb
-             LEFT JOIN sage_connections sc ON sc.binding_id = cb.id
-             LEFT JOIN sage_budgets sb ON sb.business_id = sc.business_id
-             -- Each binding's earliest queued job, straight from the (binding_id, run_at) index.
-             CROSS JOIN LATERAL (
-               SELECT j.run_at FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued' ORDER BY j.run_at LIMIT 1
-             ) next
-             WHERE cb.status = 'active' AND next.run_at <= now()
-               AND (sb.blocked_until IS NULL OR sb.blocked_until <= now())
+             WHERE cb.status = 'active'
+               AND (SELECT j.run_at FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued'
+                    ORDER BY j.run_at LIMIT 1) <= now()
+               AND NOT EXISTS (SELECT 1 FROM sage_connections sc JOIN sage_budgets sb ON sb.business_id = sc.business_id
+                               WHERE sc.binding_id = cb.id AND sb.blocked_until > now())
                AND (SELECT count(*) FROM jobs r WHERE r.binding_id = cb.id AND r.status = 'running') < $1
              ORDER BY cb.last_served_at NULLS FIRST, cb.id
              LIMIT 1
@@ -64,7 +63,7 @@ pub async fn claim(db: &PgPool, binding_concurrency: u32, lease: Duration) -> Re
            ), picked AS (
              -- A scalar binding id, so the partial index serves the order.
              SELECT j.id FROM jobs j
-             WHERE j.binding_id = (SELECT id FROM b) AND j.status = 'queued' AND j.run_at <= now() 
+             WHERE j.binding_id = (SELECT id FROM b) AND j.status = 'queued' AND j.run_at <= now()
              ORDER BY j.run_at, j.id
              LIMIT 1
              FOR UPDATE OF j SKIP LOCKED
@@ -91,12 +90,10 @@ pub async fn claim(db: &PgPool, binding_concurrency: u32, lease: Duration) -> Re
             Claimed,
             r#"WITH b AS (
              SELECT cb.id FROM connector_bindings cb
-             CROSS JOIN LATERAL (
-               SELECT j.run_at FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued' AND j.kind = 'sync_state'
-               ORDER BY j.run_at LIMIT 1
-             ) next
              -- Callbacks still go to stores whose Sage connection is held (needs_reauth, paused).
-             WHERE cb.status IN ('active', 'needs_reauth', 'paused') AND next.run_at <= now()
+             WHERE cb.status IN ('active', 'needs_reauth', 'paused')
+               AND (SELECT j.run_at FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued' AND j.kind = 'sync_state'
+                    ORDER BY j.run_at LIMIT 1) <= now()
                AND (SELECT count(*) FROM jobs r WHERE r.binding_id = cb.id AND r.status = 'running') < $1
              ORDER BY cb.last_served_at NULLS FIRST, cb.id
              LIMIT 1

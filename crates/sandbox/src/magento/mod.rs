@@ -143,6 +143,8 @@ struct Inner {
     next_outbox_id: u64,
     mirror: BTreeMap<(String, i64), MirrorRow>,
     sync_state_calls: u64,
+    /// When each entity's latest sync-state arrived (unix ms), for latency measurements.
+    synced_at: BTreeMap<(String, i64), i64>,
     replay: jwt::ReplayCache,
     catalogue: Catalogue,
     rng: Rng,
@@ -216,6 +218,7 @@ impl Store {
                 next_outbox_id: 1,
                 mirror: BTreeMap::new(),
                 sync_state_calls: 0,
+                synced_at: BTreeMap::new(),
                 replay: jwt::ReplayCache::default(),
                 catalogue: Catalogue::generate(config.seed),
                 rng: Rng::new(config.seed ^ 0x5eed),
@@ -292,6 +295,11 @@ impl Store {
 
     pub fn mirror(&self) -> Vec<MirrorRow> {
         self.lock().mirror.values().cloned().collect()
+    }
+
+    /// When the latest sync-state for `entity_type` `id` arrived (unix ms).
+    pub fn sync_state_received_at(&self, entity_type: &str, id: i64) -> Option<i64> {
+        self.lock().synced_at.get(&(entity_type.to_owned(), id)).copied()
     }
 
     pub fn sync_state_calls(&self) -> u64 {
@@ -929,6 +937,9 @@ async fn sync_state(State(store): State<Arc<Store>>, headers: HeaderMap, body: B
     let mut inner = store.lock();
     inner.sync_state_calls += 1;
     // Upsert that overwrites every column.
+    inner
+        .synced_at
+        .insert((entity_type.clone(), id), chrono::Utc::now().timestamp_millis());
     inner.mirror.insert((entity_type, id), row);
     empty_ok()
 }

@@ -1,0 +1,150 @@
+//! End-to-end sync latency: a store's webhook → the ledger → the Sage sandbox → the
+//! sync-state callback arriving back at the store, at a steady 100 events/s spread
+//! over 100 bindings (each with its own store and its own Sage business).
+//!
+//! `cargo bench -p ledger-gateway --bench sync_latency`. Everything runs in one process
+//! on one machine: the 100 sandbox stores, the sandbox Sage, the ledger's HTTP server
+//! and its workers, plus Postgres beside them. Results are also written to
+//! `target/bench/sync_latency.json`.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::float_arithmetic,
+    reason = "a benchmark prints its figures and computes rates"
+)]
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ledger_sandbox::sage::SageConfig;
+use ledger_test_support::{PairedStore, TestApp};
+use tokio::sync::Mutex;
+
+const BINDINGS: usize = 100;
+const RATE: u64 = 100;
+const SECS: u64 = 30;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run());
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Places a paid order in `store` and sends its events; (invoice id, send time in ms).
+async fn event(paired: &PairedStore) -> (i64, i64) {
+    let (_, invoice) = paired.store.store.place_order(true);
+    let sent = chrono::Utc::now().timestamp_millis();
+    let report = paired.store.store.drain_once().await;
+    assert_eq!(report.dead_lettered, 0);
+    (invoice, sent)
+}
+
+async fn run() {
+    let businesses = (0..BINDINGS)
+        .map(|i| (format!("Shop {i} Ltd"), "GB".to_owned()))
+        .collect();
+    let app = TestApp::builder()
+        .sage(SageConfig {
+            businesses,
+            ..SageConfig::default()
+        })
+        .configure(|s| {
+            s.log_level = "warn".into();
+            s.db_max_connections = 20;
+        })
+        .spawn()
+        .await;
+    let ids: Vec<String> = app.sage().businesses().into_iter().map(|b| b.id).collect();
+    let mut stores = Vec::new();
+    for business in &ids {
+        let paired = app.paired_store().await;
+        app.connect_sage(&paired).await;
+        let res = app
+            .http
+            .post(app.url(&format!("/v1/bindings/{}/sage/business", paired.binding_id)))
+            .bearer_auth(&paired.merchant.token)
+            .json(&serde_json::json!({ "business_id": business }))
+            .send()
+            .await
+            .expect("choose business");
+        assert!(res.status().is_success(), "choose business: {}", res.status());
+        stores.push(Arc::new(paired));
+    }
+    let workers = app.start_workers();
+
+    // Warm-up: one event per binding (reference data, first contacts).
+    for paired in &stores {
+        event(paired).await;
+    }
+    assert!(app.wait_idle(Duration::from_secs(120)).await, "warm-up drains");
+
+    // Open loop: events start on schedule whatever the latency.
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..(RATE * SECS) as usize {
+        tick.tick().await;
+        let (paired, sent) = (stores[n % BINDINGS].clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let (invoice, at) = event(&paired).await;
+            sent.lock().await.push((n % BINDINGS, invoice, at));
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let offered = (RATE * SECS) as f64 / started.elapsed().as_secs_f64();
+    assert!(app.wait_idle(Duration::from_secs(300)).await, "the run drains");
+    workers.stop().await;
+
+    let mut latencies = Vec::new();
+    let mut missing = 0;
+    for (store, invoice, at) in sent.lock().await.iter() {
+        match stores[*store].store.store.sync_state_received_at("invoice", *invoice) {
+            Some(received) => latencies.push(received - at),
+            None => missing += 1,
+        }
+    }
+    latencies.sort_unstable();
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE status NOT IN ('synced', 'skipped_by_policy')")
+            .fetch_one(&app.state.db)
+            .await
+            .expect("count");
+    let (p50, p99, max) = (
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0),
+    );
+    println!("sync latency benchmark: webhook → ledger → Sage sandbox → sync-state at the store");
+    println!(
+        "  {BINDINGS} bindings, {RATE} invoices/s offered ({offered:.0}/s achieved) for {SECS} s, each with its payment event"
+    );
+    println!(
+        "  invoice latency  p50 {p50} ms  p99 {p99} ms  max {max} ms  ({} measured, {missing} without a callback, {failed} runs not synced)",
+        latencies.len()
+    );
+    let report = serde_json::json!({
+        "bindings": BINDINGS, "rate": RATE, "secs": SECS, "p50_ms": p50, "p99_ms": p99, "max_ms": max,
+        "measured": latencies.len(), "missing": missing, "failed_runs": failed,
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("sync_latency.json"),
+        serde_json::to_vec_pretty(&report).unwrap_or_default(),
+    );
+}
