@@ -167,6 +167,110 @@ async fn dev_is_ready_within_five_seconds() {
     drop_database(&db_name).await;
 }
 
+/// `ledger dev` is a working demo with no configuration: the sandbox store's invoices,
+/// payments and credit notes land in the sandbox Sage business and the store's chips
+/// turn Synced.
+#[tokio::test]
+async fn dev_posts_the_demo_store_to_the_sandbox_sage() {
+    let db_name = format!("ledger_dev_demo_{}", std::process::id());
+    let mut child = spawn(
+        ledger()
+            .args(["dev", "--db-name", &db_name, "--activity-every", "200ms"])
+            .env("DATABASE_URL", admin_url())
+            .env("LEDGER_HTTP_ADDR", "127.0.0.1:0")
+            .env("LEDGER_METRICS_ADDR", "")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let banner = banner_lines(&mut child, &["Store", "Sage"]);
+    let (store, sage) = (&banner[0], &banner[1]);
+    let http = reqwest::Client::new();
+    let businesses: serde_json::Value = http
+        .get(format!("{sage}/sandbox/businesses"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let business = businesses[0]["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (books, mirror) = loop {
+        let books: serde_json::Value = http
+            .get(format!("{sage}/sandbox/businesses/{business}/books"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mirror: serde_json::Value = http
+            .get(format!("{store}/sandbox/mirror"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let posted = |kind: &str| books["books"][kind].as_array().map_or(0, Vec::len);
+        let synced_chips = mirror
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["sync_status"] == "synced")
+            .count();
+        if posted("sales_invoices") > 0
+            && posted("contact_payments") > 0
+            && posted("sales_credit_notes") > 0
+            && synced_chips > 0
+        {
+            break (books, mirror);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not post every kind within 120 s: {books:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let invoice_chip = mirror
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["entity_type"] == "invoice" && r["sync_status"] == "synced")
+        .expect("an invoice chip turned Synced");
+    let sage_id = invoice_chip["provider_entity_id"].as_str().unwrap();
+    assert!(
+        books["books"]["sales_invoices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == sage_id),
+        "the chip names the Sage invoice"
+    );
+    terminate(&child);
+    assert_eq!(wait_with_timeout(&mut child, Duration::from_secs(10)).code(), Some(0));
+    drop_database(&db_name).await;
+}
+
+/// Reads `ledger dev`'s banner until every label was seen, returning their URLs in order.
+fn banner_lines(child: &mut Child, labels: &[&str]) -> Vec<String> {
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut found = vec![None; labels.len()];
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let mut words = line.split_whitespace();
+        if let Some(i) = words.next().and_then(|w| labels.iter().position(|l| *l == w)) {
+            found[i] = words.next().map(str::to_owned);
+        }
+        if found.iter().all(Option::is_some) {
+            std::thread::spawn(move || lines.for_each(drop));
+            return found.into_iter().flatten().collect();
+        }
+    }
+    panic!("ledger dev exited before printing {labels:?}");
+}
+
 /// With nothing listening at DATABASE_URL, `ledger dev` starts its own PostgreSQL.
 #[tokio::test]
 async fn dev_starts_a_private_postgres_when_none_answers() {

@@ -174,7 +174,52 @@ async fn connect_sage(
         .send()
         .await?
         .error_for_status()?;
+    map_payment_methods(
+        &http,
+        &format!("{public}/v1/bindings/{binding}/settings"),
+        token,
+        &business,
+    )
+    .await?;
     Ok(business.name)
+}
+
+/// The defaults leave payments unposted until a method is mapped to a bank account (a
+/// merchant's choice); the demo merchant maps the store's active methods to the first
+/// bank account, through the settings API, so payments show too.
+async fn map_payment_methods(
+    http: &reqwest::Client,
+    url: &str,
+    token: &Secret<String>,
+    business: &ledger_sandbox::sage::Business,
+) -> anyhow::Result<()> {
+    let bank = business
+        .bank_accounts
+        .first()
+        .and_then(|b| b["id"].as_str())
+        .context("the sandbox business has a bank account")?;
+    let mut settings: serde_json::Value = http
+        .get(url)
+        .bearer_auth(token.expose())
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let methods: serde_json::Map<String, serde_json::Value> = ledger_sandbox::magento::catalogue::PAYMENT_METHODS
+        .iter()
+        .filter(|(code, _, active)| *active && *code != "free")
+        .map(|(code, _, _)| ((*code).to_owned(), serde_json::json!(bank)))
+        .collect();
+    settings["payment_method_map"] = serde_json::Value::Object(methods);
+    let res = http.put(url).bearer_auth(token.expose()).json(&settings).send().await?;
+    let status = res.status();
+    anyhow::ensure!(
+        status.is_success(),
+        "saving the demo's payment-method map answered {status}: {}",
+        res.text().await.unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// A new order (sometimes a refund, a customer or product save) every `every`.
