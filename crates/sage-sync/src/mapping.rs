@@ -12,7 +12,7 @@ use crate::{
     outcome::{ErrorClass, Failure},
     policy::{NamePriority, Settings},
 };
-use ledger_magento_api::canonical::{Address, Contact, CreditMemo, Invoice, InvoiceLine};
+use ledger_magento_api::canonical::{Address, Contact, CreditMemo, Invoice, InvoiceLine, Product};
 
 /// Cents, rounded as Magento rounds.
 pub fn cents(d: Decimal) -> Decimal {
@@ -445,7 +445,7 @@ pub fn map_invoice(inv: &Invoice, contact_id: &str, ctx: &Ctx<'_>) -> Result<Map
             ErrorClass::Validation,
             "total_mismatch",
             format!(
-                "The invoice's lines and shipping add up to {} but Magento's grand total is {grand} (difference {}). Nothing was posted.",
+                "The invoice's lines and shipping add up to {:.2} but Magento's grand total is {grand:.2} (difference {:.2}). Nothing was posted.",
                 lines.totals.total,
                 grand - lines.totals.total
             ),
@@ -553,7 +553,7 @@ pub fn map_credit_note(memo: &CreditMemo, contact_id: &str, ctx: &Ctx<'_>) -> Re
             ErrorClass::Validation,
             "total_mismatch",
             format!(
-                "The credit memo's lines, shipping and adjustments add up to {} but Magento's grand total is {grand} (difference {}). Nothing was posted.",
+                "The credit memo's lines, shipping and adjustments add up to {:.2} but Magento's grand total is {grand:.2} (difference {:.2}). Nothing was posted.",
                 lines.totals.total,
                 grand - lines.totals.total
             ),
@@ -747,6 +747,100 @@ pub fn map_payment(
         json!(idempotency_id(ctx.binding, "contact_payment", &invoice_id.to_string())),
     );
     Ok(Value::Object(o))
+}
+
+/// A product, service or stock item write: where it goes and its body.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// `/products`, `/services` or `/stock_items`.
+    pub path: &'static str,
+    /// The body's wrapper key (`product`, `service`, `stock_item`).
+    pub wrapper: &'static str,
+    pub body: Value,
+}
+
+/// `product.upserted` → the item body for `kind` (`product`, `service`, `stock_item`),
+/// priced at the special price when there is one.
+pub fn map_item(p: &Product, kind: &str, settings: &Settings) -> Result<Item, Failure> {
+    let sales = settings.default_ledger_account_id.clone().ok_or_else(|| {
+        config(
+            "ledger_account_not_set",
+            "Choose a default sales ledger account in the binding's settings.",
+        )
+    })?;
+    let price = cents(p.special_price.or(p.price).unwrap_or_default());
+    let mut body = json!({
+        "item_code": p.sku,
+        "description": decode_html(&p.name),
+        "sales_ledger_account_id": sales,
+        "active": true,
+    });
+    match &settings.default_purchase_ledger_account_id {
+        Some(purchase) => body["purchase_ledger_account_id"] = json!(purchase),
+        // Sage requires it on products and stock items, not on services.
+        None if kind != "service" => {
+            return Err(config(
+                "purchase_ledger_account_not_set",
+                "Choose a default purchase ledger account in the binding's settings to sync products.",
+            ));
+        }
+        None => {}
+    }
+    if let Some(cost) = p.cost {
+        body["cost_price"] = num(cents(cost));
+    }
+    let (path, wrapper) = match kind {
+        "service" => ("/services", "service"),
+        "stock_item" => ("/stock_items", "stock_item"),
+        _ => ("/products", "product"),
+    };
+    if kind == "service" {
+        body["sales_rates"] = json!([{ "rate_name": "Selling Price", "rate": num(price), "rate_includes_tax": false }]);
+    } else {
+        body["sales_prices"] =
+            json!([{ "price_name": "Selling Price", "price": num(price), "price_includes_tax": false }]);
+    }
+    Ok(Item { path, wrapper, body })
+}
+
+/// The movement that brings a stock item's quantity to Magento's (`diff` = Magento − Sage).
+pub fn map_stock_movement(p: &Product, stock_item_id: &str, diff: Decimal, date: &str, binding: &str) -> Value {
+    let key = format!(
+        "{}:{}:{}",
+        p.magento_id,
+        p.updated_at.clone().unwrap_or_default(),
+        p.stock_qty.unwrap_or_default()
+    );
+    json!({ "stock_movement": {
+        "stock_item_id": stock_item_id,
+        "date": date,
+        "quantity": num(diff),
+        "cost_price": num(cents(p.cost.unwrap_or_default())),
+        "details": "Stock level from Magento",
+        "idempotency_id": idempotency_id(binding, "stock_movement", &key),
+    }})
+}
+
+/// Allocates `amount` of a credit note against its invoice (both on one contact).
+pub fn map_allocation(
+    memo_id: i64,
+    contact_id: &str,
+    date: &str,
+    invoice_sage_id: &str,
+    note_sage_id: &str,
+    amount: Decimal,
+    binding: &str,
+) -> Value {
+    json!({ "contact_allocation": {
+        "transaction_type_id": "CUSTOMER_ALLOCATION",
+        "contact_id": contact_id,
+        "date": date,
+        "allocated_artefacts": [
+            { "artefact_id": invoice_sage_id, "amount": num(amount) },
+            { "artefact_id": note_sage_id, "amount": num(-amount) },
+        ],
+        "idempotency_id": idempotency_id(binding, "contact_allocation", &format!("{memo_id}:{amount}")),
+    }})
 }
 
 #[cfg(test)]

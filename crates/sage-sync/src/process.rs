@@ -467,8 +467,8 @@ fn check_totals(created: &Value, mapped: &Mapped, sage_id: &str) -> Result<(), F
             ErrorClass::Validation,
             "total_mismatch",
             format!(
-                "Sage totals the document {sage_id} as net {} tax {} total {}, but Magento's figures are net {} tax {} total {} \
-                 (difference {}). The document is in Sage; correct it there.",
+                "Sage totals the document {sage_id} as net {:.2} tax {:.2} total {:.2}, but Magento's figures are net {:.2} tax {:.2} total {:.2} \
+                 (difference {:.2}). The document is in Sage; correct it there.",
                 net.unwrap_or_default(),
                 tax.unwrap_or_default(),
                 total.unwrap_or_default(),
@@ -951,16 +951,16 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
         let note_open = amount(&note["outstanding_amount"]).unwrap_or(total);
         let allocate = invoice_open.min(note_open);
         if allocate > Decimal::ZERO {
-            let body = json!({ "contact_allocation": {
-                "transaction_type_id": "CUSTOMER_ALLOCATION",
-                "contact_id": contact_id,
-                "date": mapping::date_of(&memo.created_at).unwrap_or_else(|| Utc::now().format("%Y-%m-%d").to_string()),
-                "allocated_artefacts": [
-                    { "artefact_id": invoice_sage_id, "amount": mapping::num(allocate) },
-                    { "artefact_id": sage_id, "amount": mapping::num(-allocate) },
-                ],
-                "idempotency_id": mapping::idempotency_id(&env.binding_text, "contact_allocation", &format!("{id}:{allocate}")),
-            }});
+            let date = mapping::date_of(&memo.created_at).unwrap_or_else(|| Utc::now().format("%Y-%m-%d").to_string());
+            let body = mapping::map_allocation(
+                id,
+                &contact_id,
+                &date,
+                invoice_sage_id,
+                &sage_id,
+                allocate,
+                &env.binding_text,
+            );
             sage!(env.session.post::<Value>("/contact_allocations", &body).await);
             message = Some(format!("Allocated {allocate} against the invoice."));
         }
@@ -1024,37 +1024,11 @@ async fn product(env: &mut Env<'_>) -> Step<Outcome> {
             ));
         }
     };
-    let sales = env.settings.default_ledger_account_id.clone().ok_or_else(|| {
-        Failure::new(
-            ErrorClass::Config,
-            "ledger_account_not_set",
-            "Choose a default sales ledger account.",
-        )
-    })?;
-    let purchase = env.settings.default_purchase_ledger_account_id.clone();
-    let price = cents(p.special_price.or(p.price).unwrap_or_default());
-    let mut body = json!({
-        "item_code": p.sku,
-        "description": mapping::decode_html(&p.name),
-        "sales_ledger_account_id": sales,
-        "active": true,
-    });
-    if let Some(purchase) = &purchase {
-        body["purchase_ledger_account_id"] = json!(purchase);
-    }
-    if let Some(cost) = p.cost {
-        body["cost_price"] = mapping::num(cents(cost));
-    }
-    let (path, wrapper, price_key) = match kind {
-        "service" => ("/services", "service", "sales_rates"),
-        "stock_item" => ("/stock_items", "stock_item", "sales_prices"),
-        _ => ("/products", "product", "sales_prices"),
-    };
-    body[price_key] = if kind == "service" {
-        json!([{ "rate_name": "Selling Price", "rate": mapping::num(price), "rate_includes_tax": false }])
-    } else {
-        json!([{ "price_name": "Selling Price", "price": mapping::num(price), "price_includes_tax": false }])
-    };
+    let mapping::Item {
+        path,
+        wrapper,
+        mut body,
+    } = mapping::map_item(&p, kind, &env.settings)?;
     let db = env.state.db.clone();
     let existing = xref::get(&db, env.run.binding, "product", id, "").await?;
     let sage_id = match existing.as_ref().and_then(|x| x.posted()) {
@@ -1106,14 +1080,13 @@ async fn product(env: &mut Env<'_>) -> Step<Outcome> {
         let in_stock = amount(&item["quantity_in_stock"]).unwrap_or_default();
         let diff = qty - in_stock;
         if !diff.is_zero() {
-            let movement = json!({ "stock_movement": {
-                "stock_item_id": sage_id,
-                "date": Utc::now().format("%Y-%m-%d").to_string(),
-                "quantity": mapping::num(diff),
-                "cost_price": mapping::num(cents(p.cost.unwrap_or_default())),
-                "details": "Stock level from Magento",
-                "idempotency_id": mapping::idempotency_id(&env.binding_text, "stock_movement", &format!("{id}:{}:{qty}", p.updated_at.clone().unwrap_or_default())),
-            }});
+            let movement = mapping::map_stock_movement(
+                &p,
+                &sage_id,
+                diff,
+                &Utc::now().format("%Y-%m-%d").to_string(),
+                &env.binding_text,
+            );
             sage!(env.session.post::<Value>("/stock_movements", &movement).await);
             message = Some(format!("Stock moved by {diff} to {qty}."));
         }

@@ -334,6 +334,50 @@ async fn get_contact(State(sage): State<Arc<Sage>>, headers: HeaderMap, Path(id)
 // ---- invoices and credit notes ---------------------------------------------------
 
 /// Sage's arithmetic over document lines and shipping.
+/// A line's net and tax as Sage books them: the explicit net (else quantity × price −
+/// discount) and the explicit tax; v3.1 turns a missing tax on a non-zero rate into 0.
+pub fn line_amounts(l: &Map<String, Value>) -> (Decimal, Decimal) {
+    let qty = l.get("quantity").and_then(dec).unwrap_or(Decimal::ONE);
+    let unit = l.get("unit_price").and_then(dec).unwrap_or_default();
+    let discount = l.get("discount_amount").and_then(dec).unwrap_or_default();
+    let net = l
+        .get("net_amount")
+        .and_then(dec)
+        .map_or_else(|| cents(qty * unit - discount), cents);
+    (net, cents(l.get("tax_amount").and_then(dec).unwrap_or_default()))
+}
+
+/// Shipping's net and tax as Sage books them: the tax is recomputed from rate × net and
+/// an explicit amount is ignored.
+pub fn shipping_amounts(b: &Business, o: &Map<String, Value>) -> Option<(Decimal, Decimal)> {
+    let net = o.get("shipping_net_amount").and_then(dec)?;
+    let pct = o
+        .get("shipping_tax_rate_id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .and_then(|id| b.tax_rate_percentage(id))
+        .unwrap_or_default();
+    Some((net, cents(net * pct / Decimal::ONE_HUNDRED)))
+}
+
+/// The net, tax and total Sage computes for a sales invoice or credit note body (the
+/// object inside the `sales_invoice` / `sales_credit_note` wrapper).
+pub fn document_totals(b: &Business, o: &Map<String, Value>, lines_key: &str) -> (Decimal, Decimal, Decimal) {
+    let (mut net, mut tax) = (Decimal::ZERO, Decimal::ZERO);
+    for line in o.get(lines_key).and_then(Value::as_array).into_iter().flatten() {
+        if let Some(l) = line.as_object() {
+            let (n, t) = line_amounts(l);
+            net += n;
+            tax += t;
+        }
+    }
+    if let Some((n, t)) = shipping_amounts(b, o) {
+        net += cents(n);
+        tax += t;
+    }
+    (net, tax, net + tax)
+}
+
 fn document(
     b: &mut Business,
     o: &Map<String, Value>,
@@ -410,16 +454,8 @@ fn document(
                 "is not valid for a customer outside the United Kingdom",
             ));
         }
-        let qty = l.get("quantity").and_then(dec).unwrap_or(Decimal::ONE);
-        let unit = l.get("unit_price").and_then(dec).unwrap_or_default();
-        let discount = l.get("discount_amount").and_then(dec).unwrap_or_default();
-        let line_net = l
-            .get("net_amount")
-            .and_then(dec)
-            .map_or_else(|| cents(qty * unit - discount), cents);
-        // v3.1: a missing tax amount on a non-zero rate silently becomes 0.
-        let line_tax = cents(l.get("tax_amount").and_then(dec).unwrap_or_default());
         let _ = pct;
+        let (line_net, line_tax) = line_amounts(l);
         net += line_net;
         tax += line_tax;
         let mut stored = l.clone();
@@ -429,18 +465,11 @@ fn document(
         out_lines.push(Value::Object(stored));
     }
     let mut shipping = Map::new();
-    if let Some(ship_net) = o.get("shipping_net_amount").and_then(dec) {
+    if let Some((ship_net, ship_tax)) = shipping_amounts(b, o) {
         let rate_id = o
             .get("shipping_tax_rate_id")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        // Shipping tax is recomputed from rate × net; an explicit amount is ignored.
-        let pct = if rate_id.is_empty() {
-            Decimal::ZERO
-        } else {
-            b.tax_rate_percentage(rate_id).unwrap_or_default()
-        };
-        let ship_tax = cents(ship_net * pct / Decimal::ONE_HUNDRED);
         net += cents(ship_net);
         tax += ship_tax;
         shipping.insert("shipping_net_amount".into(), money(ship_net));
