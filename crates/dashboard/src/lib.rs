@@ -1,7 +1,9 @@
-//! The merchant dashboard's web pages: server-rendered (askama, checked at compile
-//! time), calling the same domain code as the JSON API. This first part holds sign-in,
-//! the bindings list and binding page, and the Sage connect flow; the rest of the
-//! dashboard and the ops console build on it.
+//! The merchant dashboard's web pages and the ops console: server-rendered (askama,
+//! checked at compile time), calling the same domain code as the JSON API. Sign-in and
+//! the Sage connect flow live here; the other pages in `pages` and `ops`.
+
+mod ops;
+mod pages;
 
 use askama::Template;
 use std::net::SocketAddr;
@@ -11,7 +13,7 @@ use axum::{
     extract::{ConnectInfo, Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Redirect, Response},
-    routing::get,
+    routing::{get, post},
 };
 use ledger_core::{AppState, BindingId, Problem, audit::Actor};
 use ledger_sage_vault::{
@@ -30,16 +32,34 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/assets/app.css", get(stylesheet))
         .route("/signin", get(signin_page).post(signin_submit))
-        .route("/dashboard", get(bindings_page))
+        .route("/signup", get(pages::signup_page).post(pages::signup_submit))
+        .route("/signout", post(pages::signout))
+        .route("/dashboard", get(pages::bindings_page))
+        .route("/dashboard/magento/connect", post(pages::magento_connect))
+        .route("/dashboard/audit", get(pages::audit_page))
         .route("/dashboard/bindings/{binding_id}", get(binding_page))
+        .route(
+            "/dashboard/bindings/{binding_id}/settings",
+            get(pages::settings_page).post(pages::settings_submit),
+        )
+        .route(
+            "/dashboard/bindings/{binding_id}/reference/refresh",
+            post(pages::reference_refresh),
+        )
+        .route("/dashboard/bindings/{binding_id}/runs", get(pages::runs_page))
+        .route(
+            "/dashboard/bindings/{binding_id}/runs/retry-dead",
+            post(pages::retry_dead),
+        )
+        .route("/dashboard/runs/{run_id}", get(pages::run_page))
+        .route("/dashboard/runs/{run_id}/retry", post(pages::run_retry))
+        .route("/ops", get(ops::console))
+        .route("/ops/bindings/{binding_id}/{action}", post(ops::action))
         .route(
             "/dashboard/bindings/{binding_id}/sage/connect",
             get(connect_page).post(connect_submit),
         )
-        .route(
-            "/dashboard/bindings/{binding_id}/sage/business",
-            axum::routing::post(business_submit),
-        )
+        .route("/dashboard/bindings/{binding_id}/sage/business", post(business_submit))
         .route("/sage/callback", get(callback))
         .layer(axum::middleware::from_fn_with_state(state.clone(), security_headers))
         .with_state(state)
@@ -168,45 +188,13 @@ async fn signin_submit(
     }
 }
 
-struct BindingRow {
-    id: BindingId,
-    url: String,
-    status: String,
-}
-
-#[derive(Template)]
-#[template(path = "bindings.html")]
-struct BindingsPage {
-    bindings: Vec<BindingRow>,
-}
-
-async fn bindings_page(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
-    let Some(merchant) = session_merchant(&state, &headers).await? else {
-        return Ok(signin_redirect("/dashboard"));
-    };
-    let tenant = merchant.tenant(&state.db, None).await?;
-    let rows = sqlx::query!(
-        r#"SELECT id AS "id: BindingId", magento_base_url, status FROM connector_bindings
-           WHERE tenant_id = $1 AND status <> 'pairing' ORDER BY created_at DESC"#,
-        tenant.0
-    )
-    .fetch_all(&state.db)
-    .await?;
-    let bindings = rows
-        .into_iter()
-        .map(|r| BindingRow {
-            id: r.id,
-            url: r.magento_base_url,
-            status: r.status,
-        })
-        .collect();
-    Ok(render(&BindingsPage { bindings }))
-}
-
 #[derive(Template)]
 #[template(path = "binding.html")]
 struct BindingPage {
+    nav: pages::Nav,
     binding_id: BindingId,
+    backlog: i64,
+    failed: i64,
     magento_url: String,
     status: String,
     magento_status: String,
@@ -241,7 +229,7 @@ async fn binding_page(
     Path(binding_id): Path<BindingId>,
     Query(q): Query<BindingQuery>,
 ) -> Result<Response, Problem> {
-    if let Err(r) = owner(
+    let merchant = match owner(
         &state,
         &headers,
         binding_id,
@@ -249,14 +237,26 @@ async fn binding_page(
     )
     .await?
     {
-        return Ok(r);
-    }
+        Ok(m) => m,
+        Err(r) => return Ok(r),
+    };
+    let counts = sqlx::query!(
+        r#"SELECT count(*) FILTER (WHERE status IN ('pending', 'running')) AS "backlog!",
+                  count(*) FILTER (WHERE status IN ('failed', 'dead')) AS "failed!"
+           FROM sync_runs WHERE binding_id = $1"#,
+        binding_id.0
+    )
+    .fetch_one(&state.db)
+    .await?;
     let binding = bindings::load(&state.db, binding_id)
         .await?
         .ok_or_else(|| Problem::not_found("binding_not_found", "No such binding."))?;
     let sage = connect::load_connection(&state.db, binding_id).await?;
     Ok(render(&BindingPage {
+        nav: pages::Nav::of(&merchant),
         binding_id,
+        backlog: counts.backlog,
+        failed: counts.failed,
         magento_url: binding.magento_base_url,
         status: binding.status.as_str().to_owned(),
         magento_status: binding.magento_connection_status,

@@ -422,6 +422,63 @@ pub async fn retry_dead(state: &AppState, binding: BindingId, actor: Actor) -> R
     Ok(n)
 }
 
+/// An operator's pause: the binding's sync jobs are held where they are (callbacks to
+/// the store still go out). Only an active binding can be paused; true when it was.
+pub async fn pause_binding(state: &AppState, binding: BindingId, actor: Actor) -> Result<bool, sqlx::Error> {
+    set_paused(state, binding, actor, true).await
+}
+
+/// Resumes a paused binding: held jobs become due at once and the workers are woken.
+pub async fn resume_binding(state: &AppState, binding: BindingId, actor: Actor) -> Result<bool, sqlx::Error> {
+    set_paused(state, binding, actor, false).await
+}
+
+async fn set_paused(state: &AppState, binding: BindingId, actor: Actor, pause: bool) -> Result<bool, sqlx::Error> {
+    let (from, to) = if pause {
+        ("active", "paused")
+    } else {
+        ("paused", "active")
+    };
+    let mut tx = state.db.begin().await?;
+    let Some(tenant) = sqlx::query_scalar!(
+        r#"UPDATE connector_bindings SET status = $3, updated_at = now() WHERE id = $1 AND status = $2
+           RETURNING tenant_id AS "tenant_id: TenantId""#,
+        binding.0,
+        from,
+        to
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(false);
+    };
+    if !pause {
+        sqlx::query!(
+            "UPDATE jobs SET run_at = LEAST(run_at, now()), updated_at = now() WHERE binding_id = $1 AND status = 'queued'",
+            binding.0
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", binding.0.to_string())
+            .execute(&mut *tx)
+            .await?;
+    }
+    audit::record(
+        &mut tx,
+        audit::Entry {
+            actor,
+            tenant_id: Some(tenant),
+            binding_id: Some(binding),
+            action: if pause { "binding.paused" } else { "binding.resumed" },
+            details: serde_json::json!({}),
+            request_id: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Gives up on a run on purpose: skipped (reason `skipped_by_operator`), its job cancelled.
 pub async fn skip(state: &AppState, run: uuid::Uuid, actor: Actor) -> Result<bool, sqlx::Error> {
     let mut tx = state.db.begin().await?;

@@ -262,7 +262,8 @@ pub fn session_cookie(value: &Secret<String>, state: &AppState) -> HeaderValue {
     .expect("cookie text is ASCII")
 }
 
-fn clear_cookie() -> HeaderValue {
+/// A `Set-Cookie` that removes the session cookie.
+pub fn clear_cookie() -> HeaderValue {
     HeaderValue::from_static("ledger_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
 }
 
@@ -441,15 +442,21 @@ pub async fn signout(
     merchant: Merchant,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    if let Some(value) = crate::auth::cookie_value(&headers, SESSION_COOKIE) {
-        sqlx::query!("DELETE FROM sessions WHERE id_hash = $1", ring_sha256(value.as_bytes()))
-            .execute(&state.db)
-            .await?;
-    }
+    end_session(&state.db, &headers).await?;
     let _ = merchant;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(header::SET_COOKIE, clear_cookie());
     Ok(response)
+}
+
+/// Deletes the request's session, if it carries one.
+pub async fn end_session(db: &sqlx::PgPool, headers: &HeaderMap) -> Result<(), sqlx::Error> {
+    if let Some(value) = crate::auth::cookie_value(headers, SESSION_COOKIE) {
+        sqlx::query!("DELETE FROM sessions WHERE id_hash = $1", ring_sha256(value.as_bytes()))
+            .execute(db)
+            .await?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize, ToSchema)]

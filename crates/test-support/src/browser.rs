@@ -101,6 +101,8 @@ impl Browser {
             .ok_or_else(|| anyhow::anyhow!("chromedriver refused the session: {created}"))?
             .to_owned();
         let shots = output_dir().join("screenshots").join(test_name);
+        // One run's pages only, numbered from 01.
+        let _ = std::fs::remove_dir_all(&shots);
         std::fs::create_dir_all(&shots)?;
         Ok(Self {
             driver,

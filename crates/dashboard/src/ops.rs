@@ -1,0 +1,258 @@
+//! The ops console (operators only): every tenant and binding with health, token state
+//! and queue figures; queue depth over the last hour drawn on the page; dead letters
+//! across tenants; search by tenant, binding or Magento entity id; pause/resume a
+//! binding and refresh its Sage reference data — each recorded in the audit trail.
+
+use askama::Template;
+use axum::{
+    Form,
+    extract::{Path, Query, State},
+    http::HeaderMap,
+    response::{IntoResponse, Redirect, Response},
+};
+use ledger_core::{AppState, BindingId, Problem, audit::Actor};
+use ledger_sage_sync::runs;
+use ledger_tenant_binding::auth::{Merchant, session_merchant};
+use serde::Deserialize;
+
+use crate::{
+    pages::{Nav, ago},
+    render, signin_redirect,
+};
+
+/// The signed-in operator; anyone else gets a 404 (the console's existence is not news).
+async fn operator(state: &AppState, headers: &HeaderMap, path: &str) -> Result<Result<Merchant, Response>, Problem> {
+    match session_merchant(state, headers).await? {
+        None => Ok(Err(signin_redirect(path))),
+        Some(m) if m.is_operator => Ok(Ok(m)),
+        Some(_) => {
+            let mut page = render(&crate::MessagePage {
+                heading: "Not found".to_owned(),
+                message: "There is nothing at this address.".to_owned(),
+                retry: None,
+            });
+            *page.status_mut() = axum::http::StatusCode::NOT_FOUND;
+            Ok(Err(page))
+        }
+    }
+}
+
+pub struct OpsBinding {
+    pub id: BindingId,
+    pub tenant: String,
+    pub owner: String,
+    pub url: String,
+    pub status: String,
+    pub magento: String,
+    pub sage: String,
+    pub token: String,
+    pub queued: i64,
+    pub oldest: String,
+    pub dead: i64,
+    pub synced_hour: i64,
+    pub pausable: bool,
+    pub resumable: bool,
+}
+
+pub struct DeadRow {
+    pub id: uuid::Uuid,
+    pub binding: String,
+    pub event: String,
+    pub entity_id: i64,
+    pub status: String,
+    pub code: String,
+    pub at: String,
+}
+
+/// One bar of the queue chart: finished runs per 5 minutes, as a height in pixels.
+pub struct Bar {
+    pub x: i64,
+    pub height: i64,
+    pub label: String,
+}
+
+#[derive(Template)]
+#[template(path = "ops.html")]
+struct OpsPage {
+    nav: Nav,
+    csrf_token: String,
+    q: String,
+    bindings: Vec<OpsBinding>,
+    dead: Vec<DeadRow>,
+    bars: Vec<Bar>,
+    total_queued: i64,
+    notice: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct OpsQuery {
+    q: Option<String>,
+    done: Option<String>,
+}
+
+pub async fn console(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<OpsQuery>,
+) -> Result<Response, Problem> {
+    let merchant = match operator(&state, &headers, "/ops").await? {
+        Ok(m) => m,
+        Err(r) => return Ok(r),
+    };
+    let q = query.q.clone().unwrap_or_default().trim().to_owned();
+    let entity: Option<i64> = q.parse().ok();
+    let rows = sqlx::query!(
+        r#"SELECT b.id AS "id: BindingId", b.tenant_id, b.magento_base_url, b.status, b.magento_connection_status,
+                  acc.email, c.status AS "sage_status?", c.business_name AS "business_name?", c.access_expires_at AS "access_expires_at?",
+                  (SELECT count(*) FROM jobs j WHERE j.binding_id = b.id AND j.status IN ('queued', 'running', 'paused')) AS "queued!",
+                  (SELECT min(j.created_at) FROM jobs j WHERE j.binding_id = b.id AND j.status IN ('queued', 'running', 'paused')) AS oldest,
+                  (SELECT count(*) FROM sync_runs r WHERE r.binding_id = b.id AND r.status = 'dead') AS "dead!",
+                  (SELECT count(*) FROM sync_runs r WHERE r.binding_id = b.id AND r.status = 'synced' AND r.finished_at > now() - interval '1 hour') AS "synced_hour!"
+           FROM connector_bindings b
+           JOIN tenants t ON t.id = b.tenant_id
+           JOIN accounts acc ON acc.id = t.account_id
+           LEFT JOIN sage_connections c ON c.binding_id = b.id
+           WHERE b.status <> 'pairing'
+             AND ($1 = '' OR b.tenant_id::text = $1 OR b.id::text = $1 OR acc.email ILIKE '%' || $1 || '%'
+                  OR ($2::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM sync_runs r WHERE r.binding_id = b.id AND r.magento_entity_id = $2)))
+           ORDER BY b.created_at DESC LIMIT 500"#,
+        q,
+        entity
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let bindings: Vec<OpsBinding> = rows
+        .into_iter()
+        .map(|r| OpsBinding {
+            id: r.id,
+            tenant: r.tenant_id.to_string(),
+            owner: r.email,
+            url: r.magento_base_url,
+            pausable: r.status == "active",
+            resumable: r.status == "paused",
+            status: r.status,
+            magento: r.magento_connection_status,
+            sage: match (r.sage_status, r.business_name) {
+                (Some(s), Some(b)) => format!("{s} · {b}"),
+                (Some(s), None) => s,
+                _ => "not connected".to_owned(),
+            },
+            token: r
+                .access_expires_at
+                .map(|at| {
+                    let secs = (at - chrono::Utc::now()).num_seconds();
+                    if secs > 0 {
+                        format!("access token valid {secs} s")
+                    } else {
+                        "access token expired (refreshed on next call)".to_owned()
+                    }
+                })
+                .unwrap_or_default(),
+            queued: r.queued,
+            oldest: if r.oldest.is_some() {
+                ago(r.oldest)
+            } else {
+                String::new()
+            },
+            dead: r.dead,
+            synced_hour: r.synced_hour,
+        })
+        .collect();
+    let dead = sqlx::query!(
+        r#"SELECT r.id, r.binding_id, e.event_name, e.magento_entity_id, r.status, r.error_code, r.updated_at
+           FROM sync_runs r JOIN received_events e ON e.id = r.event_id
+           WHERE r.status IN ('dead', 'failed')
+             AND ($1 = '' OR r.binding_id::text = $1 OR ($2::bigint IS NOT NULL AND e.magento_entity_id = $2)
+                  OR EXISTS (SELECT 1 FROM connector_bindings b WHERE b.id = r.binding_id AND b.tenant_id::text = $1))
+           ORDER BY r.updated_at DESC LIMIT 50"#,
+        q,
+        entity
+    )
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .map(|r| DeadRow {
+        id: r.id,
+        binding: r.binding_id.to_string(),
+        event: r.event_name,
+        entity_id: r.magento_entity_id,
+        status: r.status,
+        code: r.error_code.unwrap_or_default(),
+        at: r.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+    })
+    .collect();
+    // Throughput: runs finished per 5 minutes over the last hour (12 bars).
+    let buckets = sqlx::query!(
+        r#"SELECT (extract(epoch FROM now() - finished_at)::bigint / 300) AS "bucket!", count(*) AS "n!"
+           FROM sync_runs WHERE finished_at > now() - interval '1 hour' GROUP BY 1"#
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let max = buckets.iter().map(|b| b.n).max().unwrap_or(0).max(1);
+    let bars = (0..12_i64)
+        .map(|i| {
+            let bucket = 11 - i;
+            let n = buckets.iter().find(|b| b.bucket == bucket).map_or(0, |b| b.n);
+            Bar {
+                x: i * 22,
+                height: n * 80 / max,
+                label: format!("{n} runs finished {}–{} min ago", bucket * 5 + 5, bucket * 5),
+            }
+        })
+        .collect();
+    Ok(render(&OpsPage {
+        nav: Nav::of(&merchant),
+        csrf_token: merchant.csrf_token().to_owned(),
+        q,
+        total_queued: bindings.iter().map(|b| b.queued).sum(),
+        bindings,
+        dead,
+        bars,
+        notice: query.done,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct ActionForm {
+    csrf_token: String,
+}
+
+/// `pause`, `resume` or `refresh-reference` on one binding.
+pub async fn action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((binding_id, verb)): Path<(BindingId, String)>,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, Problem> {
+    let merchant = match operator(&state, &headers, "/ops").await? {
+        Ok(m) => m,
+        Err(r) => return Ok(r),
+    };
+    merchant.check_csrf(&form.csrf_token)?;
+    let actor = Actor::Operator(merchant.account_id.0);
+    let done = match verb.as_str() {
+        "pause" => runs::pause_binding(&state, binding_id, actor)
+            .await?
+            .then_some("paused")
+            .ok_or_else(|| Problem::conflict("binding_not_active", "Only an active binding can be paused."))?,
+        "resume" => runs::resume_binding(&state, binding_id, actor)
+            .await?
+            .then_some("resumed")
+            .ok_or_else(|| Problem::conflict("binding_not_paused", "Only a paused binding can be resumed."))?,
+        "refresh-reference" => {
+            ledger_sage_vault::reference::refresh(&state, binding_id)
+                .await
+                .map_err(|e| {
+                    Problem::unavailable("reference_refresh_failed", format!("Sage did not answer: {e}"), 30)
+                })?;
+            "reference data refreshed"
+        }
+        _ => {
+            return Err(Problem::not_found(
+                "unknown_action",
+                "Use pause, resume or refresh-reference.",
+            ));
+        }
+    };
+    Ok(Redirect::to(&format!("/ops?done={}", done.replace(' ', "+"))).into_response())
+}

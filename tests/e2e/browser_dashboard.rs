@@ -1,0 +1,209 @@
+//! Real headless Chromium through the merchant dashboard and the ops console: sign up,
+//! connect a sandbox Magento store by URL and pairing code, connect the sandbox Sage
+//! business, change a setting with a validation error and fix it, see a synced invoice
+//! in the sync history, force a failure in the Sage sandbox, see it, retry it, see it
+//! synced, and — as an operator — find the tenant on the ops console and pause and
+//! resume its binding. Screenshots of every page land in `test-output/screenshots/`.
+
+use std::time::Duration;
+
+use ledger_sandbox::{
+    magento::{RunningStore, StoreConfig},
+    sage::{SageConfig, SageFaults},
+};
+use ledger_test_support::{TestApp, browser::Browser};
+
+#[tokio::test]
+async fn chromium_walks_the_dashboard_and_the_ops_console() -> anyhow::Result<()> {
+    let app = TestApp::builder()
+        .sage(SageConfig {
+            auto_approve: false,
+            businesses: vec![("Harbour Goods Ltd".into(), "GB".into())],
+            ..SageConfig::default()
+        })
+        .spawn()
+        .await;
+    let _workers = app.start_workers();
+    let store = RunningStore::spawn(StoreConfig {
+        drain_interval: Duration::from_secs(3600),
+        backoff_divisor: 1000,
+        ..StoreConfig::default()
+    })
+    .await?;
+    let browser = Browser::start("dashboard").await?;
+
+    // Sign up.
+    browser.goto(&app.url("/signin")).await?;
+    browser.click("#signup-link").await?;
+    browser.wait_for_url("/signup").await?;
+    browser.fill("#email", "owner@harbour.example").await?;
+    browser.fill("#password", "short").await?;
+    browser.click("#create-account").await?;
+    assert!(
+        browser.text("#password-error").await?.contains("10"),
+        "too short a password is named"
+    );
+    browser.screenshot("signup-error").await?;
+    browser.fill("#password", "a-long-enough-password").await?;
+    browser.click("#create-account").await?;
+    browser.wait_for_url("/dashboard").await?;
+    assert!(browser.text("#no-stores").await?.contains("pairing code"));
+    browser.screenshot("dashboard-empty").await?;
+
+    // Connect the store: a wrong code first, then the real one.
+    browser.fill("#magento_base_url", &store.base_url).await?;
+    browser
+        .fill("#pairing_code", "0123456789abcdef0123456789abcdef")
+        .await?;
+    browser.click("#connect-magento").await?;
+    let error = browser.text("#connect-error").await?;
+    assert!(error.contains("pairing code"), "{error}");
+    browser.screenshot("connect-store-error").await?;
+    let code = store.store.generate_pairing_code();
+    browser.fill("#pairing_code", &code).await?;
+    browser.click("#connect-magento").await?;
+    let binding_url = browser.wait_for_url("/dashboard/bindings/").await?;
+    let binding_id = binding_url.rsplit('/').next().unwrap_or_default().to_owned();
+    assert!(store.store.is_connected(), "the store was paired");
+    browser.screenshot("binding-paired").await?;
+
+    // Connect Sage through the sandbox's consent page.
+    browser.click("#connect-sage").await?;
+    browser.wait_for_url("/sage/connect").await?;
+    browser.click("#continue").await?;
+    browser.wait_for_url("/oauth2/auth/central").await?;
+    browser.click("#allow").await?;
+    browser.wait_for_url("connected=1").await?;
+    assert_eq!(browser.text("#sage-business").await?, "Harbour Goods Ltd");
+    browser.screenshot("binding-connected").await?;
+
+    // Settings: an invalid prefix is refused inline and nothing is saved; then fixed.
+    browser.click("#settings-link").await?;
+    browser.wait_for_url("/settings").await?;
+    assert!(
+        browser.source().await?.contains("Standard 20.0%"),
+        "the tax-rate dropdowns come from the reference cache"
+    );
+    browser.screenshot("settings").await?;
+    browser.fill("#invoice_number_prefix", "MAGENTO INV").await?;
+    browser.click("#save").await?;
+    assert!(browser.text("#form-error").await?.contains("Nothing was saved"));
+    assert!(
+        browser
+            .text("#invoice_number_prefix-error")
+            .await?
+            .contains("invalid_format")
+    );
+    browser.screenshot("settings-invalid").await?;
+    let saved_prefix: Option<String> = sqlx::query_scalar(
+        "SELECT settings->>'invoice_number_prefix' FROM binding_settings WHERE binding_id = $1::uuid",
+    )
+    .bind(&binding_id)
+    .fetch_optional(&app.state.db)
+    .await?
+    .flatten();
+    assert_eq!(saved_prefix, None, "the invalid value was not saved");
+    browser.fill("#invoice_number_prefix", "MG-").await?;
+    browser.click("#save").await?;
+    browser.wait_for_url("saved=1").await?;
+    assert!(browser.text("#notice").await?.contains("saved"));
+    browser.screenshot("settings-saved").await?;
+
+    // An invoice syncs and shows in the history.
+    store.store.place_order(false);
+    store.store.drain_once().await;
+    assert!(app.wait_idle(Duration::from_secs(30)).await, "the queue drains");
+    browser
+        .goto(&app.url(&format!("/dashboard/bindings/{binding_id}/runs?status=synced")))
+        .await?;
+    let history = browser.text("#runs").await?;
+    assert!(
+        history.contains("invoice.created") && history.contains("synced"),
+        "{history}"
+    );
+    browser.screenshot("history-synced").await?;
+
+    // Force a failure in the Sage sandbox: the next API call is refused (422).
+    app.sage().set_faults(SageFaults {
+        api_status: 422,
+        api_failures: 1,
+        ..SageFaults::default()
+    });
+    store.store.place_order(false);
+    store.store.drain_once().await;
+    assert!(app.wait_idle(Duration::from_secs(30)).await, "the queue drains");
+    browser
+        .goto(&app.url(&format!("/dashboard/bindings/{binding_id}/runs")))
+        .await?;
+    browser.click("tr.status-failed a").await?;
+    browser.wait_for_url("/dashboard/runs/").await?;
+    assert_eq!(browser.text("#run-status").await?, "failed");
+    assert!(!browser.text("#run-message").await?.is_empty(), "an actionable message");
+    browser.screenshot("run-failed").await?;
+    browser.click("#retry").await?;
+    browser.wait_for_url("retried=1").await?;
+    assert!(app.wait_idle(Duration::from_secs(30)).await, "the retry drains");
+    browser.goto(&browser.url().await?).await?;
+    assert_eq!(browser.text("#run-status").await?, "synced");
+    browser.screenshot("run-retried").await?;
+
+    // The audit trail shows the merchant's changes.
+    browser.goto(&app.url("/dashboard/audit")).await?;
+    let audit = browser.text("#audit").await?;
+    assert!(
+        audit.contains("settings.updated") && audit.contains("run.retried"),
+        "{audit}"
+    );
+    assert!(audit.contains("invoice_number_prefix"), "the change itself: {audit}");
+    browser.screenshot("audit").await?;
+
+    // A merchant cannot open the ops console.
+    browser.goto(&app.url("/ops")).await?;
+    assert!(browser.source().await?.contains("Not found"));
+    assert!(!browser.source().await?.contains("Ops console</h1>"));
+    browser.goto(&app.url("/dashboard")).await?;
+
+    // As an operator: the tenant is on the console; pause and resume its binding.
+    browser.click("#signout").await?;
+    browser.wait_for_url("/signin").await?;
+    let operator = app.merchant().await;
+    sqlx::query("UPDATE accounts SET is_operator = true WHERE email = $1")
+        .bind(&operator.email)
+        .execute(&app.state.db)
+        .await?;
+    browser.goto(&app.url("/ops")).await?;
+    browser.wait_for_url("/signin").await?;
+    browser.fill("#email", &operator.email).await?;
+    browser.fill("#password", &operator.password).await?;
+    browser.click("#signin").await?;
+    browser.wait_for_url("/ops").await?;
+    browser.fill("#q", "owner@harbour").await?;
+    browser.click("#search").await?;
+    browser.wait_for_url("q=owner").await?;
+    let row = browser.text(&format!("#binding-{binding_id}")).await?;
+    assert!(row.contains("owner@harbour.example") && row.contains("active"), "{row}");
+    browser.screenshot("ops-console").await?;
+    browser
+        .click(&format!("#binding-{binding_id} form[action$='/pause'] button"))
+        .await?;
+    browser.wait_for_url("done=paused").await?;
+    assert!(
+        browser
+            .text(&format!("#binding-{binding_id}"))
+            .await?
+            .contains("paused")
+    );
+    browser.screenshot("ops-paused").await?;
+    browser
+        .click(&format!("#binding-{binding_id} form[action$='/resume'] button"))
+        .await?;
+    browser.wait_for_url("done=resumed").await?;
+    let actions: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_log WHERE binding_id = $1::uuid AND action IN ('binding.paused', 'binding.resumed') ORDER BY id",
+    )
+    .bind(&binding_id)
+    .fetch_all(&app.state.db)
+    .await?;
+    assert_eq!(actions, ["binding.paused", "binding.resumed"], "both recorded");
+    Ok(())
+}
