@@ -157,6 +157,42 @@ async fn chromium_walks_the_dashboard_and_the_ops_console() -> anyhow::Result<()
     assert!(audit.contains("invoice_number_prefix"), "the change itself: {audit}");
     browser.screenshot("audit").await?;
 
+    // The Magento admin's "Sage Sync" page frames /embed/{tenant} with no credential:
+    // framing is allowed to this store only, and the frame shows nothing until the
+    // viewer signs in inside it.
+    let tenant: String = sqlx::query_scalar("SELECT tenant_id::text FROM connector_bindings WHERE id = $1::uuid")
+        .bind(&binding_id)
+        .fetch_one(&app.state.db)
+        .await?;
+    let csp = |res: &reqwest::Response| {
+        res.headers()
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let embed = app.get(&format!("/embed/{tenant}")).await;
+    let store_origin = store.base_url.trim_end_matches('/').to_owned();
+    assert!(
+        csp(&embed).contains(&format!("frame-ancestors {store_origin}")),
+        "{}",
+        csp(&embed)
+    );
+    let anonymous = embed.text().await?;
+    assert!(!anonymous.contains("invoice.created"), "no data without a session");
+    let unknown = app.get(&format!("/embed/{}", uuid::Uuid::new_v4())).await;
+    assert!(csp(&unknown).contains("frame-ancestors 'none'"));
+    assert!(csp(&app.get("/dashboard").await).contains("frame-ancestors 'none'"));
+    browser.goto(&format!("{store_origin}/admin/sync")).await?;
+    browser.frame(Some("#ledger-embed")).await?;
+    browser.fill("#email", "owner@harbour.example").await?;
+    browser.fill("#password", "a-long-enough-password").await?;
+    browser.click("#embed-signin").await?;
+    let runs = browser.text("#embed-runs").await?;
+    assert!(runs.contains("invoice.created") && runs.contains("synced"), "{runs}");
+    browser.frame(None).await?;
+    browser.screenshot("magento-admin-embed").await?;
+
     // A merchant cannot open the ops console.
     browser.goto(&app.url("/ops")).await?;
     assert!(browser.source().await?.contains("Not found"));

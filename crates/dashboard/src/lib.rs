@@ -2,6 +2,7 @@
 //! checked at compile time), calling the same domain code as the JSON API. Sign-in and
 //! the Sage connect flow live here; the other pages in `pages` and `ops`.
 
+mod embed;
 mod ops;
 mod pages;
 
@@ -36,6 +37,17 @@ pub fn router(state: AppState) -> Router {
         .route("/signout", post(pages::signout))
         .route("/dashboard", get(pages::bindings_page))
         .route("/dashboard/magento/connect", post(pages::magento_connect))
+        // Paths the module's documentation names (contract §9): all land on the stores
+        // list, which holds the connect form and every binding's history link.
+        .route(
+            "/dashboard/connect-magento",
+            get(|| async { Redirect::to("/dashboard#connect-heading") }),
+        )
+        .route(
+            "/dashboard/connect",
+            get(|| async { Redirect::to("/dashboard#connect-heading") }),
+        )
+        .route("/dashboard/sync", get(|| async { Redirect::to("/dashboard") }))
         .route("/dashboard/audit", get(pages::audit_page))
         .route("/dashboard/bindings/{binding_id}", get(binding_page))
         .route(
@@ -53,6 +65,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/dashboard/runs/{run_id}", get(pages::run_page))
         .route("/dashboard/runs/{run_id}/retry", post(pages::run_retry))
+        .route("/embed/{tenant_id}", get(embed::embed))
+        .route("/embed/{tenant_id}/signin", post(embed::signin))
         .route("/ops", get(ops::console))
         .route("/ops/bindings/{binding_id}/{action}", post(ops::action))
         .route(
@@ -89,8 +103,9 @@ async fn security_headers(
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; base-uri 'none'; \
          form-action 'self' {sage_origin}; frame-ancestors 'none'"
     );
+    // A page with its own policy (the embed page's frame-ancestors) keeps it.
     if let Ok(v) = HeaderValue::from_str(&csp) {
-        headers.insert(header::CONTENT_SECURITY_POLICY, v);
+        headers.entry(header::CONTENT_SECURITY_POLICY).or_insert(v);
     }
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     // The callback URL carries Sage's code: never leak it in a Referer.

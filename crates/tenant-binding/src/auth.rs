@@ -121,7 +121,21 @@ impl FromRequestParts<AppState> for Merchant {
 /// The merchant behind a session cookie, for web pages: no CSRF check here (forms
 /// carry the token in a field, which the page handler checks with [`Merchant::check_csrf`]).
 pub async fn session_merchant(state: &AppState, headers: &HeaderMap) -> Result<Option<Merchant>, Problem> {
-    let Some(cookie) = cookie_value(headers, SESSION_COOKIE) else {
+    session_merchant_in(state, headers, SESSION_COOKIE).await
+}
+
+/// The embedded page's session cookie: `SameSite=None; Secure; Partitioned`, scoped to
+/// `/embed`, so a store's admin can frame the page (the main session cookie is `Lax`
+/// and never reaches a cross-site frame).
+pub const EMBED_COOKIE: &str = "ledger_embed";
+
+/// Like [`session_merchant`], reading the session from cookie `name`.
+pub async fn session_merchant_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<Option<Merchant>, Problem> {
+    let Some(cookie) = cookie_value(headers, name) else {
         return Ok(None);
     };
     let ttl_secs = state.settings.session_ttl.as_secs_f64();

@@ -214,6 +214,17 @@ impl Browser {
         .map(drop)
     }
 
+    /// Moves into the frame `css` points at (`None`: back to the top page).
+    pub async fn frame(&self, css: Option<&str>) -> anyhow::Result<()> {
+        let id = match css {
+            Some(css) => json!({ ELEMENT: self.find(css).await? }),
+            None => serde_json::Value::Null,
+        };
+        self.call(reqwest::Method::POST, "/frame", Some(json!({ "id": id })))
+            .await
+            .map(drop)
+    }
+
     /// Waits until the current URL contains `fragment`.
     pub async fn wait_for_url(&self, fragment: &str) -> anyhow::Result<String> {
         let started = Instant::now();

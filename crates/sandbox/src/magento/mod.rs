@@ -1015,6 +1015,34 @@ async fn admin_page(State(store): State<Arc<Store>>) -> Html<String> {
     Html(page::render(&store, &state_summary(&store)))
 }
 
+/// The admin's "Sage Sync" page (contract §9): a plain iframe of
+/// `{ledger}/embed/{tenant}` with no credential, `referrerpolicy="no-referrer"`, under
+/// `frame-src {ledger base}`.
+async fn admin_sync_page(State(store): State<Arc<Store>>) -> Response {
+    let Some(tenant) = store.tenant_id() else {
+        return Html("<!doctype html><p>Not connected to ledger.</p>".to_owned()).into_response();
+    };
+    let ledger = store.ledger_base_url();
+    let ledger = ledger.trim_end_matches('/');
+    let encoded: String = tenant
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sage Sync / Magento Admin</title></head>\
+         <body><h1>Sage Sync</h1><iframe id=\"ledger-embed\" src=\"{ledger}/embed/{encoded}\" referrerpolicy=\"no-referrer\" \
+         style=\"width:100%;height:600px;border:0\" title=\"ledger\"></iframe></body></html>"
+    );
+    let mut response = Html(html).into_response();
+    if let Ok(v) = format!("frame-src {ledger};").parse() {
+        response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    response
+}
+
 /// The store's HTTP routes: the module's REST API and the sandbox controls.
 pub fn router(store: Arc<Store>) -> Router {
     Router::new()
@@ -1024,6 +1052,7 @@ pub fn router(store: Arc<Store>) -> Router {
         .route("/rest/V1/byte8/sync-state", post(sync_state))
         .route("/rest/V1/byte8/{kind}/{id}", get(entity))
         .route("/", get(admin_page))
+        .route("/admin/sync", get(admin_sync_page))
         .route("/sandbox/pairing-code", post(control_pairing_code))
         .route("/sandbox/state", get(control_state))
         .route(
