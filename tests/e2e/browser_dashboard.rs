@@ -193,6 +193,18 @@ async fn chromium_walks_the_dashboard_and_the_ops_console() -> anyhow::Result<()
     browser.frame(None).await?;
     browser.screenshot("magento-admin-embed").await?;
 
+    // Password change: the wrong current password is named; then it changes.
+    browser.goto(&app.url("/dashboard/account")).await?;
+    browser.fill("#current_password", "not-my-password").await?;
+    browser.fill("#new_password", "an-even-longer-password").await?;
+    browser.click("#change-password").await?;
+    assert!(browser.text("#current-error").await?.contains("current password"));
+    browser.fill("#current_password", "a-long-enough-password").await?;
+    browser.fill("#new_password", "an-even-longer-password").await?;
+    browser.click("#change-password").await?;
+    browser.wait_for_url("changed=1").await?;
+    browser.screenshot("password-changed").await?;
+
     // A merchant cannot open the ops console.
     browser.goto(&app.url("/ops")).await?;
     assert!(browser.source().await?.contains("Not found"));
@@ -241,5 +253,27 @@ async fn chromium_walks_the_dashboard_and_the_ops_console() -> anyhow::Result<()
     .fetch_all(&app.state.db)
     .await?;
     assert_eq!(actions, ["binding.paused", "binding.resumed"], "both recorded");
+
+    // Back as the merchant (new password): disconnect the store from the binding page.
+    browser.click("#signout").await?;
+    browser
+        .goto(&app.url(&format!("/dashboard/bindings/{binding_id}")))
+        .await?;
+    browser.wait_for_url("/signin").await?;
+    browser.fill("#email", "owner@harbour.example").await?;
+    browser.fill("#password", "an-even-longer-password").await?;
+    browser.click("#signin").await?;
+    browser
+        .wait_for_url(&format!("/dashboard/bindings/{binding_id}"))
+        .await?;
+    browser.click("#confirm-disconnect").await?;
+    browser.click("#disconnect-button").await?;
+    browser.wait_for_url("disconnected=1").await?;
+    assert_eq!(browser.text("#binding-status").await?, "revoked");
+    browser.screenshot("disconnected").await?;
+    // The store's next event is refused (and dead-letters in the store).
+    store.store.place_order(false);
+    let report = store.store.drain_once().await;
+    assert!(report.dead_lettered > 0, "{report:?}");
     Ok(())
 }

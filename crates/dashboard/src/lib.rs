@@ -49,6 +49,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/dashboard/sync", get(|| async { Redirect::to("/dashboard") }))
         .route("/dashboard/audit", get(pages::audit_page))
+        .route(
+            "/dashboard/account",
+            get(pages::account_page).post(pages::account_submit),
+        )
+        .route("/dashboard/bindings/{binding_id}/disconnect", post(pages::disconnect))
         .route("/dashboard/bindings/{binding_id}", get(binding_page))
         .route(
             "/dashboard/bindings/{binding_id}/settings",
@@ -207,6 +212,7 @@ async fn signin_submit(
 #[template(path = "binding.html")]
 struct BindingPage {
     nav: pages::Nav,
+    csrf_token: String,
     binding_id: BindingId,
     backlog: i64,
     failed: i64,
@@ -236,6 +242,7 @@ async fn owner(
 #[derive(Debug, Deserialize)]
 struct BindingQuery {
     connected: Option<String>,
+    disconnected: Option<String>,
 }
 
 async fn binding_page(
@@ -269,6 +276,7 @@ async fn binding_page(
     let sage = connect::load_connection(&state.db, binding_id).await?;
     Ok(render(&BindingPage {
         nav: pages::Nav::of(&merchant),
+        csrf_token: merchant.csrf_token().to_owned(),
         binding_id,
         backlog: counts.backlog,
         failed: counts.failed,
@@ -278,7 +286,9 @@ async fn binding_page(
         sage_status: sage.status,
         business_name: sage.business_name.unwrap_or_default(),
         region: sage.region.unwrap_or_default().to_uppercase(),
-        notice: q.connected.map(|_| "Sage is connected.".to_owned()),
+        notice: q.connected.map(|_| "Sage is connected.".to_owned()).or(q
+            .disconnected
+            .map(|_| "Disconnected. The store's events are refused from now on.".to_owned())),
     }))
 }
 

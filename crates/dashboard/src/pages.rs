@@ -991,8 +991,10 @@ pub async fn audit_page(State(state): State<AppState>, headers: HeaderMap) -> Re
            FROM audit_log a
            LEFT JOIN accounts acc ON a.actor IN ('account:' || acc.id::text, 'operator:' || acc.id::text)
            WHERE a.tenant_id = $1 OR a.binding_id IN (SELECT id FROM connector_bindings WHERE tenant_id = $1)
+              OR (a.tenant_id IS NULL AND a.binding_id IS NULL AND a.actor = $2)
            ORDER BY a.id DESC LIMIT 200"#,
-        tenant.0
+        tenant.0,
+        Actor::Account(merchant.account_id.0).as_text()
     )
     .fetch_all(&state.db)
     .await?;
@@ -1028,4 +1030,113 @@ fn summarize(details: &serde_json::Value) -> String {
     }
     let text = details.to_string();
     if text == "{}" { String::new() } else { text }
+}
+
+// --- Account: password change, and disconnecting a binding ------------------------------
+
+#[derive(Template)]
+#[template(path = "account.html")]
+struct AccountPage {
+    nav: Nav,
+    csrf_token: String,
+    current_error: Option<String>,
+    new_error: Option<String>,
+    notice: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct AccountQuery {
+    changed: Option<String>,
+}
+
+pub async fn account_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AccountQuery>,
+) -> Result<Response, Problem> {
+    let Some(merchant) = session_merchant(&state, &headers).await? else {
+        return Ok(signin_redirect("/dashboard/account"));
+    };
+    Ok(render(&AccountPage {
+        nav: Nav::of(&merchant),
+        csrf_token: merchant.csrf_token().to_owned(),
+        current_error: None,
+        new_error: None,
+        notice: q
+            .changed
+            .map(|_| "Password changed; your other sessions were signed out.".to_owned()),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    csrf_token: String,
+    current_password: String,
+    new_password: String,
+}
+
+pub async fn account_submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<PasswordForm>,
+) -> Result<Response, Problem> {
+    let Some(merchant) = session_merchant(&state, &headers).await? else {
+        return Ok(signin_redirect("/dashboard/account"));
+    };
+    merchant.check_csrf(&form.csrf_token)?;
+    match accounts::change_password(
+        &state.db,
+        merchant.account_id,
+        Secret::new(form.current_password),
+        Secret::new(form.new_password),
+        &headers,
+    )
+    .await?
+    {
+        Ok(()) => Ok(Redirect::to("/dashboard/account?changed=1").into_response()),
+        Err(errors) => {
+            let fields = by_field(&errors);
+            let mut response = render(&AccountPage {
+                nav: Nav::of(&merchant),
+                csrf_token: merchant.csrf_token().to_owned(),
+                current_error: fields.get("current_password").cloned(),
+                new_error: fields.get("new_password").cloned(),
+                notice: None,
+            });
+            *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(response)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DisconnectForm {
+    csrf_token: String,
+    confirm: Option<String>,
+}
+
+/// Disconnects a binding from the ledger side, as `POST /v1/bindings/{id}/disconnect`.
+pub async fn disconnect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(binding_id): Path<BindingId>,
+    Form(form): Form<DisconnectForm>,
+) -> Result<Response, Problem> {
+    let merchant = match owner(
+        &state,
+        &headers,
+        binding_id,
+        &format!("/dashboard/bindings/{binding_id}"),
+    )
+    .await?
+    {
+        Ok(m) => m,
+        Err(r) => return Ok(r),
+    };
+    merchant.check_csrf(&form.csrf_token)?;
+    if form.confirm.is_none() {
+        return Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}?confirm=1#disconnect")).into_response());
+    }
+    ledger_sage_vault::connect::disconnect(State(state), merchant, Path(binding_id)).await?;
+    Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}?disconnected=1")).into_response())
 }

@@ -449,6 +449,60 @@ pub async fn signout(
     Ok(response)
 }
 
+/// Changes an account's password after checking the current one; every other session
+/// of the account ends. `Ok(Err(field errors))` when the input is refused.
+pub async fn change_password(
+    db: &sqlx::PgPool,
+    account: AccountId,
+    current: Secret<String>,
+    new: Secret<String>,
+    headers: &HeaderMap,
+) -> Result<Result<(), Vec<FieldError>>, sqlx::Error> {
+    let stored = sqlx::query_scalar!("SELECT password_hash FROM accounts WHERE id = $1", account.0)
+        .fetch_one(db)
+        .await?;
+    if !verify_password(current, stored).await {
+        return Ok(Err(vec![FieldError {
+            field: "current_password".into(),
+            code: "incorrect".into(),
+            message: "That is not your current password.".into(),
+        }]));
+    }
+    if let Err(e) = check_password(new.expose()) {
+        return Ok(Err(vec![FieldError {
+            field: "new_password".into(),
+            ..e
+        }]));
+    }
+    let hash = hash_password(new).await;
+    let keep = crate::auth::cookie_value(headers, SESSION_COOKIE).map(|v| ring_sha256(v.as_bytes()));
+    let mut tx = db.begin().await?;
+    sqlx::query!("UPDATE accounts SET password_hash = $2 WHERE id = $1", account.0, hash)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query!(
+        "DELETE FROM sessions WHERE account_id = $1 AND ($2::bytea IS NULL OR id_hash <> $2)",
+        account.0,
+        keep
+    )
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        audit::Entry {
+            actor: Actor::Account(account.0),
+            tenant_id: None,
+            binding_id: None,
+            action: "account.password_changed",
+            details: serde_json::json!({}),
+            request_id: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(()))
+}
+
 /// Deletes the request's session, if it carries one.
 pub async fn end_session(db: &sqlx::PgPool, headers: &HeaderMap) -> Result<(), sqlx::Error> {
     if let Some(value) = crate::auth::cookie_value(headers, SESSION_COOKIE) {
