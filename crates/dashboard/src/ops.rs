@@ -80,6 +80,8 @@ struct OpsPage {
     bindings: Vec<OpsBinding>,
     dead: Vec<DeadRow>,
     bars: Vec<Bar>,
+    depth_bars: Vec<Bar>,
+    age_bars: Vec<Bar>,
     total_queued: i64,
     notice: Option<String>,
 }
@@ -188,6 +190,47 @@ pub async fn console(
     )
     .fetch_all(&state.db)
     .await?;
+    // Queue depth and the oldest waiting run's age at the end of each 5 minutes,
+    // reconstructed from the runs' own timestamps (no separate sampling needed).
+    let depth = sqlx::query!(
+        r#"SELECT g.i AS "i!",
+                  (SELECT count(*) FROM sync_runs r
+                    WHERE r.created_at <= g.t AND (r.finished_at IS NULL OR r.finished_at > g.t)) AS "depth!",
+                  (SELECT extract(epoch FROM g.t - min(r.created_at))::bigint FROM sync_runs r
+                    WHERE r.created_at <= g.t AND (r.finished_at IS NULL OR r.finished_at > g.t)) AS age
+           FROM (SELECT i, now() - make_interval(mins => 5 * (11 - i)) AS t FROM generate_series(0, 11) i) g
+           ORDER BY g.i"#
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let scale = |values: Vec<(i64, String)>| -> Vec<Bar> {
+        let max = values.iter().map(|(v, _)| *v).max().unwrap_or(0).max(1);
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, (v, label))| Bar {
+                x: i64::try_from(i).unwrap_or(0) * 22,
+                height: v * 80 / max,
+                label,
+            })
+            .collect()
+    };
+    let minutes = |i: i32| 5 * (11 - i);
+    let depth_bars = scale(
+        depth
+            .iter()
+            .map(|d| (d.depth, format!("{} waiting {} min ago", d.depth, minutes(d.i))))
+            .collect(),
+    );
+    let age_bars = scale(
+        depth
+            .iter()
+            .map(|d| {
+                let age = d.age.unwrap_or(0).max(0);
+                (age, format!("oldest waiting {age} s, {} min ago", minutes(d.i)))
+            })
+            .collect(),
+    );
     let max = buckets.iter().map(|b| b.n).max().unwrap_or(0).max(1);
     let bars = (0..12_i64)
         .map(|i| {
@@ -208,6 +251,8 @@ pub async fn console(
         bindings,
         dead,
         bars,
+        depth_bars,
+        age_bars,
         notice: query.done,
     }))
 }
@@ -239,6 +284,32 @@ pub async fn action(
             .await?
             .then_some("resumed")
             .ok_or_else(|| Problem::conflict("binding_not_paused", "Only a paused binding can be resumed."))?,
+        "refresh-token" => {
+            use ledger_sage_vault::tokens::{self, VaultError};
+            let problem = |e: VaultError| match e {
+                VaultError::NotConnected | VaultError::NeedsReauth => {
+                    Problem::conflict("token_refresh_impossible", format!("{e}; the merchant must connect Sage again."))
+                }
+                other => Problem::unavailable("token_refresh_failed", other.to_string(), 30),
+            };
+            let current = tokens::access_token(&state, binding_id).await.map_err(problem)?;
+            tokens::after_unauthorized(&state, binding_id, &current).await.map_err(problem)?;
+            let mut tx = state.db.begin().await?;
+            ledger_core::audit::record(
+                &mut tx,
+                ledger_core::audit::Entry {
+                    actor,
+                    tenant_id: None,
+                    binding_id: Some(binding_id),
+                    action: "sage.token_refreshed",
+                    details: serde_json::json!({ "forced": true }),
+                    request_id: None,
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            "token refreshed"
+        }
         "refresh-reference" => {
             ledger_sage_vault::reference::refresh(&state, binding_id)
                 .await

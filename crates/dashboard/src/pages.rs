@@ -291,10 +291,33 @@ pub struct TaxRow {
     pub select: Select,
 }
 
+pub struct B2cView {
+    pub enabled: bool,
+    pub always_individual_for_b2b: bool,
+    pub name: String,
+    pub email: String,
+    pub reference: String,
+    pub min_total: String,
+    pub reference_error: Option<String>,
+    pub min_total_error: Option<String>,
+}
+
+pub struct Knobs {
+    pub person_first: bool,
+    pub sync_since: String,
+    pub sync_since_error: Option<String>,
+    pub website_filter: String,
+    pub website_filter_error: Option<String>,
+    pub store_filter: String,
+    pub store_filter_error: Option<String>,
+}
+
 #[derive(Template)]
 #[template(path = "settings.html")]
 struct SettingsPage {
     nav: Nav,
+    b2c: B2cView,
+    knobs: Knobs,
     binding_id: BindingId,
     magento_url: String,
     csrf_token: String,
@@ -521,8 +544,30 @@ async fn settings_view(
             }
         })
         .collect();
+    let list = |v: &[i64]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let b2c = B2cView {
+        enabled: s.b2c.enabled,
+        always_individual_for_b2b: s.b2c.always_individual_for_b2b,
+        name: s.b2c.fallback_contact_name.clone(),
+        email: s.b2c.fallback_contact_email.clone().unwrap_or_default(),
+        reference: s.b2c.fallback_contact_reference.clone(),
+        min_total: s.b2c.min_total_for_individual.to_string(),
+        reference_error: err("b2c.fallback_contact_reference"),
+        min_total_error: err("b2c.min_total_for_individual"),
+    };
+    let knobs = Knobs {
+        person_first: s.customer_name_priority == policy::NamePriority::Person,
+        sync_since: s.sync_since.map(|d| d.to_string()).unwrap_or_default(),
+        sync_since_error: err("sync_since"),
+        website_filter: list(&s.website_filter),
+        website_filter_error: err("website_filter"),
+        store_filter: list(&s.store_filter),
+        store_filter_error: err("store_filter"),
+    };
     Ok(SettingsPage {
         nav: Nav::of(merchant),
+        b2c,
+        knobs,
         binding_id: binding.binding_id,
         magento_url: binding.magento_base_url.clone(),
         csrf_token: merchant.csrf_token().to_owned(),
@@ -593,6 +638,35 @@ fn apply_form(mut s: Settings, form: &[(String, String)]) -> Settings {
     s.default_bank_account_id = id("default_bank_account_id");
     s.default_purchase_ledger_account_id = id("default_purchase_ledger_account_id");
     s.invoice_number_prefix = id("invoice_number_prefix");
+    s.customer_name_priority = match get("customer_name_priority").as_deref() {
+        Some("Person") => policy::NamePriority::Person,
+        _ => policy::NamePriority::Company,
+    };
+    // Unparseable text is kept out of the typed settings; `form_errors` reports it.
+    s.sync_since = id("sync_since").and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok());
+    let ids = |name: &str| -> Vec<i64> {
+        get(name)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect()
+    };
+    s.website_filter = ids("website_filter");
+    s.store_filter = ids("store_filter");
+    s.b2c.enabled = get("b2c.enabled").is_some();
+    s.b2c.always_individual_for_b2b = get("b2c.always_individual_for_b2b").is_some();
+    if let Some(name) = id("b2c.fallback_contact_name") {
+        s.b2c.fallback_contact_name = name;
+    }
+    s.b2c.fallback_contact_email = id("b2c.fallback_contact_email");
+    s.b2c.fallback_contact_reference = get("b2c.fallback_contact_reference").unwrap_or_default();
+    if let Some(min) = get("b2c.min_total_for_individual") {
+        s.b2c.min_total_for_individual = if min.is_empty() {
+            rust_decimal::Decimal::ZERO
+        } else {
+            min.parse().unwrap_or(rust_decimal::Decimal::NEGATIVE_ONE)
+        };
+    }
     s.tax_rate_map = BTreeMap::new();
     for (k, pct) in form {
         if let Some(index) = k.strip_prefix("tax_pct_")
@@ -614,6 +688,34 @@ fn apply_form(mut s: Settings, form: &[(String, String)]) -> Settings {
         .filter(|(code, account)| account.is_some() || before.contains_key(code))
         .collect();
     s
+}
+
+/// Text fields the typed settings cannot hold when malformed: named here so the page
+/// can say what to fix instead of silently dropping the value.
+fn form_errors(form: &[(String, String)]) -> Vec<FieldError> {
+    let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_owned());
+    let mut errors = Vec::new();
+    let mut bad = |field: &str, message: &str| {
+        errors.push(FieldError {
+            field: field.to_owned(),
+            code: "invalid_format".to_owned(),
+            message: message.to_owned(),
+        });
+    };
+    if let Some(d) = get("sync_since").filter(|d| !d.is_empty())
+        && chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").is_err()
+    {
+        bad("sync_since", "a date as YYYY-MM-DD");
+    }
+    for name in ["website_filter", "store_filter"] {
+        if get(name).is_some_and(|v| v.split(',').any(|p| !p.trim().is_empty() && p.trim().parse::<i64>().is_err())) {
+            bad(name, "ids separated by commas, e.g. 1, 2");
+        }
+    }
+    if get("b2c.min_total_for_individual").is_some_and(|v| !v.is_empty() && v.parse::<rust_decimal::Decimal>().is_err()) {
+        bad("b2c.min_total_for_individual", "an amount such as 250.00");
+    }
+    errors
 }
 
 pub async fn settings_submit(
@@ -642,15 +744,13 @@ pub async fn settings_submit(
     let tenant = merchant.binding_tenant(&state.db, binding_id).await?;
     let binding = binding_of(&state, binding_id).await?;
     let submitted = apply_form(policy::load(&state, binding_id).await?, &form);
-    match policy::save(
-        &state,
-        binding_id,
-        tenant,
-        submitted.clone(),
-        Actor::Account(merchant.account_id.0),
-    )
-    .await
-    {
+    let format_errors = form_errors(&form);
+    let saved = if format_errors.is_empty() {
+        policy::save(&state, binding_id, tenant, submitted.clone(), Actor::Account(merchant.account_id.0)).await
+    } else {
+        Err(Problem::validation(format_errors))
+    };
+    match saved {
         Ok(_) => Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}/settings?saved=1")).into_response()),
         Err(problem) if problem.status == StatusCode::UNPROCESSABLE_ENTITY => {
             // Nothing was saved: show the submitted values with each field's error.
