@@ -30,3 +30,21 @@ pub fn install_crypto_provider() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
 }
+
+/// The TLS client configuration every outbound HTTP client uses: ring, the platform's
+/// root certificates. Built once: left to reqwest, each new client re-reads and parses
+/// the system's CA bundle, which profiling showed to be a quarter of the sync path's CPU
+/// (a client per store call and per Sage session).
+pub fn tls_config() -> rustls::ClientConfig {
+    static CONFIG: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            use rustls_platform_verifier::BuilderVerifierExt as _;
+            install_crypto_provider();
+            rustls::ClientConfig::builder()
+                .with_platform_verifier()
+                .expect("the platform's root certificates load")
+                .with_no_client_auth()
+        })
+        .clone()
+}

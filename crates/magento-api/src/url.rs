@@ -173,6 +173,7 @@ pub async fn pinned_client(url: &Url, policy: &UrlPolicy) -> Result<reqwest::Cli
     ledger_core::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .tls_backend_preconfigured(ledger_core::tls_config())
         .connect_timeout(policy.connect_timeout)
         .timeout(policy.request_timeout)
         .user_agent(concat!("byte8-ledger/", env!("CARGO_PKG_VERSION")));

@@ -128,6 +128,7 @@ impl SageApi {
         ledger_core::install_crypto_provider();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .tls_backend_preconfigured(ledger_core::tls_config())
             .connect_timeout(Duration::from_secs(5))
             .timeout(timeout)
             .user_agent(concat!("byte8-ledger/", env!("CARGO_PKG_VERSION")))

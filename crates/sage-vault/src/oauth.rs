@@ -149,6 +149,7 @@ impl SageOAuth {
             .set_auth_type(AuthType::RequestBody);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .tls_backend_preconfigured(ledger_core::tls_config())
             .connect_timeout(Duration::from_secs(5))
             .timeout(settings.sage_timeout)
             .build()
