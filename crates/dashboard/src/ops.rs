@@ -287,13 +287,16 @@ pub async fn action(
         "refresh-token" => {
             use ledger_sage_vault::tokens::{self, VaultError};
             let problem = |e: VaultError| match e {
-                VaultError::NotConnected | VaultError::NeedsReauth => {
-                    Problem::conflict("token_refresh_impossible", format!("{e}; the merchant must connect Sage again."))
-                }
+                VaultError::NotConnected | VaultError::NeedsReauth => Problem::conflict(
+                    "token_refresh_impossible",
+                    format!("{e}; the merchant must connect Sage again."),
+                ),
                 other => Problem::unavailable("token_refresh_failed", other.to_string(), 30),
             };
             let current = tokens::access_token(&state, binding_id).await.map_err(problem)?;
-            tokens::after_unauthorized(&state, binding_id, &current).await.map_err(problem)?;
+            tokens::after_unauthorized(&state, binding_id, &current)
+                .await
+                .map_err(problem)?;
             let mut tx = state.db.begin().await?;
             ledger_core::audit::record(
                 &mut tx,

@@ -708,11 +708,15 @@ fn form_errors(form: &[(String, String)]) -> Vec<FieldError> {
         bad("sync_since", "a date as YYYY-MM-DD");
     }
     for name in ["website_filter", "store_filter"] {
-        if get(name).is_some_and(|v| v.split(',').any(|p| !p.trim().is_empty() && p.trim().parse::<i64>().is_err())) {
+        if get(name).is_some_and(|v| {
+            v.split(',')
+                .any(|p| !p.trim().is_empty() && p.trim().parse::<i64>().is_err())
+        }) {
             bad(name, "ids separated by commas, e.g. 1, 2");
         }
     }
-    if get("b2c.min_total_for_individual").is_some_and(|v| !v.is_empty() && v.parse::<rust_decimal::Decimal>().is_err()) {
+    if get("b2c.min_total_for_individual").is_some_and(|v| !v.is_empty() && v.parse::<rust_decimal::Decimal>().is_err())
+    {
         bad("b2c.min_total_for_individual", "an amount such as 250.00");
     }
     errors
@@ -746,7 +750,14 @@ pub async fn settings_submit(
     let submitted = apply_form(policy::load(&state, binding_id).await?, &form);
     let format_errors = form_errors(&form);
     let saved = if format_errors.is_empty() {
-        policy::save(&state, binding_id, tenant, submitted.clone(), Actor::Account(merchant.account_id.0)).await
+        policy::save(
+            &state,
+            binding_id,
+            tenant,
+            submitted.clone(),
+            Actor::Account(merchant.account_id.0),
+        )
+        .await
     } else {
         Err(Problem::validation(format_errors))
     };
