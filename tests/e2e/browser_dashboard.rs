@@ -193,6 +193,18 @@ async fn chromium_walks_the_dashboard_and_the_ops_console() -> anyhow::Result<()
     browser.frame(None).await?;
     browser.screenshot("magento-admin-embed").await?;
 
+    // Tenants: a second one starts empty; switching back shows the store again.
+    browser.goto(&app.url("/dashboard")).await?;
+    browser.click(".tenants summary").await?;
+    browser.fill("#tenant-name", "Harbour Wholesale").await?;
+    browser.click("#create-tenant").await?;
+    assert!(browser.text("#no-stores").await?.contains("pairing code"));
+    browser.screenshot("second-tenant").await?;
+    let first_tenant = format!("#tenant_id option[value='{tenant}']");
+    browser.click(&first_tenant).await?;
+    browser.click("#switch-tenant").await?;
+    assert!(browser.text("#bindings").await?.contains(&store_origin));
+
     // Password change: the wrong current password is named; then it changes.
     browser.goto(&app.url("/dashboard/account")).await?;
     browser.fill("#current_password", "not-my-password").await?;

@@ -37,6 +37,8 @@ pub fn router(state: AppState) -> Router {
         .route("/signout", post(pages::signout))
         .route("/dashboard", get(pages::bindings_page))
         .route("/dashboard/magento/connect", post(pages::magento_connect))
+        .route("/dashboard/tenant", post(pages::switch_tenant))
+        .route("/dashboard/tenants", post(pages::create_tenant))
         // Paths the module's documentation names (contract §9): all land on the stores
         // list, which holds the connect form and every binding's history link.
         .route(

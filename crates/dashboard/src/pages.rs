@@ -13,7 +13,7 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use chrono::{DateTime, Utc};
-use ledger_core::{AppState, BindingId, FieldError, Problem, Secret, audit::Actor};
+use ledger_core::{AppState, BindingId, FieldError, Problem, Secret, TenantId, audit::Actor};
 use ledger_sage_sync::{
     policy::{self, Settings},
     runs::{self, RunFilter},
@@ -142,6 +142,7 @@ pub struct BindingRow {
 #[template(path = "bindings.html")]
 struct BindingsPage {
     nav: Nav,
+    tenants: Vec<TenantOpt>,
     bindings: Vec<BindingRow>,
     csrf_token: String,
     magento_url: String,
@@ -165,8 +166,126 @@ impl Nav {
     }
 }
 
-async fn binding_rows(state: &AppState, merchant: &Merchant) -> Result<Vec<BindingRow>, Problem> {
-    let tenant = merchant.tenant(&state.db, None).await?;
+/// The tenant the merchant is looking at (cookie `ledger_tenant`, checked against the
+/// account on every request), else their first.
+const TENANT_COOKIE: &str = "ledger_tenant";
+
+pub async fn current_tenant(state: &AppState, headers: &HeaderMap, merchant: &Merchant) -> Result<TenantId, Problem> {
+    let chosen = ledger_tenant_binding::auth::cookie_value(headers, TENANT_COOKIE)
+        .and_then(|v| v.parse::<uuid::Uuid>().ok())
+        .map(TenantId);
+    match chosen {
+        Some(t) => match merchant.tenant(&state.db, Some(t)).await {
+            Ok(t) => Ok(t),
+            Err(_) => merchant.tenant(&state.db, None).await,
+        },
+        None => merchant.tenant(&state.db, None).await,
+    }
+}
+
+pub struct TenantOpt {
+    pub id: TenantId,
+    pub name: String,
+    pub selected: bool,
+}
+
+async fn tenant_options(state: &AppState, merchant: &Merchant, current: TenantId) -> Result<Vec<TenantOpt>, Problem> {
+    Ok(sqlx::query!(
+        r#"SELECT id AS "id: TenantId", name FROM tenants WHERE account_id = $1 ORDER BY created_at, id"#,
+        merchant.account_id.0
+    )
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .map(|r| TenantOpt {
+        selected: r.id == current,
+        id: r.id,
+        name: r.name,
+    })
+    .collect())
+}
+
+fn tenant_cookie(tenant: TenantId) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_str(&format!(
+        "{TENANT_COOKIE}={tenant}; Path=/; HttpOnly; SameSite=Lax; Max-Age=31536000"
+    ))
+    .expect("a uuid is ASCII")
+}
+
+#[derive(Deserialize)]
+pub struct SwitchForm {
+    csrf_token: String,
+    tenant_id: uuid::Uuid,
+}
+
+pub async fn switch_tenant(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<SwitchForm>,
+) -> Result<Response, Problem> {
+    let Some(merchant) = session_merchant(&state, &headers).await? else {
+        return Ok(signin_redirect("/dashboard"));
+    };
+    merchant.check_csrf(&form.csrf_token)?;
+    let tenant = merchant.tenant(&state.db, Some(TenantId(form.tenant_id))).await?;
+    let mut response = Redirect::to("/dashboard").into_response();
+    response.headers_mut().insert(header::SET_COOKIE, tenant_cookie(tenant));
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+pub struct NewTenantForm {
+    csrf_token: String,
+    name: String,
+}
+
+/// A new tenant (e.g. a second brand with its own stores and Sage businesses).
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<NewTenantForm>,
+) -> Result<Response, Problem> {
+    let Some(merchant) = session_merchant(&state, &headers).await? else {
+        return Ok(signin_redirect("/dashboard"));
+    };
+    merchant.check_csrf(&form.csrf_token)?;
+    let name = form.name.trim();
+    if name.is_empty() || name.chars().count() > 80 {
+        return Err(Problem::validation(vec![FieldError {
+            field: "name".into(),
+            code: "invalid_format".into(),
+            message: "a name of 1 to 80 characters".into(),
+        }]));
+    }
+    let id = TenantId(uuid::Uuid::new_v4());
+    let mut tx = state.db.begin().await?;
+    sqlx::query!(
+        "INSERT INTO tenants (id, account_id, name) VALUES ($1, $2, $3)",
+        id.0,
+        merchant.account_id.0,
+        name
+    )
+    .execute(&mut *tx)
+    .await?;
+    ledger_core::audit::record(
+        &mut tx,
+        ledger_core::audit::Entry {
+            actor: Actor::Account(merchant.account_id.0),
+            tenant_id: Some(id),
+            binding_id: None,
+            action: "tenant.created",
+            details: serde_json::json!({ "name": name }),
+            request_id: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let mut response = Redirect::to("/dashboard").into_response();
+    response.headers_mut().insert(header::SET_COOKIE, tenant_cookie(id));
+    Ok(response)
+}
+
+async fn binding_rows(state: &AppState, tenant: TenantId) -> Result<Vec<BindingRow>, Problem> {
     let rows = sqlx::query!(
         r#"SELECT b.id AS "id: BindingId", b.magento_base_url, b.status, b.magento_connection_status,
                   c.status AS "sage_status?", c.business_name AS "business_name?",
@@ -199,9 +318,11 @@ pub async fn bindings_page(State(state): State<AppState>, headers: HeaderMap) ->
     let Some(merchant) = session_merchant(&state, &headers).await? else {
         return Ok(signin_redirect("/dashboard"));
     };
+    let tenant = current_tenant(&state, &headers, &merchant).await?;
     Ok(render(&BindingsPage {
         nav: Nav::of(&merchant),
-        bindings: binding_rows(&state, &merchant).await?,
+        tenants: tenant_options(&state, &merchant, tenant).await?,
+        bindings: binding_rows(&state, tenant).await?,
         csrf_token: merchant.csrf_token().to_owned(),
         magento_url: String::new(),
         error: None,
@@ -228,11 +349,12 @@ pub async fn magento_connect(
     merchant.check_csrf(&form.csrf_token)?;
     let nav = Nav::of(&merchant);
     let csrf_token = merchant.csrf_token().to_owned();
-    let rows_for = merchant.account_id;
+    let tenant = current_tenant(&state, &headers, &merchant).await?;
+    let tenants = tenant_options(&state, &merchant, tenant).await?;
     let request = ledger_pairing::ConnectRequest {
         magento_base_url: form.magento_base_url.clone(),
         pairing_code: form.pairing_code,
-        tenant_id: None,
+        tenant_id: Some(tenant),
     };
     match ledger_pairing::connect(State(state.clone()), merchant, ledger_core::extract::Json(request)).await {
         Ok((_, connected)) => {
@@ -241,16 +363,10 @@ pub async fn magento_connect(
         Err(problem) if problem.status.is_server_error() && problem.code == "internal_error" => Err(problem),
         Err(problem) => {
             let fields = by_field(&problem.errors);
-            let merchant = session_merchant(&state, &headers)
-                .await?
-                .filter(|m| m.account_id == rows_for);
-            let bindings = match &merchant {
-                Some(m) => binding_rows(&state, m).await?,
-                None => Vec::new(),
-            };
             let mut response = render(&BindingsPage {
                 nav,
-                bindings,
+                tenants,
+                bindings: binding_rows(&state, tenant).await?,
                 csrf_token,
                 magento_url: form.magento_base_url,
                 error: Some(problem.detail.clone()),
@@ -1096,7 +1212,7 @@ pub async fn audit_page(State(state): State<AppState>, headers: HeaderMap) -> Re
     let Some(merchant) = session_merchant(&state, &headers).await? else {
         return Ok(signin_redirect("/dashboard/audit"));
     };
-    let tenant = merchant.tenant(&state.db, None).await?;
+    let tenant = current_tenant(&state, &headers, &merchant).await?;
     let rows = sqlx::query!(
         r#"SELECT a.at, a.actor, a.action, a.binding_id, a.details, acc.email AS "email?"
            FROM audit_log a
