@@ -126,3 +126,38 @@ async fn defaults_need_no_configuration_and_bad_saves_change_nothing() {
         .unwrap();
     assert_eq!(res.status(), 404);
 }
+
+/// An operator's pause holds until they resume it: the daily reference refresh (which
+/// ends a lapsed subscription's pause) leaves it alone, and resuming releases the work.
+#[tokio::test]
+async fn an_operator_pause_survives_a_reference_refresh() {
+    use ledger_core::audit::Actor;
+    let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
+    let paired = app.connected_store().await;
+    let status = |app: &TestApp| {
+        let db = app.state.db.clone();
+        let id = paired.binding_id;
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM connector_bindings WHERE id = $1")
+                .bind(id.0)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        ledger_sage_sync::runs::pause_binding(&app.state, paired.binding_id, Actor::System)
+            .await
+            .unwrap()
+    );
+    ledger_sage_vault::reference::refresh(&app.state, paired.binding_id)
+        .await
+        .unwrap();
+    assert_eq!(status(&app).await, "paused");
+    assert!(
+        ledger_sage_sync::runs::resume_binding(&app.state, paired.binding_id, Actor::System)
+            .await
+            .unwrap()
+    );
+    assert_eq!(status(&app).await, "active");
+}

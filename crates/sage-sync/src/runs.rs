@@ -453,15 +453,8 @@ async fn set_paused(state: &AppState, binding: BindingId, actor: Actor, pause: b
         return Ok(false);
     };
     if !pause {
-        sqlx::query!(
-            "UPDATE jobs SET run_at = LEAST(run_at, now()), updated_at = now() WHERE binding_id = $1 AND status = 'queued'",
-            binding.0
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", binding.0.to_string())
-            .execute(&mut *tx)
-            .await?;
+        // Also jobs a lapse paused, should the operator resume a lapsed binding.
+        ledger_tenant_binding::bindings::release_held_jobs(&mut tx, binding).await?;
     }
     audit::record(
         &mut tx,

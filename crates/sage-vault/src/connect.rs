@@ -308,16 +308,7 @@ pub async fn choose(state: &AppState, binding: BindingId, business_id: &str, act
     .fetch_one(&mut *tx)
     .await?;
     // Work held while the connection needed re-authorisation resumes.
-    sqlx::query!(
-        "UPDATE jobs SET status = 'queued', run_at = LEAST(run_at, now()), updated_at = now()
-         WHERE binding_id = $1 AND (status = 'paused' OR (status = 'queued' AND kind = 'sync_event'))",
-        binding.0
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", binding.0.to_string())
-        .execute(&mut *tx)
-        .await?;
+    ledger_tenant_binding::bindings::release_held_jobs(&mut tx, binding).await?;
     audit::record(
         &mut tx,
         audit::Entry {

@@ -91,30 +91,26 @@ pub async fn refresh(state: &AppState, binding: BindingId) -> Result<(), Referen
         .await?;
     }
     // A successful call proves the subscription is live again.
-    sqlx::query!(
+    let revived = sqlx::query!(
         "UPDATE sage_connections SET status = 'connected' WHERE binding_id = $1 AND status = 'subscription_lapsed'",
-        binding.0
-    )
-    .execute(&mut *tx)
-    .await?;
-    let resumed = sqlx::query!(
-        "UPDATE connector_bindings SET status = 'active' WHERE id = $1 AND status = 'paused'",
         binding.0
     )
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if resumed > 0 {
-        // Work held while the subscription was lapsed resumes.
-        sqlx::query!(
-            "UPDATE jobs SET status = 'queued', run_at = now(), updated_at = now() WHERE binding_id = $1 AND status = 'paused'",
+    // Only a lapse's pause ends here: an operator's pause stays until they resume it.
+    let resumed = revived > 0
+        && sqlx::query!(
+            "UPDATE connector_bindings SET status = 'active' WHERE id = $1 AND status = 'paused'",
             binding.0
         )
         .execute(&mut *tx)
-        .await?;
-        sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", binding.0.to_string())
-            .execute(&mut *tx)
-            .await?;
+        .await?
+        .rows_affected()
+            > 0;
+    if resumed {
+        // Work held while the subscription was lapsed resumes.
+        ledger_tenant_binding::bindings::release_held_jobs(&mut tx, binding).await?;
     }
     tx.commit().await?;
     Ok(())

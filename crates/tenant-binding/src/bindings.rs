@@ -196,3 +196,21 @@ pub async fn record_magento_answer(db: &sqlx::PgPool, id: BindingId, unauthorize
     .await?;
     Ok(())
 }
+
+/// Releases a binding's held work — jobs paused while Sage needed re-authorisation or the
+/// subscription lapsed, and sync jobs waiting out a backoff — to run now, and wakes the
+/// workers. Used whenever a binding becomes active again (Sage reconnected, subscription
+/// restored, an operator's resume).
+pub async fn release_held_jobs(conn: &mut sqlx::PgConnection, id: BindingId) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE jobs SET status = 'queued', run_at = LEAST(run_at, now()), updated_at = now()
+         WHERE binding_id = $1 AND (status = 'paused' OR (status = 'queued' AND kind = 'sync_event'))",
+        id.0
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", id.0.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
