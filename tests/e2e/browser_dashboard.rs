@@ -123,10 +123,10 @@ async fn chromium_walks_the_dashboard_and_the_ops_console() -> anyhow::Result<()
     );
     browser.screenshot("history-synced").await?;
 
-    // Force a failure in the Sage sandbox: the next API call is refused (422).
+    // Force a failure in the Sage sandbox: the next invoice is refused (422).
     app.sage().set_faults(SageFaults {
-        api_status: 422,
-        api_failures: 1,
+        reject_kind: "sales_invoice".into(),
+        reject_writes: 1,
         ..SageFaults::default()
     });
     store.store.place_order(false);
@@ -145,6 +145,20 @@ async fn chromium_walks_the_dashboard_and_the_ops_console() -> anyhow::Result<()
     assert!(app.wait_idle(Duration::from_secs(30)).await, "the retry drains");
     browser.goto(&browser.url().await?).await?;
     assert_eq!(browser.text("#run-status").await?, "synced");
+    // The payload diff: the refused invoice and the one that went through, compared. The
+    // refusal was definite, so the retry carries a new idempotency id and nothing else new.
+    let sent = browser.text("#sent").await?;
+    assert!(
+        sent.contains("Attempt 1") && sent.contains("Attempt 2") && sent.contains("POST /sales_invoices"),
+        "{sent}"
+    );
+    assert!(sent.contains("Changed since attempt 1"), "{sent}");
+    let added = browser.text(".diff .added").await?;
+    assert!(added.contains("idempotency_id"), "the changed line: {added}");
+    assert!(
+        sent.contains("[redacted]") && !sent.contains('@'),
+        "addresses blanked, no email on the page: {sent}"
+    );
     browser.screenshot("run-retried").await?;
 
     // The audit trail shows the merchant's changes.

@@ -2,6 +2,7 @@
 //! checked at compile time), calling the same domain code as the JSON API. Sign-in and
 //! the Sage connect flow live here; the other pages in `pages` and `ops`.
 
+mod diff;
 mod embed;
 mod ops;
 mod pages;

@@ -1064,6 +1064,57 @@ pub struct AttemptRow {
     pub calls: String,
 }
 
+/// One body the ledger sent Sage in one attempt, compared with the last attempt that
+/// made the same call.
+pub struct SentBody {
+    pub attempt: i32,
+    pub call: String,
+    pub outcome: String,
+    pub note: String,
+    pub lines: Vec<crate::diff::Line>,
+}
+
+/// The payload diff: every POST/PUT body of every attempt, each against the same call's
+/// body in the attempt before it (an unchanged body is named, not repeated).
+fn sent_bodies(attempts: &[runs::Attempt]) -> Vec<SentBody> {
+    let mut last: std::collections::HashMap<String, (i32, serde_json::Value)> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for a in attempts {
+        let calls = a
+            .request
+            .as_ref()
+            .and_then(|r| r["sage_calls"].as_array().cloned())
+            .unwrap_or_default();
+        for c in calls {
+            let Some(body) = c.get("body").filter(|b| !b.is_null()) else {
+                continue;
+            };
+            let call = format!(
+                "{} {}",
+                c["method"].as_str().unwrap_or_default(),
+                c["route"].as_str().unwrap_or_default()
+            );
+            let (note, lines) = match last.get(&call) {
+                None => ("First time this call was made.".to_owned(), crate::diff::plain(body)),
+                Some((n, prev)) if prev == body => (format!("Same body as attempt {n}."), Vec::new()),
+                Some((n, prev)) => (
+                    format!("Changed since attempt {n}: + added, - removed."),
+                    crate::diff::json_lines(prev, body),
+                ),
+            };
+            out.push(SentBody {
+                attempt: a.attempt,
+                call: call.clone(),
+                outcome: c["outcome"].as_str().unwrap_or_default().to_owned(),
+                note,
+                lines,
+            });
+            last.insert(call, (a.attempt, body.clone()));
+        }
+    }
+    out
+}
+
 #[derive(Template)]
 #[template(path = "run.html")]
 struct RunPage {
@@ -1074,6 +1125,7 @@ struct RunPage {
     message: String,
     trace_id: String,
     attempts: Vec<AttemptRow>,
+    sent: Vec<SentBody>,
     payload: String,
     notice: Option<String>,
 }
@@ -1140,6 +1192,7 @@ pub async fn run_page(
         trace_id: detail.run.trace_id.clone().unwrap_or_default(),
         run: run_row(&detail.run),
         attempts,
+        sent: sent_bodies(&detail.attempts_detail),
         payload: detail
             .event
             .as_ref()

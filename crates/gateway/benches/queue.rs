@@ -2,7 +2,7 @@
 //! loop, same database, same jobs, same concurrency, in one run.
 //!
 //! `cargo bench -p ledger-gateway --bench queue`. The ledger's claim does more than the
-//! bare loop: it picks the binding served longest ago (fairness), checks the
+//! bare loop: it takes the next binding in turn after the last one served (fairness), checks the
 //! binding's concurrency limit and its Sage business's budget, takes a lease and
 //! counts the attempt; completing checks the lease is still held. Results are also
 //! written to `target/bench/queue.json`.
@@ -134,12 +134,17 @@ async fn run() {
     sqlx::query("DROP INDEX bench_bare").execute(&db).await.expect("index");
     seed(&db, tenant).await;
     let lease = Duration::from_secs(60);
+    // One process: its loops share the turn.
+    let turn = Arc::new(ledger_sage_sync::queue::Turn::default());
     let ledger = drive({
         let db = db.clone();
         move || {
-            let db = db.clone();
+            let (db, turn) = (db.clone(), turn.clone());
             async move {
-                let Some(job) = ledger_sage_sync::queue::claim(&db, 2, lease).await.expect("claim") else {
+                let Some(job) = ledger_sage_sync::queue::claim(&db, &turn, 2, lease)
+                    .await
+                    .expect("claim")
+                else {
                     return false;
                 };
                 let mut conn = db.acquire().await.expect("connection");

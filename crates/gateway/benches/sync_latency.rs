@@ -106,6 +106,7 @@ async fn run() {
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
+    let measured_from = chrono::Utc::now();
     let mut tasks = Vec::new();
     for n in 0..(RATE * SECS) as usize {
         tick.tick().await;
@@ -136,6 +137,28 @@ async fn run() {
             .fetch_one(&app.state.db)
             .await
             .expect("count");
+    // Where the time went, from the runs' own timestamps: waiting in the queue, the attempt
+    // (store read, Sage calls, bookkeeping), and the callback job behind it.
+    let phases: (f64, f64, f64, f64, f64, f64, i64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY q), percentile_cont(0.99) WITHIN GROUP (ORDER BY q),
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY w), percentile_cont(0.99) WITHIN GROUP (ORDER BY w),
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY c), percentile_cont(0.99) WITHIN GROUP (ORDER BY c),
+                count(*) FILTER (WHERE attempts > 1)
+         FROM (SELECT 1000 * EXTRACT(EPOCH FROM started_at - created_at)::float8 AS q,
+                      1000 * EXTRACT(EPOCH FROM finished_at - started_at)::float8 AS w,
+                      1000 * EXTRACT(EPOCH FROM callback_at - finished_at)::float8 AS c, attempts
+               FROM sync_runs WHERE created_at > $1) r",
+    )
+    .bind(measured_from)
+    .fetch_one(&app.state.db)
+    .await
+    .expect("phases");
+    let waits: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT waiting_for, count(*) FROM jobs WHERE kind = 'sync_event' AND waiting_for IS NOT NULL GROUP BY 1 ORDER BY 2 DESC",
+    )
+    .fetch_all(&app.state.db)
+    .await
+    .expect("waits");
     let (p50, p99, max) = (
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
@@ -149,9 +172,14 @@ async fn run() {
         "  invoice latency  p50 {p50} ms  p99 {p99} ms  max {max} ms  ({} measured, {missing} without a callback, {failed} runs not synced)",
         latencies.len()
     );
+    println!(
+        "  phases (ms, p50/p99): queued {:.0}/{:.0}  attempt {:.0}/{:.0}  callback queued+sent {:.0}/{:.0}  ({} runs took more than one attempt; waits {waits:?})",
+        phases.0, phases.1, phases.2, phases.3, phases.4, phases.5, phases.6
+    );
     let report = serde_json::json!({
         "bindings": BINDINGS, "rate": RATE, "secs": SECS, "p50_ms": p50, "p99_ms": p99, "max_ms": max,
         "measured": latencies.len(), "missing": missing, "failed_runs": failed,
+        "queued_p50_ms": phases.0, "attempt_p50_ms": phases.2, "callback_p50_ms": phases.4,
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
     let _ = std::fs::create_dir_all(&dir);

@@ -2,7 +2,7 @@
 //!
 //! Claiming takes a lease (`lease_id`, `locked_until`) in one short transaction and
 //! commits it before any outbound call; no transaction is ever held across the
-//! network. Bindings are served round-robin (`last_served_at`), each with at most
+//! network. Bindings are served round-robin (each process's [`Turn`]), each with at most
 //! `binding_concurrency` jobs running across all processes, and a binding whose Sage
 //! business has spent its call budget is skipped until the budget frees (its
 //! callbacks to Magento still run). Expired leases are reclaimed by any worker.
@@ -41,25 +41,66 @@ struct Claimed {
     entity_key: Option<String>,
 }
 
-/// Claims the next job: any kind for bindings with budget left, callbacks otherwise.
-pub async fn claim(db: &PgPool, binding_concurrency: u32, lease: Duration) -> Result<Option<Job>, sqlx::Error> {
+/// Where a process's claims go round its bindings: the last binding served. Claims walk
+/// bindings in id order from just after it, so every binding with work is served once
+/// per round however deep another's backlog, and nothing is written to take a turn.
+#[derive(Debug, Default)]
+pub struct Turn(std::sync::Mutex<uuid::Uuid>);
+
+impl Turn {
+    fn last(&self) -> uuid::Uuid {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    fn served(&self, binding: BindingId) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = binding.0;
+    }
+}
+
+/// Claims the next job: any kind for bindings with budget left, callbacks otherwise;
+/// from the binding after the last one served, wrapping round once.
+pub async fn claim(
+    db: &PgPool,
+    turn: &Turn,
+    binding_concurrency: u32,
+    lease: Duration,
+) -> Result<Option<Job>, sqlx::Error> {
+    let after = turn.last();
+    let mut job = claim_after(db, after, binding_concurrency, lease).await?;
+    if job.is_none() && !after.is_nil() {
+        job = claim_after(db, uuid::Uuid::nil(), binding_concurrency, lease).await?;
+    }
+    if let Some(j) = &job {
+        turn.served(j.binding_id);
+    }
+    Ok(job)
+}
+
+async fn claim_after(
+    db: &PgPool,
+    after: uuid::Uuid,
+    binding_concurrency: u32,
+    lease: Duration,
+) -> Result<Option<Job>, sqlx::Error> {
     let lease_id = uuid::Uuid::new_v4();
     let (limit, secs) = (i64::from(binding_concurrency), lease.as_secs_f64());
     let row = match sqlx::query_as!(
         Claimed,
         r#"WITH b AS (
-             -- Conditions as subqueries, so bindings are read in serving order straight
-             -- from the index and the first eligible one ends the scan.
+             -- Conditions as subqueries, so bindings are read in id order straight from the
+             -- primary key and the first eligible one ends the scan.
              SELECT cb.id FROM connector_bindings cb
-             WHERE cb.status = 'active'
+             WHERE cb.id > $4 AND cb.status = 'active'
                AND (SELECT j.run_at FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued'
                     ORDER BY j.run_at LIMIT 1) <= now()
                AND NOT EXISTS (SELECT 1 FROM sage_connections sc JOIN sage_budgets sb ON sb.business_id = sc.business_id
                                WHERE sc.binding_id = cb.id AND sb.blocked_until > now())
                AND (SELECT count(*) FROM jobs r WHERE r.binding_id = cb.id AND r.status = 'running') < $1
-             ORDER BY cb.last_served_at NULLS FIRST, cb.id
+             ORDER BY cb.id
              LIMIT 1
-             FOR UPDATE OF cb SKIP LOCKED
+             -- The lock serialises the concurrency count per binding. NO KEY: a plain FOR
+             -- UPDATE would skip every binding whose rows are being inserted (foreign keys
+             -- take KEY SHARE on it) and block those inserts.
+             FOR NO KEY UPDATE OF cb SKIP LOCKED
            ), picked AS (
              -- A scalar binding id, so the partial index serves the order.
              SELECT j.id FROM jobs j
@@ -72,14 +113,17 @@ pub async fn claim(db: &PgPool, binding_concurrency: u32, lease: Duration) -> Re
                     attempts = attempts + 1, updated_at = now()
              FROM picked WHERE jobs.id = picked.id
              RETURNING jobs.id, jobs.binding_id, jobs.kind, jobs.sync_run_id, jobs.attempts, jobs.payload, jobs.entity_key
-           ), served AS (
-             UPDATE connector_bindings SET last_served_at = now() FROM claimed WHERE connector_bindings.id = claimed.binding_id
+           ), started AS (
+             -- The run shows as running from the claim on (one commit fewer per attempt).
+             UPDATE sync_runs SET status = 'running', started_at = COALESCE(started_at, now()), updated_at = now()
+             FROM claimed WHERE sync_runs.id = claimed.sync_run_id AND sync_runs.status = 'pending'
            )
            SELECT id AS "id!", binding_id AS "binding_id!: BindingId", kind AS "kind!", sync_run_id, attempts AS "attempts!",
                   payload AS "payload!", entity_key FROM claimed"#,
         limit,
         lease_id,
         secs,
+        after,
     )
     .fetch_optional(db)
     .await?
@@ -91,13 +135,13 @@ pub async fn claim(db: &PgPool, binding_concurrency: u32, lease: Duration) -> Re
             r#"WITH b AS (
              SELECT cb.id FROM connector_bindings cb
              -- Callbacks still go to stores whose Sage connection is held (needs_reauth, paused).
-             WHERE cb.status IN ('active', 'needs_reauth', 'paused')
+             WHERE cb.id > $4 AND cb.status IN ('active', 'needs_reauth', 'paused')
                AND (SELECT j.run_at FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued' AND j.kind = 'sync_state'
                     ORDER BY j.run_at LIMIT 1) <= now()
                AND (SELECT count(*) FROM jobs r WHERE r.binding_id = cb.id AND r.status = 'running') < $1
-             ORDER BY cb.last_served_at NULLS FIRST, cb.id
+             ORDER BY cb.id
              LIMIT 1
-             FOR UPDATE OF cb SKIP LOCKED
+             FOR NO KEY UPDATE OF cb SKIP LOCKED
            ), picked AS (
              -- A scalar binding id, so the partial index serves the order.
              SELECT j.id FROM jobs j
@@ -110,18 +154,45 @@ pub async fn claim(db: &PgPool, binding_concurrency: u32, lease: Duration) -> Re
                     attempts = attempts + 1, updated_at = now()
              FROM picked WHERE jobs.id = picked.id
              RETURNING jobs.id, jobs.binding_id, jobs.kind, jobs.sync_run_id, jobs.attempts, jobs.payload, jobs.entity_key
-           ), served AS (
-             UPDATE connector_bindings SET last_served_at = now() FROM claimed WHERE connector_bindings.id = claimed.binding_id
            )
            SELECT id AS "id!", binding_id AS "binding_id!: BindingId", kind AS "kind!", sync_run_id, attempts AS "attempts!",
                   payload AS "payload!", entity_key FROM claimed"#,
             limit,
             lease_id,
             secs,
+            after,
         )
         .fetch_optional(db)
         .await?,
     };
+    Ok(row.map(|r| Job {
+        id: r.id,
+        binding_id: r.binding_id,
+        kind: r.kind,
+        sync_run_id: r.sync_run_id,
+        attempt: r.attempts,
+        lease_id,
+        payload: r.payload,
+        entity_key: r.entity_key,
+    }))
+}
+
+/// Claims one known queued job (the callback a worker has just queued, which it delivers
+/// at once instead of leaving it to the next claim).
+pub async fn claim_id(db: &PgPool, id: i64, lease: Duration) -> Result<Option<Job>, sqlx::Error> {
+    let lease_id = uuid::Uuid::new_v4();
+    let row = sqlx::query_as!(
+        Claimed,
+        r#"UPDATE jobs SET status = 'running', lease_id = $2, locked_until = now() + make_interval(secs => $3),
+                  attempts = attempts + 1, updated_at = now()
+           WHERE id = $1 AND status = 'queued' AND run_at <= now()
+           RETURNING id, binding_id AS "binding_id: BindingId", kind, sync_run_id, attempts, payload, entity_key"#,
+        id,
+        lease_id,
+        lease.as_secs_f64(),
+    )
+    .fetch_optional(db)
+    .await?;
     Ok(row.map(|r| Job {
         id: r.id,
         binding_id: r.binding_id,
@@ -243,27 +314,33 @@ pub async fn retry(
 }
 
 /// Queues the sync-state callback for an entity; a queued one not yet sent is replaced
-/// (the latest state wins).
+/// (the latest state wins). Returns the job's id. `notify` wakes idle workers; a caller
+/// that delivers the callback itself right after committing passes false (should it
+/// die first, the polling fallback finds the job).
 pub async fn enqueue_callback(
     conn: &mut sqlx::PgConnection,
     binding: BindingId,
     entity_key: &str,
     payload: &Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
+    notify: bool,
+) -> Result<i64, sqlx::Error> {
+    let id = sqlx::query_scalar!(
         "INSERT INTO jobs (binding_id, kind, entity_key, payload) VALUES ($1, 'sync_state', $2, $3)
          ON CONFLICT (binding_id, entity_key) WHERE status = 'queued' AND kind = 'sync_state'
-         DO UPDATE SET payload = EXCLUDED.payload, run_at = now(), attempts = 0, updated_at = now()",
+         DO UPDATE SET payload = EXCLUDED.payload, run_at = now(), attempts = 0, updated_at = now()
+         RETURNING id",
         binding.0,
         entity_key,
         payload
     )
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", binding.0.to_string())
-        .execute(conn)
-        .await?;
-    Ok(())
+    if notify {
+        sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", binding.0.to_string())
+            .execute(conn)
+            .await?;
+    }
+    Ok(id)
 }
 
 /// Queued jobs and the age of the oldest, per binding (for metrics).

@@ -24,7 +24,8 @@ use crate::{
 };
 
 /// Records an attempt and moves run and job on, in one transaction, only while the
-/// job's lease is still held. Queues the store callback for terminal outcomes.
+/// job's lease is still held. Queues the store callback for terminal outcomes and
+/// returns its job, for the caller to deliver at once.
 pub async fn complete(
     state: &AppState,
     job: &Job,
@@ -32,7 +33,7 @@ pub async fn complete(
     outcome: &Outcome,
     started: DateTime<Utc>,
     calls: &[ledger_sage_vault::session::CallSummary],
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<i64>, sqlx::Error> {
     let attempt = u32::try_from(job.attempt).unwrap_or(1);
     let next = crate::outcome::next(outcome, attempt, state.settings.job_max_attempts);
     let (status, class, code, message, sage_id, reference, skip_reason) = match outcome {
@@ -108,15 +109,15 @@ pub async fn complete(
         // The lease expired and another worker owns the job now: its result counts.
         tx.rollback().await?;
         tracing::warn!(job = job.id, "lease lost before completing; result discarded");
-        return Ok(());
+        return Ok(None);
     }
     let counted = !matches!(next, Next::Retry { count: false, .. });
     if counted || matches!(outcome, Outcome::Failed(_)) {
+        // Numbered across the run: a retried run's job counts its attempts afresh.
         sqlx::query!(
             "INSERT INTO sync_attempts (sync_run_id, attempt, started_at, outcome, error_class, error_code, message, request, worker)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             VALUES ($1, (SELECT COALESCE(max(attempt), 0) + 1 FROM sync_attempts WHERE sync_run_id = $1), $2, $3, $4, $5, $6, $7, $8)",
             run.id,
-            job.attempt,
             started,
             status,
             class,
@@ -132,7 +133,8 @@ pub async fn complete(
     sqlx::query!(
         "UPDATE sync_runs SET status = $2, error_class = $3, error_code = $4, message = $5,
                 sage_id = COALESCE($6, sage_id), sage_reference = COALESCE($7, sage_reference), skip_reason = $8,
-                attempts = $9, started_at = COALESCE(started_at, $10), finished_at = CASE WHEN $11 THEN now() END, updated_at = now()
+                attempts = GREATEST($9, (SELECT count(*) FROM sync_attempts WHERE sync_run_id = $1)::int),
+                started_at = COALESCE(started_at, $10), finished_at = CASE WHEN $11 THEN now() END, updated_at = now()
          WHERE id = $1",
         run.id,
         status,
@@ -149,6 +151,7 @@ pub async fn complete(
     .execute(&mut *tx)
     .await?;
     metrics::counter!("sync_runs_total", "status" => status, "class" => class.unwrap_or("none")).increment(1);
+    let mut callback_job = None;
     if finished {
         let invoice_sage = if run.event_name == "invoice.paid" {
             xref::get(&state.db, run.binding, "invoice", run.entity_id, "")
@@ -173,16 +176,20 @@ pub async fn complete(
                 "finished_at": Utc::now(),
                 "traceparent": ledger_core::trace::traceparent(&tracing::Span::current()).or_else(|| run.traceparent.clone()),
             });
-            queue::enqueue_callback(
-                &mut tx,
-                run.binding,
-                &format!("{}:{}", run.entity_type, run.entity_id),
-                &payload,
-            )
-            .await?;
+            callback_job = Some(
+                queue::enqueue_callback(
+                    &mut tx,
+                    run.binding,
+                    &format!("{}:{}", run.entity_type, run.entity_id),
+                    &payload,
+                    false,
+                )
+                .await?,
+            );
         }
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(callback_job)
 }
 
 // ---- API ----------------------------------------------------------------------
@@ -224,7 +231,8 @@ pub struct Attempt {
     pub error_class: Option<String>,
     pub error_code: Option<String>,
     pub message: Option<String>,
-    /// What was asked of Sage, redacted: method, route, outcome, timing (no bodies).
+    /// What was asked of Sage: method, route, outcome, timing and each POST/PUT body with
+    /// personal data blanked (`sage_calls`).
     #[schema(value_type = Object)]
     pub request: Option<Value>,
     /// The worker process that made the attempt.
@@ -508,6 +516,7 @@ pub async fn skip(state: &AppState, run: uuid::Uuid, actor: Actor) -> Result<boo
             row.binding_id,
             &format!("{}:{}", row.entity_type, row.magento_entity_id),
             &payload,
+            true,
         )
         .await?;
     }

@@ -52,6 +52,7 @@ impl Held {
 pub async fn run(state: AppState, shutdown: CancellationToken) {
     let wake = Arc::new(Notify::new());
     let held = Arc::new(Held::default());
+    let turn = Arc::new(queue::Turn::default());
     let stop_claiming = shutdown.child_token();
     let background = TaskTracker::new();
     background.spawn(listen(state.clone(), wake.clone(), shutdown.clone()));
@@ -63,6 +64,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             n,
             wake.clone(),
             held.clone(),
+            turn.clone(),
             stop_claiming.clone(),
         ));
     }
@@ -151,7 +153,14 @@ async fn housekeeping(state: AppState, wake: Arc<Notify>, shutdown: Cancellation
     }
 }
 
-async fn work(state: AppState, n: usize, wake: Arc<Notify>, held: Arc<Held>, stop: CancellationToken) {
+async fn work(
+    state: AppState,
+    n: usize,
+    wake: Arc<Notify>,
+    held: Arc<Held>,
+    turn: Arc<queue::Turn>,
+    stop: CancellationToken,
+) {
     let name = format!("{}-{n}", std::process::id());
     loop {
         if stop.is_cancelled() {
@@ -159,12 +168,30 @@ async fn work(state: AppState, n: usize, wake: Arc<Notify>, held: Arc<Held>, sto
         }
         // Register for a wake-up before looking, so a notification in between is not lost.
         let notified = wake.notified();
-        let claimed = queue::claim(&state.db, state.settings.binding_concurrency, state.settings.job_lease).await;
+        let claimed = queue::claim(
+            &state.db,
+            &turn,
+            state.settings.binding_concurrency,
+            state.settings.job_lease,
+        )
+        .await;
         match claimed {
             Ok(Some(job)) => {
-                held.add(&job);
-                execute(&state, &job, &name).await;
-                held.remove(&job);
+                // A finished sync hands over its store callback, delivered at once.
+                let mut next = Some(job);
+                while let Some(job) = next.take() {
+                    held.add(&job);
+                    let follow_up = execute(&state, &job, &name).await;
+                    held.remove(&job);
+                    if let Some(id) = follow_up
+                        && !stop.is_cancelled()
+                    {
+                        next = queue::claim_id(&state.db, id, state.settings.job_lease)
+                            .await
+                            .ok()
+                            .flatten();
+                    }
+                }
             }
             Ok(None) => {
                 // Sleep until the next job falls due (a backoff ends, a budget frees), a
@@ -192,8 +219,9 @@ async fn work(state: AppState, n: usize, wake: Arc<Notify>, held: Arc<Held>, sto
     }
 }
 
-/// Processes one job while a heartbeat keeps its lease.
-async fn execute(state: &AppState, job: &queue::Job, worker: &str) {
+/// Processes one job while a heartbeat keeps its lease; the store callback it queued, if
+/// any.
+async fn execute(state: &AppState, job: &queue::Job, worker: &str) -> Option<i64> {
     let heartbeat = CancellationToken::new();
     let beat = {
         let (db, job, token, lease) = (
@@ -215,43 +243,41 @@ async fn execute(state: &AppState, job: &queue::Job, worker: &str) {
     };
     let result = match job.kind.as_str() {
         "sync_event" => sync_event(state, job, worker).await,
-        "sync_state" => sync_state(state, job).await,
+        "sync_state" => sync_state(state, job).await.map(|()| None),
         other => {
             tracing::error!(kind = other, "unknown job kind");
-            let mut conn = match state.db.acquire().await {
-                Ok(c) => c,
-                Err(e) => return tracing::warn!(error = %e, "no connection"),
-            };
-            queue::finish(&mut conn, job, "dead", Some("unknown job kind"))
-                .await
-                .map(drop)
+            match state.db.acquire().await {
+                Ok(mut conn) => queue::finish(&mut conn, job, "dead", Some("unknown job kind"))
+                    .await
+                    .map(|_| None),
+                Err(e) => Err(e),
+            }
         }
     };
     heartbeat.cancel();
     let _ = beat.await;
-    if let Err(e) = result {
+    result.unwrap_or_else(|e| {
         // The lease expires and another worker retries the job.
         tracing::warn!(job = job.id, error = %e, "recording a job's result failed");
-    }
+        None
+    })
 }
 
-async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<(), sqlx::Error> {
+async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<Option<i64>, sqlx::Error> {
     let started = Utc::now();
     let Some(run_id) = job.sync_run_id else {
         let mut conn = state.db.acquire().await?;
         return queue::finish(&mut conn, job, "dead", Some("no sync run"))
             .await
-            .map(drop);
+            .map(|_| None);
     };
     let Some(run) = process::load_run(&state.db, run_id).await? else {
         let mut conn = state.db.acquire().await?;
         return queue::finish(&mut conn, job, "dead", Some("sync run deleted"))
             .await
-            .map(drop);
+            .map(|_| None);
     };
-    sqlx::query!("UPDATE sync_runs SET status = 'running', started_at = COALESCE(started_at, now()), updated_at = now() WHERE id = $1 AND status = 'pending'", run.id)
-        .execute(&state.db)
-        .await?;
+    // (The claim has marked the run running.)
     let span = tracing::info_span!(
         "sync",
         otel.name = %format!("sync {}", run.event_name),

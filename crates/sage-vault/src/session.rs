@@ -49,71 +49,26 @@ impl Budget {
     /// next one frees. Exact for any window: a sliding log of calls, serialised by the
     /// business's row.
     pub async fn acquire(&self, db: &sqlx::PgPool, business: &str) -> Result<Result<i64, DateTime<Utc>>, sqlx::Error> {
-        let window = self.window.as_secs_f64();
-        let mut tx = db.begin().await?;
-        sqlx::query!(
-            "INSERT INTO sage_budgets (business_id) VALUES ($1) ON CONFLICT DO NOTHING",
-            business
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "SELECT business_id FROM sage_budgets WHERE business_id = $1 FOR UPDATE",
-            business
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let usage = sqlx::query!(
-            r#"SELECT count(*) AS "used!", min(at) AS oldest FROM
-                 (SELECT at FROM sage_calls WHERE business_id = $1 AND at > clock_timestamp() - make_interval(secs => $2)
-                  ORDER BY at DESC LIMIT $3) recent"#,
+        let taken = sqlx::query!(
+            "SELECT call_id, free_at FROM ledger_budget_acquire($1, $2, $3)",
             business,
-            window,
+            self.window.as_secs_f64(),
             self.limit,
         )
-        .fetch_one(&mut *tx)
+        .fetch_one(db)
         .await?;
-        if usage.used >= self.limit {
-            // The oldest call in the window expires first.
-            let free_at =
-                usage.oldest.unwrap_or_else(Utc::now) + chrono::Duration::from_std(self.window).unwrap_or_default();
-            sqlx::query!(
-                "UPDATE sage_budgets SET blocked_until = $2 WHERE business_id = $1",
-                business,
-                free_at
-            )
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(Err(free_at));
-        }
-        let id = sqlx::query_scalar!(
-            "INSERT INTO sage_calls (business_id) VALUES ($1) RETURNING id",
-            business
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        if usage.used + 1 >= self.limit {
-            let free_at =
-                usage.oldest.unwrap_or_else(Utc::now) + chrono::Duration::from_std(self.window).unwrap_or_default();
-            sqlx::query!(
-                "UPDATE sage_budgets SET blocked_until = $2 WHERE business_id = $1",
-                business,
-                free_at
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(Ok(id))
+        Ok(match (taken.call_id, taken.free_at) {
+            (Some(id), _) => Ok(id),
+            (None, free_at) => Err(free_at.unwrap_or_else(Utc::now)),
+        })
     }
 
     /// Moves a call's log entry to now, once its answer is in: Sage saw the call at some
     /// point before, so the window counted from here covers Sage's own window for it
     /// whatever the network delays.
     pub async fn settle(&self, db: &sqlx::PgPool, call: i64) -> Result<(), sqlx::Error> {
-        sqlx::query!("UPDATE sage_calls SET at = clock_timestamp() WHERE id = $1", call)
-            .execute(db)
+        sqlx::query_scalar!("SELECT ledger_budget_settle($1)", call)
+            .fetch_one(db)
             .await?;
         Ok(())
     }
@@ -152,8 +107,8 @@ enum Request<'a> {
     Put(&'a str, &'a Value),
 }
 
-/// One Sage call as the run history shows it: no bodies, no query strings (they carry
-/// customers' personal data), just what was called and how it went.
+/// One Sage call as the run history shows it: no query strings and no personal data,
+/// just what was called, what the ledger sent (redacted) and how it went.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CallSummary {
     pub method: &'static str,
@@ -164,6 +119,47 @@ pub struct CallSummary {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
     pub ms: u64,
+    /// A POST's or PUT's body with names, addresses and contact details blanked, so the
+    /// run page can show what changed between attempts (the payload diff).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+/// Keys whose values identify a person: blanked in recorded bodies.
+const PERSONAL: &[&str] = &[
+    "name",
+    "contact_name",
+    "contact_persons",
+    "main_address",
+    "delivery_address",
+    "address",
+    "address_line_1",
+    "address_line_2",
+    "email",
+    "telephone",
+    "mobile",
+    "notes",
+];
+
+/// `body` with every personal value replaced by `"[redacted]"` (structure kept, so a diff
+/// still shows that an address was sent).
+pub fn redact(body: &Value) -> Value {
+    match body {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let v = if PERSONAL.contains(&k.as_str()) && !v.is_null() {
+                        Value::String("[redacted]".into())
+                    } else {
+                        redact(v)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
+        other => other.clone(),
+    }
 }
 
 /// Collects a run's call summaries, whichever way the run ends.
@@ -277,6 +273,10 @@ impl<'a> Session<'a> {
                     outcome: result.as_ref().map_or_else(SageError::kind, |_| "ok"),
                     errors,
                     ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    body: match request {
+                        Request::Post(_, body) | Request::Put(_, body) => Some(redact(body)),
+                        Request::Get(_) => None,
+                    },
                 });
             }
             match result {
@@ -324,5 +324,38 @@ impl<'a> Session<'a> {
             next = page.next.filter(|n| !n.is_empty());
         }
         Ok(items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::redact;
+
+    #[test]
+    fn recorded_bodies_keep_accounting_fields_and_blank_personal_ones() {
+        let body = json!({ "sales_invoice": {
+            "contact_id": "c1", "reference": "INV-7", "contact_name": "Ada Lovelace", "notes": "leave at door",
+            "main_address": { "address_line_1": "1 High St", "postal_code": "N1 1AA" },
+            "delivery_address": null,
+            "invoice_lines": [{ "description": "Widget", "ledger_account_id": "4000", "unit_price": "9.99" }]
+        }, "contact": { "name": "Ada", "email": "ada@example.com", "telephone": "0123", "tax_number": "GB1" } });
+        let r = redact(&body);
+        let inv = &r["sales_invoice"];
+        assert_eq!(inv["contact_name"], "[redacted]");
+        assert_eq!(inv["notes"], "[redacted]");
+        assert_eq!(inv["main_address"], "[redacted]");
+        assert!(inv["delivery_address"].is_null(), "nothing sent stays nothing");
+        assert_eq!(inv["reference"], "INV-7");
+        assert_eq!(inv["invoice_lines"][0]["ledger_account_id"], "4000");
+        assert_eq!(inv["invoice_lines"][0]["description"], "Widget");
+        assert_eq!(r["contact"]["email"], "[redacted]");
+        assert_eq!(r["contact"]["telephone"], "[redacted]");
+        assert_eq!(r["contact"]["tax_number"], "GB1");
+        let text = r.to_string();
+        for secret in ["Ada", "High St", "ada@example.com", "0123", "leave at door"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
     }
 }

@@ -158,6 +158,19 @@ async fn write(
         if let Some(replayed) = replay(business, kind, &Value::Object(body.clone()), now) {
             return replayed;
         }
+        if inner.faults.reject_writes > 0 && inner.faults.reject_kind == kind {
+            inner.faults.reject_writes -= 1;
+            return sage_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "RecordInvalid",
+                "The record is invalid (fault injected by the sandbox)",
+                "ledger_account_id",
+            );
+        }
+        let business = inner
+            .businesses
+            .get_mut(&caller.business_id)
+            .expect("authenticated business");
         match handler(business, &body, now) {
             Ok(created) => {
                 remember(business, kind, &Value::Object(body), &created, now);

@@ -100,6 +100,12 @@ pub struct SageFaults {
     /// dropped (the connection closes): "commit, then drop the response".
     #[serde(default)]
     pub drop_after_commit: u32,
+    /// The next `reject_writes` posts of `reject_kind` (`sales_invoice`, `contact`, ...)
+    /// are refused as Sage refuses invalid records (422 `RecordInvalid`).
+    #[serde(default)]
+    pub reject_kind: String,
+    #[serde(default)]
+    pub reject_writes: u32,
 }
 
 /// Call counters, for tests to assert on.
