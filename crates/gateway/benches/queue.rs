@@ -50,6 +50,10 @@ async fn seed(db: &sqlx::PgPool, tenant: uuid::Uuid) {
     .await
     .expect("seed jobs");
     sqlx::query("VACUUM ANALYZE jobs").execute(db).await.expect("analyze");
+    sqlx::query("ANALYZE connector_bindings")
+        .execute(db)
+        .await
+        .expect("analyze");
 }
 
 /// Runs `CONCURRENCY` loops of `step` until it reports no work; jobs/s.

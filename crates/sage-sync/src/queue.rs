@@ -115,8 +115,9 @@ async fn claim_after(
              RETURNING jobs.id, jobs.binding_id, jobs.kind, jobs.sync_run_id, jobs.attempts, jobs.payload, jobs.entity_key
            ), started AS (
              -- The run shows as running from the claim on (one commit fewer per attempt).
+             -- A scalar id, so the primary key finds the run whatever the statistics say.
              UPDATE sync_runs SET status = 'running', started_at = COALESCE(started_at, now()), updated_at = now()
-             FROM claimed WHERE sync_runs.id = claimed.sync_run_id AND sync_runs.status = 'pending'
+             WHERE sync_runs.id = (SELECT sync_run_id FROM claimed) AND sync_runs.status = 'pending'
            )
            SELECT id AS "id!", binding_id AS "binding_id!: BindingId", kind AS "kind!", sync_run_id, attempts AS "attempts!",
                   payload AS "payload!", entity_key FROM claimed"#,
