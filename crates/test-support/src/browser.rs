@@ -2,6 +2,7 @@
 //! for end-to-end tests of the web pages. Screenshots go to `test-output/screenshots/`.
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -61,6 +62,8 @@ impl Browser {
         })?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let driver = Command::new(chromedriver)
+            // Its own process group, so Drop can stop Chromium's processes with it.
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -252,8 +255,37 @@ impl Browser {
     }
 }
 
+/// Ends a WebDriver session with a blocking request (Drop cannot await): chromedriver
+/// then quits Chromium.
+fn end_session(base: &str, session: &str) {
+    use std::io::{Read as _, Write as _};
+    let Some(addr) = base.strip_prefix("http://") else {
+        return;
+    };
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request =
+        format!("DELETE /session/{session} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+    }
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Killing chromedriver alone leaves Chromium's processes running, loading the
+        // machine for every later test: end the session, then stop the whole group.
+        end_session(&self.base, &self.session);
+        if let Ok(pid) = i32::try_from(self.driver.id()) {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(format!("-{pid}"))
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
