@@ -1077,15 +1077,11 @@ pub struct SentBody {
 /// The payload diff: every POST/PUT body of every attempt, each against the same call's
 /// body in the attempt before it (an unchanged body is named, not repeated).
 fn sent_bodies(attempts: &[runs::Attempt]) -> Vec<SentBody> {
-    let mut last: std::collections::HashMap<String, (i32, serde_json::Value)> = std::collections::HashMap::new();
+    let mut last: std::collections::HashMap<String, (i32, &serde_json::Value)> = std::collections::HashMap::new();
     let mut out = Vec::new();
     for a in attempts {
-        let calls = a
-            .request
-            .as_ref()
-            .and_then(|r| r["sage_calls"].as_array().cloned())
-            .unwrap_or_default();
-        for c in calls {
+        let calls = a.request.as_ref().and_then(|r| r["sage_calls"].as_array());
+        for c in calls.into_iter().flatten() {
             let Some(body) = c.get("body").filter(|b| !b.is_null()) else {
                 continue;
             };
@@ -1096,7 +1092,7 @@ fn sent_bodies(attempts: &[runs::Attempt]) -> Vec<SentBody> {
             );
             let (note, lines) = match last.get(&call) {
                 None => ("First time this call was made.".to_owned(), crate::diff::plain(body)),
-                Some((n, prev)) if prev == body => (format!("Same body as attempt {n}."), Vec::new()),
+                Some((n, prev)) if *prev == body => (format!("Same body as attempt {n}."), Vec::new()),
                 Some((n, prev)) => (
                     format!("Changed since attempt {n}: + added, - removed."),
                     crate::diff::json_lines(prev, body),
@@ -1109,7 +1105,7 @@ fn sent_bodies(attempts: &[runs::Attempt]) -> Vec<SentBody> {
                 note,
                 lines,
             });
-            last.insert(call, (a.attempt, body.clone()));
+            last.insert(call, (a.attempt, body));
         }
     }
     out

@@ -41,6 +41,21 @@ struct Claimed {
     entity_key: Option<String>,
 }
 
+impl Claimed {
+    fn into_job(self, lease_id: uuid::Uuid) -> Job {
+        Job {
+            id: self.id,
+            binding_id: self.binding_id,
+            kind: self.kind,
+            sync_run_id: self.sync_run_id,
+            attempt: self.attempts,
+            lease_id,
+            payload: self.payload,
+            entity_key: self.entity_key,
+        }
+    }
+}
+
 /// Where a process's claims go round its bindings: the last binding served. Claims walk
 /// bindings in id order from just after it, so every binding with work is served once
 /// per round however deep another's backlog, and nothing is written to take a turn.
@@ -166,16 +181,7 @@ async fn claim_after(
         .fetch_optional(db)
         .await?,
     };
-    Ok(row.map(|r| Job {
-        id: r.id,
-        binding_id: r.binding_id,
-        kind: r.kind,
-        sync_run_id: r.sync_run_id,
-        attempt: r.attempts,
-        lease_id,
-        payload: r.payload,
-        entity_key: r.entity_key,
-    }))
+    Ok(row.map(|r| r.into_job(lease_id)))
 }
 
 /// Claims one known queued job (the callback a worker has just queued, which it delivers
@@ -194,16 +200,7 @@ pub async fn claim_id(db: &PgPool, id: i64, lease: Duration) -> Result<Option<Jo
     )
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|r| Job {
-        id: r.id,
-        binding_id: r.binding_id,
-        kind: r.kind,
-        sync_run_id: r.sync_run_id,
-        attempt: r.attempts,
-        lease_id,
-        payload: r.payload,
-        entity_key: r.entity_key,
-    }))
+    Ok(row.map(|r| r.into_job(lease_id)))
 }
 
 /// How long until something queued falls due: the next job whose `run_at` is in the

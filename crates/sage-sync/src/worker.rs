@@ -186,10 +186,13 @@ async fn work(
                     if let Some(id) = follow_up
                         && !stop.is_cancelled()
                     {
+                        // On failure the callback stays queued for any worker's next claim.
                         next = queue::claim_id(&state.db, id, state.settings.job_lease)
                             .await
-                            .ok()
-                            .flatten();
+                            .unwrap_or_else(|e| {
+                                tracing::warn!(job = id, error = %e, "claiming the store callback failed");
+                                None
+                            });
                     }
                 }
             }
