@@ -282,10 +282,13 @@ async fn chromium_walks_the_dashboard_and_the_ops_console() -> anyhow::Result<()
 
     // Back as the merchant (new password): disconnect the store from the binding page.
     browser.click("#signout").await?;
+    // Signed out first (the click returns before its navigation ends), then the binding
+    // page sends the visitor to sign in and back.
+    browser.wait_for_url("/signin").await?;
     browser
         .goto(&app.url(&format!("/dashboard/bindings/{binding_id}")))
         .await?;
-    browser.wait_for_url("/signin").await?;
+    browser.wait_for_url("/signin?next=").await?;
     browser.fill("#email", "owner@harbour.example").await?;
     browser.fill("#password", "an-even-longer-password").await?;
     browser.click("#signin").await?;

@@ -91,7 +91,7 @@ pub async fn deliver(state: &AppState, binding: BindingId, payload: &Value) -> D
         return Delivery::Rejected("malformed callback payload".into());
     };
     let row = match sqlx::query!(
-        r#"SELECT tenant_id, magento_base_url, status FROM connector_bindings WHERE id = $1"#,
+        r#"SELECT tenant_id, magento_base_url, status, api_key, magento_connection_status FROM connector_bindings WHERE id = $1"#,
         binding.0
     )
     .fetch_optional(&state.db)
@@ -104,7 +104,7 @@ pub async fn deliver(state: &AppState, binding: BindingId, payload: &Value) -> D
     if row.status == "revoked" {
         return Delivery::Rejected("binding revoked".into());
     }
-    let key = match bindings::api_key(state, binding).await {
+    let key = match bindings::open_api_key(state, binding, row.api_key.as_deref()) {
         Ok(k) => k,
         Err(p) => return Delivery::Rejected(p.detail),
     };
@@ -125,7 +125,9 @@ pub async fn deliver(state: &AppState, binding: BindingId, payload: &Value) -> D
     .await;
     match result {
         Ok(()) => {
-            let _ = bindings::record_magento_answer(&state.db, binding, false).await;
+            if row.magento_connection_status != "active" {
+                let _ = bindings::record_magento_answer(&state.db, binding, false).await;
+            }
             Delivery::Delivered
         }
         Err(e @ MagentoError::Unauthorized { .. }) => {

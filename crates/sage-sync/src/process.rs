@@ -44,13 +44,30 @@ pub struct RunInfo {
     pub magento_base_url: String,
     /// The webhook's W3C trace context, continued while syncing.
     pub traceparent: Option<String>,
+    /// The store's api_key, still sealed (read with the run: one round trip fewer).
+    pub sealed_api_key: SealedKey,
+    /// The Sage connection's region, when Sage is connected.
+    pub region: Option<String>,
+}
+
+/// A sealed api_key; Debug never prints it, even encrypted.
+#[derive(Clone)]
+pub struct SealedKey(pub Option<Vec<u8>>);
+
+impl std::fmt::Debug for SealedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[sealed]")
+    }
 }
 
 pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunInfo>, sqlx::Error> {
     let row = sqlx::query!(
         r#"SELECT r.id, r.binding_id AS "binding_id: BindingId", b.tenant_id AS "tenant_id: TenantId", r.event_name,
-                  r.entity_type, r.magento_entity_id, r.created_at, r.policy, b.magento_base_url, r.traceparent
-           FROM sync_runs r JOIN connector_bindings b ON b.id = r.binding_id WHERE r.id = $1"#,
+                  r.entity_type, r.magento_entity_id, r.created_at, r.policy, b.magento_base_url, r.traceparent,
+                  b.api_key, sc.region AS "region?"
+           FROM sync_runs r JOIN connector_bindings b ON b.id = r.binding_id
+           LEFT JOIN sage_connections sc ON sc.binding_id = r.binding_id
+           WHERE r.id = $1"#,
         run
     )
     .fetch_optional(db)
@@ -66,6 +83,8 @@ pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunIn
         policy: r.policy,
         magento_base_url: r.magento_base_url,
         traceparent: r.traceparent,
+        sealed_api_key: SealedKey(r.api_key),
+        region: r.region,
     }))
 }
 
@@ -268,8 +287,7 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
             message: "Product sync is off in the binding's settings.".into(),
         });
     }
-    let key = bindings::api_key(state, run.binding)
-        .await
+    let key = bindings::open_api_key(state, run.binding, run.sealed_api_key.0.as_deref())
         .map_err(|p| Failure::new(ErrorClass::Internal, "api_key", p.detail))?;
     let base = Url::parse(&run.magento_base_url)
         .map_err(|e| Failure::new(ErrorClass::Config, "magento_url", e.to_string()))?;
@@ -281,14 +299,7 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
     )
     .await
     .map_err(|e| from_magento(state, run.binding, e))?;
-    let region = sqlx::query_scalar!(
-        "SELECT region FROM sage_connections WHERE binding_id = $1",
-        run.binding.0
-    )
-    .fetch_optional(&state.db)
-    .await?
-    .unwrap_or_else(|| "uk".to_owned());
-    let (country, base_currency) = business_locale(&region);
+    let (country, base_currency) = business_locale(run.region.as_deref().unwrap_or("uk"));
     let session = sage!(Session::open(state, run.binding).await).recording(log);
     let business = session.business_id().unwrap_or_default().to_owned();
     let mut env = Env {
@@ -332,6 +343,29 @@ async fn hold(env: &Env<'_>, key: &str) -> Step<()> {
     }
 }
 
+/// [`hold`], then the entity's xref (one round trip).
+async fn hold_get(env: &Env<'_>, key: &str, entity: &str, id: i64, currency: &str) -> Step<Option<xref::Xref>> {
+    let ttl = env.state.settings.job_lease;
+    match xref::lock_get(
+        &env.state.db,
+        env.run.binding,
+        key,
+        env.holder,
+        ttl,
+        entity,
+        id,
+        currency,
+    )
+    .await?
+    {
+        Some(x) => Ok(x),
+        None => Err(Stop::Outcome(Outcome::Blocked {
+            after: Duration::from_millis(250),
+            reason: "entity_busy".into(),
+        })),
+    }
+}
+
 fn skip(reason: &str, message: impl Into<String>) -> Outcome {
     Outcome::Skipped {
         reason: reason.to_owned(),
@@ -369,7 +403,7 @@ fn document_policy(s: &Settings, website: i64, store: Option<i64>, created_at: &
 
 async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
     let id = env.run.entity_id;
-    hold(env, &format!("invoice:{id}")).await?;
+    let previous = hold_get(env, &format!("invoice:{id}"), "invoice", id, "").await?;
     let inv = env
         .magento
         .invoice(id)
@@ -390,7 +424,7 @@ async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
             "Zero-value invoices are not synced (sync_zero_value_invoices is off).",
         ));
     }
-    if let Some(x) = xref::get(&env.state.db, env.run.binding, "invoice", id, "").await?
+    if let Some(x) = &previous
         && let Some(sage_id) = x.posted()
     {
         return Ok(Outcome::Synced {
@@ -411,6 +445,7 @@ async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
             wrapper: "sales_invoice",
             reference: &reference,
             contact_id: &contact_id,
+            previous,
         },
         mapped.clone(),
     )
@@ -490,6 +525,8 @@ struct Doc<'a> {
     wrapper: &'static str,
     reference: &'a str,
     contact_id: &'a str,
+    /// The entity's xref as read under its lease.
+    previous: Option<xref::Xref>,
 }
 
 /// Posts a document once: looks it up by reference after an uncertain earlier attempt,
@@ -498,7 +535,7 @@ struct Doc<'a> {
 async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -> Step<Value> {
     let db = env.state.db.clone();
     let binding = env.run.binding;
-    let previous = xref::get(&db, binding, doc.entity, doc.id, "").await?;
+    let previous = doc.previous.clone();
     if previous.as_ref().is_some_and(|x| x.state == "posting")
         && let Some(found) = find_by_reference(env, &doc).await?
     {
@@ -608,8 +645,7 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
     let db = env.state.db.clone();
     let binding = env.run.binding;
     let xid = key.xref_id();
-    hold(env, &format!("contact:{xid}:{currency}")).await?;
-    if let Some(x) = xref::get(&db, binding, "contact", xid, &currency).await?
+    if let Some(x) = hold_get(env, &format!("contact:{xid}:{currency}"), "contact", xid, &currency).await?
         && let Some(id) = x.posted()
     {
         let id = id.to_owned();
@@ -749,8 +785,8 @@ async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
 
 async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
     let invoice_id = env.run.entity_id;
-    hold(env, &format!("invoice:{invoice_id}")).await?;
-    if let Some(x) = xref::get(&env.state.db, env.run.binding, "payment", invoice_id, "").await?
+    let previous = hold_get(env, &format!("invoice:{invoice_id}"), "payment", invoice_id, "").await?;
+    if let Some(x) = &previous
         && let Some(id) = x.posted()
     {
         return Ok(Outcome::Synced {
@@ -829,6 +865,7 @@ async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
             wrapper: "contact_payment",
             reference: &reference,
             contact_id: &contact_id,
+            previous,
         },
         mapped,
     )
@@ -910,6 +947,7 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                     wrapper: "sales_credit_note",
                     reference: &reference,
                     contact_id: &contact_id,
+                    previous: existing.clone(),
                 },
                 mapped.clone(),
             )

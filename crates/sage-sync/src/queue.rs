@@ -246,10 +246,16 @@ pub async fn heartbeat(db: &PgPool, job: &Job, lease: Duration) -> Result<bool, 
     Ok(held)
 }
 
-/// Puts jobs whose lease expired (their worker died) back in the queue.
+/// Puts jobs whose lease expired (their worker died) back in the queue. A store callback
+/// whose entity has a newer state queued or running is dropped instead: the latest state
+/// wins, and the queue holds one queued callback per entity.
 pub async fn reclaim_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
     let n = sqlx::query!(
-        "UPDATE jobs SET status = 'queued', lease_id = NULL, run_at = now(), updated_at = now()
+        "UPDATE jobs SET status = CASE WHEN kind = 'sync_state' AND EXISTS (
+                   SELECT 1 FROM jobs q WHERE q.binding_id = jobs.binding_id AND q.entity_key = jobs.entity_key
+                     AND q.kind = 'sync_state' AND q.id <> jobs.id
+                     AND (q.status = 'queued' OR (q.status = 'running' AND q.id > jobs.id))) THEN 'done' ELSE 'queued' END,
+                lease_id = NULL, run_at = now(), updated_at = now()
          WHERE status = 'running' AND locked_until < now()"
     )
     .execute(db)
@@ -261,6 +267,24 @@ pub async fn reclaim_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
             .await?;
     }
     Ok(n)
+}
+
+/// Gives a running job back to the queue unfinished (shutdown), its attempt not counted;
+/// a store callback superseded by a newer queued state is dropped instead.
+pub async fn release(db: &PgPool, id: i64, lease: uuid::Uuid) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query!(
+        "UPDATE jobs SET status = CASE WHEN kind = 'sync_state' AND EXISTS (
+                   SELECT 1 FROM jobs q WHERE q.binding_id = jobs.binding_id AND q.entity_key = jobs.entity_key
+                     AND q.kind = 'sync_state' AND q.status = 'queued' AND q.id <> jobs.id) THEN 'done' ELSE 'queued' END,
+                lease_id = NULL, locked_until = NULL, attempts = attempts - 1, run_at = now(), updated_at = now()
+         WHERE id = $1 AND lease_id = $2",
+        id,
+        lease
+    )
+    .execute(db)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// Finishes a job in the caller's transaction (only while it still holds the lease).
@@ -277,33 +301,6 @@ pub async fn finish(
         job.lease_id,
         status,
         error
-    )
-    .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
-}
-
-/// Queues a job again after `after`; an attempt that should not count is given back.
-pub async fn retry(
-    conn: &mut sqlx::PgConnection,
-    job: &Job,
-    after: Duration,
-    count: bool,
-    waiting_for: Option<&str>,
-    error: Option<&str>,
-) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query!(
-        "UPDATE jobs SET status = 'queued', lease_id = NULL, locked_until = NULL,
-                run_at = now() + make_interval(secs => $3), attempts = attempts - CASE WHEN $4 THEN 0 ELSE 1 END,
-                waiting_for = $5, last_error = $6, updated_at = now()
-         WHERE id = $1 AND lease_id = $2",
-        job.id,
-        job.lease_id,
-        after.as_secs_f64(),
-        count,
-        waiting_for,
-        error,
     )
     .execute(conn)
     .await?

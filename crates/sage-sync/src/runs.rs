@@ -23,8 +23,9 @@ use crate::{
     xref,
 };
 
-/// Records an attempt and moves run and job on, in one transaction, only while the
-/// job's lease is still held. Queues the store callback for terminal outcomes and
+/// Records an attempt and moves run and job on, in one statement, only while the job's
+/// lease is still held; ends the attempt's entity leases and settles its last Sage call's
+/// budget entry. Queues the store callback for terminal outcomes and
 /// returns its job, for the caller to deliver at once.
 pub async fn complete(
     state: &AppState,
@@ -33,6 +34,7 @@ pub async fn complete(
     outcome: &Outcome,
     started: DateTime<Utc>,
     calls: &[ledger_sage_vault::session::CallSummary],
+    unsettled: Option<i64>,
 ) -> Result<Option<i64>, sqlx::Error> {
     let attempt = u32::try_from(job.attempt).unwrap_or(1);
     let next = crate::outcome::next(outcome, attempt, state.settings.job_max_attempts);
@@ -93,66 +95,9 @@ pub async fn complete(
             None,
         ),
     };
-    let mut tx = state.db.begin().await?;
-    let still_ours = match &next {
-        Next::Done => queue::finish(&mut tx, job, "done", code.as_deref()).await?,
-        Next::Retry { after, count } => {
-            let waiting = if let Outcome::Blocked { reason, .. } = outcome {
-                Some(reason.as_str())
-            } else {
-                None
-            };
-            queue::retry(&mut tx, job, *after, *count, waiting, message.as_deref()).await?
-        }
-    };
-    if !still_ours {
-        // The lease expired and another worker owns the job now: its result counts.
-        tx.rollback().await?;
-        tracing::warn!(job = job.id, "lease lost before completing; result discarded");
-        return Ok(None);
-    }
-    let counted = !matches!(next, Next::Retry { count: false, .. });
-    if counted || matches!(outcome, Outcome::Failed(_)) {
-        // Numbered across the run: a retried run's job counts its attempts afresh.
-        sqlx::query!(
-            "INSERT INTO sync_attempts (sync_run_id, attempt, started_at, outcome, error_class, error_code, message, request, worker)
-             VALUES ($1, (SELECT COALESCE(max(attempt), 0) + 1 FROM sync_attempts WHERE sync_run_id = $1), $2, $3, $4, $5, $6, $7, $8)",
-            run.id,
-            started,
-            status,
-            class,
-            code,
-            message,
-            json!({ "sage_calls": calls }),
-            format!("{}", std::process::id()),
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
     let finished = next == Next::Done;
-    sqlx::query!(
-        "UPDATE sync_runs SET status = $2, error_class = $3, error_code = $4, message = $5,
-                sage_id = COALESCE($6, sage_id), sage_reference = COALESCE($7, sage_reference), skip_reason = $8,
-                attempts = GREATEST($9, (SELECT count(*) FROM sync_attempts WHERE sync_run_id = $1)::int),
-                started_at = COALESCE(started_at, $10), finished_at = CASE WHEN $11 THEN now() END, updated_at = now()
-         WHERE id = $1",
-        run.id,
-        status,
-        class,
-        code,
-        message,
-        sage_id,
-        reference,
-        skip_reason,
-        job.attempt,
-        started,
-        finished,
-    )
-    .execute(&mut *tx)
-    .await?;
-    metrics::counter!("sync_runs_total", "status" => status, "class" => class.unwrap_or("none")).increment(1);
-    let mut callback_job = None;
-    if finished {
+    // The store callback for a terminal outcome (the latest state replaces a queued one).
+    let callback = if finished {
         let invoice_sage = if run.event_name == "invoice.paid" {
             xref::get(&state.db, run.binding, "invoice", run.entity_id, "")
                 .await?
@@ -160,7 +105,7 @@ pub async fn complete(
         } else {
             None
         };
-        if let Some(sync_state) = callback::state_for(
+        callback::state_for(
             &run.event_name,
             &run.entity_type,
             run.entity_id,
@@ -169,27 +114,103 @@ pub async fn complete(
             Utc::now(),
             invoice_sage,
             None,
-        ) {
-            let payload = json!({
+        )
+        .map(|sync_state| {
+            json!({
                 "state": sync_state,
                 "run_id": run.id,
                 "finished_at": Utc::now(),
                 "traceparent": ledger_core::trace::traceparent(&tracing::Span::current()).or_else(|| run.traceparent.clone()),
-            });
-            callback_job = Some(
-                queue::enqueue_callback(
-                    &mut tx,
-                    run.binding,
-                    &format!("{}:{}", run.entity_type, run.entity_id),
-                    &payload,
-                    false,
-                )
-                .await?,
-            );
-        }
+            })
+        })
+    } else {
+        None
+    };
+    let (after, count, waiting, job_error) = match &next {
+        Next::Done => (0.0, true, None, code.as_deref()),
+        Next::Retry { after, count } => (
+            after.as_secs_f64(),
+            *count,
+            match outcome {
+                Outcome::Blocked { reason, .. } => Some(reason.as_str()),
+                _ => None,
+            },
+            message.as_deref(),
+        ),
+    };
+    let record = count || matches!(outcome, Outcome::Failed(_));
+    // One statement, one commit: the job moves on only while this attempt still holds its
+    // lease, and with it the attempt, the run, the callback and the end of the entity
+    // leases (which end with the attempt whatever happens to the job).
+    let row = sqlx::query!(
+        r#"WITH fin AS (
+             UPDATE jobs SET status = CASE WHEN $3 THEN 'done' ELSE 'queued' END, lease_id = NULL, locked_until = NULL,
+                    run_at = CASE WHEN $3 THEN run_at ELSE now() + make_interval(secs => $4) END,
+                    attempts = attempts - CASE WHEN $3 OR $5 THEN 0 ELSE 1 END,
+                    waiting_for = CASE WHEN $3 THEN waiting_for ELSE $6 END,
+                    last_error = $7, updated_at = now()
+             WHERE id = $1 AND lease_id = $2
+             RETURNING id
+           ), attempt AS (
+             -- Numbered across the run: a retried run's job counts its attempts afresh.
+             INSERT INTO sync_attempts (sync_run_id, attempt, started_at, outcome, error_class, error_code, message, request, worker)
+             SELECT $8::uuid, (SELECT COALESCE(max(attempt), 0) + 1 FROM sync_attempts WHERE sync_run_id = $8::uuid),
+                    $9::timestamptz, $10::text, $11::text, $12::text, $13::text, $14::jsonb, $15::text
+             FROM fin WHERE $16::bool
+             RETURNING 1 AS one
+           ), run AS (
+             UPDATE sync_runs SET status = $10, error_class = $11, error_code = $12, message = $13,
+                    sage_id = COALESCE($17, sage_id), sage_reference = COALESCE($18, sage_reference), skip_reason = $19,
+                    attempts = GREATEST($20, ((SELECT count(*) FROM sync_attempts WHERE sync_run_id = $8) + (SELECT count(*) FROM attempt))::int),
+                    started_at = COALESCE(started_at, $9), finished_at = CASE WHEN $3 THEN now() END, updated_at = now()
+             WHERE id = $8 AND EXISTS (SELECT 1 FROM fin)
+           ), unlocked AS (
+             DELETE FROM sync_locks WHERE holder = $2
+           ), settled AS (
+             -- The attempt's last Sage call, answered by now (see CallLog::take_unsettled).
+             UPDATE sage_calls SET at = clock_timestamp() WHERE id = $24
+           ), callback AS (
+             INSERT INTO jobs (binding_id, kind, entity_key, payload)
+             SELECT $21::uuid, 'sync_state', $22::text, $23::jsonb FROM fin WHERE $23::jsonb IS NOT NULL
+             ON CONFLICT (binding_id, entity_key) WHERE status = 'queued' AND kind = 'sync_state'
+             DO UPDATE SET payload = EXCLUDED.payload, run_at = now(), attempts = 0, updated_at = now()
+             RETURNING id
+           )
+           SELECT EXISTS (SELECT 1 FROM fin) AS "held!", (SELECT id FROM callback) AS callback_id"#,
+        job.id,
+        job.lease_id,
+        finished,
+        after,
+        count,
+        waiting,
+        job_error,
+        run.id,
+        started,
+        status,
+        class,
+        code,
+        message,
+        json!({ "sage_calls": calls }),
+        format!("{}", std::process::id()),
+        record,
+        sage_id,
+        reference,
+        skip_reason,
+        job.attempt,
+        run.binding.0,
+        format!("{}:{}", run.entity_type, run.entity_id),
+        callback,
+        unsettled,
+    )
+    .fetch_one(&state.db)
+    .await?;
+    if !row.held {
+        // The lease expired and another worker owns the job now: its result counts.
+        tracing::warn!(job = job.id, "lease lost before completing; result discarded");
+        return Ok(None);
     }
-    tx.commit().await?;
-    Ok(callback_job)
+    metrics::counter!("sync_runs_total", "status" => status, "class" => class.unwrap_or("none")).increment(1);
+    Ok(row.callback_id)
 }
 
 // ---- API ----------------------------------------------------------------------

@@ -81,14 +81,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             "shutdown deadline passed; releasing running jobs"
         );
         for (id, lease) in stragglers {
-            let _ = sqlx::query!(
-                "UPDATE jobs SET status = 'queued', lease_id = NULL, locked_until = NULL, attempts = attempts - 1, run_at = now()
-                 WHERE id = $1 AND lease_id = $2",
-                id,
-                lease
-            )
-            .execute(&state.db)
-            .await;
+            let _ = queue::release(&state.db, id, lease).await;
         }
     }
     background.wait().await;
@@ -301,11 +294,12 @@ async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<
         Outcome::Blocked { reason, .. } => tracing::debug!(run = %run.id, reason, "sync waiting"),
         _ => tracing::info!(run = %run.id, "sync finished"),
     }
-    let recorded =
-        tracing::Instrument::instrument(runs::complete(state, job, &run, &outcome, started, &log.take()), span).await;
     // Entity leases end with the attempt (or expire with the job's lease if this fails).
-    crate::xref::unlock_all(&state.db, job.lease_id).await?;
-    recorded
+    tracing::Instrument::instrument(
+        runs::complete(state, job, &run, &outcome, started, &log.take(), log.take_unsettled()),
+        span,
+    )
+    .await
 }
 
 async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Error> {
@@ -316,15 +310,11 @@ async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Erro
     let run_id = job.payload["run_id"]
         .as_str()
         .and_then(|r| r.parse::<uuid::Uuid>().ok());
-    let mut tx = state.db.begin().await?;
-    let (status, held) = match &delivery {
-        Delivery::Delivered => (Some("delivered"), queue::finish(&mut tx, job, "done", None).await?),
+    let (job_status, run_status, after, error) = match &delivery {
+        Delivery::Delivered => ("done", Some("delivered"), 0.0, None),
         Delivery::Rejected(reason) => {
             tracing::warn!(job = job.id, reason, "the store refused a sync-state callback");
-            (
-                Some("rejected"),
-                queue::finish(&mut tx, job, "dead", Some(reason)).await?,
-            )
+            ("dead", Some("rejected"), 0.0, Some(reason.as_str()))
         }
         Delivery::Retry(failure) => {
             let attempt = u32::try_from(job.attempt).unwrap_or(1);
@@ -332,33 +322,36 @@ async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Erro
             else {
                 unreachable!()
             };
-            (
-                None,
-                queue::retry(
-                    &mut tx,
-                    job,
-                    after,
-                    true,
-                    Some("store_unreachable"),
-                    Some(&failure.message),
-                )
-                .await?,
-            )
+            ("queued", None, after.as_secs_f64(), Some(failure.message.as_str()))
         }
     };
-    if !held {
-        return tx.rollback().await;
-    }
-    if let (Some(status), Some(run)) = (status, run_id) {
-        sqlx::query!(
-            "UPDATE sync_runs SET callback_status = $2, callback_at = now() WHERE id = $1",
-            run,
-            status
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
+    // One statement: the job (only while this lease holds it) and the run's callback state.
+    // A callback due for a retry is dropped when a newer state for its entity is already
+    // queued: the latest state wins (and the queue holds one per entity).
+    sqlx::query!(
+        "WITH fin AS (
+           UPDATE jobs SET status = CASE WHEN $3 = 'queued' AND EXISTS (
+                      SELECT 1 FROM jobs q WHERE q.binding_id = jobs.binding_id AND q.entity_key = jobs.entity_key
+                        AND q.kind = 'sync_state' AND q.status = 'queued' AND q.id <> jobs.id) THEN 'done' ELSE $3 END,
+                  lease_id = NULL, locked_until = NULL,
+                  run_at = CASE WHEN $3 = 'queued' THEN now() + make_interval(secs => $4) ELSE run_at END,
+                  waiting_for = CASE WHEN $3 = 'queued' THEN 'store_unreachable' ELSE waiting_for END,
+                  last_error = $5, updated_at = now()
+           WHERE id = $1 AND lease_id = $2
+           RETURNING id
+         )
+         UPDATE sync_runs SET callback_status = $6, callback_at = now()
+         WHERE id = $7 AND $6::text IS NOT NULL AND EXISTS (SELECT 1 FROM fin)",
+        job.id,
+        job.lease_id,
+        job_status,
+        after,
+        error,
+        run_status,
+        run_id,
+    )
+    .execute(&state.db)
+    .await?;
     if let (Delivery::Delivered, Some(finished)) = (
         &delivery,
         job.payload["finished_at"]

@@ -87,12 +87,53 @@ pub async fn lock(
     .is_some())
 }
 
-/// Releases every lease `holder` has.
-pub async fn unlock_all(db: &sqlx::PgPool, holder: uuid::Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query!("DELETE FROM sync_locks WHERE holder = $1", holder)
-        .execute(db)
-        .await?;
-    Ok(())
+/// [`lock`], then the entity's xref, in one round trip; `None` when another holder has
+/// the lease. The read shares the statement's snapshot, which can predate the previous
+/// holder's last write by the moment it took to release: a stale answer is harmless, as
+/// [`mark_posting`] refuses to re-post a posted entity and contacts are adopted by
+/// reference before any is created.
+#[allow(clippy::too_many_arguments, reason = "the lease's key and the xref's key")]
+pub async fn lock_get(
+    db: &sqlx::PgPool,
+    binding: BindingId,
+    key: &str,
+    holder: uuid::Uuid,
+    ttl: std::time::Duration,
+    entity: &str,
+    id: i64,
+    currency: &str,
+) -> Result<Option<Option<Xref>>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"WITH l AS (
+             INSERT INTO sync_locks (binding_id, key, holder, until) VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+             ON CONFLICT (binding_id, key) DO UPDATE SET holder = $3, until = EXCLUDED.until
+             WHERE sync_locks.holder = $3 OR sync_locks.until < now()
+             RETURNING 1 AS one
+           )
+           SELECT EXISTS (SELECT 1 FROM l) AS "locked!", x.state AS "state?", x.sage_id, x.sage_reference,
+                  x.idempotency_id, x.extra AS "extra?"
+           FROM (SELECT 1) one
+           LEFT JOIN entity_xref x ON x.binding_id = $1 AND x.entity_type = $5 AND x.magento_entity_id = $6 AND x.currency = $7"#,
+        binding.0,
+        key,
+        holder,
+        ttl.as_secs_f64(),
+        entity,
+        id,
+        currency,
+    )
+    .fetch_one(db)
+    .await?;
+    if !row.locked {
+        return Ok(None);
+    }
+    Ok(Some(row.state.map(|state| Xref {
+        state,
+        sage_id: row.sage_id,
+        sage_reference: row.sage_reference,
+        idempotency_id: row.idempotency_id,
+        extra: row.extra.unwrap_or(Value::Null),
+    })))
 }
 
 /// Records that a post is about to be sent; false when the entity is already posted (a

@@ -48,12 +48,20 @@ impl Budget {
     /// Takes one call from `business`'s budget (its log entry's id), or says when the
     /// next one frees. Exact for any window: a sliding log of calls, serialised by the
     /// business's row.
-    pub async fn acquire(&self, db: &sqlx::PgPool, business: &str) -> Result<Result<i64, DateTime<Utc>>, sqlx::Error> {
+    ///
+    /// `settle`: a previous call whose answer is in, settled in the same round trip.
+    pub async fn acquire(
+        &self,
+        db: &sqlx::PgPool,
+        business: &str,
+        settle: Option<i64>,
+    ) -> Result<Result<i64, DateTime<Utc>>, sqlx::Error> {
         let taken = sqlx::query!(
-            "SELECT call_id, free_at FROM ledger_budget_acquire($1, $2, $3)",
+            "SELECT call_id, free_at FROM ledger_budget_acquire($1, $2, $3, $4)",
             business,
             self.window.as_secs_f64(),
             self.limit,
+            settle,
         )
         .fetch_one(db)
         .await?;
@@ -162,21 +170,38 @@ pub fn redact(body: &Value) -> Value {
     }
 }
 
-/// Collects a run's call summaries, whichever way the run ends.
+/// Collects a run's call summaries, whichever way the run ends, and its last budget
+/// entry still to settle.
 #[derive(Debug, Clone, Default)]
-pub struct CallLog(std::sync::Arc<std::sync::Mutex<Vec<CallSummary>>>);
+pub struct CallLog(std::sync::Arc<std::sync::Mutex<Recorded>>);
+
+#[derive(Debug, Default)]
+struct Recorded {
+    calls: Vec<CallSummary>,
+    unsettled: Option<i64>,
+}
 
 impl CallLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn push(&self, call: CallSummary) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(call);
+        self.lock().calls.push(call);
     }
 
     /// Everything recorded so far, emptying the log.
     pub fn take(&self) -> Vec<CallSummary> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        std::mem::take(&mut self.lock().calls)
+    }
+
+    /// The run's last call to Sage, whose budget entry the caller settles when it records
+    /// the run (`UPDATE sage_calls SET at = clock_timestamp() WHERE id = ...`). Until
+    /// then the entry counts from before the call was sent; if it is never settled, the
+    /// budget may let one call too many through at the window's edge, and Sage's 429
+    /// holds the business.
+    pub fn take_unsettled(&self) -> Option<i64> {
+        self.lock().unsettled.take()
     }
 }
 
@@ -190,7 +215,10 @@ pub struct Session<'a> {
     budget: Budget,
     /// Wait for budget instead of failing with `BudgetSpent` (reference refreshes).
     wait_for_budget: bool,
+    /// While recording, a call's budget entry is settled with the next acquire, and the
+    /// last one by the log's owner ([`CallLog::take_unsettled`]).
     log: Option<CallLog>,
+    unsettled: Option<i64>,
 }
 
 impl<'a> Session<'a> {
@@ -204,6 +232,7 @@ impl<'a> Session<'a> {
             budget: Budget::from_settings(&state.settings),
             wait_for_budget: false,
             log: None,
+            unsettled: None,
         })
     }
 
@@ -213,7 +242,8 @@ impl<'a> Session<'a> {
         self
     }
 
-    /// Records a summary of every call into `log`.
+    /// Records a summary of every call into `log`, and leaves the last call's budget
+    /// entry for the log's owner to settle.
     pub fn recording(mut self, log: &CallLog) -> Self {
         self.log = Some(log.clone());
         self
@@ -223,12 +253,16 @@ impl<'a> Session<'a> {
         self.token.business_id.as_deref()
     }
 
-    async fn spend(&self) -> Result<Option<i64>, CallError> {
+    async fn spend(&mut self) -> Result<Option<i64>, CallError> {
         let Some(business) = self.token.business_id.clone() else {
             return Ok(None);
         };
         loop {
-            match self.budget.acquire(&self.state.db, &business).await? {
+            let settle = self.unsettled.take();
+            if let Some(log) = &self.log {
+                log.lock().unsettled = None;
+            }
+            match self.budget.acquire(&self.state.db, &business, settle).await? {
                 Ok(call) => {
                     metrics::counter!("sage_calls_total", "business" => business.clone()).increment(1);
                     return Ok(Some(call));
@@ -256,8 +290,13 @@ impl<'a> Session<'a> {
                 Request::Post(path, body) => ("POST", path, self.api.post(auth, path, body).await),
                 Request::Put(path, body) => ("PUT", path, self.api.put(auth, path, body).await),
             };
-            if let Some(call) = call {
-                self.budget.settle(&self.state.db, call).await?;
+            match (call, &self.log) {
+                (Some(call), Some(log)) => {
+                    self.unsettled = Some(call);
+                    log.lock().unsettled = Some(call);
+                }
+                (Some(call), None) => self.budget.settle(&self.state.db, call).await?,
+                (None, _) => {}
             }
             if let Some(log) = &self.log {
                 let errors = match &result {

@@ -104,16 +104,21 @@ pub async fn api_key(state: &AppState, id: BindingId) -> Result<Secret<String>, 
     let sealed = sqlx::query_scalar!("SELECT api_key FROM connector_bindings WHERE id = $1", id.0)
         .fetch_optional(&state.db)
         .await?
-        .flatten()
-        .ok_or_else(|| {
-            Problem::conflict(
-                "binding_not_paired",
-                format!("Binding {id} holds no api_key yet; pair the store."),
-            )
-        })?;
+        .flatten();
+    open_api_key(state, id, sealed.as_deref())
+}
+
+/// Decrypts a binding's sealed api_key column read along with other columns.
+pub fn open_api_key(state: &AppState, id: BindingId, sealed: Option<&[u8]>) -> Result<Secret<String>, Problem> {
+    let sealed = sealed.ok_or_else(|| {
+        Problem::conflict(
+            "binding_not_paired",
+            format!("Binding {id} holds no api_key yet; pair the store."),
+        )
+    })?;
     state
         .keyring
-        .open_string(&sealed, &api_key_context(id))
+        .open_string(sealed, &api_key_context(id))
         .map_err(Problem::internal)
 }
 
