@@ -423,3 +423,80 @@ async fn two_worker_processes_refresh_a_connection_once() {
     assert_eq!(stats.invalid_grants, 0);
     drop((first, second));
 }
+
+/// `ledger runs retry|skip|retry-dead`: the operators' actions from a shell, recorded in
+/// the audit trail as the system's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_retry_and_skip_runs_from_the_cli() {
+    let (app, keys) = app_with_keys(ledger_sandbox::sage::SageConfig::default(), |_| {}).await;
+    let paired = app.connected_store().await;
+    // Sage refuses the first three invoices (422): three failed runs.
+    app.sage().set_faults(ledger_sandbox::sage::SageFaults {
+        reject_kind: "sales_invoice".into(),
+        reject_writes: 3,
+        ..ledger_sandbox::sage::SageFaults::default()
+    });
+    let workers = app.start_workers();
+    let store = &paired.store.store;
+    for _ in 0..3 {
+        store.place_order(false);
+    }
+    store.drain_once().await;
+    assert!(app.wait_idle(Duration::from_secs(30)).await);
+    let failed: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM sync_runs WHERE status = 'failed' ORDER BY magento_entity_id")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(failed.len(), 3);
+    let runs = |args: &[&str]| {
+        let out = ledger()
+            .arg("runs")
+            .args(args)
+            .env("DATABASE_URL", app.db.url())
+            .env("LEDGER_MASTER_KEYS", &keys)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let status = |run: uuid::Uuid| {
+        let db = app.state.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM sync_runs WHERE id = $1")
+                .bind(run)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+
+    let (ok, out, err) = runs(&["retry", &failed[0].to_string()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("queued again"), "{out}");
+    let (ok, _, err) = runs(&["skip", &failed[1].to_string()]);
+    assert!(ok, "{err}");
+    assert_eq!(status(failed[1]).await, "skipped_by_policy");
+    assert!(app.wait_idle(Duration::from_secs(30)).await);
+    assert_eq!(status(failed[0]).await, "synced");
+    // A synced run cannot be retried: a non-zero exit that says why.
+    let (ok, _, err) = runs(&["retry", &failed[0].to_string()]);
+    assert!(!ok);
+    assert!(err.contains("not failed, dead or skipped"), "{err}");
+    let (ok, out, err) = runs(&["retry-dead", "--binding", &paired.binding_id.to_string()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("1 runs queued again"), "{out}");
+    assert!(app.wait_idle(Duration::from_secs(30)).await);
+    assert_eq!(status(failed[2]).await, "synced");
+    let system_actions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action IN ('run.retried', 'run.skipped') AND actor = 'system'",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(system_actions, 3);
+    workers.stop().await;
+}

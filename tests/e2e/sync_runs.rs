@@ -1,0 +1,205 @@
+//! Failure classes, dead letters and the operators' actions on runs, through the API:
+//! a transient failure is retried with backoff and then dies; a refusal fails at once
+//! and stays failed; retry, retry-dead and skip move runs on and tell the store.
+
+use std::time::{Duration, Instant};
+
+use ledger_sandbox::{
+    magento::Faults,
+    sage::{SageConfig, SageFaults},
+};
+use ledger_test_support::{PairedStore, TestApp};
+use serde_json::Value;
+
+async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn invoice_run(app: &TestApp, invoice: i64) -> ledger_e2e::Run {
+    ledger_e2e::runs(app)
+        .await
+        .into_iter()
+        .find(|r| r.event_name == "invoice.created" && r.magento_entity_id == invoice)
+        .expect("the invoice's run")
+}
+
+fn chip(paired: &PairedStore, invoice: i64) -> Option<(String, Option<String>)> {
+    paired
+        .store
+        .store
+        .mirror()
+        .into_iter()
+        .find(|r| r.entity_type == "invoice" && r.magento_entity_id == invoice)
+        .map(|r| (r.sync_status, r.error_code))
+}
+
+async fn post(app: &TestApp, paired: &PairedStore, path: &str) -> (u16, Value) {
+    let res = app
+        .http
+        .post(app.url(path))
+        .bearer_auth(&paired.merchant.token)
+        .send()
+        .await
+        .expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn audited(app: &TestApp, action: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = $1")
+        .bind(action)
+        .fetch_one(&app.state.db)
+        .await
+        .expect("audit")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_then_dead_and_retry_dead_brings_it_back() {
+    let app = TestApp::builder()
+        .sage(SageConfig::default())
+        .configure(|s| s.job_max_attempts = 2)
+        .spawn()
+        .await;
+    let paired = app.connected_store().await;
+    let workers = app.start_workers();
+    let store = &paired.store.store;
+    let (_, invoice) = store.place_order(false);
+    // The store answers 500 to both reads: a transient failure, retried after a backoff
+    // (about 2 s), then dead at the second attempt.
+    store.set_faults(Faults { status: 500, count: 2 });
+    let started = Instant::now();
+    store.drain_once().await;
+    wait_for("the run to die", Duration::from_secs(30), async || {
+        invoice_run(&app, invoice).await.status == "dead"
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_millis(1500), "the retry waited");
+    let run = invoice_run(&app, invoice).await;
+    assert_eq!(run.attempts, 2);
+    assert_eq!(run.error_code.as_deref(), Some("magento_error"));
+    wait_for("the store's chip", Duration::from_secs(10), async || {
+        chip(&paired, invoice) == Some(("failed".into(), Some("provider".into())))
+    })
+    .await;
+    let business = app.sage().businesses()[0].id.clone();
+    let books = ledger_e2e::books(&app, &business).await;
+    assert_eq!(books["sales_invoices"].as_array().map_or(0, Vec::len), 0);
+
+    // The merchant retries the binding's dead runs: it syncs, the chip turns Synced.
+    let (status, body) = post(
+        &app,
+        &paired,
+        &format!("/v1/bindings/{}/runs/retry-dead", paired.binding_id),
+    )
+    .await;
+    assert_eq!((status, body["retried"].as_u64()), (200, Some(1)), "{body}");
+    wait_for("the retried run to sync", Duration::from_secs(30), async || {
+        invoice_run(&app, invoice).await.status == "synced"
+    })
+    .await;
+    wait_for("the chip to turn synced", Duration::from_secs(10), async || {
+        chip(&paired, invoice).is_some_and(|c| c.0 == "synced")
+    })
+    .await;
+    let books = ledger_e2e::books(&app, &business).await;
+    assert_eq!(books["sales_invoices"].as_array().map_or(0, Vec::len), 1);
+    assert_eq!(audited(&app, "run.retried").await, 1);
+    // Nothing is dead any more.
+    let (status, body) = post(
+        &app,
+        &paired,
+        &format!("/v1/bindings/{}/runs/retry-dead", paired.binding_id),
+    )
+    .await;
+    assert_eq!((status, body["retried"].as_u64()), (200, Some(0)));
+    workers.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_document_fails_once_and_an_operator_skips_it() {
+    let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
+    let paired = app.connected_store().await;
+    let workers = app.start_workers();
+    let store = &paired.store.store;
+    app.sage().set_faults(SageFaults {
+        reject_kind: "sales_invoice".into(),
+        reject_writes: 1,
+        ..SageFaults::default()
+    });
+    let (_, invoice) = store.place_order(false);
+    store.drain_once().await;
+    assert!(app.wait_idle(Duration::from_secs(30)).await);
+    let run = invoice_run(&app, invoice).await;
+    assert_eq!(run.status, "failed", "{run:?}");
+    assert_eq!(
+        run.attempts, 1,
+        "a refusal is not retried until someone changes something"
+    );
+    assert!(
+        run.error_code.as_deref().is_some_and(|c| c.starts_with("sage_")),
+        "{run:?}"
+    );
+    assert!(
+        run.message.as_deref().is_some_and(|m| m.contains("Sage refused")),
+        "{run:?}"
+    );
+    let job: (String, i32) = sqlx::query_as("SELECT status, attempts FROM jobs WHERE sync_run_id = $1")
+        .bind(run.id)
+        .fetch_one(&app.state.db)
+        .await
+        .expect("job");
+    assert_eq!(job, ("done".to_owned(), 1));
+    wait_for("the failed chip", Duration::from_secs(10), async || {
+        chip(&paired, invoice) == Some(("failed".into(), Some("validation".into())))
+    })
+    .await;
+
+    // A failed run cannot be skipped twice, and a synced one cannot be retried.
+    let (status, _) = post(&app, &paired, &format!("/v1/runs/{}/skip", run.id)).await;
+    assert_eq!(status, 204);
+    let skipped = invoice_run(&app, invoice).await;
+    assert_eq!(skipped.status, "skipped_by_policy");
+    let reason: Option<String> = sqlx::query_scalar("SELECT skip_reason FROM sync_runs WHERE id = $1")
+        .bind(run.id)
+        .fetch_one(&app.state.db)
+        .await
+        .expect("reason");
+    assert_eq!(reason.as_deref(), Some("skipped_by_operator"));
+    wait_for("the skipped chip", Duration::from_secs(10), async || {
+        chip(&paired, invoice).is_some_and(|c| c.0 == "skipped")
+    })
+    .await;
+    let (status, body) = post(&app, &paired, &format!("/v1/runs/{}/skip", run.id)).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("run_finished")), "{body}");
+    assert_eq!(audited(&app, "run.skipped").await, 1);
+
+    let (_, second) = store.place_order(false);
+    store.drain_once().await;
+    assert!(app.wait_idle(Duration::from_secs(30)).await);
+    let synced = invoice_run(&app, second).await;
+    assert_eq!(synced.status, "synced");
+    let (status, body) = post(&app, &paired, &format!("/v1/runs/{}/retry", synced.id)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("run_not_finished")),
+        "{body}"
+    );
+    let (status, body) = post(&app, &paired, &format!("/v1/runs/{}/retry", uuid::Uuid::new_v4())).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("run_not_found")), "{body}");
+
+    // Another merchant cannot act on this tenant's runs.
+    let other = app.merchant().await;
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/runs/{}/retry", run.id)))
+        .bearer_auth(&other.token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 404, "another tenant's run does not exist for them");
+    workers.stop().await;
+}
