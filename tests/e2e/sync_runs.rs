@@ -203,3 +203,93 @@ async fn a_refused_document_fails_once_and_an_operator_skips_it() {
     assert_eq!(res.status(), 404, "another tenant's run does not exist for them");
     workers.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_waits_for_its_invoice_and_customer_updates_coalesce() {
+    let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
+    let paired = app.connected_store().await;
+    let business = app.sage().businesses()[0].clone();
+    let bank = business.bank_accounts[0]["id"].as_str().expect("bank").to_owned();
+    let path = format!("/v1/bindings/{}/settings", paired.binding_id);
+    let mut settings: Value = app
+        .http
+        .get(app.url(&path))
+        .bearer_auth(&paired.merchant.token)
+        .send()
+        .await
+        .expect("settings")
+        .json()
+        .await
+        .expect("json");
+    settings["payment_method_map"] =
+        serde_json::json!({ "checkmo": bank, "banktransfer": bank, "stripe_payments": bank });
+    let res = app
+        .http
+        .put(app.url(&path))
+        .bearer_auth(&paired.merchant.token)
+        .json(&settings)
+        .send()
+        .await
+        .expect("save");
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
+    let store = &paired.store.store;
+    let (_, invoice) = store.place_order(true);
+
+    // The payment's event arrives before its invoice's: it waits, using no attempt.
+    let res = ledger_e2e::send_valid(&app, &paired, "invoice.paid", invoice).await;
+    assert_eq!(res.status(), 202);
+    let workers = app.start_workers();
+    wait_for("the payment to wait", Duration::from_secs(10), async || {
+        ledger_e2e::count(
+            &app,
+            "SELECT count(*) FROM jobs WHERE kind = 'sync_event' AND status = 'queued' AND waiting_for = 'waiting_for_invoice' AND attempts = 0",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(ledger_e2e::count(&app, "SELECT count(*) FROM sync_attempts").await, 0);
+    // The invoice arrives and syncs; the payment follows at once, not at its next look
+    // (30 s on): the invoice's record wakes it.
+    let res = ledger_e2e::send_valid(&app, &paired, "invoice.created", invoice).await;
+    assert_eq!(res.status(), 202);
+    wait_for("the payment to sync", Duration::from_secs(10), async || {
+        ledger_e2e::runs(&app).await.iter().all(|r| r.status == "synced")
+    })
+    .await;
+    let books = ledger_e2e::books(&app, &business.id).await;
+    assert_eq!(books["sales_invoices"].as_array().map_or(0, Vec::len), 1);
+    assert_eq!(books["contact_payments"].as_array().map_or(0, Vec::len), 1);
+    workers.stop().await;
+
+    // Three updates of one customer while no worker runs: one run, on the latest state.
+    let customer = store.catalogue().customers[0].id;
+    let token = || ledger_e2e::module_token(&paired.api_key(), &paired.tenant());
+    let mut run_ids = Vec::new();
+    for n in 0..3 {
+        let res = ledger_e2e::post_event(
+            &app,
+            &paired.tenant(),
+            "customer.upserted",
+            Some(&token()),
+            Some(&format!("customer.upserted:{customer}:{n}")),
+            &ledger_e2e::event_body(customer),
+        )
+        .await;
+        assert_eq!(res.status(), 202);
+        let body: Value = res.json().await.expect("json");
+        run_ids.push(body["sync_run_id"].as_str().expect("run id").to_owned());
+    }
+    assert!(run_ids.iter().all(|r| *r == run_ids[0]), "{run_ids:?}");
+    let workers = app.start_workers();
+    assert!(app.wait_idle(Duration::from_secs(30)).await);
+    let (status, coalesced): (String, i32) = sqlx::query_as(
+        "SELECT status, coalesced FROM sync_runs WHERE event_name = 'customer.upserted' AND magento_entity_id = $1",
+    )
+    .bind(customer)
+    .fetch_one(&app.state.db)
+    .await
+    .expect("one run");
+    assert_eq!((status.as_str(), coalesced), ("synced", 2));
+    workers.stop().await;
+}

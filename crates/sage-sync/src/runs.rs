@@ -169,6 +169,12 @@ pub async fn complete(
            ), settled AS (
              -- The attempt's last Sage call, answered by now (see CallLog::take_unsettled).
              UPDATE sage_calls SET at = clock_timestamp() WHERE id = $24
+           ), woken AS (
+             -- A payment waiting for this invoice goes now rather than at its next look.
+             UPDATE jobs SET run_at = now(), updated_at = now()
+             WHERE $25::bool AND EXISTS (SELECT 1 FROM fin) AND status = 'queued' AND kind = 'sync_event' AND run_at > now()
+               AND sync_run_id IN (SELECT p.id FROM sync_runs p WHERE p.binding_id = $21 AND p.event_name = 'invoice.paid'
+                                   AND p.magento_entity_id = $26 AND p.status = 'pending')
            ), callback AS (
              INSERT INTO jobs (binding_id, kind, entity_key, payload)
              SELECT $21::uuid, 'sync_state', $22::text, $23::jsonb FROM fin WHERE $23::jsonb IS NOT NULL
@@ -201,6 +207,8 @@ pub async fn complete(
         format!("{}:{}", run.entity_type, run.entity_id),
         callback,
         unsettled,
+        finished && run.event_name == "invoice.created",
+        run.entity_id,
     )
     .fetch_one(&state.db)
     .await?;
