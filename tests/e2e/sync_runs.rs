@@ -293,3 +293,48 @@ async fn a_payment_waits_for_its_invoice_and_customer_updates_coalesce() {
     assert_eq!((status.as_str(), coalesced), ("synced", 2));
     workers.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_in_maintenance_is_waited_for_without_using_attempts() {
+    let app = TestApp::builder()
+        .sage(SageConfig::default())
+        .configure(|s| s.job_max_attempts = 1)
+        .spawn()
+        .await;
+    let paired = app.connected_store().await;
+    let workers = app.start_workers();
+    let store = &paired.store.store;
+    let (_, invoice) = store.place_order(false);
+    // Magento's maintenance mode answers 503 (a deploy): even with one attempt allowed,
+    // the run is not dead; it waits for the store.
+    store.set_faults(Faults { status: 503, count: 1 });
+    store.drain_once().await;
+    wait_for("the run to wait", Duration::from_secs(10), async || {
+        invoice_run(&app, invoice).await.error_code.as_deref() == Some("magento_unreachable")
+    })
+    .await;
+    let run = invoice_run(&app, invoice).await;
+    assert_eq!(run.status, "pending", "{run:?}");
+    let (attempts, later): (i32, bool) =
+        sqlx::query_as("SELECT attempts, run_at > now() + interval '20 seconds' FROM jobs WHERE sync_run_id = $1")
+            .bind(run.id)
+            .fetch_one(&app.state.db)
+            .await
+            .expect("job");
+    assert_eq!((attempts, later), (0, true), "no attempt used; backs off");
+    // The store is back (the backoff brought forward here): the invoice syncs.
+    sqlx::query("UPDATE jobs SET run_at = now() WHERE sync_run_id = $1")
+        .bind(run.id)
+        .execute(&app.state.db)
+        .await
+        .expect("bring forward");
+    sqlx::query("SELECT pg_notify('ledger_jobs', 'test')")
+        .execute(&app.state.db)
+        .await
+        .expect("notify");
+    wait_for("the invoice to sync", Duration::from_secs(10), async || {
+        invoice_run(&app, invoice).await.status == "synced"
+    })
+    .await;
+    workers.stop().await;
+}

@@ -103,7 +103,13 @@ fn from_magento(state: &AppState, binding: BindingId, err: MagentoError) -> Fail
             )
         }
         MagentoClass::NotFound => Failure::new(ErrorClass::NotFound, "magento_entity_not_found", message),
-        MagentoClass::Transient if matches!(err, MagentoError::Transient { ref reason, .. } if reason.starts_with("HTTP 5")) => {
+        // A store that answers 500 has a problem with this entity: retried, then dead. A
+        // 502-504 is the store (or its proxy) down — Magento's maintenance mode answers
+        // 503 during every deploy — so it waits like an unreachable store, no attempt used.
+        MagentoClass::Transient
+            if matches!(err, MagentoError::Transient { ref reason, .. }
+                if reason.starts_with("HTTP 5") && !["HTTP 502", "HTTP 503", "HTTP 504"].iter().any(|p| reason.starts_with(p))) =>
+        {
             Failure::new(ErrorClass::Transient, "magento_error", message)
         }
         MagentoClass::Transient => Failure::new(ErrorClass::MagentoUnreachable, "magento_unreachable", message),
