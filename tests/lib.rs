@@ -116,3 +116,25 @@ pub async fn books(app: &TestApp, business: &str) -> serde_json::Value {
         .expect("books json");
     body["books"].clone()
 }
+
+/// Polls `check` every 50 ms until it holds; fails the test naming `what` after `limit`.
+pub async fn wait_for(what: &str, limit: std::time::Duration, mut check: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Makes every queued job due now and wakes the workers: a backoff ended, without the
+/// test waiting it out.
+pub async fn end_backoffs(app: &TestApp) {
+    sqlx::query("UPDATE jobs SET run_at = now() WHERE status = 'queued'")
+        .execute(&app.state.db)
+        .await
+        .expect("bring forward");
+    sqlx::query("SELECT pg_notify('ledger_jobs', 'test')")
+        .execute(&app.state.db)
+        .await
+        .expect("notify");
+}

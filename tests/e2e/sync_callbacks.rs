@@ -18,17 +18,6 @@ async fn callback_jobs(app: &TestApp, key: &str) -> Vec<(String, i32, Option<Str
     .expect("jobs")
 }
 
-async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = std::time::Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn mirror_status(paired: &PairedStore, id: i64) -> Option<String> {
     paired
         .store
@@ -56,12 +45,16 @@ async fn product_event(app: &TestApp, paired: &PairedStore, id: i64, key: &str) 
 }
 
 async fn refused_and_waiting(app: &TestApp, paired: &PairedStore, key: &str) {
-    wait_for("the refused callback to be queued again", async || {
-        callback_jobs(app, key)
-            .await
-            .first()
-            .is_some_and(|j| j.0 == "queued" && j.2.is_some())
-    })
+    ledger_e2e::wait_for(
+        "the refused callback to be queued again",
+        Duration::from_secs(20),
+        async || {
+            callback_jobs(app, key)
+                .await
+                .first()
+                .is_some_and(|j| j.0 == "queued" && j.2.is_some())
+        },
+    )
     .await;
     let jobs = callback_jobs(app, key).await;
     assert_eq!(jobs.len(), 1, "{jobs:?}");
@@ -93,15 +86,8 @@ async fn a_callback_waits_for_a_store_that_is_down_and_the_latest_state_wins() {
     refused_and_waiting(&app, &paired, "product:41").await;
     assert_eq!(delivered_runs(&app, 41).await, [None]);
     // The backoff ends (brought forward here): the store gets the state, the run says so.
-    sqlx::query("UPDATE jobs SET run_at = now() WHERE kind = 'sync_state' AND status = 'queued'")
-        .execute(&app.state.db)
-        .await
-        .expect("bring forward");
-    sqlx::query("SELECT pg_notify('ledger_jobs', 'test')")
-        .execute(&app.state.db)
-        .await
-        .expect("notify");
-    wait_for("the callback to arrive", async || {
+    ledger_e2e::end_backoffs(&app).await;
+    ledger_e2e::wait_for("the callback to arrive", Duration::from_secs(20), async || {
         delivered_runs(&app, 41).await == [Some("delivered".to_owned())]
     })
     .await;
@@ -115,7 +101,7 @@ async fn a_callback_waits_for_a_store_that_is_down_and_the_latest_state_wins() {
     product_event(&app, &paired, 42, "product.upserted:42").await;
     refused_and_waiting(&app, &paired, "product:42").await;
     product_event(&app, &paired, 42, "product.upserted:42:again").await;
-    wait_for("the newer state to arrive", async || {
+    ledger_e2e::wait_for("the newer state to arrive", Duration::from_secs(20), async || {
         delivered_runs(&app, 42).await == [None, Some("delivered".to_owned())]
     })
     .await;

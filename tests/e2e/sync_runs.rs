@@ -11,14 +11,6 @@ use ledger_sandbox::{
 use ledger_test_support::{PairedStore, TestApp};
 use serde_json::Value;
 
-async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn invoice_run(app: &TestApp, invoice: i64) -> ledger_e2e::Run {
     ledger_e2e::runs(app)
         .await
@@ -73,7 +65,7 @@ async fn a_transient_failure_is_retried_then_dead_and_retry_dead_brings_it_back(
     store.set_faults(Faults { status: 500, count: 2 });
     let started = Instant::now();
     store.drain_once().await;
-    wait_for("the run to die", Duration::from_secs(30), async || {
+    ledger_e2e::wait_for("the run to die", Duration::from_secs(30), async || {
         invoice_run(&app, invoice).await.status == "dead"
     })
     .await;
@@ -81,7 +73,7 @@ async fn a_transient_failure_is_retried_then_dead_and_retry_dead_brings_it_back(
     let run = invoice_run(&app, invoice).await;
     assert_eq!(run.attempts, 2);
     assert_eq!(run.error_code.as_deref(), Some("magento_error"));
-    wait_for("the store's chip", Duration::from_secs(10), async || {
+    ledger_e2e::wait_for("the store's chip", Duration::from_secs(10), async || {
         chip(&paired, invoice) == Some(("failed".into(), Some("provider".into())))
     })
     .await;
@@ -97,11 +89,11 @@ async fn a_transient_failure_is_retried_then_dead_and_retry_dead_brings_it_back(
     )
     .await;
     assert_eq!((status, body["retried"].as_u64()), (200, Some(1)), "{body}");
-    wait_for("the retried run to sync", Duration::from_secs(30), async || {
+    ledger_e2e::wait_for("the retried run to sync", Duration::from_secs(30), async || {
         invoice_run(&app, invoice).await.status == "synced"
     })
     .await;
-    wait_for("the chip to turn synced", Duration::from_secs(10), async || {
+    ledger_e2e::wait_for("the chip to turn synced", Duration::from_secs(10), async || {
         chip(&paired, invoice).is_some_and(|c| c.0 == "synced")
     })
     .await;
@@ -153,7 +145,7 @@ async fn a_refused_document_fails_once_and_an_operator_skips_it() {
         .await
         .expect("job");
     assert_eq!(job, ("done".to_owned(), 1));
-    wait_for("the failed chip", Duration::from_secs(10), async || {
+    ledger_e2e::wait_for("the failed chip", Duration::from_secs(10), async || {
         chip(&paired, invoice) == Some(("failed".into(), Some("validation".into())))
     })
     .await;
@@ -169,7 +161,7 @@ async fn a_refused_document_fails_once_and_an_operator_skips_it() {
         .await
         .expect("reason");
     assert_eq!(reason.as_deref(), Some("skipped_by_operator"));
-    wait_for("the skipped chip", Duration::from_secs(10), async || {
+    ledger_e2e::wait_for("the skipped chip", Duration::from_secs(10), async || {
         chip(&paired, invoice).is_some_and(|c| c.0 == "skipped")
     })
     .await;
@@ -239,7 +231,7 @@ async fn a_payment_waits_for_its_invoice_and_customer_updates_coalesce() {
     let res = ledger_e2e::send_valid(&app, &paired, "invoice.paid", invoice).await;
     assert_eq!(res.status(), 202);
     let workers = app.start_workers();
-    wait_for("the payment to wait", Duration::from_secs(10), async || {
+    ledger_e2e::wait_for("the payment to wait", Duration::from_secs(10), async || {
         ledger_e2e::count(
             &app,
             "SELECT count(*) FROM jobs WHERE kind = 'sync_event' AND status = 'queued' AND waiting_for = 'waiting_for_invoice' AND attempts = 0",
@@ -253,7 +245,7 @@ async fn a_payment_waits_for_its_invoice_and_customer_updates_coalesce() {
     // (30 s on): the invoice's record wakes it.
     let res = ledger_e2e::send_valid(&app, &paired, "invoice.created", invoice).await;
     assert_eq!(res.status(), 202);
-    wait_for("the payment to sync", Duration::from_secs(10), async || {
+    ledger_e2e::wait_for("the payment to sync", Duration::from_secs(10), async || {
         ledger_e2e::runs(&app).await.iter().all(|r| r.status == "synced")
     })
     .await;
@@ -309,7 +301,7 @@ async fn a_store_in_maintenance_is_waited_for_without_using_attempts() {
     // the run is not dead; it waits for the store.
     store.set_faults(Faults { status: 503, count: 1 });
     store.drain_once().await;
-    wait_for("the run to wait", Duration::from_secs(10), async || {
+    ledger_e2e::wait_for("the run to wait", Duration::from_secs(10), async || {
         invoice_run(&app, invoice).await.error_code.as_deref() == Some("magento_unreachable")
     })
     .await;
@@ -323,16 +315,8 @@ async fn a_store_in_maintenance_is_waited_for_without_using_attempts() {
             .expect("job");
     assert_eq!((attempts, later), (0, true), "no attempt used; backs off");
     // The store is back (the backoff brought forward here): the invoice syncs.
-    sqlx::query("UPDATE jobs SET run_at = now() WHERE sync_run_id = $1")
-        .bind(run.id)
-        .execute(&app.state.db)
-        .await
-        .expect("bring forward");
-    sqlx::query("SELECT pg_notify('ledger_jobs', 'test')")
-        .execute(&app.state.db)
-        .await
-        .expect("notify");
-    wait_for("the invoice to sync", Duration::from_secs(10), async || {
+    ledger_e2e::end_backoffs(&app).await;
+    ledger_e2e::wait_for("the invoice to sync", Duration::from_secs(10), async || {
         invoice_run(&app, invoice).await.status == "synced"
     })
     .await;
