@@ -241,6 +241,12 @@ async fn a_payment_waits_for_its_invoice_and_customer_updates_coalesce() {
     })
     .await;
     assert_eq!(ledger_e2e::count(&app, "SELECT count(*) FROM sync_attempts").await, 0);
+    let waiting = ledger_e2e::runs(&app).await;
+    assert_eq!(
+        (waiting[0].status.as_str(), waiting[0].attempts),
+        ("pending", 0),
+        "{waiting:?}"
+    );
     // The invoice arrives and syncs; the payment follows at once, not at its next look
     // (30 s on): the invoice's record wakes it.
     let res = ledger_e2e::send_valid(&app, &paired, "invoice.created", invoice).await;

@@ -202,7 +202,8 @@ pub async fn complete(
         sage_id,
         reference,
         skip_reason,
-        job.attempt,
+        // An attempt given back (a wait, an unreachable store) is not one.
+        job.attempt - i32::from(!count),
         run.binding.0,
         format!("{}:{}", run.entity_type, run.entity_id),
         callback,
