@@ -226,38 +226,50 @@ async fn a_payment_waits_for_its_invoice_and_customer_updates_coalesce() {
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
     let store = &paired.store.store;
     let (_, invoice) = store.place_order(true);
+    let memo = store.refund(invoice, true).expect("a partial refund");
 
-    // The payment's event arrives before its invoice's: it waits, using no attempt.
+    // The payment's and the credit memo's events arrive before their invoice's: they
+    // wait, using no attempt, and do not wake each other.
     let res = ledger_e2e::send_valid(&app, &paired, "invoice.paid", invoice).await;
     assert_eq!(res.status(), 202);
+    let res = ledger_e2e::send_valid(&app, &paired, "creditmemo.created", memo).await;
+    assert_eq!(res.status(), 202);
     let workers = app.start_workers();
-    ledger_e2e::wait_for("the payment to wait", Duration::from_secs(10), async || {
-        ledger_e2e::count(
-            &app,
-            "SELECT count(*) FROM jobs WHERE kind = 'sync_event' AND status = 'queued' AND waiting_for = 'waiting_for_invoice' AND attempts = 0",
-        )
-        .await
-            == 1
+    let waiting_sql = "SELECT count(*) FROM jobs WHERE kind = 'sync_event' AND status = 'queued' \
+                       AND waiting_for = 'waiting_for_invoice' AND attempts = 0 AND run_at > now() + interval '15 seconds'";
+    ledger_e2e::wait_for("both to wait", Duration::from_secs(10), async || {
+        ledger_e2e::count(&app, waiting_sql).await == 2
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ledger_e2e::count(&app, waiting_sql).await,
+        2,
+        "they wait for the invoice, not for each other"
+    );
     assert_eq!(ledger_e2e::count(&app, "SELECT count(*) FROM sync_attempts").await, 0);
     let waiting = ledger_e2e::runs(&app).await;
-    assert_eq!(
-        (waiting[0].status.as_str(), waiting[0].attempts),
-        ("pending", 0),
+    assert!(
+        waiting.iter().all(|r| r.status == "pending" && r.attempts == 0),
         "{waiting:?}"
     );
-    // The invoice arrives and syncs; the payment follows at once, not at its next look
-    // (30 s on): the invoice's record wakes it.
+    // The invoice arrives and syncs; the payment and the credit note follow at once, not
+    // at their next look (30 s on): the invoice's attempt wakes them as it ends.
     let res = ledger_e2e::send_valid(&app, &paired, "invoice.created", invoice).await;
     assert_eq!(res.status(), 202);
-    ledger_e2e::wait_for("the payment to sync", Duration::from_secs(10), async || {
-        ledger_e2e::runs(&app).await.iter().all(|r| r.status == "synced")
-    })
+    ledger_e2e::wait_for(
+        "the payment and the credit note to sync",
+        Duration::from_secs(10),
+        async || {
+            let runs = ledger_e2e::runs(&app).await;
+            runs.len() == 3 && runs.iter().all(|r| r.status == "synced")
+        },
+    )
     .await;
     let books = ledger_e2e::books(&app, &business.id).await;
     assert_eq!(books["sales_invoices"].as_array().map_or(0, Vec::len), 1);
     assert_eq!(books["contact_payments"].as_array().map_or(0, Vec::len), 1);
+    assert_eq!(books["sales_credit_notes"].as_array().map_or(0, Vec::len), 1);
     workers.stop().await;
 
     // Three updates of one customer while no worker runs: one run, on the latest state.

@@ -96,6 +96,9 @@ pub enum Outcome {
     Blocked {
         after: Duration,
         reason: String,
+        /// The entity lease whose release ends the wait (e.g. `invoice:42`): the attempt
+        /// that releases it wakes this job instead of leaving it to its timer.
+        on: Option<String>,
     },
 }
 
@@ -186,6 +189,7 @@ mod tests {
         let blocked = Outcome::Blocked {
             after: Duration::from_secs(5),
             reason: "x".into(),
+            on: None,
         };
         assert_eq!(
             next(&blocked, 3, 10),

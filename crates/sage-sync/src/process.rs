@@ -125,6 +125,7 @@ fn from_sage(err: CallError) -> Result<Failure, Outcome> {
             return Err(Outcome::Blocked {
                 after,
                 reason: "sage_call_budget".to_owned(),
+                on: None,
             });
         }
         CallError::Vault(VaultError::NotConnected) => Failure::new(
@@ -345,6 +346,7 @@ async fn hold(env: &Env<'_>, key: &str) -> Step<()> {
         Err(Stop::Outcome(Outcome::Blocked {
             after: Duration::from_millis(250),
             reason: "entity_busy".into(),
+            on: Some(key.to_owned()),
         }))
     }
 }
@@ -368,6 +370,7 @@ async fn hold_get(env: &Env<'_>, key: &str, entity: &str, id: i64, currency: &st
         None => Err(Stop::Outcome(Outcome::Blocked {
             after: Duration::from_millis(250),
             reason: "entity_busy".into(),
+            on: Some(key.to_owned()),
         })),
     }
 }
@@ -755,6 +758,8 @@ async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
         Some("pending" | "running") => Err(Stop::Outcome(Outcome::Blocked {
             after: Duration::from_secs(2),
             reason: "waiting_for_invoice".into(),
+            // The invoice's attempt holds this lease: its end wakes us.
+            on: Some(format!("invoice:{invoice_id}")),
         })),
         Some("skipped_by_policy") => Err(Stop::Outcome(skip(
             last.and_then(|r| r.skip_reason)
@@ -766,6 +771,8 @@ async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
         Some("synced") => Err(Stop::Outcome(Outcome::Blocked {
             after: Duration::from_secs(1),
             reason: "waiting_for_invoice".into(),
+            // The invoice's attempt holds this lease: its end wakes us.
+            on: Some(format!("invoice:{invoice_id}")),
         })),
         Some(_) => Err(Failure::new(
             ErrorClass::Validation,
@@ -777,6 +784,8 @@ async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
         None if Utc::now() - env.run.created_at < chrono::Duration::hours(1) => Err(Stop::Outcome(Outcome::Blocked {
             after: Duration::from_secs(30),
             reason: "waiting_for_invoice".into(),
+            // The invoice's attempt holds this lease: its end wakes us.
+            on: Some(format!("invoice:{invoice_id}")),
         })),
         None => Err(Failure::new(
             ErrorClass::Validation,

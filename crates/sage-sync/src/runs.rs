@@ -126,17 +126,13 @@ pub async fn complete(
     } else {
         None
     };
-    let (after, count, waiting, job_error) = match &next {
-        Next::Done => (0.0, true, None, code.as_deref()),
-        Next::Retry { after, count } => (
-            after.as_secs_f64(),
-            *count,
-            match outcome {
-                Outcome::Blocked { reason, .. } => Some(reason.as_str()),
-                _ => None,
-            },
-            message.as_deref(),
-        ),
+    let (after, count, job_error) = match &next {
+        Next::Done => (0.0, true, code.as_deref()),
+        Next::Retry { after, count } => (after.as_secs_f64(), *count, message.as_deref()),
+    };
+    let (waiting, waits_on) = match outcome {
+        Outcome::Blocked { reason, on, .. } => (Some(reason.as_str()), on.as_deref()),
+        _ => (None, None),
     };
     let record = count || matches!(outcome, Outcome::Failed(_));
     // One statement, one commit: the job moves on only while this attempt still holds its
@@ -148,6 +144,7 @@ pub async fn complete(
                     run_at = CASE WHEN $3 THEN run_at ELSE now() + make_interval(secs => $4) END,
                     attempts = attempts - CASE WHEN $3 OR $5 THEN 0 ELSE 1 END,
                     waiting_for = CASE WHEN $3 THEN waiting_for ELSE $6 END,
+                    waits_on = CASE WHEN $3 THEN NULL ELSE $25 END,
                     last_error = $7, updated_at = now()
              WHERE id = $1 AND lease_id = $2
              RETURNING id
@@ -166,15 +163,17 @@ pub async fn complete(
              WHERE id = $8 AND EXISTS (SELECT 1 FROM fin)
            ), unlocked AS (
              DELETE FROM sync_locks WHERE holder = $2
+             RETURNING binding_id, key
            ), settled AS (
              -- The attempt's last Sage call, answered by now (see CallLog::take_unsettled).
              UPDATE sage_calls SET at = clock_timestamp() WHERE id = $24
            ), woken AS (
-             -- A payment waiting for this invoice goes now rather than at its next look.
+             -- Jobs waiting on a lease this attempt held (a payment or credit note on its
+             -- invoice, another event for the entity) go now rather than at their next look.
+             -- Not when this attempt only waited too: waiters would wake each other forever.
              UPDATE jobs SET run_at = now(), updated_at = now()
-             WHERE $25::bool AND EXISTS (SELECT 1 FROM fin) AND status = 'queued' AND kind = 'sync_event' AND run_at > now()
-               AND sync_run_id IN (SELECT p.id FROM sync_runs p WHERE p.binding_id = $21 AND p.event_name = 'invoice.paid'
-                                   AND p.magento_entity_id = $26 AND p.status = 'pending')
+             FROM unlocked u
+             WHERE $26::bool AND jobs.binding_id = u.binding_id AND jobs.waits_on = u.key AND jobs.status = 'queued' AND jobs.run_at > now()
            ), callback AS (
              INSERT INTO jobs (binding_id, kind, entity_key, payload)
              SELECT $21::uuid, 'sync_state', $22::text, $23::jsonb FROM fin WHERE $23::jsonb IS NOT NULL
@@ -208,8 +207,8 @@ pub async fn complete(
         format!("{}:{}", run.entity_type, run.entity_id),
         callback,
         unsettled,
-        finished && run.event_name == "invoice.created",
-        run.entity_id,
+        waits_on,
+        !matches!(outcome, Outcome::Blocked { .. }),
     )
     .fetch_one(&state.db)
     .await?;
