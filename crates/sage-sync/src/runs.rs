@@ -163,7 +163,7 @@ pub async fn complete(
              WHERE id = $8 AND EXISTS (SELECT 1 FROM fin)
            ), unlocked AS (
              DELETE FROM sync_locks WHERE holder = $2
-             RETURNING binding_id, key
+             RETURNING key
            ), settled AS (
              -- The attempt's last Sage call, answered by now (see CallLog::take_unsettled).
              UPDATE sage_calls SET at = clock_timestamp() WHERE id = $24
@@ -171,9 +171,10 @@ pub async fn complete(
              -- Jobs waiting on a lease this attempt held (a payment or credit note on its
              -- invoice, another event for the entity) go now rather than at their next look.
              -- Not when this attempt only waited too: waiters would wake each other forever.
+             -- By the binding and the partial index's own predicate: a few rows at most.
              UPDATE jobs SET run_at = now(), updated_at = now()
-             FROM unlocked u
-             WHERE $26::bool AND jobs.binding_id = u.binding_id AND jobs.waits_on = u.key AND jobs.status = 'queued' AND jobs.run_at > now()
+             WHERE $26::bool AND jobs.binding_id = $21 AND jobs.status = 'queued' AND jobs.waits_on IS NOT NULL
+               AND jobs.waits_on IN (SELECT key FROM unlocked) AND jobs.run_at > now()
            ), callback AS (
              INSERT INTO jobs (binding_id, kind, entity_key, payload)
              SELECT $21::uuid, 'sync_state', $22::text, $23::jsonb FROM fin WHERE $23::jsonb IS NOT NULL
