@@ -49,17 +49,24 @@ async fn audited(app: &TestApp, action: &str) -> i64 {
         .expect("audit")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transient_failure_is_retried_then_dead_and_retry_dead_brings_it_back() {
+/// An app whose jobs get `attempts` attempts, a connected store with workers running,
+/// and one unpaid invoice placed in the store (its event not sent yet).
+async fn one_unpaid_invoice(attempts: u32) -> (TestApp, PairedStore, ledger_test_support::Workers, i64) {
     let app = TestApp::builder()
         .sage(SageConfig::default())
-        .configure(|s| s.job_max_attempts = 2)
+        .configure(move |s| s.job_max_attempts = attempts)
         .spawn()
         .await;
     let paired = app.connected_store().await;
     let workers = app.start_workers();
+    let (_, invoice) = paired.store.store.place_order(false);
+    (app, paired, workers, invoice)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_then_dead_and_retry_dead_brings_it_back() {
+    let (app, paired, workers, invoice) = one_unpaid_invoice(2).await;
     let store = &paired.store.store;
-    let (_, invoice) = store.place_order(false);
     // The store answers 500 to both reads: a transient failure, retried after a backoff
     // (about 2 s), then dead at the second attempt.
     store.set_faults(Faults { status: 500, count: 2 });
@@ -306,15 +313,8 @@ async fn a_payment_waits_for_its_invoice_and_customer_updates_coalesce() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_in_maintenance_is_waited_for_without_using_attempts() {
-    let app = TestApp::builder()
-        .sage(SageConfig::default())
-        .configure(|s| s.job_max_attempts = 1)
-        .spawn()
-        .await;
-    let paired = app.connected_store().await;
-    let workers = app.start_workers();
+    let (app, paired, workers, invoice) = one_unpaid_invoice(1).await;
     let store = &paired.store.store;
-    let (_, invoice) = store.place_order(false);
     // Magento's maintenance mode answers 503 (a deploy): even with one attempt allowed,
     // the run is not dead; it waits for the store.
     store.set_faults(Faults { status: 503, count: 1 });

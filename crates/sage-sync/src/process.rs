@@ -343,12 +343,17 @@ async fn hold(env: &Env<'_>, key: &str) -> Step<()> {
     if xref::lock(&env.state.db, env.run.binding, key, env.holder, ttl).await? {
         Ok(())
     } else {
-        Err(Stop::Outcome(Outcome::Blocked {
-            after: Duration::from_millis(250),
-            reason: "entity_busy".into(),
-            on: Some(key.to_owned()),
-        }))
+        Err(busy(key))
     }
+}
+
+/// Another attempt holds `key`: wait for its release (which wakes this job) or 250 ms.
+fn busy(key: &str) -> Stop {
+    Stop::Outcome(Outcome::Blocked {
+        after: Duration::from_millis(250),
+        reason: "entity_busy".into(),
+        on: Some(key.to_owned()),
+    })
 }
 
 /// [`hold`], then the entity's xref (one round trip).
@@ -367,11 +372,7 @@ async fn hold_get(env: &Env<'_>, key: &str, entity: &str, id: i64, currency: &st
     .await?
     {
         Some(x) => Ok(x),
-        None => Err(Stop::Outcome(Outcome::Blocked {
-            after: Duration::from_millis(250),
-            reason: "entity_busy".into(),
-            on: Some(key.to_owned()),
-        })),
+        None => Err(busy(key)),
     }
 }
 

@@ -215,10 +215,9 @@ pub struct Session<'a> {
     budget: Budget,
     /// Wait for budget instead of failing with `BudgetSpent` (reference refreshes).
     wait_for_budget: bool,
-    /// While recording, a call's budget entry is settled with the next acquire, and the
-    /// last one by the log's owner ([`CallLog::take_unsettled`]).
+    /// While recording, a call's budget entry waits in the log: settled with the next
+    /// acquire, or by the log's owner ([`CallLog::take_unsettled`]).
     log: Option<CallLog>,
-    unsettled: Option<i64>,
 }
 
 impl<'a> Session<'a> {
@@ -232,7 +231,6 @@ impl<'a> Session<'a> {
             budget: Budget::from_settings(&state.settings),
             wait_for_budget: false,
             log: None,
-            unsettled: None,
         })
     }
 
@@ -253,15 +251,12 @@ impl<'a> Session<'a> {
         self.token.business_id.as_deref()
     }
 
-    async fn spend(&mut self) -> Result<Option<i64>, CallError> {
+    async fn spend(&self) -> Result<Option<i64>, CallError> {
         let Some(business) = self.token.business_id.clone() else {
             return Ok(None);
         };
         loop {
-            let settle = self.unsettled.take();
-            if let Some(log) = &self.log {
-                log.lock().unsettled = None;
-            }
+            let settle = self.log.as_ref().and_then(CallLog::take_unsettled);
             match self.budget.acquire(&self.state.db, &business, settle).await? {
                 Ok(call) => {
                     metrics::counter!("sage_calls_total", "business" => business.clone()).increment(1);
@@ -291,10 +286,7 @@ impl<'a> Session<'a> {
                 Request::Put(path, body) => ("PUT", path, self.api.put(auth, path, body).await),
             };
             match (call, &self.log) {
-                (Some(call), Some(log)) => {
-                    self.unsettled = Some(call);
-                    log.lock().unsettled = Some(call);
-                }
+                (Some(call), Some(log)) => log.lock().unsettled = Some(call),
                 (Some(call), None) => self.budget.settle(&self.state.db, call).await?,
                 (None, _) => {}
             }
