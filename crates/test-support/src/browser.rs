@@ -279,10 +279,14 @@ impl Drop for Browser {
         // Killing chromedriver alone leaves Chromium's processes running, loading the
         // machine for every later test: end the session, then stop the whole group.
         end_session(&self.base, &self.session);
-        if let Ok(pid) = i32::try_from(self.driver.id()) {
+        // Only while chromedriver still leads its group, and spelled so no `kill` can read
+        // the group as a signal or as -1 (everything): a session died with every process on
+        // the machine during this test, and this is the only kill that reaches beyond it.
+        if let (Ok(None), Ok(pid)) = (self.driver.try_wait(), i32::try_from(self.driver.id()))
+            && pid > 1
+        {
             let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(format!("-{pid}"))
+                .args(["-s", "KILL", "--", &format!("-{pid}")])
                 .stderr(Stdio::null())
                 .status();
         }
