@@ -232,7 +232,8 @@ async fn a_payment_waits_for_its_invoice_and_customer_updates_coalesce() {
         .expect("save");
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
     let store = &paired.store.store;
-    let (_, invoice) = store.place_order(true);
+    // Paid by card: its refund names the invoice (an offline method's would not).
+    let (_, invoice) = store.place_order_by("stripe_payments", true);
     let memo = store.refund(invoice, true).expect("a partial refund");
 
     // The payment's and the credit memo's events arrive before their invoice's: they

@@ -267,6 +267,14 @@ impl SageApi {
         serde_json::from_slice(&bytes).map_err(|e| SageError::BadResponse { reason: e.to_string() })
     }
 
+    /// DELETE (Sage voids a sales invoice this way); the answer carries no body.
+    pub async fn delete(&self, auth: Auth<'_>, path: &str) -> Result<(), SageError> {
+        let url = self.url(path)?;
+        self.send("DELETE", &url, self.http.delete(&url), auth)
+            .await
+            .map(|_| ())
+    }
+
     /// Every item of a list, following `$next` (200 per page).
     pub async fn list_all<T: DeserializeOwned>(&self, auth: Auth<'_>, path: &str) -> Result<Vec<T>, SageError> {
         let separator = if path.contains('?') { '&' } else { '?' };

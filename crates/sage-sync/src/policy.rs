@@ -25,6 +25,29 @@ pub enum NamePriority {
     Person,
 }
 
+/// Mirrors Magento's "Tax Calculation Based On": whose address is the place of supply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TaxBasis {
+    /// Magento's default.
+    #[default]
+    Shipping,
+    Billing,
+    /// The store's own country (origin).
+    Origin,
+}
+
+/// What a cancellation seen after posting does to the Sage invoice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelledInvoiceAction {
+    /// Void it (Sage keeps it, marked void); a paid invoice gets a credit note instead.
+    #[default]
+    Void,
+    /// Post a credit note for it and allocate the two.
+    CreditNote,
+}
+
 /// B2C consolidation: small consumer orders posted to one "web sales" contact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
@@ -83,6 +106,25 @@ pub struct Settings {
     /// Magento product type → GOODS or SERVICES, for sales outside the business's country.
     pub product_type_eu_goods_map: BTreeMap<String, String>,
     pub default_eu_goods_services_type: String,
+    /// Mirrors Magento's "Tax Calculation Based On" (the place of supply of lines Magento
+    /// did not tax).
+    pub tax_based_on: TaxBasis,
+    /// Mirrors Magento's "Catalog Prices: Including Tax" (product prices sent to Sage
+    /// say they include tax).
+    pub catalog_prices_include_tax: bool,
+    /// The business's time zone for document dates (IANA, e.g. `Europe/London`); unset:
+    /// the Sage region's.
+    pub time_zone: Option<String>,
+    /// Magento website id → that website's base currency, where it differs from the
+    /// Sage business's (Magento's rates are relative to it).
+    pub website_base_currencies: BTreeMap<String, String>,
+    pub cancelled_invoice_action: CancelledInvoiceAction,
+    /// Sales ledger account for what Magento's totals hold that the module's data does
+    /// not explain (payment fees, gift cards, Fixed Product Tax); unset: such a
+    /// document fails, naming the difference, and nothing is posted.
+    pub unexplained_difference_account_id: Option<String>,
+    /// Sales ledger account for shipping booked as a line (default: the sales account).
+    pub shipping_ledger_account_id: Option<String>,
 }
 
 impl Default for Settings {
@@ -108,14 +150,42 @@ impl Default for Settings {
             customer_name_priority: NamePriority::Company,
             product_type_eu_goods_map: goods.into_iter().chain(services).collect(),
             default_eu_goods_services_type: "GOODS".to_owned(),
+            tax_based_on: TaxBasis::Shipping,
+            catalog_prices_include_tax: false,
+            time_zone: None,
+            website_base_currencies: BTreeMap::new(),
+            cancelled_invoice_action: CancelledInvoiceAction::Void,
+            unexplained_difference_account_id: None,
+            shipping_ledger_account_id: None,
         }
     }
 }
 
-/// "20", " 20.0 ", "20.00" → "20.00".
+/// "20", " 20.0 ", "20.00" → "20.00"; a country-qualified key (a destination rate under
+/// OSS) keeps its country: "de:19" → "DE:19.00".
 pub fn canonical_percentage(key: &str) -> Option<String> {
-    let d: Decimal = key.trim().trim_end_matches('%').parse().ok()?;
-    (d >= Decimal::ZERO && d <= Decimal::ONE_HUNDRED).then(|| format!("{:.2}", d.round_dp(2)))
+    let (country, pct) = match key.trim().split_once(':') {
+        Some((c, p)) => {
+            let c = c.trim().to_ascii_uppercase();
+            (c.len() == 2 && c.chars().all(|ch| ch.is_ascii_uppercase())).then_some(())?;
+            (Some(c), p)
+        }
+        None => (None, key),
+    };
+    let d: Decimal = pct.trim().trim_end_matches('%').parse().ok()?;
+    let pct = (d >= Decimal::ZERO && d <= Decimal::ONE_HUNDRED).then(|| format!("{:.2}", d.round_dp(2)))?;
+    Some(match country {
+        Some(c) => format!("{c}:{pct}"),
+        None => pct,
+    })
+}
+
+/// A tax-rate map key's parts: (country, percentage).
+pub fn rate_key(key: &str) -> Option<(Option<&str>, Decimal)> {
+    match key.split_once(':') {
+        Some((c, p)) => Some((Some(c), p.parse().ok()?)),
+        None => Some((None, key.parse().ok()?)),
+    }
 }
 
 fn ids(reference: &Reference, kind: &str) -> Vec<String> {
@@ -193,7 +263,7 @@ pub fn validate(mut s: Settings, reference: &Reference) -> Result<Settings, Vec<
             None => errors.push(field(
                 &format!("tax_rate_map.{key}"),
                 "invalid_format",
-                "keys are percentages such as 20.00",
+                "keys are percentages such as 20.00, or a country and a percentage such as DE:19.00",
             )),
             Some(k) => {
                 if !tax.contains(&rate) {
@@ -233,6 +303,51 @@ pub fn validate(mut s: Settings, reference: &Reference) -> Result<Settings, Vec<
             "syncing products needs an expense ledger account",
         ));
     }
+    check(
+        &mut errors,
+        "unexplained_difference_account_id",
+        &s.unexplained_difference_account_id,
+        &sales,
+        "sales ledger accounts",
+    );
+    check(
+        &mut errors,
+        "shipping_ledger_account_id",
+        &s.shipping_ledger_account_id,
+        &sales,
+        "sales ledger accounts",
+    );
+    if let Some(zone) = s.time_zone.as_deref().map(str::trim).filter(|z| !z.is_empty()) {
+        if zone.parse::<chrono_tz::Tz>().is_err() {
+            errors.push(field(
+                "time_zone",
+                "invalid_format",
+                "an IANA time zone such as Europe/London",
+            ));
+        }
+    } else {
+        s.time_zone = None;
+    }
+    let mut currencies = BTreeMap::new();
+    for (website, currency) in std::mem::take(&mut s.website_base_currencies) {
+        let code = currency.trim().to_ascii_uppercase();
+        if website.trim().parse::<u32>().is_err() {
+            errors.push(field(
+                &format!("website_base_currencies.{website}"),
+                "invalid_format",
+                "keys are Magento website ids such as 1",
+            ));
+        } else if code.len() != 3 || !code.chars().all(|c| c.is_ascii_uppercase()) {
+            errors.push(field(
+                &format!("website_base_currencies.{website}"),
+                "invalid_format",
+                "a three-letter currency code such as EUR",
+            ));
+        } else {
+            currencies.insert(website.trim().to_owned(), code);
+        }
+    }
+    s.website_base_currencies = currencies;
     if s.sync_stock && !s.sync_products {
         errors.push(field(
             "sync_stock",

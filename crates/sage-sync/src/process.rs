@@ -48,6 +48,9 @@ pub struct RunInfo {
     pub sealed_api_key: SealedKey,
     /// The Sage connection's region, when Sage is connected.
     pub region: Option<String>,
+    /// When the event happened in the store (the module's `occurred_at`): for
+    /// `invoice.paid`, when the money was captured.
+    pub occurred_at: Option<DateTime<Utc>>,
 }
 
 /// A sealed api_key; Debug never prints it, even encrypted.
@@ -64,9 +67,10 @@ pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunIn
     let row = sqlx::query!(
         r#"SELECT r.id, r.binding_id AS "binding_id: BindingId", b.tenant_id AS "tenant_id: TenantId", r.event_name,
                   r.entity_type, r.magento_entity_id, r.created_at, r.policy, b.magento_base_url, r.traceparent,
-                  b.api_key, sc.region AS "region?"
+                  b.api_key, sc.region AS "region?", e.occurred_at AS "occurred_at?"
            FROM sync_runs r JOIN connector_bindings b ON b.id = r.binding_id
            LEFT JOIN sage_connections sc ON sc.binding_id = r.binding_id
+           LEFT JOIN received_events e ON e.id = r.event_id
            WHERE r.id = $1"#,
         run
     )
@@ -85,6 +89,7 @@ pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunIn
         traceparent: r.traceparent,
         sealed_api_key: SealedKey(r.api_key),
         region: r.region,
+        occurred_at: r.occurred_at,
     }))
 }
 
@@ -234,7 +239,8 @@ impl From<sqlx::Error> for Stop {
 
 type Step<T> = Result<T, Stop>;
 
-/// The business's country and base currency, from the connection's region.
+/// The business's country and (until its financial settings are cached) base currency,
+/// from the connection's region.
 fn business_locale(region: &str) -> (&'static str, &'static str) {
     match region {
         "uk" | "gb" => ("GB", "GBP"),
@@ -248,6 +254,56 @@ fn business_locale(region: &str) -> (&'static str, &'static str) {
     }
 }
 
+/// What the mapping needs to know of the Sage business: its country, base currency,
+/// multi-currency flag (from `/financial_settings`) and tax rates, all from the
+/// reference cache (one read).
+struct Business {
+    country: String,
+    base_currency: String,
+    multi_currency: bool,
+    rates: mapping::TaxRates,
+}
+
+async fn business_facts(db: &sqlx::PgPool, binding: BindingId, region: &str) -> Result<Business, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT kind, items FROM sage_reference WHERE binding_id = $1
+           AND kind IN ('tax_rates', 'financial_settings', 'business_settings')",
+        binding.0
+    )
+    .fetch_all(db)
+    .await?;
+    let (country, base) = business_locale(region);
+    let mut facts = Business {
+        country: country.to_owned(),
+        base_currency: base.to_owned(),
+        multi_currency: true,
+        rates: mapping::TaxRates::default(),
+    };
+    for row in rows {
+        let first = row.items.get(0).cloned().unwrap_or(Value::Null);
+        match row.kind.as_str() {
+            "tax_rates" => {
+                facts.rates = mapping::TaxRates::from_reference(row.items.as_array().map_or(&[][..], Vec::as_slice));
+            }
+            "financial_settings" => {
+                if let Some(code) = first["base_currency"]["id"].as_str() {
+                    facts.base_currency = code.to_uppercase();
+                }
+                if let Some(on) = first["multi_currency_enabled"].as_bool() {
+                    facts.multi_currency = on;
+                }
+            }
+            "business_settings" => {
+                if let Some(c) = first["country_of_registration"]["id"].as_str().filter(|c| c.len() == 2) {
+                    facts.country = c.to_uppercase();
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(facts)
+}
+
 /// The per-run environment.
 struct Env<'a> {
     state: &'a AppState,
@@ -256,8 +312,8 @@ struct Env<'a> {
     magento: MagentoClient,
     session: Session<'a>,
     business: String,
-    country: &'static str,
-    base_currency: &'static str,
+    facts: Business,
+    time_zone: chrono_tz::Tz,
     binding_text: String,
     /// This attempt's job lease: the holder of the entity leases it takes.
     holder: uuid::Uuid,
@@ -267,9 +323,12 @@ impl Env<'_> {
     fn ctx(&self) -> Ctx<'_> {
         Ctx {
             settings: &self.settings,
-            business_country: self.country,
-            base_currency: self.base_currency,
+            business_country: &self.facts.country,
+            base_currency: &self.facts.base_currency,
+            multi_currency: self.facts.multi_currency,
             binding: &self.binding_text,
+            rates: &self.facts.rates,
+            time_zone: self.time_zone,
         }
     }
 }
@@ -306,7 +365,13 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
     )
     .await
     .map_err(|e| from_magento(state, run.binding, e))?;
-    let (country, base_currency) = business_locale(run.region.as_deref().unwrap_or("uk"));
+    let region = run.region.as_deref().unwrap_or("uk");
+    let facts = business_facts(&state.db, run.binding, region).await?;
+    let time_zone = settings
+        .time_zone
+        .as_deref()
+        .and_then(|z| z.parse().ok())
+        .unwrap_or_else(|| mapping::region_time_zone(region));
     let session = sage!(Session::open(state, run.binding).await).recording(log);
     let business = session.business_id().unwrap_or_default().to_owned();
     let mut env = Env {
@@ -316,8 +381,8 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
         magento,
         session,
         business,
-        country,
-        base_currency,
+        facts,
+        time_zone,
         binding_text: run.binding.to_string(),
         holder,
     };
@@ -437,11 +502,20 @@ async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
     if let Some(x) = &previous
         && let Some(sage_id) = x.posted()
     {
+        if inv.state == "cancelled" {
+            return cancel_posted_invoice(env, &inv, x).await;
+        }
         return Ok(Outcome::Synced {
             sage_id: sage_id.to_owned(),
             reference: x.sage_reference.clone(),
             message: Some("Already in Sage; nothing posted again.".into()),
         });
+    }
+    if inv.state == "cancelled" {
+        return Ok(skip(
+            "invoice_cancelled",
+            "The invoice was cancelled in Magento before it reached Sage; nothing is posted.",
+        ));
     }
     let contact_id = ensure_contact(env, &inv.customer, &inv.currency, inv.grand_total).await?;
     let mapped = mapping::map_invoice(&inv, &contact_id, &env.ctx())?;
@@ -465,7 +539,14 @@ async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
         .as_str()
         .or_else(|| created["displayed_as"].as_str())
         .map(str::to_owned);
-    let extra = json!({ "contact_id": contact_id, "currency": inv.currency, "exchange_rate": mapped.body.get("exchange_rate"), "totals": mapped.totals });
+    // What its payment and credit notes need: the contact, the rate, how it was booked,
+    // and who bought what (to find it for a refund made from the order).
+    let skus: Vec<&str> = inv.lines.iter().map(|l| l.sku.as_str()).collect();
+    let extra = json!({
+        "contact_id": contact_id, "currency": inv.currency.to_uppercase(), "exchange_rate": mapped.body.get("exchange_rate"),
+        "totals": mapped.totals, "treatment": mapped.treatment, "customer": contact_of(&inv.customer).xref_id().to_string(),
+        "skus": skus, "increment_id": inv.increment_id,
+    });
     xref::mark_posted(
         &env.state.db,
         env.run.binding,
@@ -483,6 +564,109 @@ async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
         sage_id,
         reference: number,
         message: notes_message(&mapped),
+    })
+}
+
+/// The contact a customer's documents go to when B2C consolidation does not apply.
+fn contact_of(contact: &Contact) -> ContactKey {
+    if contact.is_guest() {
+        ContactKey::Guest(contact.email.clone())
+    } else {
+        ContactKey::Customer(contact.magento_id)
+    }
+}
+
+/// An invoice cancelled in Magento after it was posted: voided in Sage, or credited in
+/// full (the setting's choice; a paid or allocated invoice cannot be voided).
+async fn cancel_posted_invoice(
+    env: &mut Env<'_>,
+    inv: &ledger_magento_api::canonical::Invoice,
+    x: &xref::Xref,
+) -> Step<Outcome> {
+    let sage_id = x.posted().unwrap_or_default().to_owned();
+    if let Some(done) = x.extra["cancelled"].as_str() {
+        return Ok(Outcome::Synced {
+            sage_id,
+            reference: x.sage_reference.clone(),
+            message: Some(format!("Cancelled in Magento; already {done} in Sage.")),
+        });
+    }
+    let current: Value = sage!(
+        env.session
+            .get(&format!("/sales_invoices/{sage_id}?mark_as_sent=false"))
+            .await
+    );
+    let total = amount(&current["total_amount"]).unwrap_or_default();
+    let outstanding = amount(&current["outstanding_amount"]).unwrap_or_default();
+    let voidable = outstanding == total;
+    let db = env.state.db.clone();
+    let done = if env.settings.cancelled_invoice_action == policy::CancelledInvoiceAction::Void && voidable {
+        let reason = encode(&format!("Cancelled in Magento (invoice {})", inv.increment_id));
+        sage!(
+            env.session
+                .delete(&format!("/sales_invoices/{sage_id}?void_reason={reason}"))
+                .await
+        );
+        "voided"
+    } else {
+        // A credit note mirroring the invoice, allocated against it.
+        let contact_id = x.extra["contact_id"].as_str().unwrap_or_default().to_owned();
+        let mapped = mapping::map_invoice(inv, &contact_id, &env.ctx())?;
+        let mut body = mapped.body.as_object().cloned().unwrap_or_default();
+        if let Some(lines) = body.remove("invoice_lines") {
+            body.insert("credit_note_lines".into(), lines);
+        }
+        body.remove("due_date");
+        let reference = format!("{}-X", mapped.body["reference"].as_str().unwrap_or_default());
+        body.insert("reference".into(), json!(reference));
+        body.insert("original_invoice_date".into(), mapped.body["date"].clone());
+        body.insert(
+            "notes".into(),
+            json!(format!("Magento invoice {} was cancelled", inv.increment_id)),
+        );
+        body.insert(
+            "idempotency_id".into(),
+            json!(mapping::idempotency_id(
+                &env.binding_text,
+                "cancel_credit_note",
+                &inv.magento_id.to_string()
+            )),
+        );
+        let note: Value = sage!(
+            env.session
+                .post("/sales_credit_notes", &json!({ "sales_credit_note": body }))
+                .await
+        );
+        let allocate = outstanding.min(mapped.totals.total);
+        if allocate > Decimal::ZERO {
+            let note_id = note["id"].as_str().unwrap_or_default();
+            let date = mapped.body["date"].as_str().unwrap_or_default().to_owned();
+            let allocation = mapping::map_allocation(
+                -inv.magento_id,
+                &contact_id,
+                &date,
+                &sage_id,
+                note_id,
+                allocate,
+                &env.binding_text,
+            );
+            sage!(env.session.post::<Value>("/contact_allocations", &allocation).await);
+        }
+        "credited"
+    };
+    xref::merge_extra(
+        &db,
+        env.run.binding,
+        "invoice",
+        inv.magento_id,
+        "",
+        &json!({ "cancelled": done }),
+    )
+    .await?;
+    Ok(Outcome::Synced {
+        sage_id,
+        reference: x.sage_reference.clone(),
+        message: Some(format!("Cancelled in Magento: {done} in Sage.")),
     })
 }
 
@@ -700,7 +884,7 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
         found = by_email.into_iter().find(|c| {
             c["currency"]["id"]
                 .as_str()
-                .unwrap_or(env.base_currency)
+                .unwrap_or(env.facts.base_currency.as_str())
                 .eq_ignore_ascii_case(&currency)
         });
     }
@@ -738,6 +922,51 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
     )
     .await?;
     Ok(id)
+}
+
+/// The synced invoice a refund made from the order belongs to: the customer's, in its
+/// currency, holding every refunded item and at least the refunded total — when exactly
+/// one fits.
+async fn find_invoice(env: &Env<'_>, memo: &ledger_magento_api::canonical::CreditMemo) -> Step<Result<i64, String>> {
+    let customer = contact_of(&memo.customer).xref_id().to_string();
+    let rows = sqlx::query!(
+        r#"SELECT magento_entity_id, extra FROM entity_xref
+           WHERE binding_id = $1 AND entity_type = 'invoice' AND state = 'posted'
+             AND extra->>'customer' = $2 AND extra->>'currency' = $3
+           ORDER BY magento_entity_id DESC LIMIT 100"#,
+        env.run.binding.0,
+        customer,
+        memo.currency.to_uppercase()
+    )
+    .fetch_all(&env.state.db)
+    .await?;
+    let skus: Vec<&str> = memo
+        .lines
+        .iter()
+        .filter(|l| l.qty > Decimal::ZERO)
+        .map(|l| l.sku.as_str())
+        .collect();
+    let fits: Vec<i64> = rows
+        .iter()
+        .filter(|r| {
+            let has = |sku: &str| {
+                r.extra["skus"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|s| s.as_str() == Some(sku)))
+            };
+            let total = amount(&r.extra["totals"]["total"]).unwrap_or_default();
+            skus.iter().all(|s| has(s)) && total >= cents(memo.grand_total)
+        })
+        .map(|r| r.magento_entity_id)
+        .collect();
+    Ok(match fits.as_slice() {
+        [one] => Ok(*one),
+        [] => Err("no synced invoice of this customer holds these items".to_owned()),
+        many => Err(format!(
+            "{} synced invoices of this customer could be the one",
+            many.len()
+        )),
+    })
 }
 
 /// When a document depends on the invoice: the invoice's xref, or how to wait/fail.
@@ -817,6 +1046,13 @@ async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
         .payment(invoice_id)
         .await
         .map_err(|e| from_magento(env.state, env.run.binding, e))?;
+    // A zero-total order (a 100 % coupon, method `free`) is paid with nothing.
+    if cents(payment.amount).is_zero() {
+        return Ok(skip(
+            "zero_value_payment",
+            "The invoice was paid with nothing (a zero-total order); no payment is posted.",
+        ));
+    }
     let bank = match env.settings.payment_method_map.get(&payment.method) {
         Some(Some(account)) => account.clone(),
         Some(None) => {
@@ -845,7 +1081,14 @@ async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
     let sage_invoice = invoice.sage_id.clone().unwrap_or_default();
     // Cross-currency payments use the invoice's exchange rate.
     let rate = amount(&invoice.extra["exchange_rate"]);
-    let date = mapping::date_of(&payment.captured_at).unwrap_or_else(|| Utc::now().format("%Y-%m-%d").to_string());
+    // The day the money arrived: the capture (the event's time); the module's
+    // `captured_at` is the invoice's creation.
+    let date = env
+        .run
+        .occurred_at
+        .map(|t| t.with_timezone(&env.time_zone).format("%Y-%m-%d").to_string())
+        .or_else(|| mapping::local_date(&payment.captured_at, env.time_zone))
+        .unwrap_or_else(|| Utc::now().with_timezone(&env.time_zone).format("%Y-%m-%d").to_string());
     let current: Value = sage!(
         env.session
             .get(&format!("/sales_invoices/{sage_invoice}?mark_as_sent=false"))
@@ -871,6 +1114,7 @@ async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
         body,
         totals: Default::default(),
         notes: Vec::new(),
+        treatment: None,
     };
     let created = post_once(
         env,
@@ -919,15 +1163,32 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
         return Ok(skipped);
     }
     hold(env, &format!("creditmemo:{id}")).await?;
-    // On the original invoice's contact (needed to allocate); refunds from the order use routing.
-    let invoice = match memo.invoice_id {
+    let existing = xref::get(&env.state.db, env.run.binding, "creditmemo", id, "").await?;
+    // On the original invoice's contact (needed to allocate). A refund made from the
+    // order names no invoice: the one it belongs to is found among the customer's
+    // synced invoices when exactly one fits; otherwise it goes on the customer's contact
+    // unallocated, and the run says why.
+    let mut unlinked = None;
+    let invoice_id = match memo.invoice_id {
+        Some(invoice_id) => Some(invoice_id),
+        None => match existing.as_ref().and_then(|x| x.extra["invoice_id"].as_i64()) {
+            Some(found) => Some(found),
+            None => match find_invoice(env, &memo).await? {
+                Ok(found) => Some(found),
+                Err(why) => {
+                    unlinked = Some(why);
+                    None
+                }
+            },
+        },
+    };
+    let invoice = match invoice_id {
         Some(invoice_id) => {
             hold(env, &format!("invoice:{invoice_id}")).await?;
             Some(require_invoice(env, invoice_id).await?)
         }
         None => None,
     };
-    let existing = xref::get(&env.state.db, env.run.binding, "creditmemo", id, "").await?;
     let (sage_id, number, total, mut message) = match existing.as_ref().and_then(|x| x.posted().map(|p| (x, p))) {
         Some((x, posted)) => {
             let done = Outcome::Synced {
@@ -952,7 +1213,10 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                 Some(c) => c.to_owned(),
                 None => ensure_contact(env, &memo.customer, &memo.currency, memo.grand_total).await?,
             };
-            let mapped = mapping::map_credit_note(&memo, &contact_id, &env.ctx())?;
+            let treatment: Option<mapping::Treatment> = invoice
+                .as_ref()
+                .and_then(|x| serde_json::from_value(x.extra["treatment"].clone()).ok());
+            let mapped = mapping::map_credit_note(&memo, &contact_id, treatment.as_ref(), &env.ctx())?;
             let reference = mapped.body["reference"].as_str().unwrap_or_default().to_owned();
             let created = post_once(
                 env,
@@ -982,11 +1246,25 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                 &sage_id,
                 number.as_deref(),
                 &env.business,
-                &json!({ "contact_id": contact_id, "totals": mapped.totals }),
+                &json!({ "contact_id": contact_id, "totals": mapped.totals, "invoice_id": invoice_id }),
             )
             .await?;
             check_totals(&created, &mapped, &sage_id)?;
-            (sage_id, number, mapped.totals.total, notes_message(&mapped))
+            let mut message = notes_message(&mapped);
+            if memo.invoice_id.is_none() {
+                let said = match (invoice_id, &unlinked) {
+                    (Some(found), _) => format!("Refunded from the order; matched to invoice {found}."),
+                    (None, Some(why)) => format!(
+                        "Refunded from the order and no invoice could be told apart ({why}): allocate it in Sage."
+                    ),
+                    (None, None) => String::new(),
+                };
+                message = Some(match message {
+                    Some(m) => format!("{said} {m}"),
+                    None => said,
+                });
+            }
+            (sage_id, number, mapped.totals.total, message)
         }
     };
     // Allocated against the invoice as far as both are still open. Both balances are read
@@ -1045,7 +1323,7 @@ async fn customer(env: &mut Env<'_>) -> Step<Outcome> {
         .map_err(|e| from_magento(env.state, env.run.binding, e))?;
     let mut currencies = xref::contact_currencies(&env.state.db, env.run.binding, id).await?;
     if currencies.is_empty() {
-        currencies.push(env.base_currency.to_owned());
+        currencies.push(env.facts.base_currency.as_str().to_owned());
     }
     let mut last = String::new();
     for currency in currencies {

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{SageDefinitions, gb_ctx, gb_settings};
+use common::{SageDefinitions, gb_ctx, gb_settings, rates};
 use ledger_magento_api::canonical::{Contact, CreditMemo, Invoice, Product};
 use ledger_sage_sync::{
     mapping::{self, ContactKey, Ctx, Mapped, cents},
@@ -50,7 +50,8 @@ fn failure(f: &Failure) -> Value {
 /// Maps one fixture; returns the snapshot and checks what must hold whatever it says.
 fn snapshot(name: &str, fixture: &Value, defs: &SageDefinitions) -> Value {
     let settings = settings_for(fixture);
-    let ctx = gb_ctx(&settings);
+    let rates = rates();
+    let ctx = gb_ctx(&settings, &rates);
     let business = Business::new("Corpus Ltd", "GB");
     let (customer, currency, grand, result, lines_key, definition): (Contact, String, Decimal, _, _, _) =
         match fixture["kind"].as_str() {
@@ -68,7 +69,7 @@ fn snapshot(name: &str, fixture: &Value, defs: &SageDefinitions) -> Value {
             }
             Some("credit_memo") => {
                 let memo: CreditMemo = serde_json::from_value(fixture["document"].clone()).unwrap();
-                let mapped = mapping::map_credit_note(&memo, CONTACT_ID, &ctx);
+                let mapped = mapping::map_credit_note(&memo, CONTACT_ID, None, &ctx);
                 (
                     memo.customer,
                     memo.currency,
@@ -83,7 +84,9 @@ fn snapshot(name: &str, fixture: &Value, defs: &SageDefinitions) -> Value {
     let contact = mapping::map_contact(&customer, &contact_key(&customer), &currency, &ctx);
     let problems = defs.check("postContacts", &json!({ "contact": contact }));
     assert!(problems.is_empty(), "{name}: contact body: {problems:#?}");
-    let Mapped { body, totals, notes } = match result {
+    let Mapped {
+        body, totals, notes, ..
+    } = match result {
         Ok(m) => m,
         Err(f) => return json!({ "contact": contact, "refused": failure(&f) }),
     };
@@ -230,7 +233,8 @@ fn the_other_writes_conform_to_sage_definitions() {
     let defs = SageDefinitions::load();
     let mut settings = gb_settings();
     settings.default_purchase_ledger_account_id = Some("LA_5000".to_owned());
-    let ctx: Ctx<'_> = gb_ctx(&settings);
+    let rates = rates();
+    let ctx: Ctx<'_> = gb_ctx(&settings, &rates);
     let payment = mapping::map_payment(
         311,
         "000000123",
@@ -281,10 +285,25 @@ fn the_other_writes_conform_to_sage_definitions() {
         } else {
             &item.body["sales_prices"][0]["price"]
         };
-        assert_eq!(*price, json!(7.49), "{kind}: the special price, rounded once");
+        // The catalogue price, not the special price (sent without its dates).
+        assert_eq!(*price, json!(9.99), "{kind}: the catalogue price");
+        let includes = if kind == "service" {
+            &item.body["sales_rates"][0]["rate_includes_tax"]
+        } else {
+            &item.body["sales_prices"][0]["price_includes_tax"]
+        };
+        assert_eq!(*includes, json!(false), "{kind}: prices without tax by default");
         let problems = defs.check(definition, &json!({ item.wrapper: item.body }));
         assert!(problems.is_empty(), "{kind}: {problems:#?}");
     }
+    let mut vat_inclusive = settings.clone();
+    vat_inclusive.catalog_prices_include_tax = true;
+    let item = mapping::map_item(&product, "product", &vat_inclusive).unwrap();
+    assert_eq!(
+        item.body["sales_prices"][0],
+        json!({ "price_name": "Selling Price", "price": 9.99, "price_includes_tax": true }),
+        "a store whose catalogue prices include VAT says so"
+    );
     let movement = mapping::map_stock_movement(&product, "57ac", Decimal::from(-3), "2026-04-01", common::BINDING);
     let problems = defs.check("postStockMovements", &movement);
     assert!(problems.is_empty(), "{problems:#?}");

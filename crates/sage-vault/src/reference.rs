@@ -17,9 +17,13 @@ use crate::{
     tokens::VaultError,
 };
 
-/// Each cached kind and the list it comes from (full records need `attributes=all`).
+/// Each cached kind and the list it comes from (full records need `attributes=all`;
+/// destination VAT rates, for OSS sellers, need asking for).
 pub const KINDS: &[(&str, &str)] = &[
-    ("tax_rates", "/tax_rates?usage=sales&attributes=all"),
+    (
+        "tax_rates",
+        "/tax_rates?usage=sales&include_destination_vat_rates=true&attributes=all",
+    ),
     (
         "ledger_accounts_sales",
         "/ledger_accounts?visible_in=sales&attributes=all",
@@ -30,6 +34,13 @@ pub const KINDS: &[(&str, &str)] = &[
     ),
     ("bank_accounts", "/bank_accounts?attributes=all"),
     ("currencies", "/currencies?attributes=all"),
+];
+
+/// Single settings objects cached beside the lists (as a one-item list): the base
+/// currency and multi-currency flag, and the country of registration.
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("financial_settings", "/financial_settings"),
+    ("business_settings", "/business_settings"),
 ];
 
 /// Why a refresh failed.
@@ -77,6 +88,10 @@ pub async fn refresh(state: &AppState, binding: BindingId) -> Result<(), Referen
     let mut fetched = Vec::with_capacity(KINDS.len());
     for (kind, path) in KINDS {
         fetched.push((*kind, session.list_all(path).await?));
+    }
+    for (kind, path) in SETTINGS {
+        let object: Value = session.get(path).await?;
+        fetched.push((*kind, vec![object]));
     }
     let mut tx = state.db.begin().await?;
     for (kind, items) in fetched {

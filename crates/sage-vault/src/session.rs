@@ -113,6 +113,7 @@ enum Request<'a> {
     Get(&'a str),
     Post(&'a str, &'a Value),
     Put(&'a str, &'a Value),
+    Delete(&'a str),
 }
 
 /// One Sage call as the run history shows it: no query strings and no personal data,
@@ -284,6 +285,14 @@ impl<'a> Session<'a> {
                 Request::Get(path) => ("GET", path, self.api.get(auth, path).await),
                 Request::Post(path, body) => ("POST", path, self.api.post(auth, path, body).await),
                 Request::Put(path, body) => ("PUT", path, self.api.put(auth, path, body).await),
+                Request::Delete(path) => (
+                    "DELETE",
+                    path,
+                    self.api.delete(auth, path).await.and_then(|()| {
+                        serde_json::from_value(Value::Null)
+                            .map_err(|e| SageError::BadResponse { reason: e.to_string() })
+                    }),
+                ),
             };
             match (call, &self.log) {
                 (Some(call), Some(log)) => log.lock().unsettled = Some(call),
@@ -306,7 +315,7 @@ impl<'a> Session<'a> {
                     ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     body: match request {
                         Request::Post(_, body) | Request::Put(_, body) => Some(redact(body)),
-                        Request::Get(_) => None,
+                        Request::Get(_) | Request::Delete(_) => None,
                     },
                 });
             }
@@ -342,6 +351,10 @@ impl<'a> Session<'a> {
 
     pub async fn put<T: DeserializeOwned>(&mut self, path: &str, body: &Value) -> Result<T, CallError> {
         self.run(Request::Put(path, body)).await
+    }
+
+    pub async fn delete(&mut self, path: &str) -> Result<(), CallError> {
+        self.run(Request::Delete(path)).await
     }
 
     /// Every page of a list; each page is one call against the budget.

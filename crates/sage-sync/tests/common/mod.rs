@@ -1,6 +1,12 @@
-//! What the mapping tests share: a GB business's settings as the happy path chooses them.
+//! What the mapping tests share: a GB business's settings as the happy path chooses them,
+//! the business's tax rates, and Sage's API definition.
+#![allow(dead_code, reason = "each test crate uses some of these")]
 
-use ledger_sage_sync::{mapping::Ctx, policy::Settings};
+use ledger_sage_sync::{
+    mapping::{Ctx, TaxRates},
+    policy::Settings,
+};
+use rust_decimal::Decimal;
 
 pub const BINDING: &str = "7d0c1a52-5f4e-4c59-9a39-0b8f4f0f2a11";
 
@@ -17,13 +23,72 @@ pub fn gb_settings() -> Settings {
     s
 }
 
-pub fn gb_ctx(settings: &Settings) -> Ctx<'_> {
+/// An Irish business under OSS: home rates, and destination rates by country.
+pub fn ie_settings() -> Settings {
+    let mut s = Settings {
+        default_ledger_account_id: Some("LA_4000".to_owned()),
+        default_bank_account_id: Some("BA_1200".to_owned()),
+        ..Settings::default()
+    };
+    for (pct, id) in [
+        ("23.00", "IE_STANDARD"),
+        ("13.50", "IE_REDUCED"),
+        ("0.00", "IE_ZERO"),
+        ("DE:19.00", "DE_DEST_STANDARD"),
+        ("DE:7.00", "DE_DEST_REDUCED"),
+        ("FR:20.00", "FR_DEST_STANDARD"),
+        ("FR:5.50", "FR_DEST_REDUCED"),
+        ("NL:21.00", "NL_DEST_STANDARD"),
+        ("NL:9.00", "NL_DEST_REDUCED"),
+    ] {
+        s.tax_rate_map.insert(pct.to_owned(), id.to_owned());
+    }
+    s
+}
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+/// The sandbox's GB and IE businesses' rates (what the reference cache would hold).
+pub fn rates() -> TaxRates {
+    TaxRates::new([
+        ("GB_STANDARD", d("20")),
+        ("GB_LOWER", d("5")),
+        ("GB_ZERO", d("0")),
+        ("GB_EXEMPT", d("0")),
+        ("GB_NO_TAX", d("0")),
+        ("IE_STANDARD", d("23")),
+        ("IE_REDUCED", d("13.5")),
+        ("IE_ZERO", d("0")),
+        ("DE_DEST_STANDARD", d("19")),
+        ("DE_DEST_REDUCED", d("7")),
+        ("FR_DEST_STANDARD", d("20")),
+        ("FR_DEST_REDUCED", d("5.5")),
+        ("NL_DEST_STANDARD", d("21")),
+        ("NL_DEST_REDUCED", d("9")),
+    ])
+}
+
+/// The context of a business in `country` with `base` currency.
+pub fn ctx<'a>(settings: &'a Settings, rates: &'a TaxRates, country: &'a str, base: &'a str) -> Ctx<'a> {
     Ctx {
         settings,
-        business_country: "GB",
-        base_currency: "GBP",
+        business_country: country,
+        base_currency: base,
+        multi_currency: true,
         binding: BINDING,
+        rates,
+        time_zone: if country == "IE" {
+            chrono_tz::Europe::Dublin
+        } else {
+            chrono_tz::Europe::London
+        },
     }
+}
+
+pub fn gb_ctx<'a>(settings: &'a Settings, rates: &'a TaxRates) -> Ctx<'a> {
+    ctx(settings, rates, "GB", "GBP")
 }
 
 /// Validates request bodies against Sage's API definition (swagger 2.0): required fields,

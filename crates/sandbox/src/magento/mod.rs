@@ -11,6 +11,9 @@
 pub mod catalogue;
 pub mod jwt;
 mod page;
+pub mod php_json;
+pub mod tax;
+pub mod totals;
 
 pub use page::tile_verdict;
 
@@ -33,7 +36,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use self::catalogue::Catalogue;
+use self::{
+    catalogue::{Catalogue, StoreProfile},
+    php_json::Php,
+};
 use crate::rng::Rng;
 
 /// The module's retry ladder after each transient failure (contract §7), in seconds.
@@ -57,8 +63,11 @@ pub struct StoreConfig {
     /// Added to the store's clock (tests of clock skew).
     pub clock_skew_secs: i64,
     /// Whether the sync-state endpoint refuses `last_sync_at` values a strict MySQL
-    /// TIMESTAMP column refuses (e.g. with a trailing `Z`).
+    /// TIMESTAMP column refuses (e.g. with a trailing `Z`). Magento itself sets
+    /// `SQL_MODE=''` on every connection and tolerates them (contract §12.12).
     pub strict_timestamps: bool,
+    /// The store's tax configuration, base currency and markets.
+    pub profile: StoreProfile,
 }
 
 impl Default for StoreConfig {
@@ -68,7 +77,8 @@ impl Default for StoreConfig {
             drain_interval: Duration::from_secs(60),
             backoff_divisor: 1,
             clock_skew_secs: 0,
-            strict_timestamps: true,
+            strict_timestamps: false,
+            profile: StoreProfile::uk(),
         }
     }
 }
@@ -182,9 +192,30 @@ fn sha1_hex(text: &str) -> String {
     ))
 }
 
-/// A Magento web API error body.
+/// A Magento web API error body: `parameters` only when the message has arguments
+/// (contract §12.11).
 fn magento_error(status: StatusCode, message: &str, parameters: Value) -> Response {
-    (status, Json(json!({ "message": message, "parameters": parameters }))).into_response()
+    let empty = match &parameters {
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => parameters.is_null(),
+    };
+    let body = if empty {
+        json!({ "message": message })
+    } else {
+        json!({ "message": message, "parameters": parameters })
+    };
+    (status, Json(body)).into_response()
+}
+
+/// An answer body encoded as Magento's web API encodes it.
+fn magento_json(body: &Php) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body.encode(),
+    )
+        .into_response()
 }
 
 fn unauthorized() -> Response {
@@ -220,7 +251,7 @@ impl Store {
                 sync_state_calls: 0,
                 synced_at: BTreeMap::new(),
                 replay: jwt::ReplayCache::default(),
-                catalogue: Catalogue::generate(config.seed),
+                catalogue: Catalogue::generate(config.seed, config.profile.clone()),
                 rng: Rng::new(config.seed ^ 0x5eed),
                 faults: Faults::default(),
                 log: Vec::new(),
@@ -319,6 +350,19 @@ impl Store {
         self.lock().catalogue.clone()
     }
 
+    /// Changes the store's data directly (tests placing exact orders).
+    pub fn with_catalogue<T>(&self, f: impl FnOnce(&mut Catalogue) -> T) -> T {
+        f(&mut self.lock().catalogue)
+    }
+
+    /// The store's clock as Magento formats timestamps (`YYYY-MM-DDTHH:MM:SSZ`).
+    pub fn now_text(&self) -> String {
+        chrono::DateTime::from_timestamp(self.now(), 0)
+            .expect("time")
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    }
+
     /// Enqueues an event as the module's observers do: dropped when the key already
     /// exists in the outbox (whatever its status), plus a `pending` mirror row when none exists.
     pub fn enqueue(
@@ -330,13 +374,7 @@ impl Store {
         payload: Value,
     ) -> Option<u64> {
         let key = format!("{event_name}:{entity_id}");
-        let body = json!({
-            "magento_entity_id": entity_id,
-            "website_id": website_id,
-            "store_id": store_id,
-            "occurred_at": chrono::DateTime::from_timestamp(self.now(), 0).expect("time").format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            "payload": payload,
-        });
+        let body = event_body(entity_id, website_id, store_id, &self.now_text(), &payload);
         let mut inner = self.lock();
         if inner.outbox.iter().any(|r| r.idempotency_key == key) {
             inner.log.push(format!("outbox: dropped duplicate key {key}"));
@@ -348,7 +386,7 @@ impl Store {
             id,
             event_name: event_name.to_owned(),
             idempotency_key: key,
-            body: body.to_string(),
+            body,
             status: OutboxStatus::Pending,
             attempts: 0,
             last_status_code: None,
@@ -379,10 +417,27 @@ impl Store {
     /// A customer places an order that is invoiced (captured online when `paid`, which
     /// queues `invoice.created` then `invoice.paid`). Returns (order id, invoice id).
     pub fn place_order(&self, paid: bool) -> (i64, i64) {
+        self.place_order_paying(None, paid)
+    }
+
+    /// [`Self::place_order`] paid with `method` (an online method's refunds name their
+    /// invoice; an offline one's are made from the order).
+    pub fn place_order_by(&self, method: &str, paid: bool) -> (i64, i64) {
+        self.place_order_paying(Some(method), paid)
+    }
+
+    fn place_order_paying(&self, method: Option<&str>, paid: bool) -> (i64, i64) {
+        let now = self.now_text();
         let (order_id, invoice_id, increment_id) = {
             let mut inner = self.lock();
             let mut rng = inner.rng.clone();
-            let order_id = inner.catalogue.random_order(&mut rng);
+            let order_id = inner.catalogue.random_order_at(&mut rng, Some(&now));
+            if let Some(method) = method
+                && let Some(order) = inner.catalogue.orders.iter_mut().find(|o| o.id == order_id)
+                && order.payment_method != "free"
+            {
+                method.clone_into(&mut order.payment_method);
+            }
             let partial = rng.chance(15);
             inner.rng = rng;
             let invoice_id = inner
@@ -418,35 +473,46 @@ impl Store {
 
     /// Marks an open invoice paid (offline capture), queueing `invoice.paid`.
     pub fn pay_invoice(&self, invoice_id: i64) -> bool {
+        let now = self.now_text();
         let increment = {
             let mut inner = self.lock();
-            let Some(inv) = inner
-                .catalogue
-                .invoices
-                .iter_mut()
-                .find(|i| i.id == invoice_id && !i.paid)
-            else {
+            if !inner.catalogue.pay(invoice_id, &now) {
                 return false;
-            };
-            inv.paid = true;
-            inv.increment_id.clone()
+            }
+            inner.catalogue.invoice(invoice_id).expect("paid").increment_id.clone()
         };
         self.enqueue("invoice.paid", invoice_id, 1, 1, json!({ "increment_id": increment }))
             .is_some()
     }
 
     /// Refunds an invoice (partially, with an adjustment fee, when `partial`).
+    /// Refunds an invoice (partially, with an adjustment fee, when `partial`). Offline
+    /// methods refund from the order: the memo then names no invoice.
     pub fn refund(&self, invoice_id: i64, partial: bool) -> Option<i64> {
-        let (memo_id, increment) = {
-            let mut inner = self.lock();
+        self.record_memo(|cat| {
             let fee = if partial {
                 rust_decimal::Decimal::new(250, 2)
             } else {
                 rust_decimal::Decimal::ZERO
             };
-            let memo = inner
-                .catalogue
-                .refund_invoice(invoice_id, partial, fee, rust_decimal::Decimal::ZERO)?;
+            cat.refund_invoice(invoice_id, partial, fee, rust_decimal::Decimal::ZERO)
+        })
+    }
+
+    /// Refunds only the shipping of an invoice's order.
+    pub fn refund_shipping(&self, invoice_id: i64) -> Option<i64> {
+        self.record_memo(|cat| cat.refund_shipping(invoice_id))
+    }
+
+    /// A goodwill refund: every item at 0, an adjustment refund of `amount`.
+    pub fn refund_adjustment(&self, invoice_id: i64, amount: rust_decimal::Decimal) -> Option<i64> {
+        self.record_memo(|cat| cat.refund_adjustment(invoice_id, amount))
+    }
+
+    fn record_memo(&self, make: impl FnOnce(&mut Catalogue) -> Option<i64>) -> Option<i64> {
+        let (memo_id, increment) = {
+            let mut inner = self.lock();
+            let memo = make(&mut inner.catalogue)?;
             (
                 memo,
                 inner.catalogue.credit_memo(memo).expect("memo").increment_id.clone(),
@@ -460,6 +526,47 @@ impl Store {
             json!({ "increment_id": increment }),
         );
         Some(memo_id)
+    }
+
+    /// Cancels an open invoice. The module sends nothing for it (its observers fire on
+    /// an invoice's first save and on its payment).
+    pub fn cancel_invoice(&self, invoice_id: i64) -> bool {
+        self.lock().catalogue.cancel(invoice_id)
+    }
+
+    /// `bin/magento byte8:sage:invoice:sync --id N --event=created`: posts
+    /// `invoice.created` straight to the ledger with the same key and a fresh
+    /// `occurred_at`, bypassing the outbox. Returns the ledger's status.
+    pub async fn republish_invoice(&self, invoice_id: i64) -> Option<u16> {
+        let connection = self.lock().connection.clone()?;
+        let (increment, paid) = {
+            let inner = self.lock();
+            let inv = inner.catalogue.invoice(invoice_id)?;
+            (inv.increment_id.clone(), inv.state == catalogue::InvoiceState::Paid)
+        };
+        let body = event_body(
+            invoice_id,
+            1,
+            1,
+            &self.now_text(),
+            &json!({ "increment_id": increment, "paid": paid }),
+        );
+        let token = jwt::sign_outbound(&connection.api_key, &connection.tenant_id, self.now());
+        let url = format!(
+            "{}/webhooks/magento/{}/invoice.created",
+            self.ledger_base_url(),
+            encode_segment(&connection.tenant_id)
+        );
+        self.http
+            .post(url)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", format!("invoice.created:{invoice_id}"))
+            .body(body)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
     }
 
     pub fn save_customer(&self, customer_id: i64) -> Option<u64> {
@@ -482,6 +589,12 @@ impl Store {
             let (_, invoice) = self.place_order(paid);
             if roll < 15 {
                 self.refund(invoice, roll < 8);
+            }
+            if roll == 15 {
+                self.refund_shipping(invoice);
+            }
+            if roll == 16 {
+                self.refund_adjustment(invoice, rust_decimal::Decimal::new(500, 2));
             }
             if (15..25).contains(&roll) {
                 self.save_customer(1 + (roll as i64 % 24));
@@ -696,6 +809,30 @@ impl Store {
     }
 }
 
+/// An event body in the module's key order, as its outbox stores it.
+fn event_body(entity_id: i64, website_id: i64, store_id: i64, occurred_at: &str, payload: &Value) -> String {
+    fn php(v: &Value) -> Php {
+        match v {
+            Value::Null => Php::Null,
+            Value::Bool(b) => Php::Bool(*b),
+            Value::Number(n) => n
+                .as_i64()
+                .map_or_else(|| Php::Float(n.as_f64().unwrap_or_default()), Php::Int),
+            Value::String(s) => Php::Str(s.clone()),
+            Value::Array(a) => Php::List(a.iter().map(php).collect()),
+            Value::Object(o) => Php::Obj(o.iter().map(|(k, v)| (k.clone(), php(v))).collect()),
+        }
+    }
+    Php::obj()
+        .put("magento_entity_id", entity_id)
+        .put("website_id", website_id)
+        .put("store_id", store_id)
+        .put("occurred_at", occurred_at)
+        .put("payload", php(payload))
+        .build()
+        .encode_event()
+}
+
 /// RFC 3986 percent-encoding of a path segment (unreserved characters kept).
 fn encode_segment(segment: &str) -> String {
     segment
@@ -824,17 +961,20 @@ async fn entity(
             json!({ "value": id }),
         );
     };
-    let cat = store.catalogue();
-    let found = match kind.as_str() {
-        "invoice" => cat.invoice(id).and_then(|i| catalogue::render_invoice(&cat, i)),
-        "creditmemo" => cat.credit_memo(id).and_then(|m| catalogue::render_credit_memo(&cat, m)),
-        "payment" => cat.invoice(id).and_then(|i| catalogue::render_payment(&cat, i)),
-        "customer" => cat.customer(id).map(|c| catalogue::render_customer(c, &cat.orders)),
-        "product" => cat.product(id).map(catalogue::render_product),
-        _ => return magento_error(StatusCode::NOT_FOUND, "Request does not match any route.", json!([])),
+    let found = {
+        let inner = store.lock();
+        let cat = &inner.catalogue;
+        match kind.as_str() {
+            "invoice" => cat.invoice(id).and_then(|i| catalogue::render_invoice(cat, i)),
+            "creditmemo" => cat.credit_memo(id).and_then(|m| catalogue::render_credit_memo(cat, m)),
+            "payment" => cat.invoice(id).and_then(|i| catalogue::render_payment(cat, i)),
+            "customer" => cat.customer(id).map(catalogue::render_customer),
+            "product" => cat.product(id).map(catalogue::render_product),
+            _ => return magento_error(StatusCode::NOT_FOUND, "Request does not match any route.", json!([])),
+        }
     };
     match found {
-        Some(v) => Json(v).into_response(),
+        Some(v) => magento_json(&v),
         None if kind == "payment" => magento_error(
             StatusCode::NOT_FOUND,
             "Invoice %1 has no associated order payment.",

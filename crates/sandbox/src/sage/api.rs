@@ -219,7 +219,14 @@ async fn tax_rates(
     OriginalUri(uri): OriginalUri,
     Query(q): Q,
 ) -> Response {
-    list(&sage, &headers, uri.path(), &q, |b| b.tax_rates.clone())
+    let destination = q.get("include_destination_vat_rates").is_some_and(|v| v == "true");
+    list(&sage, &headers, uri.path(), &q, |b| {
+        let mut rates = b.tax_rates.clone();
+        if destination && b.destination_vat {
+            rates.extend(b.destination_rates.iter().cloned());
+        }
+        rates
+    })
 }
 
 async fn ledger_accounts(
@@ -268,5 +275,29 @@ pub fn router() -> Router<Arc<Sage>> {
         .route("/ledger_accounts", get(ledger_accounts))
         .route("/bank_accounts", get(bank_accounts))
         .route("/currencies", get(currencies))
+        .route("/financial_settings", get(financial_settings))
+        .route("/business_settings", get(business_settings))
         .merge(super::documents::router())
+}
+
+async fn financial_settings(State(sage): State<Arc<Sage>>, headers: HeaderMap) -> Response {
+    match enter(&sage, &headers).await {
+        Ok(caller) => Json(
+            sage.with_business(&caller.business_id, Business::financial_settings)
+                .unwrap_or_default(),
+        )
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn business_settings(State(sage): State<Arc<Sage>>, headers: HeaderMap) -> Response {
+    match enter(&sage, &headers).await {
+        Ok(caller) => Json(
+            sage.with_business(&caller.business_id, Business::business_settings)
+                .unwrap_or_default(),
+        )
+        .into_response(),
+        Err(r) => r,
+    }
 }

@@ -14,7 +14,16 @@ pub struct Business {
     /// ISO country (GB, IE, CA, US, ...).
     pub country: String,
     pub lapsed: bool,
+    /// `/financial_settings`: whether documents in other currencies are allowed.
+    pub multi_currency: bool,
+    /// `/financial_settings.destination_vat`: EU destination (OSS) rates on sales.
+    pub destination_vat: bool,
+    /// The business's own exchange rates: base-currency units per foreign unit, what
+    /// Sage applies when a document sends no `exchange_rate`.
+    pub exchange_rates: std::collections::BTreeMap<String, rust_decimal::Decimal>,
     pub tax_rates: Vec<Value>,
+    /// Destination VAT rates (listed with `include_destination_vat_rates=true`).
+    pub destination_rates: Vec<Value>,
     pub ledger_accounts: Vec<Value>,
     pub bank_accounts: Vec<Value>,
     pub currencies: Vec<Value>,
@@ -29,6 +38,12 @@ pub struct Business {
     /// Requests refused with 429.
     pub rate_limited: u64,
     pub counters: std::collections::HashMap<String, u64>,
+}
+
+fn destination_rate(id: &str, country: &str, name: &str, percentage: &str) -> Value {
+    let mut rate = tax_rate(id, &format!("{country} {name}"), percentage);
+    rate["country"] = json!({ "id": country });
+    rate
 }
 
 fn tax_rate(id: &str, name: &str, percentage: &str) -> Value {
@@ -89,6 +104,51 @@ impl Business {
             ],
             _ => vec![tax_rate(&format!("{country}_ZERO"), "Zero", "0.0")],
         };
+        // OSS: the other EU countries' rates, for a business that charges destination VAT.
+        let destination_rates = [
+            ("DE", "19.0", "7.0"),
+            ("FR", "20.0", "5.5"),
+            ("NL", "21.0", "9.0"),
+            ("ES", "21.0", "10.0"),
+            ("IT", "22.0", "10.0"),
+            ("BE", "21.0", "6.0"),
+            ("AT", "20.0", "10.0"),
+        ]
+        .iter()
+        .filter(|(c, _, _)| *c != country)
+        .flat_map(|(c, standard, reduced)| {
+            [
+                destination_rate(&format!("{c}_DEST_STANDARD"), c, "Standard", standard),
+                destination_rate(&format!("{c}_DEST_REDUCED"), c, "Reduced", reduced),
+            ]
+        })
+        .collect();
+        let destination_vat = country == "IE";
+        let base = match country.as_str() {
+            "GB" => "GBP",
+            "US" => "USD",
+            "CA" => "CAD",
+            _ => "EUR",
+        };
+        // Sage's own rates (base per unit), from one GBP table.
+        let per_gbp = [
+            ("GBP", "1"),
+            ("EUR", "1.17"),
+            ("USD", "1.27"),
+            ("CAD", "1.74"),
+            ("CHF", "1.12"),
+        ];
+        let in_gbp = |code: &str| -> rust_decimal::Decimal {
+            per_gbp
+                .iter()
+                .find(|(c, _)| *c == code)
+                .map_or(rust_decimal::Decimal::ONE, |(_, r)| r.parse().expect("rate"))
+        };
+        let exchange_rates = per_gbp
+            .iter()
+            .filter(|(c, _)| *c != base)
+            .map(|(c, _)| ((*c).to_owned(), (in_gbp(base) / in_gbp(c)).round_dp(6)))
+            .collect();
         let mut ledger_accounts = vec![
             ledger_account("4000", "Sales Type A", "SALES", true, false),
             ledger_account("4010", "Sales Type B", "SALES", true, false),
@@ -131,7 +191,11 @@ impl Business {
             name: name.to_owned(),
             country,
             lapsed: false,
+            multi_currency: true,
+            destination_vat,
+            exchange_rates,
             tax_rates,
+            destination_rates,
             ledger_accounts,
             bank_accounts: vec![
                 bank_account("Current Account", "1200", "CHECKING"),
@@ -174,8 +238,32 @@ impl Business {
     pub fn tax_rate_percentage(&self, id: &str) -> Option<rust_decimal::Decimal> {
         self.tax_rates
             .iter()
+            .chain(self.destination_rates.iter().filter(|_| self.destination_vat))
             .find(|r| r["id"] == id)
             .and_then(|r| r["percentage"].as_str())
             .and_then(|p| p.parse().ok())
+    }
+
+    /// `GET /financial_settings`.
+    pub fn financial_settings(&self) -> Value {
+        json!({
+            "$path": "/financial_settings",
+            "year_end_date": "2027-03-31",
+            "accounting_type": "accrual",
+            "base_currency": { "id": self.base_currency(), "displayed_as": self.base_currency(), "$path": format!("/currencies/{}", self.base_currency()) },
+            "multi_currency_enabled": self.multi_currency,
+            "use_live_exchange_rates": false,
+            "destination_vat": self.destination_vat,
+            "sales_tax_calculation": "invoice",
+        })
+    }
+
+    /// `GET /business_settings`.
+    pub fn business_settings(&self) -> Value {
+        json!({
+            "$path": "/business_settings",
+            "country_of_registration": { "id": self.country, "displayed_as": self.country },
+            "business_type": { "id": "SOLE_TRADER" },
+        })
     }
 }

@@ -3,10 +3,13 @@
 //! required fields from the API definition, its totals arithmetic, `idempotency_id`
 //! replay (7 days) and `IdempotencyResourceMismatch`, HTML entities refused in
 //! descriptions, 10-character contact references that stay reserved after deletion,
-//! contacts locked to one currency, zero rates required outside the business's
-//! country, shipping tax recomputed from rate × net, a missing line tax on a non-zero
-//! rate becoming 0, the delivery address copied when omitted, and GET marking documents
-//! sent unless `mark_as_sent=false`.
+//! contacts locked to one currency, zero rates required for goods delivered outside the
+//! business's country, shipping tax recomputed from rate × net, a line's tax taken as
+//! sent except on a zero-percentage rate (zero, exempt, no tax: Sage infers 0 and
+//! ignores an explicit amount) and a missing one becoming 0, foreign currencies only
+//! with multi-currency on (at the document's `exchange_rate`, else the business's
+//! own rate, base-currency amounts = amount × rate), the delivery address copied when
+//! omitted, and GET marking documents sent unless `mark_as_sent=false`.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -192,6 +195,29 @@ async fn write(
     (StatusCode::CREATED, Json(created)).into_response()
 }
 
+/// The rate a document in `currency` is booked at (1 in the base currency): its
+/// `exchange_rate`, else the business's own; refused without multi-currency.
+fn foreign_rate(b: &Business, o: &Map<String, Value>, currency: &str) -> Result<Decimal, Response> {
+    if currency == b.base_currency() {
+        return Ok(Decimal::ONE);
+    }
+    if !b.multi_currency {
+        return Err(invalid(
+            "currency_id",
+            "Multi-currency is not enabled for this business; documents must be in the base currency",
+        ));
+    }
+    match o.get("exchange_rate").and_then(dec) {
+        Some(r) if r > Decimal::ZERO => Ok(r),
+        Some(_) => Err(invalid("exchange_rate", "must be greater than 0")),
+        None => b
+            .exchange_rates
+            .get(currency)
+            .copied()
+            .ok_or_else(|| invalid("exchange_rate", "No exchange rate is set up for this currency")),
+    }
+}
+
 fn address(v: Option<&Value>) -> Value {
     v.cloned().unwrap_or(Value::Null)
 }
@@ -348,8 +374,9 @@ async fn get_contact(State(sage): State<Arc<Sage>>, headers: HeaderMap, Path(id)
 
 /// Sage's arithmetic over document lines and shipping.
 /// A line's net and tax as Sage books them: the explicit net (else quantity × price −
-/// discount) and the explicit tax; v3.1 turns a missing tax on a non-zero rate into 0.
-pub fn line_amounts(l: &Map<String, Value>) -> (Decimal, Decimal) {
+/// discount) and the explicit tax — except on a zero-percentage rate, where Sage infers
+/// 0 whatever is sent; v3.1 turns a missing tax on a non-zero rate into 0.
+pub fn line_amounts(b: &Business, l: &Map<String, Value>) -> (Decimal, Decimal) {
     let qty = l.get("quantity").and_then(dec).unwrap_or(Decimal::ONE);
     let unit = l.get("unit_price").and_then(dec).unwrap_or_default();
     let discount = l.get("discount_amount").and_then(dec).unwrap_or_default();
@@ -357,7 +384,17 @@ pub fn line_amounts(l: &Map<String, Value>) -> (Decimal, Decimal) {
         .get("net_amount")
         .and_then(dec)
         .map_or_else(|| cents(qty * unit - discount), cents);
-    (net, cents(l.get("tax_amount").and_then(dec).unwrap_or_default()))
+    let zero_rate = l
+        .get("tax_rate_id")
+        .and_then(Value::as_str)
+        .and_then(|id| b.tax_rate_percentage(id))
+        .is_none_or(|p| p.is_zero());
+    let tax = if zero_rate {
+        Decimal::ZERO
+    } else {
+        cents(l.get("tax_amount").and_then(dec).unwrap_or_default())
+    };
+    (net, tax)
 }
 
 /// Shipping's net and tax as Sage books them: the tax is recomputed from rate × net and
@@ -379,7 +416,7 @@ pub fn document_totals(b: &Business, o: &Map<String, Value>, lines_key: &str) ->
     let (mut net, mut tax) = (Decimal::ZERO, Decimal::ZERO);
     for line in o.get(lines_key).and_then(Value::as_array).into_iter().flatten() {
         if let Some(l) = line.as_object() {
-            let (n, t) = line_amounts(l);
+            let (n, t) = line_amounts(b, l);
             net += n;
             tax += t;
         }
@@ -413,17 +450,20 @@ fn document(
     if contact["currency"]["id"].as_str().unwrap_or(b.base_currency()) != currency {
         return Err(invalid("currency_id", "must be the contact's currency"));
     }
-    if currency != b.base_currency() && o.get("exchange_rate").and_then(dec).is_none_or(|r| r <= Decimal::ZERO) {
-        return Err(invalid("exchange_rate", "is required for a foreign currency"));
-    }
+    let rate = foreign_rate(b, o, &currency)?;
     let lines = o[lines_key].as_array().cloned().unwrap_or_default();
     if lines.is_empty() {
         return Err(invalid(lines_key, "can't be blank"));
     }
-    let customer_country = o
-        .get("main_address")
-        .map(|a| a["country_id"].as_str().unwrap_or_default().to_owned())
-        .filter(|c| !c.is_empty())
+    // Where the goods go decides (the delivery address, else the invoice's, else the
+    // contact's).
+    let country_of = |key: &str| {
+        o.get(key)
+            .map(|a| a["country_id"].as_str().unwrap_or_default().to_owned())
+            .filter(|c| !c.is_empty())
+    };
+    let customer_country = country_of("delivery_address")
+        .or_else(|| country_of("main_address"))
         .unwrap_or_else(|| contact_country(&contact));
     let foreign = !customer_country.is_empty() && customer_country != b.country;
     let zeroish = |id: &str| id.ends_with("_ZERO") || id.ends_with("_EXEMPT") || id.ends_with("_NO_TAX");
@@ -468,7 +508,7 @@ fn document(
             ));
         }
         let _ = pct;
-        let (line_net, line_tax) = line_amounts(l);
+        let (line_net, line_tax) = line_amounts(b, l);
         net += line_net;
         tax += line_tax;
         let mut stored = l.clone();
@@ -505,7 +545,9 @@ fn document(
         "contact_name": contact["name"], "contact_reference": contact["reference"],
         "date": o["date"], "due_date": o.get("due_date").cloned().unwrap_or_else(|| o["date"].clone()),
         "reference": o.get("reference").cloned().unwrap_or(Value::Null), "notes": o.get("notes").cloned().unwrap_or(Value::Null),
-        "currency": { "id": currency }, "exchange_rate": o.get("exchange_rate").cloned().unwrap_or(json!("1.0")),
+        "currency": { "id": currency }, "exchange_rate": rate.to_string(),
+        "base_currency_net_amount": money(net * rate), "base_currency_tax_amount": money(tax * rate),
+        "base_currency_total_amount": money(total * rate),
         "main_address": main,
         // Without a delivery address Sage copies the billing one.
         "delivery_address": o.get("delivery_address").cloned().unwrap_or_else(|| main.clone()),
@@ -677,6 +719,12 @@ fn create_payment(b: &mut Business, o: &Map<String, Value>, now: i64) -> Result<
         return Err(invalid("reference", "is too long (maximum is 25 characters)"));
     }
     let total = o.get("total_amount").and_then(dec).unwrap_or_default();
+    let currency = o
+        .get("currency_id")
+        .and_then(Value::as_str)
+        .unwrap_or(b.base_currency())
+        .to_owned();
+    let rate = foreign_rate(b, o, &currency)?;
     let allocations = o
         .get("allocated_artefacts")
         .and_then(Value::as_array)
@@ -724,8 +772,8 @@ fn create_payment(b: &mut Business, o: &Map<String, Value>, now: i64) -> Result<
         "id": id, "displayed_as": o.get("reference").cloned().unwrap_or(Value::Null), "$path": format!("/contact_payments/{id}"),
         "transaction_type": { "id": o["transaction_type_id"] }, "contact": { "id": contact }, "contact_id": contact,
         "bank_account": { "id": o["bank_account_id"] }, "date": o["date"], "total_amount": money(total),
-        "currency": { "id": o.get("currency_id").cloned().unwrap_or(json!(b.base_currency())) },
-        "exchange_rate": o.get("exchange_rate").cloned().unwrap_or(json!("1.0")),
+        "currency": { "id": currency }, "exchange_rate": rate.to_string(),
+        "base_currency_total_amount": money(total * rate),
         "reference": o.get("reference").cloned().unwrap_or(Value::Null), "allocated_artefacts": allocations,
         "created_at": now, "deleted_at": null,
     });

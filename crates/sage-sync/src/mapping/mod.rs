@@ -2,17 +2,25 @@
 //! rule is unit- and snapshot-testable, and the totals are known before posting.
 //!
 //! Amounts are rounded to cents once, here, with Magento's rounding (half away from
-//! zero); lines carry explicit net, tax and total so Sage does not recompute them, and
-//! the lines plus shipping must add up to Magento's grand total or nothing is posted.
+//! zero); lines carry explicit net, tax and total, and Sage's own arithmetic over the
+//! body ([`sage_math`]) must give Magento's gross and VAT or nothing is posted
+//! ([`documents`] reconciles the two).
+
+pub mod documents;
+pub mod sage_math;
 
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::{Map, Value, json};
 
+pub use self::{
+    documents::{Treatment, map_credit_note, map_invoice},
+    sage_math::TaxRates,
+};
 use crate::{
     outcome::{ErrorClass, Failure},
     policy::{NamePriority, Settings},
 };
-use ledger_magento_api::canonical::{Address, Contact, CreditMemo, Invoice, InvoiceLine, Product};
+use ledger_magento_api::canonical::{Address, Contact, Product};
 
 /// Cents, rounded as Magento rounds.
 pub fn cents(d: Decimal) -> Decimal {
@@ -88,9 +96,15 @@ pub struct Ctx<'a> {
     pub settings: &'a Settings,
     /// The Sage business's country, e.g. `GB`.
     pub business_country: &'a str,
+    /// The business's base currency and whether it takes others (`/financial_settings`).
     pub base_currency: &'a str,
+    pub multi_currency: bool,
     /// The binding id (idempotency keys).
     pub binding: &'a str,
+    /// The business's tax rates, for Sage's arithmetic.
+    pub rates: &'a TaxRates,
+    /// Where document dates are read (the business's time zone).
+    pub time_zone: chrono_tz::Tz,
 }
 
 /// Totals of a document as Sage will compute them from our lines.
@@ -108,20 +122,44 @@ pub struct Mapped {
     pub totals: Totals,
     /// Things worth telling the merchant (e.g. mixed goods and services coerced).
     pub notes: Vec<String>,
+    /// How an invoice was booked (its credit notes follow it).
+    pub treatment: Option<Treatment>,
 }
 
-fn validation(code: &str, message: impl Into<String>) -> Failure {
+pub(crate) fn validation(code: &str, message: impl Into<String>) -> Failure {
     Failure::new(ErrorClass::Validation, code, message)
 }
 
-fn config(code: &str, message: impl Into<String>) -> Failure {
+pub(crate) fn config(code: &str, message: impl Into<String>) -> Failure {
     Failure::new(ErrorClass::Config, code, message)
 }
 
-/// `YYYY-MM-DD` from the canonical `YYYY-MM-DDTHH:MM:SSZ` (or `""`).
+/// `YYYY-MM-DD` from the canonical `YYYY-MM-DDTHH:MM:SSZ` (or `""`), in UTC.
 pub fn date_of(timestamp: &str) -> Option<String> {
     (timestamp.len() >= 10 && chrono::NaiveDate::parse_from_str(&timestamp[..10], "%Y-%m-%d").is_ok())
         .then(|| timestamp[..10].to_owned())
+}
+
+/// The business's calendar date of a UTC timestamp (`…Z`): a UK invoice at 23:30Z on
+/// 30 June is dated 1 July.
+pub fn local_date(timestamp: &str, zone: chrono_tz::Tz) -> Option<String> {
+    match chrono::DateTime::parse_from_rfc3339(timestamp) {
+        Ok(t) => Some(t.with_timezone(&zone).format("%Y-%m-%d").to_string()),
+        Err(_) => date_of(timestamp),
+    }
+}
+
+/// The time zone of a Sage region, for businesses that set none.
+pub fn region_time_zone(region: &str) -> chrono_tz::Tz {
+    match region {
+        "ie" => chrono_tz::Europe::Dublin,
+        "ca" => chrono_tz::America::Toronto,
+        "us" => chrono_tz::America::New_York,
+        "es" => chrono_tz::Europe::Madrid,
+        "fr" => chrono_tz::Europe::Paris,
+        "de" => chrono_tz::Europe::Berlin,
+        _ => chrono_tz::Europe::London,
+    }
 }
 
 pub fn sage_address(a: &Address) -> Value {
@@ -165,405 +203,6 @@ pub fn exchange_rate(base_to_order_rate: Option<Decimal>) -> Option<Decimal> {
     base_to_order_rate
         .filter(|r| *r > Decimal::ZERO)
         .map(|r| (Decimal::ONE / r).round_dp(10))
-}
-
-fn tax_rate_for(net: Decimal, tax: Decimal, ctx: &Ctx<'_>) -> Result<String, Failure> {
-    let map = &ctx.settings.tax_rate_map;
-    if tax.is_zero() {
-        return map
-            .get("0.00")
-            .cloned()
-            .or_else(|| ctx.settings.default_tax_rate_id.clone().filter(|_| net.is_zero()))
-            .ok_or_else(|| {
-                config(
-                    "zero_tax_rate_not_mapped",
-                    "Map a zero tax rate (0.00) in the tax-rate map for untaxed lines.",
-                )
-            });
-    }
-    // The rate whose percentage of the net gives the tax to the cent.
-    let mut best: Option<(Decimal, &String)> = None;
-    for (key, id) in map {
-        let Ok(pct) = key.parse::<Decimal>() else { continue };
-        let diff = (cents(net * pct / Decimal::ONE_HUNDRED) - tax).abs();
-        if diff <= Decimal::new(1, 2) && best.as_ref().is_none_or(|(d, _)| diff < *d) {
-            best = Some((diff, id));
-        }
-    }
-    best.map(|(_, id)| id.clone())
-        .or_else(|| ctx.settings.default_tax_rate_id.clone())
-        .ok_or_else(|| {
-            let pct = if net.is_zero() {
-                Decimal::ZERO
-            } else {
-                (tax / net * Decimal::ONE_HUNDRED).round_dp(2)
-            };
-            config(
-                "tax_rate_not_mapped",
-                format!("No Sage tax rate is mapped for {pct}% and no default tax rate is set."),
-            )
-        })
-}
-
-fn is_cross_border(country: &str, ctx: &Ctx<'_>) -> bool {
-    !country.is_empty() && !country.eq_ignore_ascii_case(ctx.business_country)
-}
-
-struct Lines {
-    lines: Vec<Value>,
-    totals: Totals,
-    notes: Vec<String>,
-}
-
-/// Lines with explicit net, tax and total. Zero-amount rows (the children of
-/// configurable products, the parents of bundles) are dropped when the document has
-/// priced lines.
-fn map_lines(source: &[InvoiceLine], cross_border: bool, ctx: &Ctx<'_>) -> Result<Lines, Failure> {
-    let account = ctx.settings.default_ledger_account_id.clone().ok_or_else(|| {
-        config(
-            "ledger_account_not_set",
-            "Choose a default sales ledger account in the binding's settings.",
-        )
-    })?;
-    let priced = source
-        .iter()
-        .any(|l| !cents(l.line_subtotal).is_zero() || !cents(l.line_tax).is_zero());
-    let mut out = Lines {
-        lines: Vec::new(),
-        totals: Totals::default(),
-        notes: Vec::new(),
-    };
-    let eu_kinds: Vec<String> = source
-        .iter()
-        .map(|l| {
-            l.product_type
-                .as_deref()
-                .and_then(|t| ctx.settings.product_type_eu_goods_map.get(t))
-                .cloned()
-                .unwrap_or_else(|| ctx.settings.default_eu_goods_services_type.clone())
-        })
-        .collect();
-    let eu_kind = if eu_kinds.iter().all(|k| *k == eu_kinds[0]) {
-        eu_kinds
-            .first()
-            .cloned()
-            .unwrap_or_else(|| ctx.settings.default_eu_goods_services_type.clone())
-    } else {
-        if cross_border {
-            out.notes.push("mixed_eu_goods_services_coerced_to_default".to_owned());
-        }
-        ctx.settings.default_eu_goods_services_type.clone()
-    };
-    let zero_rate = ctx.settings.tax_rate_map.get("0.00").cloned();
-    for line in source {
-        let subtotal = cents(line.line_subtotal);
-        let tax = cents(line.line_tax);
-        // line_total = row total + tax − item discount.
-        let discount = cents(line.line_subtotal + line.line_tax - line.line_total).max(Decimal::ZERO);
-        if priced && subtotal.is_zero() && tax.is_zero() {
-            continue;
-        }
-        let net = subtotal - discount;
-        let qty = line.qty;
-        if qty <= Decimal::ZERO {
-            return Err(validation(
-                "invalid_quantity",
-                format!("Line {} has quantity {qty}.", line.sku),
-            ));
-        }
-        let tax_rate_id = if cross_border {
-            zero_rate.clone().ok_or_else(|| {
-                config(
-                    "zero_tax_rate_not_mapped",
-                    "Sales outside the business's country need a zero tax rate (0.00) in the tax-rate map.",
-                )
-            })?
-        } else {
-            tax_rate_for(net, tax, ctx)?
-        };
-        let unit_price = cents(line.unit_price);
-        let description = decode_html(&line.name);
-        let mut l = Map::new();
-        l.insert(
-            "description".into(),
-            json!(if description.trim().is_empty() {
-                line.sku.clone()
-            } else {
-                description
-            }),
-        );
-        l.insert("ledger_account_id".into(), json!(account));
-        l.insert("quantity".into(), num(qty.normalize()));
-        l.insert("unit_price".into(), num(unit_price));
-        l.insert("discount_amount".into(), num(discount));
-        l.insert("net_amount".into(), num(net));
-        l.insert("tax_rate_id".into(), json!(tax_rate_id));
-        l.insert("tax_amount".into(), num(tax));
-        l.insert("total_amount".into(), num(net + tax));
-        if cross_border {
-            l.insert("eu_goods_services_type_id".into(), json!(eu_kind));
-        }
-        out.totals.net += net;
-        out.totals.tax += tax;
-        out.lines.push(Value::Object(l));
-    }
-    if out.lines.is_empty() {
-        return Err(validation("no_lines", "The document has no lines to post."));
-    }
-    out.totals.total = out.totals.net + out.totals.tax;
-    Ok(out)
-}
-
-fn shipping(
-    body: &mut Map<String, Value>,
-    totals: &mut Totals,
-    net: Decimal,
-    tax: Decimal,
-    cross_border: bool,
-    ctx: &Ctx<'_>,
-) -> Result<(), Failure> {
-    let net = cents(net);
-    let tax = cents(tax);
-    if net.is_zero() && tax.is_zero() {
-        return Ok(());
-    }
-    // Sage recomputes shipping tax from rate × net and ignores an explicit zero amount,
-    // so untaxed shipping must carry the zero rate.
-    let rate = if cross_border || tax.is_zero() {
-        ctx.settings.tax_rate_map.get("0.00").cloned().ok_or_else(|| {
-            config(
-                "zero_tax_rate_not_mapped",
-                "Untaxed shipping needs a zero tax rate (0.00) in the tax-rate map.",
-            )
-        })?
-    } else {
-        tax_rate_for(net, tax, ctx)?
-    };
-    body.insert("shipping_net_amount".into(), num(net));
-    body.insert("shipping_tax_rate_id".into(), json!(rate));
-    body.insert("shipping_tax_amount".into(), num(tax));
-    body.insert("shipping_total_amount".into(), num(net + tax));
-    totals.net += net;
-    totals.tax += tax;
-    totals.total = totals.net + totals.tax;
-    Ok(())
-}
-
-/// `sage_rate` is Sage's `exchange_rate` (base per foreign unit), already converted.
-fn currency_fields(
-    body: &mut Map<String, Value>,
-    currency: &str,
-    sage_rate: Option<Decimal>,
-    ctx: &Ctx<'_>,
-) -> Result<(), Failure> {
-    body.insert("currency_id".into(), json!(currency));
-    if !currency.eq_ignore_ascii_case(ctx.base_currency) {
-        let rate = sage_rate.ok_or_else(|| {
-            validation(
-                "exchange_rate_missing",
-                format!("The {currency} document has no exchange rate."),
-            )
-        })?;
-        body.insert("exchange_rate".into(), num(rate));
-    }
-    Ok(())
-}
-
-/// The billing country of a document's customer.
-pub fn customer_country(billing: Option<&Address>, contact: &Contact) -> String {
-    billing
-        .map(|a| a.country_id.clone())
-        .or_else(|| {
-            contact
-                .addresses
-                .iter()
-                .find(|a| a.kind == "billing")
-                .map(|a| a.country_id.clone())
-        })
-        .unwrap_or_default()
-}
-
-/// `invoice.created` → the `sales_invoice` body.
-pub fn map_invoice(inv: &Invoice, contact_id: &str, ctx: &Ctx<'_>) -> Result<Mapped, Failure> {
-    let country = customer_country(inv.billing_address.as_ref(), &inv.customer);
-    let cross_border = is_cross_border(&country, ctx);
-    let mut lines = map_lines(&inv.lines, cross_border, ctx)?;
-    let mut body = Map::new();
-    body.insert("contact_id".into(), json!(contact_id));
-    let date = date_of(&inv.created_at).unwrap_or_else(|| chrono::Utc::now().format("%Y-%m-%d").to_string());
-    body.insert("date".into(), json!(date));
-    body.insert("due_date".into(), json!(date));
-    body.insert(
-        "reference".into(),
-        json!(document_reference(
-            ctx.settings.invoice_number_prefix.as_deref(),
-            &inv.increment_id
-        )),
-    );
-    body.insert("invoice_lines".into(), Value::Array(std::mem::take(&mut lines.lines)));
-    let billing = inv
-        .billing_address
-        .as_ref()
-        .or_else(|| inv.customer.addresses.iter().find(|a| a.kind == "billing"));
-    let delivery = inv.shipping_address.as_ref().or(billing);
-    // Always both: without a delivery address Sage copies the billing one.
-    if let Some(b) = billing {
-        body.insert("main_address".into(), sage_address(b));
-    }
-    if let Some(d) = delivery {
-        body.insert("delivery_address".into(), sage_address(d));
-    }
-    shipping(
-        &mut body,
-        &mut lines.totals,
-        inv.shipping_amount,
-        inv.shipping_tax_amount,
-        cross_border,
-        ctx,
-    )?;
-    currency_fields(&mut body, &inv.currency, exchange_rate(inv.base_to_order_rate), ctx)?;
-    let mut notes = vec![format!(
-        "Magento invoice {} (order {})",
-        inv.increment_id, inv.order_increment_id
-    )];
-    if let Some(po) = inv.po_number.as_deref().filter(|p| !p.is_empty()) {
-        notes.push(format!("Purchase order: {po}"));
-    }
-    body.insert("notes".into(), json!(notes.join("\n")));
-    body.insert(
-        "idempotency_id".into(),
-        json!(idempotency_id(
-            ctx.binding,
-            "sales_invoice",
-            &inv.magento_id.to_string()
-        )),
-    );
-
-    let grand = cents(inv.grand_total);
-    if lines.totals.total != grand {
-        return Err(Failure::new(
-            ErrorClass::Validation,
-            "total_mismatch",
-            format!(
-                "The invoice's lines and shipping add up to {:.2} but Magento's grand total is {grand:.2} (difference {:.2}). Nothing was posted.",
-                lines.totals.total,
-                grand - lines.totals.total
-            ),
-        ));
-    }
-    Ok(Mapped {
-        body: Value::Object(body),
-        totals: lines.totals,
-        notes: lines.notes,
-    })
-}
-
-/// `creditmemo.created` → the `sales_credit_note` body (adjustment lines included).
-pub fn map_credit_note(memo: &CreditMemo, contact_id: &str, ctx: &Ctx<'_>) -> Result<Mapped, Failure> {
-    let billing = memo.customer.addresses.iter().find(|a| a.kind == "billing");
-    let country = customer_country(billing, &memo.customer);
-    let cross_border = is_cross_border(&country, ctx);
-    let mut lines = map_lines(&memo.lines, cross_border, ctx)?;
-    let account = ctx.settings.default_ledger_account_id.clone().unwrap_or_default();
-    let zero = ctx.settings.tax_rate_map.get("0.00").cloned();
-    let mut adjustment = |amount: Decimal, label: &str, sign: Decimal| -> Result<(), Failure> {
-        let amount = cents(amount);
-        if amount.is_zero() {
-            return Ok(());
-        }
-        let rate = zero.clone().ok_or_else(|| {
-            config(
-                "zero_tax_rate_not_mapped",
-                "Adjustments need a zero tax rate (0.00) in the tax-rate map.",
-            )
-        })?;
-        let value = amount * sign;
-        let mut l = Map::new();
-        l.insert("description".into(), json!(label));
-        l.insert("ledger_account_id".into(), json!(account));
-        l.insert("quantity".into(), num(Decimal::ONE));
-        l.insert("unit_price".into(), num(value));
-        l.insert("net_amount".into(), num(value));
-        l.insert("tax_rate_id".into(), json!(rate));
-        l.insert("tax_amount".into(), num(Decimal::ZERO));
-        l.insert("total_amount".into(), num(value));
-        lines.lines.push(Value::Object(l));
-        lines.totals.net += value;
-        lines.totals.total += value;
-        Ok(())
-    };
-    adjustment(memo.adjustment_positive, "Adjustment refund", Decimal::ONE)?;
-    adjustment(memo.adjustment_negative, "Adjustment fee", Decimal::NEGATIVE_ONE)?;
-    let mut body = Map::new();
-    body.insert("contact_id".into(), json!(contact_id));
-    let date = date_of(&memo.created_at).unwrap_or_else(|| chrono::Utc::now().format("%Y-%m-%d").to_string());
-    body.insert("date".into(), json!(date));
-    if let Some(original) = memo.invoice_created_at.as_deref().and_then(date_of) {
-        body.insert("original_invoice_date".into(), json!(original));
-    }
-    body.insert(
-        "reference".into(),
-        json!(document_reference(
-            ctx.settings.invoice_number_prefix.as_deref(),
-            &memo.increment_id
-        )),
-    );
-    body.insert(
-        "credit_note_lines".into(),
-        Value::Array(std::mem::take(&mut lines.lines)),
-    );
-    if let Some(b) = billing {
-        body.insert("main_address".into(), sage_address(b));
-        let delivery = memo
-            .customer
-            .addresses
-            .iter()
-            .find(|a| a.kind == "shipping")
-            .unwrap_or(b);
-        body.insert("delivery_address".into(), sage_address(delivery));
-    }
-    shipping(
-        &mut body,
-        &mut lines.totals,
-        memo.shipping_amount,
-        memo.shipping_tax_amount,
-        cross_border,
-        ctx,
-    )?;
-    currency_fields(&mut body, &memo.currency, exchange_rate(memo.base_to_order_rate), ctx)?;
-    let mut notes = vec![format!("Magento credit memo {}", memo.increment_id)];
-    if let Some(inv) = &memo.invoice_increment_id {
-        notes.push(format!("for invoice {inv}"));
-    }
-    if let Some(reason) = memo.reason.as_deref().filter(|r| !r.is_empty()) {
-        notes.push(format!("Reason: {reason}"));
-    }
-    body.insert("notes".into(), json!(notes.join("\n")));
-    body.insert(
-        "idempotency_id".into(),
-        json!(idempotency_id(
-            ctx.binding,
-            "sales_credit_note",
-            &memo.magento_id.to_string()
-        )),
-    );
-    let grand = cents(memo.grand_total);
-    if lines.totals.total != grand {
-        return Err(Failure::new(
-            ErrorClass::Validation,
-            "total_mismatch",
-            format!(
-                "The credit memo's lines, shipping and adjustments add up to {:.2} but Magento's grand total is {grand:.2} (difference {:.2}). Nothing was posted.",
-                lines.totals.total,
-                grand - lines.totals.total
-            ),
-        ));
-    }
-    Ok(Mapped {
-        body: Value::Object(body),
-        totals: lines.totals,
-        notes: lines.notes,
-    })
 }
 
 /// Who a Sage contact stands for.
@@ -729,7 +368,22 @@ pub fn map_payment(
     o.insert("bank_account_id".into(), json!(bank_account_id));
     o.insert("date".into(), json!(date));
     o.insert("total_amount".into(), num(amount));
-    currency_fields(&mut o, currency, sage_rate, ctx)?;
+    // The invoice's rate; none when Sage applied its own to the invoice.
+    o.insert("currency_id".into(), json!(currency.to_uppercase()));
+    if !currency.eq_ignore_ascii_case(ctx.base_currency) {
+        if !ctx.multi_currency {
+            return Err(config(
+                "multi_currency_disabled",
+                format!(
+                    "The payment is in {currency} but the Sage business works in {} only: turn on multi-currency in Sage, then retry.",
+                    ctx.base_currency
+                ),
+            ));
+        }
+        if let Some(rate) = sage_rate {
+            o.insert("exchange_rate".into(), num(rate));
+        }
+    }
     let reference: String = document_reference(ctx.settings.invoice_number_prefix.as_deref(), increment_id)
         .chars()
         .take(25)
@@ -760,7 +414,9 @@ pub struct Item {
 }
 
 /// `product.upserted` → the item body for `kind` (`product`, `service`, `stock_item`),
-/// priced at the special price when there is one.
+/// at the catalogue price as Magento holds it (with tax when the store enters prices with
+/// tax, and saying so). The special price is not Sage's price: the module sends it
+/// without its dates, so an expired one cannot be told from a running one.
 pub fn map_item(p: &Product, kind: &str, settings: &Settings) -> Result<Item, Failure> {
     let sales = settings.default_ledger_account_id.clone().ok_or_else(|| {
         config(
@@ -768,7 +424,8 @@ pub fn map_item(p: &Product, kind: &str, settings: &Settings) -> Result<Item, Fa
             "Choose a default sales ledger account in the binding's settings.",
         )
     })?;
-    let price = cents(p.special_price.or(p.price).unwrap_or_default());
+    let price = cents(p.price.unwrap_or_default());
+    let includes_tax = settings.catalog_prices_include_tax;
     let mut body = json!({
         "item_code": p.sku,
         "description": decode_html(&p.name),
@@ -795,10 +452,11 @@ pub fn map_item(p: &Product, kind: &str, settings: &Settings) -> Result<Item, Fa
         _ => ("/products", "product"),
     };
     if kind == "service" {
-        body["sales_rates"] = json!([{ "rate_name": "Selling Price", "rate": num(price), "rate_includes_tax": false }]);
+        body["sales_rates"] =
+            json!([{ "rate_name": "Selling Price", "rate": num(price), "rate_includes_tax": includes_tax }]);
     } else {
         body["sales_prices"] =
-            json!([{ "price_name": "Selling Price", "price": num(price), "price_includes_tax": false }]);
+            json!([{ "price_name": "Selling Price", "price": num(price), "price_includes_tax": includes_tax }]);
     }
     Ok(Item { path, wrapper, body })
 }
@@ -862,6 +520,24 @@ mod tests {
     }
 
     #[test]
+    fn dates_are_the_business_s() {
+        let london = chrono_tz::Europe::London;
+        assert_eq!(
+            local_date("2026-06-30T23:30:00Z", london).as_deref(),
+            Some("2026-07-01")
+        );
+        assert_eq!(
+            local_date("2026-12-31T23:30:00Z", london).as_deref(),
+            Some("2026-12-31")
+        );
+        assert_eq!(
+            local_date("2026-06-30T03:30:00Z", chrono_tz::America::Toronto).as_deref(),
+            Some("2026-06-29")
+        );
+        assert_eq!(local_date("", london), None);
+    }
+
+    #[test]
     fn exchange_rates_have_ten_places() {
         assert_eq!(
             exchange_rate(Some("1.17".parse().unwrap())).unwrap().to_string(),
@@ -872,11 +548,15 @@ mod tests {
     #[test]
     fn contact_references_fit_ten_characters() {
         let settings = Settings::default();
+        let rates = TaxRates::default();
         let ctx = Ctx {
             settings: &settings,
             business_country: "GB",
             base_currency: "GBP",
+            multi_currency: true,
             binding: "b",
+            rates: &rates,
+            time_zone: chrono_tz::Europe::London,
         };
         assert_eq!(contact_reference(&ContactKey::Customer(42), "GBP", &ctx), "M42");
         assert_eq!(contact_reference(&ContactKey::Customer(42), "EUR", &ctx), "M42E");
