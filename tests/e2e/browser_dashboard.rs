@@ -86,7 +86,12 @@ async fn chromium_walks_the_dashboard_and_the_ops_console() -> anyhow::Result<()
     );
     browser.screenshot("settings").await?;
     browser.fill("#invoice_number_prefix", "MAGENTO INV").await?;
+    // How the store computes tax: a time zone that is not one is named inline too.
+    browser.fill("#time_zone", "Mars/Olympus").await?;
     browser.click("#save").await?;
+    assert!(browser.text("#time_zone-error").await?.contains("IANA time zone"));
+    browser.fill("#time_zone", "Europe/Dublin").await?;
+    browser.fill("#website_base_currencies", "2=eur").await?;
     assert!(browser.text("#form-error").await?.contains("Nothing was saved"));
     assert!(
         browser
@@ -107,6 +112,17 @@ async fn chromium_walks_the_dashboard_and_the_ops_console() -> anyhow::Result<()
     browser.click("#save").await?;
     browser.wait_for_url("saved=1").await?;
     assert!(browser.text("#notice").await?.contains("saved"));
+    let (zone, currencies): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT settings->>'time_zone', settings->'website_base_currencies'->>'2' FROM binding_settings WHERE binding_id = $1::uuid",
+    )
+    .bind(&binding_id)
+    .fetch_one(&app.state.db)
+    .await?;
+    assert_eq!(
+        (zone.as_deref(), currencies.as_deref()),
+        (Some("Europe/Dublin"), Some("EUR")),
+        "saved, canonicalised"
+    );
     browser.screenshot("settings-saved").await?;
 
     // An invoice syncs and shows in the history.

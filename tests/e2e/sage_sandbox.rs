@@ -1,10 +1,14 @@
 //! The Sage sandbox behaves like Sage where the ledger depends on it — its error array,
 //! required fields, and the documented quirks: 10-character contact references that stay
 //! reserved after deletion, HTML entities refused, contacts locked to one currency, the
-//! zero-rate rule outside the business's country, the delivery address copied when
-//! omitted, a missing line tax becoming 0, shipping tax recomputed from rate × net,
-//! `idempotency_id` replay and `IdempotencyResourceMismatch`, GET marking documents sent
-//! unless `mark_as_sent=false`, and the per-business rate limit answering 429.
+//! zero-rate rule for goods delivered outside the business's country, the delivery
+//! address copied when omitted, a missing line tax becoming 0 and an explicit one on a
+//! zero-percentage rate ignored, shipping tax recomputed from rate × net, foreign
+//! currencies only with multi-currency on (at the business's own rate when none is
+//! sent, base-currency amounts = amount × rate), `/financial_settings`, voiding by
+//! DELETE, `idempotency_id` replay and `IdempotencyResourceMismatch`, GET marking
+//! documents sent unless `mark_as_sent=false`, and the per-business rate limit
+//! answering 429.
 
 use ledger_sandbox::sage::SageConfig;
 use ledger_test_support::TestApp;
@@ -157,6 +161,70 @@ async fn the_sandbox_keeps_sages_documented_behaviour() {
     );
     assert_eq!(created["delivery_address"], created["main_address"]);
 
+    // A zero-percentage rate books no tax, whatever the line says.
+    let (status, zero) = api
+        .post(
+            "/sales_invoices",
+            invoice(&gbp_id, vec![line("Book", "GB_ZERO", Some("4"))]),
+        )
+        .await;
+    assert_eq!(status, 201, "{zero}");
+    assert_eq!(
+        (zero["tax_amount"].as_str(), zero["total_amount"].as_str()),
+        (Some("0.00"), Some("20.00"))
+    );
+
+    // Voiding: a reason is required; the invoice stays, void.
+    let zero_id = zero["id"].as_str().unwrap();
+    let (status, err) = api
+        .call(reqwest::Method::DELETE, &format!("/sales_invoices/{zero_id}"), None)
+        .await;
+    assert_eq!((status, source(&err)), (422, "void_reason"), "{err}");
+    let (status, _) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/sales_invoices/{zero_id}?void_reason=Cancelled"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, void) = api.get(&format!("/sales_invoices/{zero_id}?mark_as_sent=false")).await;
+    assert_eq!(void["status"]["id"], "VOID");
+
+    // Financial settings: the base currency and whether others are allowed.
+    let (status, financial) = api.get("/financial_settings").await;
+    assert_eq!(status, 200);
+    assert_eq!(financial["base_currency"]["id"], "GBP");
+    assert_eq!(financial["multi_currency_enabled"], true);
+
+    // A foreign document: at its rate, else the business's own; base amounts = amount × rate.
+    let (_, euro_contact) = api.post("/contacts", contact("ANN4", "EUR", "IE")).await;
+    let euro_id = euro_contact["id"].as_str().unwrap().to_owned();
+    let mut at_rate = invoice(&euro_id, vec![line("Lamp", "GB_ZERO", None)]);
+    at_rate["sales_invoice"]["currency_id"] = json!("EUR");
+    at_rate["sales_invoice"]["exchange_rate"] = json!(0.8);
+    let (status, booked) = api.post("/sales_invoices", at_rate.clone()).await;
+    assert_eq!(status, 201, "{booked}");
+    assert_eq!(booked["base_currency_total_amount"], "16.00");
+    at_rate["sales_invoice"]
+        .as_object_mut()
+        .unwrap()
+        .remove("exchange_rate");
+    let (status, own) = api.post("/sales_invoices", at_rate.clone()).await;
+    assert_eq!(status, 201, "{own}");
+    assert_eq!(own["exchange_rate"], "0.854701", "the business's own EUR rate");
+    assert_eq!(own["base_currency_total_amount"], "17.09");
+    app.sage().with_business_mut(&business.id, |b| b.multi_currency = false);
+    let (status, err) = api.post("/sales_invoices", at_rate).await;
+    assert_eq!(
+        (status, source(&err)),
+        (422, "currency_id"),
+        "multi-currency off: {err}"
+    );
+    let (_, financial) = api.get("/financial_settings").await;
+    assert_eq!(financial["multi_currency_enabled"], false);
+    app.sage().with_business_mut(&business.id, |b| b.multi_currency = true);
+
     // Idempotency: the same id answers the first document; on another resource, refused.
     let (status, again) = api.post("/sales_invoices", body).await;
     assert_eq!((status, &again["id"]), (201, &created["id"]));
@@ -183,12 +251,17 @@ async fn the_sandbox_keeps_sages_documented_behaviour() {
     let (status, err) = api.post("/sales_invoices", euro).await;
     assert_eq!((status, source(&err)), (422, "currency_id"), "{err}");
 
-    // Outside the UK only zero rates are valid.
+    // Goods delivered outside the UK take only zero rates; billed abroad but delivered
+    // in the UK, UK VAT is valid.
     let french_id = french["id"].as_str().unwrap();
     let mut abroad = invoice(french_id, vec![line("Lamp", "GB_STANDARD", Some("4"))]);
     abroad["sales_invoice"]["main_address"]["country_id"] = json!("FR");
     let (status, err) = api.post("/sales_invoices", abroad.clone()).await;
     assert_eq!((status, source(&err)), (422, "invoice_lines[0].tax_rate_id"), "{err}");
+    let mut delivered_home = abroad.clone();
+    delivered_home["sales_invoice"]["delivery_address"] = json!({ "address_line_1": "1 High St", "country_id": "GB" });
+    let (status, created) = api.post("/sales_invoices", delivered_home).await;
+    assert_eq!(status, 201, "{created}");
     abroad["sales_invoice"]["invoice_lines"] = json!([line("Lamp", "GB_ZERO", Some("0"))]);
     let (status, _) = api.post("/sales_invoices", abroad).await;
     assert_eq!(status, 201);

@@ -420,6 +420,14 @@ pub struct B2cView {
 
 pub struct Knobs {
     pub person_first: bool,
+    /// `shipping`, `billing` or `origin`.
+    pub tax_based_on: &'static str,
+    pub time_zone: String,
+    pub time_zone_error: Option<String>,
+    /// `1=EUR, 2=USD`.
+    pub website_currencies: String,
+    pub website_currencies_error: Option<String>,
+    pub cancel_with_credit_note: bool,
     pub sync_since: String,
     pub sync_since_error: Option<String>,
     pub website_filter: String,
@@ -558,6 +566,12 @@ async fn settings_view(
             checked: s.sync_stock,
             error: err("sync_stock"),
         },
+        Toggle {
+            name: "catalog_prices_include_tax",
+            label: "Catalogue prices include VAT (as Magento's \"Catalog Prices\" setting): product prices sent to Sage say so",
+            checked: s.catalog_prices_include_tax,
+            error: err("catalog_prices_include_tax"),
+        },
     ];
     let select = |name: &str, label: &str, kind: &str, current: &Option<String>, none: Option<&str>| Select {
         name: name.to_owned(),
@@ -593,6 +607,20 @@ async fn settings_view(
             "ledger_accounts_expenses",
             &s.default_purchase_ledger_account_id,
             Some("— none —"),
+        ),
+        select(
+            "shipping_ledger_account_id",
+            "Ledger account for shipping booked as a line",
+            "ledger_accounts_sales",
+            &s.shipping_ledger_account_id,
+            Some("— the sales account —"),
+        ),
+        select(
+            "unexplained_difference_account_id",
+            "Account for amounts Magento's totals hold that its documents do not itemise (payment fees, gift cards)",
+            "ledger_accounts_sales",
+            &s.unexplained_difference_account_id,
+            Some("— none: such a document fails, naming the difference —"),
         ),
     ];
     let mut tax_rows: Vec<TaxRow> = s
@@ -673,6 +701,24 @@ async fn settings_view(
     };
     let knobs = Knobs {
         person_first: s.customer_name_priority == policy::NamePriority::Person,
+        tax_based_on: match s.tax_based_on {
+            policy::TaxBasis::Shipping => "shipping",
+            policy::TaxBasis::Billing => "billing",
+            policy::TaxBasis::Origin => "origin",
+        },
+        time_zone: s.time_zone.clone().unwrap_or_default(),
+        time_zone_error: err("time_zone"),
+        website_currencies: s
+            .website_base_currencies
+            .iter()
+            .map(|(w, c)| format!("{w}={c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        website_currencies_error: fields
+            .iter()
+            .find(|(f, _)| f.starts_with("website_base_currencies"))
+            .map(|(_, e)| e.clone()),
+        cancel_with_credit_note: s.cancelled_invoice_action == policy::CancelledInvoiceAction::CreditNote,
         sync_since: s.sync_since.map(|d| d.to_string()).unwrap_or_default(),
         sync_since_error: err("sync_since"),
         website_filter: list(&s.website_filter),
@@ -753,6 +799,26 @@ fn apply_form(mut s: Settings, form: &[(String, String)]) -> Settings {
     s.default_tax_rate_id = id("default_tax_rate_id");
     s.default_bank_account_id = id("default_bank_account_id");
     s.default_purchase_ledger_account_id = id("default_purchase_ledger_account_id");
+    s.shipping_ledger_account_id = id("shipping_ledger_account_id");
+    s.unexplained_difference_account_id = id("unexplained_difference_account_id");
+    s.catalog_prices_include_tax = get("catalog_prices_include_tax").is_some();
+    s.tax_based_on = match get("tax_based_on").as_deref() {
+        Some("billing") => policy::TaxBasis::Billing,
+        Some("origin") => policy::TaxBasis::Origin,
+        _ => policy::TaxBasis::Shipping,
+    };
+    s.cancelled_invoice_action = match get("cancelled_invoice_action").as_deref() {
+        Some("credit_note") => policy::CancelledInvoiceAction::CreditNote,
+        _ => policy::CancelledInvoiceAction::Void,
+    };
+    s.time_zone = id("time_zone");
+    // "1=EUR, 2=USD"; a malformed pair is reported by `form_errors`.
+    s.website_base_currencies = get("website_base_currencies")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(w, c)| (w.trim().to_owned(), c.trim().to_owned()))
+        .collect();
     s.invoice_number_prefix = id("invoice_number_prefix");
     s.customer_name_priority = match get("customer_name_priority").as_deref() {
         Some("Person") => policy::NamePriority::Person,
@@ -822,6 +888,15 @@ fn form_errors(form: &[(String, String)]) -> Vec<FieldError> {
         && chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").is_err()
     {
         bad("sync_since", "a date as YYYY-MM-DD");
+    }
+    if get("website_base_currencies").is_some_and(|v| {
+        v.split(',')
+            .any(|p| !p.trim().is_empty() && p.split_once('=').is_none())
+    }) {
+        bad(
+            "website_base_currencies",
+            "website id = currency pairs, e.g. 1=EUR, 2=USD",
+        );
     }
     for name in ["website_filter", "store_filter"] {
         if get(name).is_some_and(|v| {

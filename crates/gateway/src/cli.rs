@@ -93,6 +93,9 @@ pub enum SandboxCommand {
         /// Divides the module's retry ladder (1 = real time).
         #[arg(long, default_value_t = 1)]
         backoff_divisor: u64,
+        /// The store's tax configuration (as `ledger dev --store-profile`).
+        #[arg(long, default_value = "uk", value_parser = crate::dev::parse_profile, value_name = "NAME")]
+        profile: ledger_sandbox::magento::catalogue::StoreProfile,
     },
 }
 

@@ -73,9 +73,10 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
         seed,
         drain_interval,
         backoff_divisor,
+        profile,
     }) = command
     {
-        return dev::run_magento_sandbox(addr, seed, drain_interval, backoff_divisor).await;
+        return dev::run_magento_sandbox(addr, seed, drain_interval, backoff_divisor, profile).await;
     }
     let settings = Settings::from_layers(&layers)?;
     let _telemetry = telemetry::init(&settings)?;

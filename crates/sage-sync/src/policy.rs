@@ -422,13 +422,18 @@ pub fn defaults_from(reference: &Reference) -> Settings {
         let (Some(pct), Some(id)) = (percentage(&rate), rate["id"].as_str()) else {
             continue;
         };
-        // Exempt/no-tax rates are not "a 0 % rate": prefer the zero rate for 0.00.
-        let key = format!("{:.2}", pct.round_dp(2));
+        // Exempt/no-tax rates are not "a 0 % rate": prefer the zero rate for 0.00. A
+        // destination (OSS) rate is keyed by its country: "DE:19.00".
+        let key = match rate["country"]["id"].as_str().filter(|c| c.len() == 2) {
+            Some(country) => format!("{}:{:.2}", country.to_ascii_uppercase(), pct.round_dp(2)),
+            None => format!("{:.2}", pct.round_dp(2)),
+        };
+        let destination = key.contains(':');
         let preferred = !id.contains("EXEMPT") && !id.contains("NO_TAX");
         if preferred && (!s.tax_rate_map.contains_key(&key) || id.ends_with("_ZERO") || id.ends_with("_STANDARD")) {
             s.tax_rate_map.insert(key, id.to_owned());
         }
-        if preferred && standard.as_ref().is_none_or(|(p, _)| pct > *p) {
+        if preferred && !destination && standard.as_ref().is_none_or(|(p, _)| pct > *p) {
             standard = Some((pct, id.to_owned()));
         }
     }
@@ -551,7 +556,8 @@ mod tests {
                     "tax_rates".to_owned(),
                     list(serde_json::json!([
                     {"id": "GB_STANDARD", "percentage": "20.0"}, {"id": "GB_LOWER", "percentage": "5.0"},
-                    {"id": "GB_ZERO", "percentage": "0.0"}, {"id": "GB_EXEMPT", "percentage": "0.0"}])),
+                    {"id": "GB_ZERO", "percentage": "0.0"}, {"id": "GB_EXEMPT", "percentage": "0.0"},
+                    {"id": "DE_DEST_STANDARD", "percentage": "19.0", "country": {"id": "DE"}}])),
                 ),
                 (
                     "ledger_accounts_sales".to_owned(),
@@ -577,6 +583,11 @@ mod tests {
         assert_eq!(s.tax_rate_map.get("20.00").map(String::as_str), Some("GB_STANDARD"));
         assert_eq!(s.tax_rate_map.get("0.00").map(String::as_str), Some("GB_ZERO"));
         assert_eq!(
+            s.tax_rate_map.get("DE:19.00").map(String::as_str),
+            Some("DE_DEST_STANDARD"),
+            "a destination rate is keyed by its country"
+        );
+        assert_eq!(
             s.default_bank_account_id, None,
             "payments stay unpaid until a method is mapped"
         );
@@ -587,8 +598,34 @@ mod tests {
         let mut s = Settings::default();
         s.tax_rate_map.insert(" 20.0 ".into(), "GB_STANDARD".into());
         s.tax_rate_map.insert("5".into(), "GB_LOWER".into());
+        s.tax_rate_map.insert("de:19".into(), "DE_DEST_STANDARD".into());
+        s.time_zone = Some("Europe/Dublin".into());
+        s.website_base_currencies.insert("1".into(), "eur".into());
         let ok = validate(s.clone(), &reference()).unwrap();
-        assert_eq!(ok.tax_rate_map.keys().collect::<Vec<_>>(), ["20.00", "5.00"]);
+        assert_eq!(
+            ok.tax_rate_map.keys().collect::<Vec<_>>(),
+            ["20.00", "5.00", "DE:19.00"]
+        );
+        assert_eq!(ok.website_base_currencies.get("1").map(String::as_str), Some("EUR"));
+
+        let mut bad = s.clone();
+        bad.time_zone = Some("Mars/Olympus".into());
+        bad.website_base_currencies.insert("main".into(), "EUR".into());
+        bad.tax_rate_map.insert("Germany:19".into(), "DE_DEST_STANDARD".into());
+        let codes: Vec<String> = validate(bad, &reference())
+            .unwrap_err()
+            .iter()
+            .map(|e| format!("{}:{}", e.field, e.code))
+            .collect();
+        assert!(codes.contains(&"time_zone:invalid_format".to_owned()), "{codes:?}");
+        assert!(
+            codes.contains(&"website_base_currencies.main:invalid_format".to_owned()),
+            "{codes:?}"
+        );
+        assert!(
+            codes.contains(&"tax_rate_map.Germany:19:invalid_format".to_owned()),
+            "{codes:?}"
+        );
 
         s.tax_rate_map.insert("twenty".into(), "GB_STANDARD".into());
         s.default_bank_account_id = Some("gone".into());

@@ -43,6 +43,8 @@ pub async fn start_sage() -> anyhow::Result<RunningSage> {
 #[derive(Debug)]
 pub struct Demo {
     pub token: Secret<String>,
+    /// The store's configuration name.
+    pub profile: String,
     pub store: RunningStore,
     pub binding_id: String,
     /// The sandbox Sage's URL and the business the demo binding posts to.
@@ -70,6 +72,7 @@ pub async fn start(
     state: &AppState,
     sage: Option<&RunningSage>,
     activity_every: Duration,
+    profile: ledger_sandbox::magento::catalogue::StoreProfile,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Demo> {
     let account = demo_account(state).await?;
@@ -82,6 +85,7 @@ pub async fn start(
     let store = Store::new(StoreConfig {
         drain_interval: Duration::from_secs(5),
         backoff_divisor: 60,
+        profile: profile.clone(),
         ..StoreConfig::default()
     });
     let running = RunningStore::start(store.clone(), listener, shutdown.child_token())?;
@@ -104,7 +108,7 @@ pub async fn start(
     let sage_business = match sage {
         Some(sage) => Some((
             sage.base_url.clone(),
-            connect_sage(state, sage, &token, &binding_id)
+            connect_sage(state, sage, &token, &binding_id, &profile)
                 .await
                 .context("connecting the demo binding to the sandbox Sage")?,
         )),
@@ -115,6 +119,7 @@ pub async fn start(
     tokio::spawn(activity(store, activity_every, shutdown));
     Ok(Demo {
         token,
+        profile: profile.name.clone(),
         store: running,
         binding_id,
         sage_business,
@@ -128,7 +133,14 @@ async fn connect_sage(
     sage: &RunningSage,
     token: &Secret<String>,
     binding: &str,
+    profile: &ledger_sandbox::magento::catalogue::StoreProfile,
 ) -> anyhow::Result<String> {
+    // An Irish store posts to the Irish business; the others to the UK one.
+    let (region, country) = if profile.tax.origin_country == "IE" {
+        ("ie", "IE")
+    } else {
+        ("uk", "GB")
+    };
     let public = &state.settings.public_url;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -136,7 +148,7 @@ async fn connect_sage(
     let authorize: serde_json::Value = http
         .post(format!("{public}/v1/bindings/{binding}/sage/authorize"))
         .bearer_auth(token.expose())
-        .json(&serde_json::json!({ "region": "uk" }))
+        .json(&serde_json::json!({ "region": region }))
         .send()
         .await?
         .error_for_status()?
@@ -166,8 +178,8 @@ async fn connect_sage(
         .sage
         .businesses()
         .into_iter()
-        .next()
-        .context("the sandbox has a business")?;
+        .find(|b| b.country == country)
+        .context("the sandbox has a business in the store's country")?;
     http.post(format!("{public}/v1/bindings/{binding}/sage/business"))
         .bearer_auth(token.expose())
         .json(&serde_json::json!({ "business_id": business.id }))
@@ -179,6 +191,7 @@ async fn connect_sage(
         &format!("{public}/v1/bindings/{binding}/settings"),
         token,
         &business,
+        profile,
     )
     .await?;
     Ok(business.name)
@@ -186,13 +199,17 @@ async fn connect_sage(
 
 /// The defaults leave payments unposted until a method is mapped to a bank account (a
 /// merchant's choice); the demo merchant maps the store's active methods to the first
-/// bank account, through the settings API, so payments show too.
+/// bank account, through the settings API, so payments show too — and sets what mirrors
+/// the store's own configuration (tax by which address, catalogue prices with VAT, a
+/// website's base currency), as a merchant would on the settings page.
 async fn map_payment_methods(
     http: &reqwest::Client,
     url: &str,
     token: &Secret<String>,
     business: &ledger_sandbox::sage::Business,
+    profile: &ledger_sandbox::magento::catalogue::StoreProfile,
 ) -> anyhow::Result<()> {
+    use ledger_sandbox::magento::tax::TaxBasis;
     let bank = business
         .bank_accounts
         .first()
@@ -212,6 +229,15 @@ async fn map_payment_methods(
         .map(|(code, _, _)| ((*code).to_owned(), serde_json::json!(bank)))
         .collect();
     settings["payment_method_map"] = serde_json::Value::Object(methods);
+    settings["catalog_prices_include_tax"] = serde_json::json!(profile.tax.prices_include_tax);
+    settings["tax_based_on"] = serde_json::json!(match profile.tax.based_on {
+        TaxBasis::Shipping => "shipping",
+        TaxBasis::Billing => "billing",
+        TaxBasis::Origin => "origin",
+    });
+    if profile.base_currency != business.base_currency() {
+        settings["website_base_currencies"] = serde_json::json!({ "1": profile.base_currency });
+    }
     let res = http.put(url).bearer_auth(token.expose()).json(&settings).send().await?;
     let status = res.status();
     anyhow::ensure!(

@@ -25,6 +25,17 @@ pub struct DevArgs {
     /// How often the sandbox store places a new order.
     #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     pub activity_every: std::time::Duration,
+    /// The sandbox store's tax configuration: `uk` (Magento's defaults, prices without
+    /// VAT), `uk-b2c` (prices and shipping with VAT, coupons), `ie-oss` (an Irish store
+    /// charging EU destination VAT, posting to an Irish business) or `eur-website` (a EUR
+    /// website on a GBP business).
+    #[arg(long, default_value = "uk-b2c", value_parser = parse_profile, value_name = "NAME")]
+    pub store_profile: ledger_sandbox::magento::catalogue::StoreProfile,
+}
+
+pub(crate) fn parse_profile(v: &str) -> Result<ledger_sandbox::magento::catalogue::StoreProfile, String> {
+    use ledger_sandbox::magento::catalogue::StoreProfile;
+    StoreProfile::named(v).ok_or_else(|| format!("one of {}", StoreProfile::NAMES.join(", ")))
 }
 
 fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
@@ -86,7 +97,15 @@ pub async fn run(mut layers: Layers, args: DevArgs) -> anyhow::Result<()> {
     let demo = if args.no_sandbox {
         None
     } else {
-        match demo::start(&state, sage.as_ref(), args.activity_every, shutdown.clone()).await {
+        match demo::start(
+            &state,
+            sage.as_ref(),
+            args.activity_every,
+            args.store_profile.clone(),
+            shutdown.clone(),
+        )
+        .await
+        {
             Ok(demo) => Some(demo),
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "the sandbox demo did not start; the ledger runs without it");
@@ -162,8 +181,8 @@ fn banner(
     }
     if let Some(demo) = demo {
         println!(
-            "  Store        {} (sandbox Magento store, paired as binding {})",
-            demo.store.base_url, demo.binding_id
+            "  Store        {} (sandbox Magento store \"{}\", paired as binding {})",
+            demo.store.base_url, demo.profile, demo.binding_id
         );
         if let Some((sage_url, business)) = &demo.sage_business {
             println!("  Sage         {sage_url} (sandbox; the demo binding posts to \"{business}\")");
@@ -185,6 +204,7 @@ pub async fn run_magento_sandbox(
     seed: u64,
     drain_interval: std::time::Duration,
     backoff_divisor: u64,
+    profile: ledger_sandbox::magento::catalogue::StoreProfile,
 ) -> anyhow::Result<()> {
     use ledger_sandbox::magento::{RunningStore, Store, StoreConfig};
     let shutdown = shutdown::on_signals();
@@ -195,10 +215,11 @@ pub async fn run_magento_sandbox(
         seed,
         drain_interval,
         backoff_divisor,
+        profile: profile.clone(),
         ..StoreConfig::default()
     });
     let running = RunningStore::start(store.clone(), listener, shutdown.clone())?;
-    println!("Sandbox Magento store at {}", running.base_url);
+    println!("Sandbox Magento store at {} (\"{}\")", running.base_url, profile.name);
     println!(
         "  Pairing code   {} (valid 30 minutes; POST /sandbox/pairing-code for another)",
         store.generate_pairing_code()

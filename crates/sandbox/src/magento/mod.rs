@@ -373,8 +373,21 @@ impl Store {
         store_id: i64,
         payload: Value,
     ) -> Option<u64> {
+        self.enqueue_at(event_name, entity_id, website_id, store_id, payload, &self.now_text())
+    }
+
+    /// [`Self::enqueue`] as an observer that ran at `occurred_at` (UTC, `…Z`).
+    pub fn enqueue_at(
+        &self,
+        event_name: &str,
+        entity_id: i64,
+        website_id: i64,
+        store_id: i64,
+        payload: Value,
+        occurred_at: &str,
+    ) -> Option<u64> {
         let key = format!("{event_name}:{entity_id}");
-        let body = event_body(entity_id, website_id, store_id, &self.now_text(), &payload);
+        let body = event_body(entity_id, website_id, store_id, occurred_at, &payload);
         let mut inner = self.lock();
         if inner.outbox.iter().any(|r| r.idempotency_key == key) {
             inner.log.push(format!("outbox: dropped duplicate key {key}"));

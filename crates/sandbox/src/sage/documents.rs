@@ -659,6 +659,48 @@ fn marks_sent(q: &HashMap<String, String>) -> bool {
     q.get("mark_as_sent").is_none_or(|v| v != "false")
 }
 
+/// `DELETE /sales_invoices/{id}` voids the invoice (it stays in the books, status
+/// VOID); `void_reason` is required (every posted invoice is past draft), and one with a
+/// payment or credit allocated cannot be voided.
+async fn void_invoice(
+    State(sage): State<Arc<Sage>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let caller = match enter(&sage, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if q.get("void_reason").is_none_or(|r| r.trim().is_empty()) {
+        return invalid("void_reason", "is required");
+    }
+    let mut inner = sage.lock();
+    let b = inner.businesses.get_mut(&caller.business_id).expect("business");
+    let Some(doc) = b
+        .books
+        .entry("sales_invoices".into())
+        .or_default()
+        .iter_mut()
+        .find(|d| d["id"] == id.as_str() && d["deleted_at"].is_null())
+    else {
+        return sage_error(StatusCode::NOT_FOUND, "RecordNotFound", "Record not found", "");
+    };
+    if doc["status"]["id"] == "VOID" {
+        return invalid("status", "The invoice is already void");
+    }
+    if dec(&doc["outstanding_amount"]) != dec(&doc["total_amount"]) {
+        return invalid(
+            "base",
+            "An invoice with payments or credit notes allocated cannot be voided",
+        );
+    }
+    doc["status"] = json!({ "id": "VOID", "displayed_as": "Void" });
+    doc["void_reason"] = json!(q["void_reason"]);
+    doc["outstanding_amount"] = money(Decimal::ZERO);
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn get_invoice(
     State(sage): State<Arc<Sage>>,
     headers: HeaderMap,
@@ -1024,7 +1066,7 @@ pub fn router() -> Router<Arc<Sage>> {
             "/sales_invoices",
             get(list_documents("sales_invoices")).post(post_invoice),
         )
-        .route("/sales_invoices/{id}", get(get_invoice))
+        .route("/sales_invoices/{id}", get(get_invoice).delete(void_invoice))
         .route(
             "/sales_credit_notes",
             get(list_documents("sales_credit_notes")).post(post_credit_note),
