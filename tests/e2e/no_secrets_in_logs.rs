@@ -133,7 +133,7 @@ async fn no_secret_reaches_logs_or_traces() {
             &format!("sage_oauth_states.pkce_verifier:{}", hex_of(&verifier_hash)),
         )
         .unwrap();
-    assert_eq!(app.http.get(&callback).send().await.unwrap().status(), 303);
+    assert_eq!(app.finish_callback(&paired.merchant, &callback).await.status(), 303);
     let tokens_before = sage_tokens(&app, paired.binding_id).await;
     sqlx::query("UPDATE sage_connections SET access_expires_at = now()")
         .execute(&app.state.db)

@@ -193,8 +193,8 @@ async fn refusals_and_broken_callbacks_explain_what_happened() {
 
     // A state is single-use.
     let callback = app.sage_authorize(&paired.merchant, paired.binding_id, "uk").await;
-    assert_eq!(app.http.get(&callback).send().await.unwrap().status(), 303);
-    let again = app.http.get(&callback).send().await.unwrap();
+    assert_eq!(app.finish_callback(&paired.merchant, &callback).await.status(), 303);
+    let again = app.finish_callback(&paired.merchant, &callback).await;
     assert_eq!(again.status(), 400);
     assert!(again.text().await.unwrap().contains("already used"));
 
@@ -217,7 +217,7 @@ async fn refusals_and_broken_callbacks_explain_what_happened() {
     // Sage's code lives 60 s.
     let callback = app.sage_authorize(&paired.merchant, paired.binding_id, "uk").await;
     app.sage().advance(61);
-    let res = app.http.get(&callback).send().await.unwrap();
+    let res = app.finish_callback(&paired.merchant, &callback).await;
     let page = res.text().await.unwrap();
     assert!(page.contains("60 seconds"), "{page}");
     assert!(!page.contains("GB/"), "the page never shows the code");
@@ -234,7 +234,12 @@ async fn refusals_and_broken_callbacks_explain_what_happened() {
     assert_eq!(res.status(), 422);
     assert_eq!(res.json::<Value>().await.unwrap()["errors"][0]["field"], "region");
     let callback = app.sage_authorize(&paired.merchant, paired.binding_id, "ca").await;
-    let page = app.http.get(&callback).send().await.unwrap().text().await.unwrap();
+    let page = app
+        .finish_callback(&paired.merchant, &callback)
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(page.contains("No business in the selected country"), "{page}");
 
     // Someone else's binding.

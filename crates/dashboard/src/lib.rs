@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/dashboard/bindings/{binding_id}/sage/business", post(business_submit))
         .route("/sage/callback", get(callback))
+        .route("/sage/callback/confirm", post(callback_confirm))
         .layer(axum::middleware::from_fn_with_state(state.clone(), security_headers))
         .with_state(state)
 }
@@ -357,8 +358,17 @@ async fn connect_submit(
         Err(r) => return Ok(r),
     };
     merchant.check_csrf(&form.csrf_token)?;
-    match connect::start(&state, binding_id, merchant.account_id, &form.region).await {
-        Ok(url) => Ok(Redirect::to(&url).into_response()),
+    // The callback must come back to this browser: a forwarded consent link cannot
+    // complete someone else's flow.
+    let nonce = ledger_core::crypto::random_token();
+    match connect::start(&state, binding_id, merchant.account_id, &form.region, Some(&nonce)).await {
+        Ok(url) => {
+            let mut response = Redirect::to(&url).into_response();
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, flow_cookie(&state, &nonce, 600));
+            Ok(response)
+        }
         Err(problem) => {
             let binding = bindings::load(&state.db, binding_id)
                 .await?
@@ -393,38 +403,129 @@ struct MessagePage {
     retry: Option<String>,
 }
 
+/// The flow cookie: only sent back to the callback, gone after 10 minutes.
+fn flow_cookie(state: &AppState, value: &str, max_age: u32) -> HeaderValue {
+    let secure = if state.settings.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "{}={value}; Path=/sage/callback; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        connect::FLOW_COOKIE
+    ))
+    .expect("cookie text is ASCII")
+}
+
+#[derive(Template)]
+#[template(path = "sage_confirm.html")]
+struct ConfirmPage {
+    grant_id: String,
+    store_url: String,
+    csrf_token: String,
+    businesses: Vec<BusinessChoice>,
+}
+
+fn callback_failure_page(failure: &connect::CallbackFailure) -> Response {
+    let mut response = render(&MessagePage {
+        heading: "Sage was not connected".to_owned(),
+        message: failure.message.clone(),
+        retry: failure
+            .binding_id
+            .map(|b| format!("/dashboard/bindings/{b}/sage/connect")),
+    });
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response
+}
+
+fn callback_outcome(
+    merchant: Option<&Merchant>,
+    outcome: Result<CallbackOutcome, connect::CallbackFailure>,
+) -> Response {
+    let csrf_token = merchant.map(|m| m.csrf_token().to_owned()).unwrap_or_default();
+    match outcome {
+        Ok(CallbackOutcome::Connected { binding_id, .. }) => {
+            Redirect::to(&format!("/dashboard/bindings/{binding_id}?connected=1")).into_response()
+        }
+        Ok(CallbackOutcome::ChooseBusiness { binding_id, businesses }) => render(&BusinessPage {
+            binding_id,
+            csrf_token,
+            businesses,
+        }),
+        Ok(CallbackOutcome::Confirm(grant)) => render(&ConfirmPage {
+            grant_id: grant.grant_id.to_string(),
+            store_url: grant.store_url,
+            csrf_token,
+            businesses: grant.businesses,
+        }),
+        Err(failure) => callback_failure_page(&failure),
+    }
+}
+
 /// Sage's redirect back (`{LEDGER_PUBLIC_URL}/sage/callback`).
 async fn callback(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(params): Query<CallbackParams>,
 ) -> Result<Response, Problem> {
-    match connect::complete(&state, &params).await {
-        Ok(CallbackOutcome::Connected { binding_id, .. }) => {
-            Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}?connected=1")).into_response())
+    let merchant = session_merchant(&state, &headers).await?;
+    let browser = connect::CallbackBrowser {
+        account: merchant.as_ref().map(|m| m.account_id),
+        flow_nonce: ledger_tenant_binding::auth::cookie_value(&headers, connect::FLOW_COOKIE),
+    };
+    let outcome = connect::complete(&state, &params, browser).await;
+    let mut response = callback_outcome(merchant.as_ref(), outcome);
+    if browser.flow_nonce.is_some() {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, flow_cookie(&state, "", 0));
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfirmForm {
+    csrf_token: String,
+    grant_id: uuid::Uuid,
+    /// `connect` or `cancel`.
+    decision: String,
+}
+
+/// The answer to "Connect Sage business X to store Y?" for API-started flows.
+async fn callback_confirm(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<ConfirmForm>,
+) -> Result<Response, Problem> {
+    let Some(merchant) = session_merchant(&state, &headers).await? else {
+        return Ok(callback_failure_page(&connect::CallbackFailure {
+            binding_id: None,
+            code: "signin_required",
+            message: "Your session ended before you confirmed. Sign in, then start connecting Sage again.".into(),
+        }));
+    };
+    merchant.check_csrf(&form.csrf_token)?;
+    let accept = match form.decision.as_str() {
+        "connect" => true,
+        "cancel" => false,
+        _ => {
+            return Err(Problem::validation(vec![ledger_core::FieldError {
+                field: "decision".into(),
+                code: "invalid".into(),
+                message: "must be connect or cancel".into(),
+            }]));
         }
-        Ok(CallbackOutcome::ChooseBusiness { binding_id, businesses }) => {
-            let csrf_token = session_merchant(&state, &headers)
-                .await?
-                .map(|m| m.csrf_token().to_owned())
-                .unwrap_or_default();
-            Ok(render(&BusinessPage {
-                binding_id,
-                csrf_token,
-                businesses,
-            }))
-        }
-        Err(failure) => {
-            let mut response = render(&MessagePage {
-                heading: "Sage was not connected".to_owned(),
-                message: failure.message.clone(),
-                retry: failure
-                    .binding_id
-                    .map(|b| format!("/dashboard/bindings/{b}/sage/connect")),
-            });
-            *response.status_mut() = StatusCode::BAD_REQUEST;
-            Ok(response)
-        }
+    };
+    match connect::confirm(&state, form.grant_id, merchant.account_id, accept).await {
+        Ok(None) => Ok(render(&MessagePage {
+            heading: "Sage was not connected".to_owned(),
+            message:
+                "You cancelled, so nothing was connected and the ledger no longer holds access to that Sage business."
+                    .to_owned(),
+            retry: None,
+        })),
+        Ok(Some(outcome)) => Ok(callback_outcome(Some(&merchant), Ok(outcome))),
+        Err(failure) => Ok(callback_failure_page(&failure)),
     }
 }
 

@@ -22,6 +22,8 @@ use crate::{
 };
 
 const STATE_TTL_SECS: f64 = 600.0;
+/// Unfinished authorizations one binding may have at a time.
+const MAX_OPEN_FLOWS: i64 = 5;
 
 fn verifier_context(state_hash: &[u8]) -> String {
     format!("sage_oauth_states.pkce_verifier:{}", hex::encode(state_hash))
@@ -34,8 +36,21 @@ pub struct BusinessChoice {
     pub name: String,
 }
 
+/// The cookie that ties a dashboard-started authorization to its browser.
+pub const FLOW_COOKIE: &str = "ledger_sage_flow";
+
 /// Starts an authorization: validates the region and the binding, remembers the state.
-pub async fn start(state: &AppState, binding: BindingId, account: AccountId, region: &str) -> Result<String, Problem> {
+///
+/// `browser_nonce` is the value of the [`FLOW_COOKIE`] the dashboard sets on the browser
+/// it redirects to Sage; the callback must come back with it. Flows started through the
+/// API have none and end on a confirmation page instead.
+pub async fn start(
+    state: &AppState,
+    binding: BindingId,
+    account: AccountId,
+    region: &str,
+    browser_nonce: Option<&str>,
+) -> Result<String, Problem> {
     let region = region.trim().to_ascii_lowercase();
     let Some(country) = oauth::country_for(&region) else {
         let regions: Vec<&str> = oauth::REGIONS.iter().map(|(r, _)| *r).collect();
@@ -62,14 +77,31 @@ pub async fn start(state: &AppState, binding: BindingId, account: AccountId, reg
             60,
         ));
     }
+    // A bound on unfinished flows per binding: connect is not a free request generator.
+    let open = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM sage_oauth_states WHERE binding_id = $1 AND expires_at > now()"#,
+        binding.0
+    )
+    .fetch_one(&state.db)
+    .await?;
+    if open >= MAX_OPEN_FLOWS {
+        let mut problem = Problem::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connect_attempts",
+            format!("This binding has {open} unfinished Sage sign-ins. Finish one, or wait 10 minutes and try again."),
+        );
+        problem.retry_after = Some(STATE_TTL_SECS as u32);
+        return Err(problem);
+    }
     let (url, csrf, verifier) = SageOAuth::from_settings(&state.settings).authorize_url(country);
     let state_hash = crypto::sha256(csrf.expose().as_bytes()).to_vec();
     let sealed = state
         .keyring
         .seal(verifier.expose().as_bytes(), &verifier_context(&state_hash));
+    let browser_hash = browser_nonce.map(|n| crypto::sha256(n.as_bytes()).to_vec());
     sqlx::query!(
-        "INSERT INTO sage_oauth_states (state_hash, binding_id, account_id, region, pkce_verifier, pkce_verifier_key_id, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+        "INSERT INTO sage_oauth_states (state_hash, binding_id, account_id, region, pkce_verifier, pkce_verifier_key_id, expires_at, browser_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8)",
         state_hash,
         binding.0,
         account.0,
@@ -77,6 +109,7 @@ pub async fn start(state: &AppState, binding: BindingId, account: AccountId, reg
         sealed,
         state.keyring.active_id(),
         STATE_TTL_SECS,
+        browser_hash,
     )
     .execute(&state.db)
     .await?;
@@ -92,6 +125,13 @@ pub struct CallbackParams {
     pub error_description: Option<String>,
 }
 
+/// Who is at the callback: the signed-in account and the flow cookie, if any.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallbackBrowser<'a> {
+    pub account: Option<AccountId>,
+    pub flow_nonce: Option<&'a str>,
+}
+
 /// Where a callback ended.
 #[derive(Debug, Clone)]
 pub enum CallbackOutcome {
@@ -105,13 +145,25 @@ pub enum CallbackOutcome {
         binding_id: BindingId,
         businesses: Vec<BusinessChoice>,
     },
+    /// Started through the API: the tokens wait until the user confirms the store.
+    Confirm(PendingGrant),
+}
+
+/// Tokens held for confirmation (never the tokens themselves).
+#[derive(Debug, Clone)]
+pub struct PendingGrant {
+    pub grant_id: uuid::Uuid,
+    pub binding_id: BindingId,
+    /// The store the binding is for, as the merchant knows it.
+    pub store_url: String,
+    pub businesses: Vec<BusinessChoice>,
 }
 
 /// Why a callback failed: a message for the page, never a token or code.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct CallbackFailure {
-    /// Known when the state was valid: the page offers "try again" for it.
+    /// Known when the state was valid and the caller owns it: the page offers "try again".
     pub binding_id: Option<BindingId>,
     pub code: &'static str,
     pub message: String,
@@ -125,16 +177,26 @@ fn failure(binding_id: Option<BindingId>, code: &'static str, message: impl Into
     }
 }
 
+fn internal_failure(e: &dyn std::fmt::Display) -> CallbackFailure {
+    tracing::error!(error = %e, "Sage callback failed");
+    failure(
+        None,
+        "internal",
+        "Something went wrong on our side. Please start the connection again.",
+    )
+}
+
 /// Handles the redirect back from Sage.
-pub async fn complete(state: &AppState, params: &CallbackParams) -> Result<CallbackOutcome, CallbackFailure> {
-    let internal = |e: &dyn std::fmt::Display| {
-        tracing::error!(error = %e, "Sage callback failed");
-        failure(
-            None,
-            "internal",
-            "Something went wrong on our side. Please start the connection again.",
-        )
-    };
+///
+/// The state is only honoured for the account that started the flow, signed in in this
+/// browser, and (for dashboard flows) with the flow cookie of the browser that started
+/// it; otherwise nothing is exchanged and the state stays usable by its owner.
+pub async fn complete(
+    state: &AppState,
+    params: &CallbackParams,
+    browser: CallbackBrowser<'_>,
+) -> Result<CallbackOutcome, CallbackFailure> {
+    let internal = |e: &dyn std::fmt::Display| internal_failure(e);
     let Some(raw_state) = params.state.as_deref().filter(|s| !s.is_empty()) else {
         return Err(failure(
             None,
@@ -143,22 +205,58 @@ pub async fn complete(state: &AppState, params: &CallbackParams) -> Result<Callb
         ));
     };
     let state_hash = crypto::sha256(raw_state.as_bytes()).to_vec();
-    // Single use: the row is consumed whatever happens next.
-    let pending = sqlx::query!(
-        r#"DELETE FROM sage_oauth_states WHERE state_hash = $1
-           RETURNING binding_id AS "binding_id: BindingId", account_id, region, pkce_verifier, expires_at > now() AS "fresh!""#,
+    let expired = || {
+        failure(
+            None,
+            "state_invalid",
+            "This sign-in link has expired (they last 10 minutes) or was already used. Start the connection again.",
+        )
+    };
+    let owner = sqlx::query!(
+        r#"SELECT account_id, browser_hash FROM sage_oauth_states WHERE state_hash = $1 AND expires_at > now()"#,
         state_hash
     )
     .fetch_optional(&state.db)
     .await
-    .map_err(|e| internal(&e))?;
-    let Some(pending) = pending.filter(|p| p.fresh) else {
+    .map_err(|e| internal(&e))?
+    .ok_or_else(expired)?;
+    let Some(account) = browser.account else {
         return Err(failure(
             None,
-            "state_invalid",
-            "This sign-in link has expired (they last 10 minutes) or was already used. Start the connection again.",
+            "signin_required",
+            "Sign in to the ledger in this browser, as the account that started connecting Sage, then start the connection again.",
         ));
     };
+    if owner.account_id != Some(account.0) {
+        // Someone else's flow (a forwarded consent link): say nothing about it.
+        tracing::warn!(%account, "Sage callback for a flow another account started; refused");
+        return Err(failure(
+            None,
+            "wrong_account",
+            "This Sage sign-in was started by a different ledger account. Nothing was connected. Start the connection from your own binding page.",
+        ));
+    }
+    if let Some(expected) = &owner.browser_hash {
+        let sent = browser.flow_nonce.map(|n| crypto::sha256(n.as_bytes()));
+        if !sent.is_some_and(|s| ledger_core::secret::constant_time_eq(&s, expected)) {
+            return Err(failure(
+                None,
+                "other_browser",
+                "This Sage sign-in was started in a different browser. Nothing was connected. Start the connection again in this browser.",
+            ));
+        }
+    }
+    // Single use: from here the row is consumed whatever happens next.
+    let pending = sqlx::query!(
+        r#"DELETE FROM sage_oauth_states WHERE state_hash = $1 AND account_id = $2
+           RETURNING binding_id AS "binding_id: BindingId", region, pkce_verifier, browser_hash IS NOT NULL AS "from_dashboard!""#,
+        state_hash,
+        account.0,
+    )
+    .fetch_optional(&state.db)
+    .await
+    .map_err(|e| internal(&e))?
+    .ok_or_else(expired)?;
     let binding = pending.binding_id;
     if let Some(error) = params.error.as_deref() {
         let message = match error {
@@ -175,7 +273,8 @@ pub async fn complete(state: &AppState, params: &CallbackParams) -> Result<Callb
             }
             "server_error" => "Sage had an error while signing you in. Try again in a moment.".to_owned(),
             other => format!(
-                "Sage did not complete the sign-in ({other}{}). Try again; if it keeps failing, contact support.",
+                "Sage did not complete the sign-in ({}{}). Try again; if it keeps failing, contact support.",
+                other.chars().take(60).collect::<String>(),
                 params
                     .error_description
                     .as_deref()
@@ -240,9 +339,80 @@ pub async fn complete(state: &AppState, params: &CallbackParams) -> Result<Callb
             "Your Sage user has no business yet. Create one in Sage, then try again.",
         ));
     }
+    if pending.from_dashboard {
+        return attach(state, binding, &pending.region, &tokens, choices, account).await;
+    }
+    hold(state, binding, account, &pending.region, &tokens, choices)
+        .await
+        .map(CallbackOutcome::Confirm)
+}
 
+fn grant_context(column: &str, id: uuid::Uuid) -> String {
+    format!("sage_pending_grants.{column}:{id}")
+}
+
+/// Keeps an API-started flow's tokens until the account confirms the store.
+async fn hold(
+    state: &AppState,
+    binding: BindingId,
+    account: AccountId,
+    region: &str,
+    tokens: &oauth::TokenSet,
+    choices: Vec<BusinessChoice>,
+) -> Result<PendingGrant, CallbackFailure> {
+    let id = uuid::Uuid::new_v4();
+    let keyring = &state.keyring;
+    let access = keyring.seal(
+        tokens.access_token.expose().as_bytes(),
+        &grant_context("access_token", id),
+    );
+    let refresh = keyring.seal(
+        tokens.refresh_token.expose().as_bytes(),
+        &grant_context("refresh_token", id),
+    );
+    let store_url = sqlx::query_scalar!(
+        "INSERT INTO sage_pending_grants
+           (id, binding_id, account_id, region, businesses, access_token, access_token_key_id, access_expires_at,
+            refresh_token, refresh_token_key_id, refresh_expires_at, requested_by_id, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9, $7,
+                 now() + make_interval(secs => $10), $11, now() + make_interval(secs => $12))
+         RETURNING (SELECT magento_base_url FROM connector_bindings WHERE id = $2)",
+        id,
+        binding.0,
+        account.0,
+        region,
+        serde_json::to_value(&choices).unwrap_or_default(),
+        access,
+        keyring.active_id(),
+        tokens.access_expires_in.as_secs_f64(),
+        refresh,
+        tokens.refresh_expires_in.as_secs_f64(),
+        tokens.requested_by_id,
+        STATE_TTL_SECS,
+    )
+    .fetch_one(&state.db)
+    .await
+    .map_err(|e| internal_failure(&e))?;
+    Ok(PendingGrant {
+        grant_id: id,
+        binding_id: binding,
+        store_url: store_url.unwrap_or_default(),
+        businesses: choices,
+    })
+}
+
+/// Stores the tokens on the binding and picks the business when there is only one.
+async fn attach(
+    state: &AppState,
+    binding: BindingId,
+    region: &str,
+    tokens: &oauth::TokenSet,
+    choices: Vec<BusinessChoice>,
+    account: AccountId,
+) -> Result<CallbackOutcome, CallbackFailure> {
+    let internal = |e: &dyn std::fmt::Display| internal_failure(e);
     let mut tx = state.db.begin().await.map_err(|e| internal(&e))?;
-    tokens::store_tokens(&mut tx, state, binding, &pending.region, &tokens)
+    tokens::store_tokens(&mut tx, state, binding, region, tokens)
         .await
         .map_err(|e| internal(&e))?;
     sqlx::query!(
@@ -256,8 +426,7 @@ pub async fn complete(state: &AppState, params: &CallbackParams) -> Result<Callb
     tx.commit().await.map_err(|e| internal(&e))?;
 
     if let [only] = choices.as_slice() {
-        let actor = pending.account_id.map_or(Actor::System, Actor::Account);
-        choose(state, binding, &only.id, actor)
+        choose(state, binding, &only.id, Actor::Account(account.0))
             .await
             .map_err(|p| failure(Some(binding), "internal", p.detail))?;
         return Ok(CallbackOutcome::Connected {
@@ -269,6 +438,60 @@ pub async fn complete(state: &AppState, params: &CallbackParams) -> Result<Callb
         binding_id: binding,
         businesses: choices,
     })
+}
+
+/// The answer to the confirmation page: attach the held tokens, or throw them away
+/// (revoking them at Sage). Only the account that started the flow may answer.
+pub async fn confirm(
+    state: &AppState,
+    id: uuid::Uuid,
+    account: AccountId,
+    accept: bool,
+) -> Result<Option<CallbackOutcome>, CallbackFailure> {
+    let internal = |e: &dyn std::fmt::Display| internal_failure(e);
+    let row = sqlx::query!(
+        r#"DELETE FROM sage_pending_grants WHERE id = $1 AND account_id = $2 AND expires_at > now()
+           RETURNING binding_id AS "binding_id: BindingId", region, businesses, access_token, refresh_token, requested_by_id,
+             GREATEST(EXTRACT(EPOCH FROM access_expires_at - now()), 0)::float8 AS "access_secs!",
+             GREATEST(EXTRACT(EPOCH FROM refresh_expires_at - now()), 0)::float8 AS "refresh_secs!""#,
+        id,
+        account.0
+    )
+    .fetch_optional(&state.db)
+    .await
+    .map_err(|e| internal(&e))?;
+    let Some(row) = row else {
+        return Err(failure(
+            None,
+            "grant_invalid",
+            "This confirmation has expired (it lasts 10 minutes) or was already answered. Start the connection again.",
+        ));
+    };
+    let refresh_token = state
+        .keyring
+        .open_string(&row.refresh_token, &grant_context("refresh_token", id))
+        .map_err(|e| internal(&e))?;
+    if !accept {
+        if let Err(err) = SageOAuth::from_settings(&state.settings).revoke(&refresh_token).await {
+            tracing::warn!(binding = %row.binding_id, error = %err, "revoking a declined Sage grant failed; it was deleted here anyway");
+        }
+        return Ok(None);
+    }
+    let access_token = state
+        .keyring
+        .open_string(&row.access_token, &grant_context("access_token", id))
+        .map_err(|e| internal(&e))?;
+    let tokens = oauth::TokenSet {
+        access_token,
+        access_expires_in: std::time::Duration::from_secs_f64(row.access_secs),
+        refresh_token,
+        refresh_expires_in: std::time::Duration::from_secs_f64(row.refresh_secs),
+        requested_by_id: row.requested_by_id,
+    };
+    let choices: Vec<BusinessChoice> = serde_json::from_value(row.businesses).unwrap_or_default();
+    attach(state, row.binding_id, &row.region, &tokens, choices, account)
+        .await
+        .map(Some)
 }
 
 /// Picks the business for a connected binding; fetches its reference data.
@@ -369,7 +592,7 @@ pub async fn authorize(
         ledger_core::extract::parse(&body)?
     };
     let region = request.region.unwrap_or_else(|| "uk".to_owned());
-    let authorize_url = start(&state, binding, merchant.account_id, &region).await?;
+    let authorize_url = start(&state, binding, merchant.account_id, &region, None).await?;
     Ok(axum::Json(AuthorizeUrl { authorize_url }))
 }
 

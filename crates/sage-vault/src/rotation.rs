@@ -46,6 +46,18 @@ pub const SEALED_COLUMNS: &[SealedColumn] = &[
         id_text: "binding_id::text",
     },
     SealedColumn {
+        table: "sage_pending_grants",
+        column: "access_token",
+        key_id_column: "access_token_key_id",
+        id_text: "id::text",
+    },
+    SealedColumn {
+        table: "sage_pending_grants",
+        column: "refresh_token",
+        key_id_column: "refresh_token_key_id",
+        id_text: "id::text",
+    },
+    SealedColumn {
         table: "sage_oauth_states",
         column: "pkce_verifier",
         key_id_column: "pkce_verifier_key_id",

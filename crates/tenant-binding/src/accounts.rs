@@ -503,6 +503,17 @@ pub async fn change_password(
     Ok(Ok(()))
 }
 
+/// Deletes the session with cookie value `value`.
+pub async fn end_session_value(db: &sqlx::PgPool, value: &Secret<String>) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "DELETE FROM sessions WHERE id_hash = $1",
+        ring_sha256(value.expose().as_bytes())
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Deletes the request's session, if it carries one.
 pub async fn end_session(db: &sqlx::PgPool, headers: &HeaderMap) -> Result<(), sqlx::Error> {
     if let Some(value) = crate::auth::cookie_value(headers, SESSION_COOKIE) {

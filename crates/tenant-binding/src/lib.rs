@@ -40,6 +40,10 @@ pub async fn housekeeping(db: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
         .execute(db)
         .await?
         .rows_affected();
+    removed += sqlx::query!("DELETE FROM sage_pending_grants WHERE expires_at < now()")
+        .execute(db)
+        .await?
+        .rows_affected();
     removed += sqlx::query!("DELETE FROM sessions WHERE expires_at < now()")
         .execute(db)
         .await?

@@ -183,6 +183,13 @@ pub struct TestMerchant {
     pub token: String,
 }
 
+/// A dashboard session: the `Cookie` header to send and the session's CSRF token.
+#[derive(Debug, Clone)]
+pub struct TestSession {
+    pub cookie: String,
+    pub csrf_token: String,
+}
+
 /// A sandbox store paired with a [`TestApp`] through `POST /v1/magento/connect`.
 #[derive(Debug)]
 pub struct PairedStore {
@@ -311,7 +318,59 @@ impl TestApp {
     /// Runs the whole connect flow (auto-approving sandbox) and returns the callback's answer.
     pub async fn connect_sage(&self, paired: &PairedStore) -> reqwest::Response {
         let callback = self.sage_authorize(&paired.merchant, paired.binding_id, "uk").await;
-        self.http.get(&callback).send().await.expect("callback")
+        self.finish_callback(&paired.merchant, &callback).await
+    }
+
+    /// A sign-in session for `merchant` (made directly, without the password's hashing cost).
+    pub async fn session(&self, merchant: &TestMerchant) -> TestSession {
+        let (cookie, csrf_token) = ledger_tenant_binding::accounts::create_session(
+            &self.state.db,
+            merchant.account_id,
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .expect("session");
+        TestSession {
+            cookie: format!("{}={}", ledger_tenant_binding::auth::SESSION_COOKIE, cookie.expose()),
+            csrf_token,
+        }
+    }
+
+    /// Opens Sage's redirect back in `merchant`'s signed-in browser and, when the flow was
+    /// started through the API, answers the confirmation page with "Connect". Returns the
+    /// last answer.
+    pub async fn finish_callback(&self, merchant: &TestMerchant, callback: &str) -> reqwest::Response {
+        let session = self.session(merchant).await;
+        let page = self
+            .http
+            .get(callback)
+            .header("cookie", &session.cookie)
+            .send()
+            .await
+            .expect("callback");
+        let grant: Option<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM sage_pending_grants WHERE account_id = $1 ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(merchant.account_id.0)
+        .fetch_optional(&self.state.db)
+        .await
+        .expect("pending grants");
+        let Some(grant) = grant.filter(|_| page.status() == 200) else {
+            return page;
+        };
+        let html = page.text().await.expect("confirmation page");
+        assert!(html.contains("id=\"confirm-connect\""), "a confirmation page: {html}");
+        self.http
+            .post(self.url("/sage/callback/confirm"))
+            .header("cookie", &session.cookie)
+            .form(&[
+                ("csrf_token", session.csrf_token.as_str()),
+                ("grant_id", &grant.to_string()),
+                ("decision", "connect"),
+            ])
+            .send()
+            .await
+            .expect("confirm")
     }
 }
 

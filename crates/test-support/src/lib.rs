@@ -9,5 +9,5 @@ mod app;
 pub mod browser;
 mod db;
 
-pub use app::{PairedStore, TestApp, TestAppBuilder, TestMerchant, Workers, point_at_sage, test_settings};
+pub use app::{PairedStore, TestApp, TestAppBuilder, TestMerchant, TestSession, Workers, point_at_sage, test_settings};
 pub use db::{TestDb, admin_url};

@@ -108,7 +108,7 @@ pub async fn start(
     let sage_business = match sage {
         Some(sage) => Some((
             sage.base_url.clone(),
-            connect_sage(state, sage, &token, &binding_id, &profile)
+            connect_sage(state, sage, account, &token, &binding_id, &profile)
                 .await
                 .context("connecting the demo binding to the sandbox Sage")?,
         )),
@@ -131,6 +131,7 @@ pub async fn start(
 async fn connect_sage(
     state: &AppState,
     sage: &RunningSage,
+    account: ledger_core::AccountId,
     token: &Secret<String>,
     binding: &str,
     profile: &ledger_sandbox::magento::catalogue::StoreProfile,
@@ -168,12 +169,35 @@ async fn connect_sage(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let page = http.get(&callback).send().await?;
+    // The callback needs the signed-in account that started the flow; started through
+    // the API, it ends on a confirmation page, answered here as the merchant would.
+    let (session, csrf) =
+        ledger_tenant_binding::accounts::create_session(&state.db, account, Duration::from_secs(600)).await?;
+    let cookie = format!("{}={}", ledger_tenant_binding::auth::SESSION_COOKIE, session.expose());
+    let page = http.get(&callback).header("cookie", &cookie).send().await?;
+    anyhow::ensure!(page.status().is_success(), "the callback answered {}", page.status());
+    let grant: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM sage_pending_grants WHERE account_id = $1 ORDER BY created_at DESC LIMIT 1")
+            .bind(account.0)
+            .fetch_one(&state.db)
+            .await
+            .context("the callback held the grant for confirmation")?;
+    let confirmed = http
+        .post(format!("{public}/sage/callback/confirm"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("grant_id", &grant.to_string()),
+            ("decision", "connect"),
+        ])
+        .send()
+        .await?;
     anyhow::ensure!(
-        page.status().is_success() || page.status().is_redirection(),
-        "the callback answered {}",
-        page.status()
+        confirmed.status().is_success() || confirmed.status().is_redirection(),
+        "confirming the connection answered {}",
+        confirmed.status()
     );
+    ledger_tenant_binding::accounts::end_session_value(&state.db, &session).await?;
     let business = sage
         .sage
         .businesses()
