@@ -204,3 +204,174 @@ async fn a_dashboard_flow_completes_only_in_the_browser_that_started_it() {
         1
     );
 }
+
+/// A "store" that answers every request with `declared` (a Content-Length, or chunked
+/// when `None`) and then streams junk until the reader hangs up. Counts bytes written.
+async fn flooding_server(declared: Option<u64>) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::{Arc, atomic::AtomicU64, atomic::Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 8192];
+                let _ = socket.read(&mut request).await;
+                let head = match declared {
+                    Some(n) => {
+                        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {n}\r\n\r\n")
+                    }
+                    None => "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                        .to_owned(),
+                };
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let junk = vec![b' '; 64 << 10];
+                let chunk = match declared {
+                    Some(_) => junk.clone(),
+                    None => [
+                        format!("{:x}\r\n", junk.len()).into_bytes(),
+                        junk.clone(),
+                        b"\r\n".to_vec(),
+                    ]
+                    .concat(),
+                };
+                // Up to 512 MiB, as fast as the reader takes it.
+                for _ in 0..8192 {
+                    if socket.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (url, sent)
+}
+
+#[tokio::test]
+async fn a_store_streaming_hundreds_of_mib_at_pairing_is_cut_off_early() {
+    use std::sync::atomic::Ordering;
+    let app = TestApp::spawn().await;
+    for declared in [None, Some(1u64 << 30)] {
+        let merchant = app.merchant().await;
+        let (url, sent) = flooding_server(declared).await;
+        let started = std::time::Instant::now();
+        let res = app.connect(&merchant, &url, "ABCD-EFGH-JKLM").await;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert!(status.is_client_error() || status.is_server_error(), "{status} {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("larger than 64 KiB"),
+            "says why: {body}"
+        );
+        let sent = sent.load(Ordering::Relaxed);
+        assert!(
+            sent < 8 << 20,
+            "read stopped early ({sent} bytes written by the store, declared {declared:?})"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(
+            count(&app, "SELECT count(*) FROM connector_bindings WHERE status = 'paired'").await,
+            0
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_entity_of_hundreds_of_mib_fails_its_run_and_the_worker_carries_on() {
+    use std::sync::atomic::Ordering;
+    let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
+    let paired = app.connected_store().await;
+    let (url, sent) = flooding_server(None).await;
+    // The store's host now floods every read-back.
+    sqlx::query("UPDATE connector_bindings SET magento_base_url = $1 WHERE id = $2")
+        .bind(&url)
+        .bind(paired.binding_id.0)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let workers = app.start_workers();
+    let token = ledger_e2e::module_token(&paired.api_key(), &paired.tenant());
+    let res = ledger_e2e::post_event(
+        &app,
+        &paired.tenant(),
+        "invoice.created",
+        Some(&token),
+        Some("invoice.created:7"),
+        &ledger_e2e::event_body(7),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let message = run_message_eventually(&app, 7).await;
+    assert!(message.contains("larger than 4096 KiB"), "{message}");
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(sent < 32 << 20, "{sent} bytes: the ledger read a few MiB at most");
+    // The worker is still there: a second event is handled too.
+    let res = ledger_e2e::post_event(
+        &app,
+        &paired.tenant(),
+        "invoice.created",
+        Some(&ledger_e2e::module_token(&paired.api_key(), &paired.tenant())),
+        Some("invoice.created:8"),
+        &ledger_e2e::event_body(8),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    assert!(run_message_eventually(&app, 8).await.contains("larger than 4096 KiB"));
+    workers.stop().await;
+}
+
+/// The message of the run for entity `id`, once a worker has tried it.
+async fn run_message_eventually(app: &TestApp, id: i64) -> String {
+    for _ in 0..600 {
+        let message: Option<Option<String>> =
+            sqlx::query_scalar("SELECT message FROM sync_runs WHERE magento_entity_id = $1")
+                .bind(id)
+                .fetch_optional(&app.state.db)
+                .await
+                .unwrap();
+        if let Some(Some(m)) = message {
+            return m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no worker tried entity {id}");
+}
+
+#[tokio::test]
+async fn sage_or_its_oauth_server_flooding_the_callback_is_cut_off_early() {
+    use std::sync::atomic::Ordering;
+    for flood_api in [true, false] {
+        let (flood, sent) = flooding_server(None).await;
+        let target = flood.clone();
+        let app = TestApp::builder()
+            .sage(SageConfig::default())
+            .configure(move |s| {
+                if flood_api {
+                    s.sage_api_base = format!("{target}/v3.1");
+                } else {
+                    s.sage_token_url = format!("{target}/oauth2/token").parse().unwrap();
+                }
+            })
+            .spawn()
+            .await;
+        let paired = app.paired_store().await;
+        let res = app.connect_sage(&paired).await;
+        assert_eq!(res.status(), 400);
+        let page = res.text().await.unwrap();
+        assert!(page.contains("Sage"), "{page}");
+        let sent = sent.load(Ordering::Relaxed);
+        let cap = if flood_api { 16 << 20 } else { 4 << 20 };
+        assert!(
+            sent < cap,
+            "flooding the {} sent {sent} bytes",
+            if flood_api { "API" } else { "token endpoint" }
+        );
+        assert_eq!(count(&app, "SELECT count(*) FROM sage_connections").await, 0);
+    }
+}

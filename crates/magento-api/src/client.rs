@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use ledger_core::Secret;
+use ledger_core::{Secret, http};
 use reqwest::{StatusCode, header};
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -69,17 +69,16 @@ impl MagentoError {
 
     /// Maps a transport failure (no HTTP answer) to a readable reason.
     fn transport(url: &str, err: &reqwest::Error, timeout: std::time::Duration) -> Self {
-        let chain = error_chain(err);
+        // reqwest's own text names the URL; ours already does, so only its causes are kept.
+        let chain = http::describe(err);
         let reason = if err.is_timeout() {
             format!("no answer within {} ms (timed out)", timeout.as_millis())
         } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("TLS") {
             format!("TLS handshake failed ({chain})")
         } else if chain.contains("refused") {
             "connection refused".to_owned()
-        } else if err.is_connect() {
-            format!("cannot connect ({chain})")
         } else {
-            format!("request failed ({chain})")
+            chain
         };
         Self::Transient {
             url: url.to_owned(),
@@ -88,14 +87,17 @@ impl MagentoError {
     }
 }
 
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(e) = source {
-        parts.push(e.to_string());
-        source = e.source();
+impl MagentoError {
+    /// A body that could not be read: too large is the store's answer, not a blip.
+    fn body(url: &str, err: http::BodyError, timeout: std::time::Duration) -> Self {
+        match err {
+            http::BodyError::TooLarge { .. } => Self::BadResponse {
+                url: url.to_owned(),
+                reason: err.to_string(),
+            },
+            http::BodyError::Transport(e) => Self::transport(url, &e, timeout),
+        }
     }
-    parts.join(": ")
 }
 
 /// Magento error bodies are `{"message": "...", "parameters": ...}` with `%1` placeholders.
@@ -189,13 +191,13 @@ pub async fn pair(
         .map_err(|e| MagentoError::transport(&target, &e, policy.request_timeout))?;
     let status = response.status();
     let headers = response.headers().clone();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| MagentoError::transport(&target, &e, policy.request_timeout))?;
     if !status.is_success() {
+        let bytes = http::read_prefix(response, http::ERROR_LIMIT).await;
         return Err(status_error(&target, status, &headers, &bytes));
     }
+    let bytes = http::read_limited(response, http::SMALL_LIMIT)
+        .await
+        .map_err(|e| MagentoError::body(&target, e, policy.request_timeout))?;
     // Stock Magento answers `[]`; a page that is not JSON means something else answered.
     if !bytes.is_empty() && serde_json::from_slice::<serde_json::Value>(&bytes).is_err() {
         return Err(MagentoError::BadResponse {
@@ -256,7 +258,7 @@ impl MagentoClient {
 
     /// One client span per call; the store gets the W3C trace context, so a store that
     /// traces can join the ledger's trace.
-    async fn send(&self, request: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, MagentoError> {
+    async fn send(&self, request: reqwest::RequestBuilder, url: &str, limit: usize) -> Result<Vec<u8>, MagentoError> {
         let method = request
             .try_clone()
             .and_then(|r| r.build().ok())
@@ -283,10 +285,15 @@ impl MagentoClient {
         if let Some(tp) = ledger_core::trace::traceparent(&span) {
             request = request.header("traceparent", tp);
         }
-        tracing::Instrument::instrument(self.send_inner(request, url), span).await
+        tracing::Instrument::instrument(self.send_inner(request, url, limit), span).await
     }
 
-    async fn send_inner(&self, request: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, MagentoError> {
+    async fn send_inner(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, MagentoError> {
         let response = request
             .header(header::AUTHORIZATION, self.bearer())
             .header(header::ACCEPT, "application/json")
@@ -294,21 +301,20 @@ impl MagentoClient {
             .await
             .map_err(|e| MagentoError::transport(url, &e, self.timeout))?;
         let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| MagentoError::transport(url, &e, self.timeout))?;
         if status.is_success() {
-            Ok(bytes.to_vec())
+            http::read_limited(response, limit)
+                .await
+                .map_err(|e| MagentoError::body(url, e, self.timeout))
         } else {
+            let headers = response.headers().clone();
+            let bytes = http::read_prefix(response, http::ERROR_LIMIT).await;
             Err(status_error(url, status, &headers, &bytes))
         }
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, MagentoError> {
         let url = self.url(path);
-        let bytes = self.send(self.http.get(&url), &url).await?;
+        let bytes = self.send(self.http.get(&url), &url, http::ENTITY_LIMIT).await?;
         serde_json::from_slice(&bytes).map_err(|e| MagentoError::BadResponse {
             url,
             reason: e.to_string(),
@@ -347,13 +353,15 @@ impl MagentoClient {
     /// Liveness and auth probe: any 2xx is healthy, whatever the body (contract §8.10).
     pub async fn ping(&self) -> Result<(), MagentoError> {
         let url = self.url("ping");
-        self.send(self.http.get(&url), &url).await.map(drop)
+        self.send(self.http.get(&url), &url, http::SMALL_LIMIT).await.map(drop)
     }
 
     /// Reports a terminal outcome; any 2xx is success (stock Magento answers 200 `[]`).
     pub async fn sync_state(&self, state: &SyncState) -> Result<(), MagentoError> {
         let url = self.url("sync-state");
-        self.send(self.http.post(&url).json(state), &url).await.map(drop)
+        self.send(self.http.post(&url).json(state), &url, http::SMALL_LIMIT)
+            .await
+            .map(drop)
     }
 }
 

@@ -201,12 +201,9 @@ impl SageApi {
         if let Some(business) = auth.business_id {
             request = request.header("X-Business", business);
         }
+        // reqwest's text carries the URL, whose query can hold a customer's email.
         let response = request.send().await.map_err(|e| SageError::Transient {
-            reason: if e.is_timeout() {
-                "timed out".to_owned()
-            } else {
-                format!("request failed ({e})")
-            },
+            reason: ledger_core::http::describe(&e),
         })?;
         let status = response.status();
         let retry_after = response
@@ -214,14 +211,15 @@ impl SageApi {
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| SageError::Transient { reason: e.to_string() })?
-            .to_vec();
         if status.is_success() {
-            return Ok(bytes);
+            return ledger_core::http::read_limited(response, ledger_core::http::PAGE_LIMIT)
+                .await
+                .map_err(|e| match e {
+                    ledger_core::http::BodyError::TooLarge { .. } => SageError::BadResponse { reason: e.to_string() },
+                    ledger_core::http::BodyError::Transport(_) => SageError::Transient { reason: e.to_string() },
+                });
         }
+        let bytes = ledger_core::http::read_prefix(response, ledger_core::http::ERROR_LIMIT).await;
         let errors: Vec<ApiError> = serde_json::from_slice(&bytes).unwrap_or_default();
         Err(match status {
             StatusCode::UNAUTHORIZED if errors.iter().any(|e| e.message.contains("No active subscription")) => {

@@ -85,19 +85,20 @@ impl<'c> AsyncHttpClient<'c> for ReqwestAdapter {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| {
-                    TransportError(if e.is_timeout() {
-                        "timed out".to_owned()
-                    } else {
-                        e.to_string()
-                    })
-                })?;
+                .map_err(|e| TransportError(ledger_core::http::describe(&e)))?;
             let mut builder = http::Response::builder().status(response.status());
             for (name, value) in response.headers() {
                 builder = builder.header(name, value);
             }
-            let bytes = response.bytes().await.map_err(|e| TransportError(e.to_string()))?;
-            builder.body(bytes.to_vec()).map_err(|e| TransportError(e.to_string()))
+            // Token answers are a few hundred bytes; error pages are cut short.
+            let bytes = if response.status().is_success() {
+                ledger_core::http::read_limited(response, ledger_core::http::SMALL_LIMIT)
+                    .await
+                    .map_err(|e| TransportError(e.to_string()))?
+            } else {
+                ledger_core::http::read_prefix(response, ledger_core::http::ERROR_LIMIT).await
+            };
+            builder.body(bytes).map_err(|e| TransportError(e.to_string()))
         })
     }
 }
@@ -247,7 +248,7 @@ impl SageOAuth {
             .form(&form)
             .send()
             .await
-            .map_err(|e| OAuthError::Transient(e.to_string()))?;
+            .map_err(|e| OAuthError::Transient(ledger_core::http::describe(&e)))?;
         if response.status().is_success() {
             Ok(())
         } else {
