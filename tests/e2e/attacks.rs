@@ -130,6 +130,19 @@ async fn the_attack_suite_is_refused_entirely() {
             expect_code: "token_algorithm_refused",
         },
         Case {
+            name: "crit header (an extension the ledger would ignore)",
+            tenant: tenant.clone(),
+            token: Some(forge(
+                r#"{"alg":"HS256","typ":"JWT","crit":["exp-override"],"exp-override":true}"#,
+                &claims_json(&fresh()),
+                &outbound(&paired),
+            )),
+            key: key.clone(),
+            body: body.clone(),
+            expect_status: 401,
+            expect_code: "token_crit_refused",
+        },
+        Case {
             name: "wrong key",
             tenant: tenant.clone(),
             token: Some(auth::sign(b"an-attacker-chosen-32-byte-key!!", &fresh())),

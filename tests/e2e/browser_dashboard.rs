@@ -208,6 +208,12 @@ async fn chromium_walks_the_dashboard_and_the_ops_console() -> anyhow::Result<()
         "{}",
         csp(&embed)
     );
+    let not_a_tenant = app.get("/embed/%3Cscript%3Ex").await;
+    assert_eq!(not_a_tenant.status(), 404);
+    assert!(
+        !not_a_tenant.text().await?.contains("script"),
+        "the segment is not echoed"
+    );
     let anonymous = embed.text().await?;
     assert!(!anonymous.contains("invoice.created"), "no data without a session");
     let unknown = app.get(&format!("/embed/{}", uuid::Uuid::new_v4())).await;

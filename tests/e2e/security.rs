@@ -375,3 +375,674 @@ async fn sage_or_its_oauth_server_flooding_the_callback_is_cut_off_early() {
         assert_eq!(count(&app, "SELECT count(*) FROM sage_connections").await, 0);
     }
 }
+
+/// POSTs `body` to `path` `n` times at once, the i-th from address `address(i)`
+/// (the test app trusts one proxy hop); the statuses and bodies in completion order.
+async fn in_parallel(
+    app: &TestApp,
+    path: &str,
+    n: usize,
+    address: impl Fn(usize) -> String,
+    body: impl Fn(usize) -> Value,
+) -> Vec<(u16, Value)> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let request = app
+            .http
+            .post(app.url(path))
+            .header("x-forwarded-for", address(i))
+            .json(&body(i));
+        set.spawn(async move {
+            let res = request.send().await.unwrap();
+            let status = res.status().as_u16();
+            let retry_after = res.headers().get("retry-after").is_some();
+            let mut body: Value = res.json().await.unwrap_or(Value::Null);
+            body["has_retry_after"] = retry_after.into();
+            (status, body)
+        });
+    }
+    set.join_all().await
+}
+
+async fn signin_from(app: &TestApp, email: &str, password: &str, address: &str) -> reqwest::Response {
+    app.http
+        .post(app.url("/v1/auth/signin"))
+        .header("x-forwarded-for", address)
+        .json(&serde_json::json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn behind_one_proxy() -> TestApp {
+    TestApp::builder().configure(|s| s.trusted_proxy_hops = 1).spawn().await
+}
+
+#[tokio::test]
+async fn parallel_guesses_all_count_against_the_limit() {
+    let app = behind_one_proxy().await;
+    let victim = app.merchant().await;
+    let email = victim.email.clone();
+    let answers = in_parallel(
+        &app,
+        "/v1/auth/signin",
+        30,
+        |_| "198.51.100.7".to_owned(),
+        |i| serde_json::json!({ "email": email, "password": format!("wrong-guess-{i:04}") }),
+    )
+    .await;
+    let checked = answers.iter().filter(|(s, _)| *s == 401).count();
+    let refused = answers
+        .iter()
+        .filter(|(s, b)| *s == 429 && b["has_retry_after"] == true)
+        .count();
+    assert_eq!(checked + refused, 30, "{answers:?}");
+    assert!(checked <= 5, "at most 5 guesses were checked, not {checked}");
+}
+
+#[tokio::test]
+async fn a_flood_of_signups_is_answered_503_beyond_the_hashing_bound() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.trusted_proxy_hops = 1;
+            s.password_hash_concurrency = 1;
+            s.password_hash_wait = std::time::Duration::from_millis(20);
+        })
+        .spawn()
+        .await;
+    let answers = in_parallel(
+        &app,
+        "/v1/auth/signup",
+        150,
+        |i| format!("203.0.113.{}", i % 250),
+        |i| serde_json::json!({ "email": format!("flood{i}@example.com"), "password": "correct-horse-battery" }),
+    )
+    .await;
+    let created = answers.iter().filter(|(s, _)| *s == 201).count();
+    let busy = answers
+        .iter()
+        .filter(|(s, b)| *s == 503 && b["code"] == "busy" && b["has_retry_after"] == true)
+        .count();
+    assert_eq!(created + busy, 150, "only 201 or 503 busy: {answers:?}");
+    assert!(busy > 0, "beyond the bound the ledger says busy ({created} created)");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM accounts WHERE email LIKE 'flood%'").await,
+        created as i64
+    );
+}
+
+#[tokio::test]
+async fn signups_from_one_address_are_limited_before_hashing() {
+    let app = behind_one_proxy().await;
+    let answers = in_parallel(
+        &app,
+        "/v1/auth/signup",
+        12,
+        |_| "192.0.2.44".to_owned(),
+        |i| serde_json::json!({ "email": format!("one-address{i}@example.com"), "password": "correct-horse-battery" }),
+    )
+    .await;
+    let created = answers.iter().filter(|(s, _)| *s == 201).count();
+    let limited = answers
+        .iter()
+        .filter(|(s, b)| *s == 429 && b["code"] == "too_many_signups" && b["has_retry_after"] == true)
+        .count();
+    assert_eq!((created, limited), (5, 7), "{answers:?}");
+    // Another address is not affected.
+    let res = app
+        .http
+        .post(app.url("/v1/auth/signup"))
+        .header("x-forwarded-for", "192.0.2.45")
+        .json(&serde_json::json!({ "email": "elsewhere@example.com", "password": "correct-horse-battery" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+}
+
+#[tokio::test]
+async fn behind_an_ingress_one_attacker_locks_out_neither_everyone_nor_the_victim() {
+    let app = behind_one_proxy().await;
+    let victim = app.merchant().await;
+    let bystander = app.merchant().await;
+    // 25 failures from one address, on the victim's and on made-up emails.
+    for i in 0..25 {
+        let email = if i < 6 {
+            victim.email.clone()
+        } else {
+            format!("nobody{i}@example.com")
+        };
+        let res = signin_from(&app, &email, "wrong-password", "198.51.100.66").await;
+        assert!(matches!(res.status().as_u16(), 401 | 429));
+    }
+    assert_eq!(
+        signin_from(&app, &victim.email, &victim.password, "198.51.100.66")
+            .await
+            .status(),
+        429,
+        "the attacker's address is throttled"
+    );
+    // Everyone else behind the same ingress signs in, the victim included.
+    assert_eq!(
+        signin_from(&app, &bystander.email, &bystander.password, "203.0.113.5")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        signin_from(&app, &victim.email, &victim.password, "203.0.113.9")
+            .await
+            .status(),
+        200
+    );
+    // Guessing the victim's email from many addresses slows it down, never locks it.
+    for i in 0..12 {
+        signin_from(
+            &app,
+            &victim.email,
+            "wrong-password",
+            &format!("198.51.100.{}", 100 + i),
+        )
+        .await;
+    }
+    let res = signin_from(&app, &victim.email, &victim.password, "203.0.113.9").await;
+    assert_eq!(res.status(), 429);
+    let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(wait <= 4, "a short wait, not a lock-out: {wait} s");
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    assert_eq!(
+        signin_from(&app, &victim.email, &victim.password, "203.0.113.9")
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_disconnect_from_magento_revokes_the_sage_refresh_token_too() {
+    let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
+    let paired = app.connected_store().await;
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT refresh_token FROM sage_connections")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    let refresh = app
+        .state
+        .keyring
+        .open_string(
+            &sealed,
+            &format!("sage_connections.refresh_token:{}", paired.binding_id),
+        )
+        .unwrap();
+    assert!(app.sage().refresh_token_is_live(refresh.expose()));
+    // The merchant presses Disconnect in the Magento admin.
+    assert!(paired.store.store.disconnect().await);
+    assert!(!app.sage().refresh_token_is_live(refresh.expose()), "revoked at Sage");
+    assert_eq!(count(&app, "SELECT count(*) FROM sage_connections").await, 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM sage_reference").await, 0);
+    // Nothing keeps a revoked binding's connection alive either.
+    assert_eq!(ledger_sage_vault::tokens::keep_alive(&app.state).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_flooding_store_is_answered_503_with_retry_after_beyond_its_quota() {
+    let app = TestApp::builder()
+        .configure(|s| s.binding_ingest_per_minute = 5)
+        .spawn()
+        .await;
+    let paired = app.paired_store().await;
+    let other = app.paired_store().await;
+    let mut statuses = Vec::new();
+    for id in 1..=8 {
+        let token = ledger_e2e::module_token(&paired.api_key(), &paired.tenant());
+        let res = ledger_e2e::post_event(
+            &app,
+            &paired.tenant(),
+            "customer.upserted",
+            Some(&token),
+            Some(&format!("customer.upserted:{id}")),
+            &ledger_e2e::event_body(id),
+        )
+        .await;
+        let retry = res.headers().get("retry-after").is_some();
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap();
+        statuses.push((status, body["code"].as_str().unwrap_or_default().to_owned(), retry));
+    }
+    let accepted = statuses.iter().filter(|(s, ..)| *s == 202).count();
+    let deferred = statuses
+        .iter()
+        .filter(|(s, c, r)| *s == 503 && c == "ingest_quota_reached" && *r)
+        .count();
+    assert_eq!((accepted, deferred), (5, 3), "{statuses:?}");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM received_events").await,
+        5,
+        "refused ones change nothing"
+    );
+    // Another store is not held back by its neighbour.
+    let token = ledger_e2e::module_token(&other.api_key(), &other.tenant());
+    let res = ledger_e2e::post_event(
+        &app,
+        &other.tenant(),
+        "customer.upserted",
+        Some(&token),
+        Some("customer.upserted:1"),
+        &ledger_e2e::event_body(1),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+}
+
+#[tokio::test]
+async fn the_reference_cache_keeps_no_bank_account_numbers() {
+    let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
+    let paired = app.connected_store().await;
+    let cached: String = sqlx::query_scalar("SELECT items::text FROM sage_reference WHERE kind = 'bank_accounts'")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert!(cached.contains("displayed_as"), "{cached}");
+    for secret in ["31926819", "40-47-84", "GB29NWBK", "bank_account_details", "balance"] {
+        assert!(!cached.contains(secret), "{secret} cached: {cached}");
+    }
+    let _ = paired;
+}
+
+// ---- Medium and low ------------------------------------------------------------------
+
+#[tokio::test]
+async fn sign_in_never_redirects_off_the_ledger() {
+    let app = TestApp::spawn().await;
+    let merchant = app.merchant().await;
+    for next in [
+        "/\t/evil.example",
+        "/%09/evil.example",
+        "//evil.example",
+        "/\\evil.example",
+        "/\n/evil.example",
+        "https://evil.example/",
+        "/dashboard/bindings?x=1",
+    ] {
+        let res = app
+            .http
+            .post(app.url("/signin"))
+            .form(&[
+                ("email", merchant.email.as_str()),
+                ("password", merchant.password.as_str()),
+                ("next", next),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 303, "{next:?}");
+        let location = res.headers()["location"].to_str().unwrap().to_owned();
+        let resolved = url::Url::parse(&app.base_url).unwrap().join(&location).unwrap();
+        assert_eq!(
+            resolved.origin(),
+            url::Url::parse(&app.base_url).unwrap().origin(),
+            "{next:?} went to {location:?}"
+        );
+        assert!(!location.contains(['\t', '\n', '\\']), "{location:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_cross_site_form_cannot_sign_anyone_in_or_up() {
+    let app = TestApp::spawn().await;
+    let attacker = app.merchant().await;
+    for (header, value) in [("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")] {
+        for (path, form) in [
+            (
+                "/signin",
+                vec![
+                    ("email", attacker.email.clone()),
+                    ("password", attacker.password.clone()),
+                ],
+            ),
+            (
+                "/signup",
+                vec![
+                    ("email", format!("csrf-{}@example.com", header)),
+                    ("password", "correct-horse-battery".to_owned()),
+                ],
+            ),
+        ] {
+            let res = app
+                .http
+                .post(app.url(path))
+                .header(header, value)
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 403, "{path} with {header}: {value}");
+            assert!(res.headers().get("set-cookie").is_none(), "no session is set");
+        }
+    }
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM accounts WHERE email LIKE 'csrf-%'").await,
+        0
+    );
+    // The ledger's own page posting to itself is fine.
+    let res = app
+        .http
+        .post(app.url("/signin"))
+        .header("origin", &app.base_url)
+        .header("sec-fetch-site", "same-origin")
+        .form(&[
+            ("email", attacker.email.as_str()),
+            ("password", attacker.password.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = TestApp::builder()
+        .configure(|s| s.header_read_timeout = std::time::Duration::from_secs(1))
+        .spawn()
+        .await;
+    let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut buf))
+        .await
+        .expect("the server hung up instead of waiting for ever");
+    assert!(matches!(read, Ok(0) | Err(_)) || String::from_utf8_lossy(&buf).contains("408"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_runaway_statement_is_cancelled_by_the_database() {
+    let app = TestApp::builder()
+        .configure(|s| s.db_statement_timeout = std::time::Duration::from_secs(1))
+        .spawn()
+        .await;
+    let err = sqlx::query("SELECT pg_sleep(5)")
+        .execute(&app.state.db)
+        .await
+        .expect_err("cancelled");
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    let idle: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(idle, "1s");
+}
+
+#[tokio::test]
+async fn sessions_end_at_their_absolute_lifetime_and_are_replaced_at_sign_in() {
+    let app = TestApp::spawn().await;
+    let merchant = app.merchant().await;
+    let session = app.session(&merchant).await;
+    let me = |cookie: String| app.http.get(app.url("/v1/me")).header("cookie", cookie).send();
+    assert_eq!(me(session.cookie.clone()).await.unwrap().status(), 200);
+    // Active all along, but signed in eight days ago (the lifetime is 7 days).
+    sqlx::query("UPDATE sessions SET created_at = now() - interval '8 days'")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(me(session.cookie.clone()).await.unwrap().status(), 401);
+
+    // Signing in with an old session cookie ends that session.
+    let planted = app.session(&merchant).await;
+    let res = app
+        .http
+        .post(app.url("/v1/auth/signin"))
+        .header("cookie", &planted.cookie)
+        .json(&serde_json::json!({ "email": merchant.email, "password": merchant.password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        me(planted.cookie.clone()).await.unwrap().status(),
+        401,
+        "the old session is gone"
+    );
+}
+
+#[tokio::test]
+async fn the_embed_page_echoes_no_path_and_frames_only_for_its_tenant() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    let csp = |res: &reqwest::Response| res.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    let res = app.http.get(app.url("/embed/%22%3E%3Cb%3Ehi")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert!(csp(&res).contains("frame-ancestors 'none'"));
+    let body = res.text().await.unwrap();
+    assert!(
+        !body.contains("<b>hi") && !body.contains("&lt;b&gt;hi"),
+        "not echoed: {body}"
+    );
+    // Someone else's tenant id names no store of this one.
+    let res = app
+        .http
+        .get(app.url(&format!("/embed/{}", uuid::Uuid::new_v4())))
+        .send()
+        .await
+        .unwrap();
+    assert!(csp(&res).contains("frame-ancestors 'none'"));
+    assert!(!csp(&res).contains(&paired.store.base_url));
+}
+
+#[tokio::test]
+async fn a_stranger_asking_for_a_run_learns_nothing_about_its_binding() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    let token = ledger_e2e::module_token(&paired.api_key(), &paired.tenant());
+    let res = ledger_e2e::post_event(
+        &app,
+        &paired.tenant(),
+        "invoice.created",
+        Some(&token),
+        Some("invoice.created:5"),
+        &ledger_e2e::event_body(5),
+    )
+    .await;
+    let run = res.json::<Value>().await.unwrap()["sync_run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stranger = app.merchant().await;
+    let session = app.session(&stranger).await;
+    for path in [format!("/dashboard/runs/{run}"), format!("/v1/runs/{run}")] {
+        let res = app
+            .http
+            .get(app.url(&path))
+            .header("cookie", &session.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+        let body = res.text().await.unwrap();
+        assert!(!body.contains(&paired.binding_id.to_string()), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn pages_are_not_compressed_next_to_their_csrf_token() {
+    let app = TestApp::spawn().await;
+    let merchant = app.merchant().await;
+    let session = app.session(&merchant).await;
+    let page = app
+        .http
+        .get(app.url("/dashboard/account"))
+        .header("cookie", &session.cookie)
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers().get("content-encoding").is_none(), "{:?}", page.headers());
+    let json = app
+        .http
+        .get(app.url("/openapi.json"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.headers()["content-encoding"], "gzip", "JSON still is");
+}
+
+#[tokio::test]
+async fn an_operator_may_only_do_what_operators_do_on_other_merchants_bindings() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    let operator = ledger_tenant_binding::accounts::create_account(&app.state.db, "ops@example.com", None, true)
+        .await
+        .unwrap();
+    let token = ledger_tenant_binding::accounts::create_api_token(
+        &app.state.db,
+        operator.account_id,
+        "ops",
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let token = token.expose().clone();
+    let binding = paired.binding_id;
+    // Not the operator's to change: settings, disconnect, Sage connect.
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/bindings/{binding}/disconnect")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = app
+        .http
+        .get(app.url(&format!("/v1/bindings/{binding}/settings")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/bindings/{binding}/sage/authorize")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // An operator's own actions: the runs, retried in the operator's name.
+    let res = app
+        .http
+        .get(app.url(&format!("/v1/bindings/{binding}/runs")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/bindings/{binding}/runs/retry-dead")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM connector_bindings WHERE status = 'revoked'").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn api_tokens_expire_are_listed_and_revoked_and_cannot_mint_successors() {
+    let app = TestApp::spawn().await;
+    let merchant = app.merchant().await;
+    let me = |token: String| app.http.get(app.url("/v1/me")).bearer_auth(token).send();
+    assert_eq!(me(merchant.token.clone()).await.unwrap().status(), 200);
+    // A token cannot issue the next one; a signed-in person can.
+    let res = app
+        .http
+        .post(app.url("/v1/tokens"))
+        .bearer_auth(&merchant.token)
+        .json(&serde_json::json!({ "name": "successor" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let session = app.session(&merchant).await;
+    let res = app
+        .http
+        .post(app.url("/v1/tokens"))
+        .header("cookie", &session.cookie)
+        .header("x-csrf-token", &session.csrf_token)
+        .json(&serde_json::json!({ "name": "deploy", "ttl_days": 30 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let issued: Value = res.json().await.unwrap();
+    let deploy = issued["token"].as_str().unwrap().to_owned();
+    assert_eq!(me(deploy.clone()).await.unwrap().status(), 200);
+    let listed: Value = app
+        .http
+        .get(app.url("/v1/tokens"))
+        .bearer_auth(&deploy)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(!listed.to_string().contains("lgr_"), "never the tokens themselves");
+    // Revoked: refused at once.
+    let res = app
+        .http
+        .delete(app.url(&format!("/v1/tokens/{}", issued["id"].as_str().unwrap())))
+        .bearer_auth(&merchant.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(me(deploy).await.unwrap().status(), 401);
+    // Expired: refused, saying how to get a new one.
+    sqlx::query("UPDATE api_tokens SET expires_at = now() - interval '1 second'")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let res = me(merchant.token.clone()).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.text().await.unwrap().contains("expired"));
+}
+
+#[tokio::test]
+async fn transport_errors_never_carry_the_url_and_its_customer_email() {
+    // A "Sage" that hangs up on every request.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            drop(socket);
+        }
+    });
+    let api = ledger_sage_api::SageApi::new(&base, std::time::Duration::from_secs(2));
+    let token = ledger_core::Secret::new("sbx_at_x".to_owned());
+    let err = api
+        .get::<Value>(
+            ledger_sage_api::Auth {
+                access_token: &token,
+                business_id: None,
+            },
+            "/contacts?email=jane.doe%40example.com&attributes=all",
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains("jane") && !text.contains("contacts?"), "{text}");
+}

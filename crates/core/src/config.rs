@@ -54,6 +54,14 @@ specs! {
     "otlp_endpoint" => "LEDGER_OTLP_ENDPOINT",
     "master_keys" => "LEDGER_MASTER_KEYS",
     "session_ttl" => "LEDGER_SESSION_TTL",
+    "session_max_age" => "LEDGER_SESSION_MAX_AGE",
+    "api_token_ttl" => "LEDGER_API_TOKEN_TTL",
+    "trusted_proxy_hops" => "LEDGER_TRUSTED_PROXY_HOPS",
+    "password_hash_concurrency" => "LEDGER_PASSWORD_HASH_CONCURRENCY",
+    "password_hash_wait" => "LEDGER_PASSWORD_HASH_WAIT",
+    "header_read_timeout" => "LEDGER_HEADER_READ_TIMEOUT",
+    "db_statement_timeout" => "LEDGER_DB_STATEMENT_TIMEOUT",
+    "binding_ingest_per_minute" => "LEDGER_BINDING_INGEST_PER_MINUTE",
     "allow_insecure_magento" => "LEDGER_ALLOW_INSECURE_MAGENTO",
     "allow_private_magento" => "LEDGER_ALLOW_PRIVATE_MAGENTO",
     "magento_clock_leeway" => "LEDGER_MAGENTO_CLOCK_LEEWAY",
@@ -109,6 +117,23 @@ pub struct Settings {
     /// Parsed `LEDGER_MASTER_KEYS`; required by processes that touch secrets.
     pub master_keys: Option<Arc<Keyring>>,
     pub session_ttl: Duration,
+    /// A session ends this long after sign-in, however active.
+    pub session_max_age: Duration,
+    /// Lifetime of a new API token.
+    pub api_token_ttl: Duration,
+    /// Reverse proxies in front of `serve` whose `X-Forwarded-For` entry is trusted
+    /// (0: the TCP peer is the client).
+    pub trusted_proxy_hops: usize,
+    /// Password hashes computed at once per process (argon2id takes 19 MiB each).
+    pub password_hash_concurrency: usize,
+    /// How long a sign-in or sign-up waits for a hashing slot before answering 503.
+    pub password_hash_wait: Duration,
+    /// A client must send its request headers within this long.
+    pub header_read_timeout: Duration,
+    /// Longest SQL statement (and idle transaction) the server allows a connection.
+    pub db_statement_timeout: Duration,
+    /// Webhooks accepted per binding per minute; beyond it 503 + Retry-After.
+    pub binding_ingest_per_minute: u32,
     /// Allow `http://` Magento stores (development only).
     pub allow_insecure_magento: bool,
     /// Allow Magento stores on loopback/private/link-local addresses (development only).
@@ -373,6 +398,14 @@ impl Settings {
                 Some(_) => l.parse("master_keys", |v| Keyring::parse(v).map(|k| Some(Arc::new(k))))?,
             },
             session_ttl: l.parse("session_ttl", parse_duration)?,
+            session_max_age: l.parse("session_max_age", parse_duration)?,
+            api_token_ttl: l.parse("api_token_ttl", parse_duration)?,
+            trusted_proxy_hops: l.parse("trusted_proxy_hops", |v| v.trim().parse().map_err(|_| not_a_number(v)))?,
+            password_hash_concurrency: l.parse("password_hash_concurrency", parse_positive)?,
+            password_hash_wait: l.parse("password_hash_wait", parse_duration)?,
+            header_read_timeout: l.parse("header_read_timeout", parse_duration)?,
+            db_statement_timeout: l.parse("db_statement_timeout", parse_duration)?,
+            binding_ingest_per_minute: l.parse("binding_ingest_per_minute", parse_positive)?,
             allow_insecure_magento: l.parse("allow_insecure_magento", parse_bool)?,
             allow_private_magento: l.parse("allow_private_magento", parse_bool)?,
             magento_clock_leeway: l.parse("magento_clock_leeway", parse_duration)?,

@@ -26,17 +26,30 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     url.parse::<PgConnectOptions>().map(|o| o.application_name("ledger"))
 }
 
-/// Connects, failing fast when the server is unreachable.
+/// Connects, failing fast when the server is unreachable. Every connection carries a
+/// statement timeout and an idle-in-transaction timeout, so a stuck request cannot
+/// hold locks (or a connection) for ever.
 pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+    let limit = format!("{}ms", settings.db_statement_timeout.as_millis());
     pool_options(settings)
-        .connect_with(connect_options(settings.database_url.expose())?)
+        .connect_with(connect_options(settings.database_url.expose())?.options([
+            ("statement_timeout", limit.as_str()),
+            ("idle_in_transaction_session_timeout", limit.as_str()),
+        ]))
         .await
 }
 
 /// Applies pending migrations. sqlx holds a Postgres advisory lock for the whole run,
-/// so processes that start together apply each migration exactly once.
+/// so processes that start together apply each migration exactly once. Migrations run
+/// without the statement timeout (an index build may take longer).
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
-    MIGRATOR.run(pool).await
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("statement_timeout", "0"), ("idle_in_transaction_session_timeout", "0")]);
+    let unlimited = PgPoolOptions::new().max_connections(1).connect_with(options).await?;
+    let result = MIGRATOR.run(&unlimited).await;
+    unlimited.close().await;
+    result
 }
 
 /// Migrations this build knows that the database has not applied (or applied with a

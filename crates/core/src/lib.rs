@@ -13,6 +13,7 @@ pub mod extract;
 pub mod http;
 pub mod ids;
 pub mod problem;
+pub mod rate;
 pub mod secret;
 pub mod state;
 pub mod trace;

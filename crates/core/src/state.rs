@@ -12,6 +12,9 @@ pub struct AppState {
     pub db: PgPool,
     pub settings: Arc<Settings>,
     pub keyring: Arc<Keyring>,
+    /// Password hashes computed at once (`LEDGER_PASSWORD_HASH_CONCURRENCY`): argon2id
+    /// takes 19 MiB each, so unbounded parallel sign-ups would exhaust the pod.
+    pub password_hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -28,6 +31,7 @@ impl AppState {
         }
         Ok(Self {
             db: pool,
+            password_hashing: Arc::new(tokio::sync::Semaphore::new(settings.password_hash_concurrency)),
             settings: Arc::new(settings),
             keyring,
         })

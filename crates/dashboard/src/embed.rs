@@ -88,30 +88,44 @@ fn with_frame_policy(mut response: Response, origins: &[String]) -> Response {
 async fn page(
     state: &AppState,
     headers: &HeaderMap,
-    tenant_text: &str,
+    tenant: TenantId,
     error: Option<String>,
 ) -> Result<Response, Problem> {
-    let tenant: Option<TenantId> = tenant_text.parse::<uuid::Uuid>().ok().map(TenantId);
-    let origins = store_origins(state, tenant).await?;
+    // The module's iframe sends no Referer (`referrerpolicy="no-referrer"`), so the page
+    // cannot know which admin frames it: every live store of the tenant may. Knowing
+    // the tenant id (the module's own configuration) is what it takes to learn them.
+    let origins = store_origins(state, Some(tenant)).await?;
     let merchant = session_merchant_in(state, headers, EMBED_COOKIE).await?;
-    let owned = match (&merchant, tenant) {
-        (Some(m), Some(t)) => m.tenant(&state.db, Some(t)).await.is_ok(),
-        _ => false,
+    let owned = match &merchant {
+        Some(m) => m.tenant(&state.db, Some(tenant)).await.is_ok(),
+        None => false,
     };
-    let data = match tenant {
-        Some(t) if owned => Some(load(state, t).await?),
-        _ => None,
-    };
+    let data = if owned { Some(load(state, tenant).await?) } else { None };
     let error = error.or_else(|| {
         (merchant.is_some() && !owned).then(|| "This ledger account cannot see this store's activity.".to_owned())
     });
     let response = render(&EmbedPage {
-        tenant: tenant_text.to_owned(),
+        tenant: tenant.to_string(),
         public_url: state.settings.public_url.trim_end_matches('/').to_owned(),
         data,
         error,
     });
     Ok(with_frame_policy(response, &origins))
+}
+
+/// The tenant of the path (`None`: answer [`not_found`]; the segment is never echoed).
+fn tenant_of(text: &str) -> Option<TenantId> {
+    text.parse::<uuid::Uuid>().ok().map(TenantId)
+}
+
+fn not_found() -> Response {
+    let mut page = render(&crate::MessagePage {
+        heading: "Not found".to_owned(),
+        message: "There is nothing at this address. Check the ledger URL in the module's settings.".to_owned(),
+        retry: None,
+    });
+    *page.status_mut() = StatusCode::NOT_FOUND;
+    with_frame_policy(page, &[])
 }
 
 async fn load(state: &AppState, tenant: TenantId) -> Result<(Vec<EmbedBinding>, Vec<EmbedRun>), Problem> {
@@ -162,7 +176,10 @@ pub async fn embed(
     headers: HeaderMap,
     Path(tenant): Path<String>,
 ) -> Result<Response, Problem> {
-    page(&state, &headers, &tenant, None).await
+    match tenant_of(&tenant) {
+        Some(tenant) => page(&state, &headers, tenant, None).await,
+        None => Ok(not_found()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -179,8 +196,13 @@ pub async fn signin(
     Path(tenant): Path<String>,
     Form(form): Form<EmbedSignin>,
 ) -> Result<Response, Problem> {
-    match accounts::password_signin(&state, &form.email, form.password, &peer.ip().to_string()).await? {
+    let Some(tenant) = tenant_of(&tenant) else {
+        return Ok(not_found());
+    };
+    let client = accounts::client_address(&state, &headers, peer);
+    match accounts::password_signin(&state, &form.email, form.password, &client).await? {
         Ok(session) => {
+            accounts::end_session_named(&state.db, &headers, EMBED_COOKIE).await?;
             // Cross-site frames need SameSite=None, which browsers accept only with Secure
             // (https); on plain http (ledger dev, same-site) Lax works.
             let https = state.settings.public_url.starts_with("https://");
@@ -201,8 +223,8 @@ pub async fn signin(
             Ok(response)
         }
         Err(refusal) => {
-            let mut response = page(&state, &headers, &tenant, Some(refusal.message)).await?;
-            *response.status_mut() = if refusal.throttled {
+            let mut response = page(&state, &headers, tenant, Some(refusal.message)).await?;
+            *response.status_mut() = if refusal.retry_after.is_some() {
                 StatusCode::TOO_MANY_REQUESTS
             } else {
                 StatusCode::UNAUTHORIZED

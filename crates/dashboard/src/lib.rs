@@ -84,8 +84,41 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard/bindings/{binding_id}/sage/business", post(business_submit))
         .route("/sage/callback", get(callback))
         .route("/sage/callback/confirm", post(callback_confirm))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), same_origin_posts))
         .layer(axum::middleware::from_fn_with_state(state.clone(), security_headers))
         .with_state(state)
+}
+
+/// Every form post must come from this ledger's own pages: a browser says where a
+/// request came from (`Sec-Fetch-Site`, else `Origin`), so a cross-site form — a login
+/// CSRF on /signin or /signup, which carry no session token yet — is refused. Clients
+/// that send neither header are not browsers and cannot be made to post by a site.
+async fn same_origin_posts(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.method() == axum::http::Method::POST && !from_own_pages(req.headers(), &state.settings.public_url) {
+        let mut page = render(&MessagePage {
+            heading: "Refused".to_owned(),
+            message: "This form was sent from another site. Open the ledger's own page and submit it there.".to_owned(),
+            retry: None,
+        });
+        *page.status_mut() = StatusCode::FORBIDDEN;
+        return page;
+    }
+    next.run(req).await
+}
+
+fn from_own_pages(headers: &HeaderMap, public_url: &str) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return matches!(site, "same-origin" | "none");
+    }
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some(origin) => url::Url::parse(public_url)
+            .is_ok_and(|own| own.origin().ascii_serialization() == origin.trim_end_matches('/')),
+        None => true,
+    }
 }
 
 async fn stylesheet() -> impl IntoResponse {
@@ -145,11 +178,28 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
-/// Only local paths are followed after sign-in (no open redirect).
-fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
-        _ => "/dashboard".to_owned(),
+/// Only paths of this ledger are followed after sign-in (no open redirect): `next` is
+/// resolved against the public origin as a browser would (which drops tabs and
+/// newlines and reads `\` as `/`), and kept only when it stays on that origin.
+fn safe_next(public_url: &str, next: Option<&str>) -> String {
+    let fallback = || "/dashboard".to_owned();
+    let Some(next) = next.filter(|n| n.starts_with('/')) else {
+        return fallback();
+    };
+    let Ok(origin) = url::Url::parse(public_url) else {
+        return fallback();
+    };
+    match origin.join(next) {
+        Ok(target) if target.origin() == origin.origin() && !next.chars().any(char::is_control) => {
+            let mut local = target.path().to_owned();
+            if let Some(query) = target.query() {
+                local.push('?');
+                local.push_str(query);
+            }
+            // "//host" must never come out, even from an odd input.
+            if local.starts_with("//") { fallback() } else { local }
+        }
+        _ => fallback(),
     }
 }
 
@@ -166,9 +216,9 @@ struct NextQuery {
     next: Option<String>,
 }
 
-async fn signin_page(Query(q): Query<NextQuery>) -> Response {
+async fn signin_page(State(state): State<AppState>, Query(q): Query<NextQuery>) -> Response {
     render(&SigninPage {
-        next: safe_next(q.next.as_deref()),
+        next: safe_next(&state.settings.public_url, q.next.as_deref()),
         email: String::new(),
         error: None,
     })
@@ -184,11 +234,15 @@ struct SigninForm {
 async fn signin_submit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Form(form): Form<SigninForm>,
 ) -> Result<Response, Problem> {
-    let next = safe_next(form.next.as_deref());
-    match accounts::password_signin(&state, &form.email, form.password, &peer.ip().to_string()).await? {
+    let next = safe_next(&state.settings.public_url, form.next.as_deref());
+    let client = accounts::client_address(&state, &headers, peer);
+    match accounts::password_signin(&state, &form.email, form.password, &client).await? {
         Ok(session) => {
+            // A sign-in never keeps a session the browser had before (fixation).
+            accounts::end_session(&state, &headers).await?;
             // 303: the browser follows with a GET.
             let mut response = Redirect::to(&next).into_response();
             response
@@ -202,7 +256,7 @@ async fn signin_submit(
                 email: form.email,
                 error: Some(refusal.message),
             });
-            *response.status_mut() = if refusal.throttled {
+            *response.status_mut() = if refusal.retry_after.is_some() {
                 StatusCode::TOO_MANY_REQUESTS
             } else {
                 StatusCode::UNAUTHORIZED

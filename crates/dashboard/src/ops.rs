@@ -297,12 +297,18 @@ pub async fn action(
             tokens::after_unauthorized(&state, binding_id, &current)
                 .await
                 .map_err(problem)?;
+            let tenant = sqlx::query_scalar!(
+                r#"SELECT tenant_id AS "tenant_id: ledger_core::TenantId" FROM connector_bindings WHERE id = $1"#,
+                binding_id.0
+            )
+            .fetch_optional(&state.db)
+            .await?;
             let mut tx = state.db.begin().await?;
             ledger_core::audit::record(
                 &mut tx,
                 ledger_core::audit::Entry {
                     actor,
-                    tenant_id: None,
+                    tenant_id: tenant,
                     binding_id: Some(binding_id),
                     action: "sage.token_refreshed",
                     details: serde_json::json!({ "forced": true }),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use askama::Template;
 use axum::{
     Form,
-    extract::{Path, Query, State},
+    extract::{ConnectInfo, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
 };
@@ -21,7 +21,7 @@ use ledger_sage_sync::{
 use ledger_sage_vault::reference::{self, Reference};
 use ledger_tenant_binding::{
     accounts,
-    auth::{Merchant, session_merchant},
+    auth::{Merchant, OperatorAction, session_merchant},
     bindings,
 };
 use serde::Deserialize;
@@ -74,8 +74,14 @@ pub struct SignupForm {
     password: String,
 }
 
-pub async fn signup_submit(State(state): State<AppState>, Form(form): Form<SignupForm>) -> Result<Response, Problem> {
-    match accounts::create_account(&state.db, &form.email, Some(Secret::new(form.password)), false).await {
+pub async fn signup_submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<SignupForm>,
+) -> Result<Response, Problem> {
+    let client = accounts::client_address(&state, &headers, peer);
+    match accounts::http_signup(&state, &form.email, form.password, &client).await {
         Ok(created) => {
             let (cookie, _) =
                 accounts::create_session(&state.db, created.account_id, state.settings.session_ttl).await?;
@@ -85,8 +91,7 @@ pub async fn signup_submit(State(state): State<AppState>, Form(form): Form<Signu
                 .insert(header::SET_COOKIE, accounts::session_cookie(&cookie, &state));
             Ok(response)
         }
-        Err(err) => {
-            let problem = Problem::from(err);
+        Err(problem) => {
             if problem.status.is_server_error() {
                 return Err(problem);
             }
@@ -98,6 +103,9 @@ pub async fn signup_submit(State(state): State<AppState>, Form(form): Form<Signu
                 password_error: fields.get("password").cloned(),
             });
             *response.status_mut() = problem.status;
+            if let Some(seconds) = problem.retry_after {
+                response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+            }
             Ok(response)
         }
     }
@@ -115,12 +123,12 @@ pub async fn signout(
 ) -> Result<Response, Problem> {
     if let Some(merchant) = session_merchant(&state, &headers).await? {
         merchant.check_csrf(&form.csrf_token)?;
-        accounts::end_session(&state.db, &headers).await?;
+        accounts::end_session(&state, &headers).await?;
     }
     let mut response = Redirect::to("/signin").into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, accounts::clear_cookie());
+        .insert(header::SET_COOKIE, accounts::clear_cookie(&state));
     Ok(response)
 }
 
@@ -1206,17 +1214,19 @@ async fn run_access(
     state: &AppState,
     headers: &HeaderMap,
     run: uuid::Uuid,
-) -> Result<Result<(Merchant, runs::RunDetail), Response>, Problem> {
+    action: OperatorAction,
+) -> Result<Result<(Merchant, runs::RunDetail, Actor), Response>, Problem> {
     let Some(merchant) = session_merchant(state, headers).await? else {
         return Ok(Err(signin_redirect(&format!("/dashboard/runs/{run}"))));
     };
-    let detail = runs::detail(&state.db, run)
-        .await?
-        .ok_or_else(|| Problem::not_found("run_not_found", "No such sync run."))?;
-    if !merchant.is_operator {
-        merchant.binding_tenant(&state.db, detail.run.binding_id).await?;
-    }
-    Ok(Ok((merchant, detail)))
+    let not_found = || Problem::not_found("run_not_found", "No such sync run.");
+    let detail = runs::detail(&state.db, run).await?.ok_or_else(not_found)?;
+    // Someone else's run is "no such run": nothing about its binding is named.
+    let access = merchant
+        .binding_access(&state.db, detail.run.binding_id, action)
+        .await
+        .map_err(|_| not_found())?;
+    Ok(Ok((merchant, detail, access.actor)))
 }
 
 #[derive(Deserialize)]
@@ -1230,7 +1240,7 @@ pub async fn run_page(
     Path(run): Path<uuid::Uuid>,
     Query(q): Query<RunQuery>,
 ) -> Result<Response, Problem> {
-    let (merchant, detail) = match run_access(&state, &headers, run).await? {
+    let (merchant, detail, _) = match run_access(&state, &headers, run, OperatorAction::ViewRuns).await? {
         Ok(v) => v,
         Err(r) => return Ok(r),
     };
@@ -1279,12 +1289,12 @@ pub async fn run_retry(
     Path(run): Path<uuid::Uuid>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
-    let (merchant, _) = match run_access(&state, &headers, run).await? {
+    let (merchant, _, actor) = match run_access(&state, &headers, run, OperatorAction::RetryRuns).await? {
         Ok(v) => v,
         Err(r) => return Ok(r),
     };
     merchant.check_csrf(&form.csrf_token)?;
-    if !runs::retry(&state, run, Actor::Account(merchant.account_id.0)).await? {
+    if !runs::retry(&state, run, actor).await? {
         return Err(Problem::conflict(
             "run_not_retryable",
             "Only failed, dead or skipped runs can be retried; this one is pending, running or synced.",
@@ -1436,7 +1446,7 @@ pub async fn account_submit(
     };
     merchant.check_csrf(&form.csrf_token)?;
     match accounts::change_password(
-        &state.db,
+        &state,
         merchant.account_id,
         Secret::new(form.current_password),
         Secret::new(form.new_password),

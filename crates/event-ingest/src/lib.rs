@@ -296,6 +296,26 @@ pub async fn receive(
         }
     };
     let (event, document) = parse_body(&body)?;
+    // A per-binding quota, so one store (or a stolen key) cannot flood the shared queue.
+    // 503, not 429: the module dead-letters every 4xx but retries 5xx (contract §7).
+    let hit = ledger_core::rate::hit(
+        &state.db,
+        "ingest:binding",
+        &caller.binding_id.to_string(),
+        std::time::Duration::from_secs(60),
+    )
+    .await?;
+    if hit.exceeds(i64::from(state.settings.binding_ingest_per_minute)) {
+        tracing::warn!(binding_id = %caller.binding_id, hits = hit.hits, "ingest quota reached");
+        return Err(Problem::unavailable(
+            "ingest_quota_reached",
+            format!(
+                "This store sent more than {} events in a minute; the ledger takes the rest after a pause.",
+                state.settings.binding_ingest_per_minute
+            ),
+            hit.retry_after(),
+        ));
+    }
     let traceparent = ledger_core::trace::traceparent(&tracing::Span::current());
 
     let event = NewEvent {

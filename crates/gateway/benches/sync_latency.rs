@@ -99,6 +99,7 @@ async fn run() {
             s.log_level = "warn".into();
             s.db_max_connections = u32::try_from(worker_count() + 8).unwrap_or(40);
             s.sage_call_budget = 1_000_000;
+            s.binding_ingest_per_minute = u32::MAX;
             s.worker_concurrency = worker_count();
         })
         .spawn()

@@ -42,6 +42,9 @@ pub enum Command {
     /// Operator actions on sync runs (the same as the API's).
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// An account's API tokens: list them, issue one (printed once), revoke one.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Master-key management for the secrets stored in the database.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -66,12 +69,44 @@ pub enum MerchantCommand {
         #[arg(long)]
         email: String,
         /// Sign-in password (at least 10 characters). Without it the account can use
-        /// its API token only.
-        #[arg(long)]
+        /// its API token only. Visible to other users of the machine (ps, shell
+        /// history): prefer --password-stdin.
+        #[arg(long, conflicts_with = "password_stdin")]
         password: Option<String>,
+        /// Read the sign-in password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
         /// Make the account an operator (ops console access).
         #[arg(long)]
         operator: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// One line of JSON per token of the account (never the token itself).
+    List {
+        #[arg(long)]
+        email: String,
+    },
+    /// Issue a token; prints one JSON object with `id`, `token` (shown only this once)
+    /// and `expires_at`.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// What the token is for.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Lifetime, e.g. 30d (default LEDGER_API_TOKEN_TTL).
+        #[arg(long, value_parser = ledger_core::config::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// Revoke a token by its id (it stops working at once).
+    Revoke {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        id: uuid::Uuid,
     },
 }
 

@@ -10,7 +10,7 @@ use ledger_core::{
 };
 use ledger_gateway::{
     AppState,
-    cli::{Cli, Command, KeysCommand, MerchantCommand, RunsCommand, SandboxCommand},
+    cli::{Cli, Command, KeysCommand, MerchantCommand, RunsCommand, SandboxCommand, TokensCommand},
     dev, http, metrics, openapi, server, shutdown, telemetry, worker,
 };
 
@@ -101,7 +101,8 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
             let metrics_task =
                 metrics_listener.map(|l| tokio::spawn(metrics::serve(l, state.db.clone(), shutdown.clone())));
             let deadline = state.settings.shutdown_deadline;
-            server::serve(listener, http::router(state), shutdown, deadline).await?;
+            let header_read_timeout = state.settings.header_read_timeout;
+            server::serve_with(listener, http::router(state), shutdown, deadline, header_read_timeout).await?;
             if let Some(task) = metrics_task {
                 task.await??;
             }
@@ -125,8 +126,23 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
         Command::Merchant(MerchantCommand::Create {
             email,
             password,
+            password_stdin,
             operator,
         }) => {
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the password from standard input")?;
+                Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                if password.is_some() {
+                    report(
+                        "ledger: warning: --password is visible to other users (ps, shell history); use --password-stdin",
+                    );
+                }
+                password
+            };
             let pool = ledger_core::db::connect(&settings)
                 .await
                 .context("cannot connect to the database (DATABASE_URL)")?;
@@ -151,12 +167,57 @@ async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
                 ),
                 other => anyhow::Error::new(other),
             })?;
-            let token = ledger_tenant_binding::accounts::create_api_token(&pool, created.account_id, "cli").await?;
+            let token = ledger_tenant_binding::accounts::create_api_token(
+                &pool,
+                created.account_id,
+                "cli",
+                settings.api_token_ttl,
+            )
+            .await?;
             print_json(&serde_json::json!({
                 "account_id": created.account_id,
                 "tenant_id": created.tenant_id,
                 "token": token.expose(),
             }));
+            Ok(())
+        }
+        Command::Tokens(action) => {
+            let pool = ledger_core::db::connect(&settings)
+                .await
+                .context("cannot connect to the database (DATABASE_URL)")?;
+            let email = match &action {
+                TokensCommand::List { email }
+                | TokensCommand::Create { email, .. }
+                | TokensCommand::Revoke { email, .. } => email.trim().to_ascii_lowercase(),
+            };
+            let account: uuid::Uuid = sqlx::query_scalar("SELECT id FROM accounts WHERE lower(email) = $1")
+                .bind(&email)
+                .fetch_optional(&pool)
+                .await?
+                .with_context(|| format!("there is no account {email}"))?;
+            let account = ledger_core::AccountId(account);
+            use ledger_tenant_binding::tokens;
+            match action {
+                TokensCommand::List { .. } => {
+                    for token in tokens::list(&pool, account).await? {
+                        print_json(&serde_json::to_value(&token)?);
+                    }
+                }
+                TokensCommand::Create { name, ttl, .. } => {
+                    let issued = tokens::issue(&pool, account, &name, ttl.unwrap_or(settings.api_token_ttl)).await?;
+                    print_json(&serde_json::json!({
+                        "id": issued.id,
+                        "token": issued.token.expose(),
+                        "expires_at": issued.expires_at,
+                    }));
+                }
+                TokensCommand::Revoke { id, .. } => {
+                    if !tokens::revoke(&pool, account, id, ledger_core::audit::Actor::System).await? {
+                        anyhow::bail!("{email} has no live API token {id}");
+                    }
+                    print_line(&format!("token {id} revoked"));
+                }
+            }
             Ok(())
         }
         Command::Runs(action) => {

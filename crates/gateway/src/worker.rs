@@ -54,6 +54,11 @@ async fn sage_upkeep(state: AppState, shutdown: CancellationToken) {
             Ok(n) => tracing::info!(refreshed = n, "Sage keep-alive refreshed idle connections"),
             Err(err) => tracing::warn!(error = %err, "Sage keep-alive failed"),
         }
+        match ledger_sage_vault::tokens::forget_revoked(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(revoked = n, "Sage tokens of disconnected bindings revoked"),
+            Err(err) => tracing::warn!(error = %err, "revoking tokens of disconnected bindings failed"),
+        }
         if let Err(err) = ledger_sage_vault::reference::refresh_stale(&state).await {
             tracing::warn!(error = %err, "Sage reference refresh failed");
         }

@@ -500,3 +500,159 @@ async fn operators_retry_and_skip_runs_from_the_cli() {
     assert_eq!(system_actions, 3);
     workers.stop().await;
 }
+
+/// `ledger tokens`: issue, list, revoke; a revoked or expired token is refused at once,
+/// and `--password-stdin` keeps the password off the command line.
+#[tokio::test]
+async fn tokens_are_listed_issued_with_an_expiry_and_revoked() {
+    use std::io::Write as _;
+    let db = TestDb::new().await;
+    let mut child = ledger()
+        .args([
+            "merchant",
+            "create",
+            "--email",
+            "tokens@example.com",
+            "--password-stdin",
+        ])
+        .env("DATABASE_URL", db.url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a-long-enough-secret\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hash: Option<String> = sqlx::query_scalar("SELECT password_hash FROM accounts")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    assert!(
+        hash.is_some_and(|h| h.starts_with("$argon2id$")),
+        "the password was read from stdin"
+    );
+
+    let run = |args: &[&str]| {
+        let out = ledger()
+            .arg("tokens")
+            .args(args)
+            .env("DATABASE_URL", db.url())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let issued: serde_json::Value = serde_json::from_str(&run(&[
+        "create",
+        "--email",
+        "tokens@example.com",
+        "--name",
+        "deploy",
+        "--ttl",
+        "2d",
+    ]))
+    .unwrap();
+    let expires = chrono::DateTime::parse_from_rfc3339(issued["expires_at"].as_str().unwrap()).unwrap();
+    let left = expires.signed_duration_since(chrono::Utc::now()).num_hours();
+    assert!((46..=48).contains(&left), "expires in two days: {left} h");
+    let listed = run(&["list", "--email", "tokens@example.com"]);
+    assert_eq!(
+        listed.lines().count(),
+        2,
+        "the merchant's first token and this one: {listed}"
+    );
+    assert!(!listed.contains("lgr_"), "never the token itself");
+    let id = issued["id"].as_str().unwrap();
+    assert!(run(&["revoke", "--email", "tokens@example.com", "--id", id]).contains("revoked"));
+    let listed = run(&["list", "--email", "tokens@example.com"]);
+    let deploy: serde_json::Value = listed
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|t| t["name"] == "deploy")
+        .unwrap();
+    assert_eq!(deploy["active"], false);
+    assert!(deploy["revoked_at"].is_string());
+    let again = ledger()
+        .args(["tokens", "revoke", "--email", "tokens@example.com", "--id", id])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "revoking twice fails and says so");
+}
+
+/// `ledger serve` with an HTTP proxy in its environment still calls stores directly, at
+/// the addresses it checked (a proxy would resolve the name again, past the SSRF filter).
+#[tokio::test]
+async fn store_calls_never_go_through_an_environment_proxy() {
+    use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
+    let db = TestDb::new().await;
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let proxied = Arc::new(AtomicUsize::new(0));
+    let seen = proxied.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = proxy.accept().await {
+            seen.fetch_add(1, Ordering::Relaxed);
+            drop(socket);
+        }
+    });
+    let mut child = spawn(
+        ledger()
+            .arg("serve")
+            .env("DATABASE_URL", db.url())
+            .env(
+                "LEDGER_MASTER_KEYS",
+                ledger_core::crypto::Keyring::generate_spec("k1").expose(),
+            )
+            .env("LEDGER_HTTP_ADDR", "127.0.0.1:0")
+            .env("LEDGER_METRICS_ADDR", "")
+            .env("LEDGER_ALLOW_INSECURE_MAGENTO", "true")
+            .env("LEDGER_ALLOW_PRIVATE_MAGENTO", "true")
+            .env("HTTP_PROXY", &proxy_url)
+            .env("http_proxy", &proxy_url)
+            .env("HTTPS_PROXY", &proxy_url)
+            .env("ALL_PROXY", &proxy_url)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .stderr(Stdio::piped()),
+    );
+    let log = wait_for_log(&mut child, "serving");
+    let addr = log["fields"]["addr"].as_str().unwrap().to_owned();
+    let pool = db.pool().await;
+    let account = ledger_tenant_binding::accounts::create_account(&pool, "proxy@example.com", None, false)
+        .await
+        .unwrap();
+    let token =
+        ledger_tenant_binding::accounts::create_api_token(&pool, account.account_id, "test", Duration::from_secs(3600))
+            .await
+            .unwrap();
+    let store = ledger_sandbox::magento::RunningStore::spawn(ledger_sandbox::magento::StoreConfig::default())
+        .await
+        .unwrap();
+    let code = store.store.generate_pairing_code();
+    let res = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("http://{addr}/v1/magento/connect"))
+        .bearer_auth(token.expose())
+        .json(&serde_json::json!({ "magento_base_url": store.base_url, "pairing_code": code }))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    assert_eq!(status, 201, "{}", res.text().await.unwrap_or_default());
+    assert_eq!(proxied.load(Ordering::Relaxed), 0, "nothing went to the proxy");
+    terminate(&child);
+    wait_with_timeout(&mut child, Duration::from_secs(5));
+}

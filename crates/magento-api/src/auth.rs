@@ -108,6 +108,8 @@ pub enum JwtError {
     Malformed,
     #[error("the token's algorithm `{0}` is not accepted; only HS256 is")]
     Algorithm(String),
+    #[error("the token's header lists critical extensions (`crit`), which the ledger does not implement")]
+    Critical,
     #[error("the token's signature does not verify with this binding's key")]
     Signature,
     #[error("claim `{0}` is missing or has the wrong type")]
@@ -133,6 +135,7 @@ impl JwtError {
         match self {
             Self::Malformed => "token_malformed",
             Self::Algorithm(_) => "token_algorithm_refused",
+            Self::Critical => "token_crit_refused",
             Self::Signature => "token_signature_invalid",
             Self::Claim(_) => "token_claim_invalid",
             Self::Issuer(_) => "token_wrong_issuer",
@@ -178,6 +181,10 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, JwtError> {
     }
     if header.get("typ").is_some_and(|t| t != "JWT") {
         return Err(JwtError::Malformed);
+    }
+    // RFC 7515 §4.1.11: extensions marked critical that are not understood must be refused.
+    if header.contains_key("crit") {
+        return Err(JwtError::Critical);
     }
     let claims = decode_object(p)?;
     let signature = URL_SAFE_NO_PAD

@@ -103,15 +103,32 @@ pub fn is_non_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_non_public_v4(v4),
         IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+            // Forms that carry an IPv4 address the network may route to: mapped
+            // (::ffff:a.b.c.d), compatible (::a.b.c.d), NAT64 (64:ff9b::/96), 6to4 (2002::/16).
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_non_public_v4(v4);
             }
-            let first = v6.segments()[0];
+            if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return is_non_public_v4(embedded(seg[6], seg[7]));
+            }
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_non_public_v4(embedded(seg[6], seg[7]));
+            }
+            if seg[0] == 0x2002 {
+                return is_non_public_v4(embedded(seg[1], seg[2]));
+            }
+            let first = seg[0];
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
+                || (first == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // local-use NAT64 64:ff9b:1::/48
+                || (first == 0x2001 && seg[1] == 0) // Teredo 2001::/32 (tunnels to any IPv4)
+                || (first == 0x100 && seg[1..4] == [0, 0, 0]) // discard-only 100::/64
                 || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
                 || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (first & 0xffc0) == 0xfec0 // deprecated site-local fec0::/10
                 || (first == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
                 || v6 == Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254) // AWS IMDS over IPv6
         }
@@ -173,6 +190,9 @@ pub async fn pinned_client(url: &Url, policy: &UrlPolicy) -> Result<reqwest::Cli
     ledger_core::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // An HTTP(S)_PROXY from the environment would take the request past the pinned,
+        // checked addresses.
+        .no_proxy()
         .tls_backend_preconfigured(ledger_core::tls_config())
         .connect_timeout(policy.connect_timeout)
         .timeout(policy.request_timeout)
@@ -256,10 +276,26 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "fd00:ec2::254",
+            // IPv4 inside IPv6: NAT64, 6to4, IPv4-compatible; site-local; Teredo.
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::1",
+            "2002:a00:1::1",
+            "2002:7f00:1::",
+            "::10.0.0.1",
+            "::169.254.169.254",
+            "fec0::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(is_non_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1:248:1893:25c8:1946",
+            "8.8.8.8",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ] {
             assert!(!is_non_public(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -10,7 +10,7 @@ use ledger_core::{
     AppState, BindingId, Problem, TenantId,
     audit::{self, Actor},
 };
-use ledger_tenant_binding::auth::Merchant;
+use ledger_tenant_binding::auth::{Access, Merchant, OperatorAction};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -355,11 +355,18 @@ pub async fn list_runs(
     Path(binding): Path<BindingId>,
     Query(filter): Query<RunFilter>,
 ) -> Result<axum::Json<Vec<Run>>, Problem> {
-    merchant.binding_tenant(&state.db, binding).await?;
+    merchant
+        .binding_access(&state.db, binding, OperatorAction::ViewRuns)
+        .await?;
     Ok(axum::Json(list(&state.db, binding, &filter).await?))
 }
 
-async fn owned_run(state: &AppState, merchant: &Merchant, run: uuid::Uuid) -> Result<(BindingId, TenantId), Problem> {
+async fn owned_run(
+    state: &AppState,
+    merchant: &Merchant,
+    run: uuid::Uuid,
+    action: OperatorAction,
+) -> Result<(BindingId, Access), Problem> {
     let binding = sqlx::query_scalar!(
         r#"SELECT binding_id AS "binding_id: BindingId" FROM sync_runs WHERE id = $1"#,
         run
@@ -367,11 +374,11 @@ async fn owned_run(state: &AppState, merchant: &Merchant, run: uuid::Uuid) -> Re
     .fetch_optional(&state.db)
     .await?
     .ok_or_else(|| Problem::not_found("run_not_found", format!("There is no sync run {run}.")))?;
-    let tenant = merchant
-        .binding_tenant(&state.db, binding)
+    let access = merchant
+        .binding_access(&state.db, binding, action)
         .await
         .map_err(|_| Problem::not_found("run_not_found", format!("There is no sync run {run}.")))?;
-    Ok((binding, tenant))
+    Ok((binding, access))
 }
 
 /// One run with every attempt and the event that started it.
@@ -387,7 +394,7 @@ pub async fn get_run(
     merchant: Merchant,
     Path(run): Path<uuid::Uuid>,
 ) -> Result<axum::Json<RunDetail>, Problem> {
-    owned_run(&state, &merchant, run).await?;
+    owned_run(&state, &merchant, run, OperatorAction::ViewRuns).await?;
     let detail = detail(&state.db, run)
         .await?
         .ok_or_else(|| Problem::not_found("run_not_found", "No such run."))?;
@@ -580,8 +587,8 @@ pub async fn retry_run(
     merchant: Merchant,
     Path(run): Path<uuid::Uuid>,
 ) -> Result<StatusCode, Problem> {
-    owned_run(&state, &merchant, run).await?;
-    if retry(&state, run, Actor::Account(merchant.account_id.0)).await? {
+    let (_, access) = owned_run(&state, &merchant, run, OperatorAction::RetryRuns).await?;
+    if retry(&state, run, access.actor).await? {
         Ok(StatusCode::ACCEPTED)
     } else {
         Err(Problem::conflict(
@@ -605,8 +612,8 @@ pub async fn skip_run(
     merchant: Merchant,
     Path(run): Path<uuid::Uuid>,
 ) -> Result<StatusCode, Problem> {
-    owned_run(&state, &merchant, run).await?;
-    if skip(&state, run, Actor::Account(merchant.account_id.0)).await? {
+    let (_, access) = owned_run(&state, &merchant, run, OperatorAction::SkipRuns).await?;
+    if skip(&state, run, access.actor).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::conflict(
@@ -634,7 +641,9 @@ pub async fn retry_dead_runs(
     merchant: Merchant,
     Path(binding): Path<BindingId>,
 ) -> Result<axum::Json<Retried>, Problem> {
-    merchant.binding_tenant(&state.db, binding).await?;
-    let retried = retry_dead(&state, binding, Actor::Account(merchant.account_id.0)).await?;
+    let access = merchant
+        .binding_access(&state.db, binding, OperatorAction::RetryRuns)
+        .await?;
+    let retried = retry_dead(&state, binding, access.actor).await?;
     Ok(axum::Json(Retried { retried }))
 }

@@ -723,3 +723,22 @@ pub async fn disconnect(
     tokens::disconnect(&state, binding).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
+
+/// The module's Disconnect button: the binding is revoked and its queued work stops,
+/// and its Sage refresh token is revoked at Sage and deleted, as a disconnect from the
+/// dashboard does. Idempotent: a repeat answers 204 too. Afterwards, webhooks signed
+/// with the old key answer 401 `binding_revoked`.
+#[utoipa::path(post, path = "/v1/tenant/disconnect", tag = "magento", operation_id = "tenant_disconnect",
+    security(("magento_jwt" = [])),
+    responses(
+        (status = 204, description = "Disconnected (or already disconnected)"),
+        (status = 401, description = "The module's token was refused", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn magento_disconnect(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::http::StatusCode, Problem> {
+    let binding = ledger_tenant_binding::status::disconnect_binding(&state, &headers).await?;
+    tokens::disconnect(&state, binding).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}

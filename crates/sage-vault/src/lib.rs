@@ -20,6 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(connect::connection))
         .routes(routes!(connect::business))
         .routes(routes!(connect::disconnect))
+        .routes(routes!(connect::magento_disconnect))
         .routes(routes!(reference::get))
         .routes(routes!(reference::refresh_now))
 }

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use ledger_core::{AppState, BindingId, Problem};
 use ledger_sage_api::SageError;
-use ledger_tenant_binding::auth::Merchant;
+use ledger_tenant_binding::auth::{Merchant, OperatorAction};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -94,7 +94,10 @@ pub async fn refresh(state: &AppState, binding: BindingId) -> Result<(), Referen
         fetched.push((*kind, vec![object]));
     }
     let mut tx = state.db.begin().await?;
-    for (kind, items) in fetched {
+    for (kind, mut items) in fetched {
+        if kind == "bank_accounts" {
+            items = items.into_iter().map(bank_account_summary).collect();
+        }
         sqlx::query!(
             "INSERT INTO sage_reference (binding_id, kind, items, fetched_at) VALUES ($1, $2, $3, now())
              ON CONFLICT (binding_id, kind) DO UPDATE SET items = $3, fetched_at = now()",
@@ -129,6 +132,26 @@ pub async fn refresh(state: &AppState, binding: BindingId) -> Result<(), Referen
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// What the ledger needs of a bank account: which one it is and its currency — never
+/// its account number, sort code, IBAN or balance (`attributes=all` returns them all).
+fn bank_account_summary(account: Value) -> Value {
+    const KEPT: &[&str] = &[
+        "id",
+        "displayed_as",
+        "name",
+        "nominal_code",
+        "bank_account_type",
+        "currency",
+        "is_active",
+    ];
+    match account {
+        Value::Object(fields) => {
+            Value::Object(fields.into_iter().filter(|(k, _)| KEPT.contains(&k.as_str())).collect())
+        }
+        other => other,
+    }
 }
 
 /// One cached list.
@@ -174,6 +197,7 @@ pub async fn refresh_stale(state: &AppState) -> Result<usize, sqlx::Error> {
     let ttl = state.settings.sage_reference_ttl.as_secs_f64();
     let due = sqlx::query_scalar!(
         r#"SELECT c.binding_id AS "binding_id: BindingId" FROM sage_connections c
+           JOIN connector_bindings b ON b.id = c.binding_id AND b.status NOT IN ('revoked', 'pairing')
            WHERE c.status = 'connected' AND NOT EXISTS (
              SELECT 1 FROM sage_reference r WHERE r.binding_id = c.binding_id AND r.fetched_at > now() - make_interval(secs => $1))"#,
         ttl
@@ -203,7 +227,9 @@ pub async fn get(
     merchant: Merchant,
     Path(binding): Path<BindingId>,
 ) -> Result<axum::Json<Reference>, Problem> {
-    merchant.binding_tenant(&state.db, binding).await?;
+    merchant
+        .binding_access(&state.db, binding, OperatorAction::ViewReference)
+        .await?;
     Ok(axum::Json(load(&state.db, binding).await?))
 }
 
@@ -221,7 +247,9 @@ pub async fn refresh_now(
     merchant: Merchant,
     Path(binding): Path<BindingId>,
 ) -> Result<axum::Json<Reference>, Problem> {
-    merchant.binding_tenant(&state.db, binding).await?;
+    merchant
+        .binding_access(&state.db, binding, OperatorAction::RefreshReference)
+        .await?;
     refresh(&state, binding).await?;
     Ok(axum::Json(load(&state.db, binding).await?))
 }

@@ -431,9 +431,10 @@ pub async fn mark_subscription_lapsed(state: &AppState, binding: BindingId) -> R
 pub async fn keep_alive(state: &AppState) -> Result<usize, sqlx::Error> {
     let idle = state.settings.sage_keepalive_after.as_secs_f64();
     let due = sqlx::query_scalar!(
-        r#"SELECT binding_id AS "binding_id: BindingId" FROM sage_connections
-           WHERE status IN ('connected', 'choosing_business', 'subscription_lapsed')
-             AND last_refreshed_at < now() - make_interval(secs => $1)"#,
+        r#"SELECT c.binding_id AS "binding_id: BindingId" FROM sage_connections c
+           JOIN connector_bindings b ON b.id = c.binding_id AND b.status NOT IN ('revoked', 'pairing')
+           WHERE c.status IN ('connected', 'choosing_business', 'subscription_lapsed')
+             AND c.last_refreshed_at < now() - make_interval(secs => $1)"#,
         idle
     )
     .fetch_all(&state.db)
@@ -447,6 +448,24 @@ pub async fn keep_alive(state: &AppState) -> Result<usize, sqlx::Error> {
         }
     }
     Ok(refreshed)
+}
+
+/// Sage tokens still held for revoked bindings (a disconnect whose revocation did not
+/// finish, or from before disconnects revoked them): revoked at Sage and deleted.
+pub async fn forget_revoked(state: &AppState) -> Result<usize, sqlx::Error> {
+    let orphans = sqlx::query_scalar!(
+        r#"SELECT c.binding_id AS "binding_id: BindingId" FROM sage_connections c
+           JOIN connector_bindings b ON b.id = c.binding_id WHERE b.status = 'revoked'"#
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let mut done = 0;
+    for binding in orphans {
+        if disconnect(state, binding).await? {
+            done += 1;
+        }
+    }
+    Ok(done)
 }
 
 /// Ledger-side disconnect of Sage: revokes the refresh token at Sage (best effort) and

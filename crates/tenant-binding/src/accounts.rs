@@ -1,6 +1,6 @@
 //! Merchant accounts, API tokens, sign-in sessions and sign-in throttling.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use argon2::{
     Argon2,
@@ -21,15 +21,23 @@ use ledger_core::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::{Merchant, SESSION_COOKIE};
+use crate::auth::{Merchant, session_cookie_name};
 
-/// API tokens start with this, so leaked ones are easy to find by scanners.
-pub const TOKEN_PREFIX: &str = "lgr_";
+pub use crate::tokens::TOKEN_PREFIX;
 const MIN_PASSWORD_CHARS: usize = 10;
-/// Failed sign-ins tolerated per email and per client address within the window.
-const MAX_FAILURES_PER_EMAIL: i64 = 5;
-const MAX_FAILURES_PER_ADDRESS: i64 = 20;
-const FAILURE_WINDOW_MINUTES: i64 = 15;
+/// Sign-in attempts tolerated within the window per email from one address, and per
+/// address whatever the email (failures and attempts in flight; a success takes its
+/// own back).
+const MAX_ATTEMPTS_PER_EMAIL_AND_ADDRESS: i64 = 5;
+const MAX_ATTEMPTS_PER_ADDRESS: i64 = 20;
+/// Beyond this many attempts on one email from anywhere, attempts are spaced out
+/// (doubling, at most `MAX_SLOWDOWN`) instead of locking the account.
+const SLOWDOWN_AFTER_ATTEMPTS_PER_EMAIL: i64 = 10;
+const MAX_SLOWDOWN: Duration = Duration::from_secs(300);
+const ATTEMPT_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Sign-ups per client address per hour.
+const MAX_SIGNUPS_PER_ADDRESS: i64 = 5;
+const SIGNUP_WINDOW: Duration = Duration::from_secs(3600);
 
 /// What creating an account yields.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -69,24 +77,88 @@ pub fn check_password(password: &str) -> Result<(), FieldError> {
     }
 }
 
+/// Every hashing slot stayed taken for the whole wait.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("too many passwords are being checked at once")]
+pub struct HashingBusy;
+
+impl From<HashingBusy> for Problem {
+    fn from(_: HashingBusy) -> Self {
+        Problem::unavailable(
+            "busy",
+            "The ledger is checking many passwords at this moment. Try again in a few seconds.",
+            2,
+        )
+    }
+}
+
+/// Where a password hash may run: within the server's slots (waiting briefly), or
+/// unbounded (the CLI, one process doing one thing).
+#[derive(Debug, Clone, Copy)]
+pub enum Hashing<'a> {
+    Slots {
+        slots: &'a std::sync::Arc<tokio::sync::Semaphore>,
+        wait: Duration,
+    },
+    Unbounded,
+}
+
+impl<'a> Hashing<'a> {
+    /// The server's slots and wait (`LEDGER_PASSWORD_HASH_CONCURRENCY`, `…_WAIT`).
+    pub fn of(state: &'a AppState) -> Self {
+        Self::Slots {
+            slots: &state.password_hashing,
+            wait: state.settings.password_hash_wait,
+        }
+    }
+}
+
+/// Runs `work` (argon2, 19 MiB) on a blocking thread once a slot is free, waiting at most
+/// the configured wait. The slot is held until the work ends, even if the request that asked
+/// for it went away.
+async fn hashing<T: Send + 'static>(
+    limit: Hashing<'_>,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, HashingBusy> {
+    let permit = match limit {
+        Hashing::Slots { slots, wait } => Some(
+            tokio::time::timeout(wait, slots.clone().acquire_owned())
+                .await
+                .map_err(|_| HashingBusy)?
+                .map_err(|_| HashingBusy)?,
+        ),
+        Hashing::Unbounded => None,
+    };
+    Ok(tokio::task::spawn_blocking(move || {
+        let out = work();
+        drop(permit);
+        out
+    })
+    .await
+    .expect("the hashing task completes"))
+}
+
 /// argon2id with the crate's defaults (19 MiB, t=2, p=1), off the async threads.
-pub async fn hash_password(password: Secret<String>) -> String {
-    tokio::task::spawn_blocking(move || {
+pub async fn hash_password(password: Secret<String>, limit: Hashing<'_>) -> Result<String, HashingBusy> {
+    hashing(limit, move || {
         Argon2::default()
             .hash_password(password.expose().as_bytes())
             .expect("hashing with valid params")
             .to_string()
     })
     .await
-    .expect("the hashing task completes")
 }
 
 /// Verifies in constant work whether or not an account exists: without a stored
 /// hash, a dummy hash is checked so timing does not reveal unknown emails.
-pub async fn verify_password(password: Secret<String>, stored: Option<String>) -> bool {
+pub async fn verify_password(
+    password: Secret<String>,
+    stored: Option<String>,
+    limit: Hashing<'_>,
+) -> Result<bool, HashingBusy> {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let dummy_needed = stored.is_none();
-    tokio::task::spawn_blocking(move || {
+    hashing(limit, move || {
         let hash = stored.unwrap_or_else(|| {
             DUMMY
                 .get_or_init(|| {
@@ -106,7 +178,6 @@ pub async fn verify_password(password: Secret<String>, stored: Option<String>) -
             && !dummy_needed
     })
     .await
-    .unwrap_or(false)
 }
 
 /// Why an account could not be created.
@@ -116,6 +187,8 @@ pub enum CreateAccountError {
     Invalid(Vec<FieldError>),
     #[error("an account with this email already exists")]
     EmailTaken,
+    #[error(transparent)]
+    Busy(#[from] HashingBusy),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -129,18 +202,31 @@ impl From<CreateAccountError> for Problem {
                 "An account with this email already exists; sign in instead.",
             )
             .with_field("email", "taken", "an account with this email already exists"),
+            CreateAccountError::Busy(e) => e.into(),
             CreateAccountError::Database(e) => e.into(),
         }
     }
 }
 
 /// Creates an account with its first tenant. Without a password the account can use
-/// API tokens only.
+/// API tokens only. Waits for a hashing slot as long as it takes (the CLI, tests).
 pub async fn create_account(
     db: &sqlx::PgPool,
     email: &str,
     password: Option<Secret<String>>,
     is_operator: bool,
+) -> Result<NewAccount, CreateAccountError> {
+    create_account_within(db, email, password, is_operator, Hashing::Unbounded).await
+}
+
+/// Like [`create_account`], hashing within `limit` ([`CreateAccountError::Busy`] when
+/// no slot frees up in time).
+pub async fn create_account_within(
+    db: &sqlx::PgPool,
+    email: &str,
+    password: Option<Secret<String>>,
+    is_operator: bool,
+    limit: Hashing<'_>,
 ) -> Result<NewAccount, CreateAccountError> {
     let mut errors = Vec::new();
     let email = normalize_email(email).map_err(|e| errors.push(e)).ok();
@@ -153,7 +239,7 @@ pub async fn create_account(
         return Err(CreateAccountError::Invalid(errors));
     };
     let password_hash = match password {
-        Some(p) => Some(hash_password(p).await),
+        Some(p) => Some(hash_password(p, limit).await?),
         None => None,
     };
     let account_id = AccountId::new();
@@ -201,24 +287,15 @@ pub async fn create_account(
     Ok(NewAccount { account_id, tenant_id })
 }
 
-/// Issues an API token; only its SHA-256 is stored, the token is returned once.
+/// Issues an API token valid for `ttl`; only its SHA-256 is stored, the token is
+/// returned once.
 pub async fn create_api_token(
     db: &sqlx::PgPool,
     account_id: AccountId,
     name: &str,
+    ttl: Duration,
 ) -> Result<Secret<String>, sqlx::Error> {
-    let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(crypto::random_bytes::<32>()));
-    let hash = ring_sha256(token.as_bytes());
-    sqlx::query!(
-        "INSERT INTO api_tokens (id, account_id, token_hash, name) VALUES ($1, $2, $3, $4)",
-        uuid::Uuid::new_v4(),
-        account_id.0,
-        hash,
-        name,
-    )
-    .execute(db)
-    .await?;
-    Ok(Secret::new(token))
+    Ok(crate::tokens::issue(db, account_id, name, ttl).await?.token)
 }
 
 pub(crate) fn ring_sha256(data: &[u8]) -> Vec<u8> {
@@ -254,17 +331,27 @@ pub fn session_cookie(value: &Secret<String>, state: &AppState) -> HeaderValue {
     } else {
         ""
     };
-    let max_age = state.settings.session_ttl.as_secs();
+    let max_age = state.settings.session_ttl.min(state.settings.session_max_age).as_secs();
     HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        "{}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        session_cookie_name(state),
         value.expose()
     ))
     .expect("cookie text is ASCII")
 }
 
 /// A `Set-Cookie` that removes the session cookie.
-pub fn clear_cookie() -> HeaderValue {
-    HeaderValue::from_static("ledger_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
+pub fn clear_cookie(state: &AppState) -> HeaderValue {
+    let secure = if state.settings.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}",
+        session_cookie_name(state)
+    ))
+    .expect("cookie text is ASCII")
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -306,8 +393,19 @@ fn signed_in_response<T: Serialize>(status: StatusCode, body: &T, cookie: Header
         (status = 409, description = "Email already registered", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Invalid email or password", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
     ))]
-pub async fn signup(State(state): State<AppState>, Json(body): Json<Credentials>) -> Result<Response, Problem> {
-    let created = create_account(&state.db, &body.email, Some(Secret::new(body.password)), false).await?;
+pub async fn signup(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<Credentials>,
+) -> Result<Response, Problem> {
+    let created = http_signup(
+        &state,
+        &body.email,
+        body.password,
+        &client_address(&state, &headers, peer),
+    )
+    .await?;
     let (cookie, csrf_token) = create_session(&state.db, created.account_id, state.settings.session_ttl).await?;
     let body = SignedUp {
         account_id: created.account_id,
@@ -321,10 +419,41 @@ pub async fn signup(State(state): State<AppState>, Json(body): Json<Credentials>
     ))
 }
 
+/// The requesting client's address as text, honouring `LEDGER_TRUSTED_PROXY_HOPS`.
+pub fn client_address(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> String {
+    ledger_core::rate::client_ip(headers, peer.ip(), state.settings.trusted_proxy_hops).to_string()
+}
+
+/// A sign-up from the web (API or page): at most 5 per address per hour, counted before
+/// the password is hashed; hashing waits briefly for a slot.
+pub async fn http_signup(
+    state: &AppState,
+    email: &str,
+    password: String,
+    client_ip: &str,
+) -> Result<NewAccount, Problem> {
+    let hit = ledger_core::rate::hit(&state.db, "signup:address", client_ip, SIGNUP_WINDOW).await?;
+    if hit.exceeds(MAX_SIGNUPS_PER_ADDRESS) {
+        let mut problem = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_signups",
+            format!(
+                "Too many accounts were created from your network in the last hour. Try again in {} minutes.",
+                hit.retry_after().div_ceil(60)
+            ),
+        );
+        problem.retry_after = Some(hit.retry_after());
+        return Err(problem);
+    }
+    Ok(create_account_within(&state.db, email, Some(Secret::new(password)), false, Hashing::of(state)).await?)
+}
+
 /// Sign in with email and password; sets the session cookie.
 ///
-/// Failures never say which part was wrong. More than 5 failures for one email, or 20
-/// from one address, within 15 minutes answer 429 until the window passes.
+/// Failures never say which part was wrong. More than 5 attempts for one email from one
+/// address, or 20 from one address, within 15 minutes answer 429 until the window
+/// passes; beyond 10 on one email from anywhere, attempts are spaced out (429 with
+/// Retry-After) rather than the account locked.
 #[utoipa::path(post, path = "/v1/auth/signin", tag = "accounts", operation_id = "signin",
     request_body = Credentials,
     responses(
@@ -335,10 +464,13 @@ pub async fn signup(State(state): State<AppState>, Json(body): Json<Credentials>
 pub async fn signin(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(body): Json<Credentials>,
 ) -> Result<Response, Problem> {
-    match password_signin(&state, &body.email, body.password, &peer.ip().to_string()).await? {
+    let client = client_address(&state, &headers, peer);
+    match password_signin(&state, &body.email, body.password, &client).await? {
         Ok(session) => {
+            end_session(&state, &headers).await?;
             let body = SignedIn {
                 account_id: session.account_id,
                 csrf_token: session.csrf_token.clone(),
@@ -349,9 +481,9 @@ pub async fn signin(
                 session_cookie(&session.cookie, &state),
             ))
         }
-        Err(refusal) if refusal.throttled => {
+        Err(refusal) if refusal.retry_after.is_some() => {
             let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", refusal.message);
-            problem.retry_after = Some(60 * FAILURE_WINDOW_MINUTES as u32);
+            problem.retry_after = refusal.retry_after;
             Err(problem)
         }
         Err(refusal) => Err(Problem::unauthorized("invalid_credentials", refusal.message)),
@@ -370,36 +502,54 @@ pub struct NewSession {
 /// Why a sign-in was refused; `message` never says which part was wrong.
 #[derive(Debug)]
 pub struct SigninRefusal {
-    pub throttled: bool,
+    /// Set when throttled: seconds until an attempt is considered again.
+    pub retry_after: Option<u32>,
     pub message: String,
 }
 
-/// Checks email and password with throttling per account and per client address;
-/// records failures. Shared by the JSON API and the sign-in page.
+/// Checks email and password with throttling per email and address, per address and
+/// (slowing down) per email; shared by the JSON API and the sign-in pages. The attempt
+/// is counted before the password is checked, so parallel guesses all count.
 pub async fn password_signin(
     state: &AppState,
     email: &str,
     password: String,
     client_ip: &str,
 ) -> Result<Result<NewSession, SigninRefusal>, Problem> {
+    use ledger_core::rate;
     let email_key = email.trim().to_ascii_lowercase();
-    let throttle = sqlx::query!(
-        r#"SELECT
-             count(*) FILTER (WHERE email_key = $1) AS "by_email!",
-             count(*) FILTER (WHERE client_ip = $2) AS "by_address!"
-           FROM signin_failures
-           WHERE (email_key = $1 OR client_ip = $2) AND at > now() - make_interval(mins => $3)"#,
-        email_key,
-        client_ip,
-        FAILURE_WINDOW_MINUTES as i32,
-    )
-    .fetch_one(&state.db)
-    .await?;
-    if throttle.by_email >= MAX_FAILURES_PER_EMAIL || throttle.by_address >= MAX_FAILURES_PER_ADDRESS {
-        return Ok(Err(SigninRefusal {
-            throttled: true,
-            message: format!("Too many failed sign-ins. Wait {FAILURE_WINDOW_MINUTES} minutes, then try again."),
-        }));
+    let pair = format!("{email_key}\n{client_ip}");
+    let by_pair = rate::hit(&state.db, "signin:email+address", &pair, ATTEMPT_WINDOW).await?;
+    let by_address = rate::hit(&state.db, "signin:address", client_ip, ATTEMPT_WINDOW).await?;
+    let by_email = rate::hit(&state.db, "signin:email", &email_key, ATTEMPT_WINDOW).await?;
+    let throttled = |retry_after: u32| {
+        Ok(Err(SigninRefusal {
+            retry_after: Some(retry_after),
+            message: format!(
+                "Too many sign-in attempts. Wait {}, then try again.",
+                if retry_after >= 120 {
+                    format!("{} minutes", retry_after.div_ceil(60))
+                } else {
+                    format!("{retry_after} seconds")
+                }
+            ),
+        }))
+    };
+    if by_pair.exceeds(MAX_ATTEMPTS_PER_EMAIL_AND_ADDRESS) {
+        return throttled(by_pair.retry_after());
+    }
+    if by_address.exceeds(MAX_ATTEMPTS_PER_ADDRESS) {
+        return throttled(by_address.retry_after());
+    }
+    if by_email.exceeds(SLOWDOWN_AFTER_ATTEMPTS_PER_EMAIL) {
+        let doublings = (by_email.hits - SLOWDOWN_AFTER_ATTEMPTS_PER_EMAIL - 1).min(16) as u32;
+        let gap = Duration::from_secs(1u64 << doublings).min(MAX_SLOWDOWN);
+        let since = by_email.since_previous.unwrap_or(Duration::ZERO);
+        if since < gap {
+            // Not tried, so not counted: waiting the answer's Retry-After is enough.
+            rate::undo(&state.db, "signin:email", &email_key).await?;
+            return throttled((gap - since).as_secs_f64().ceil().max(1.0) as u32);
+        }
     }
     let account = sqlx::query!(
         r#"SELECT id AS "id: AccountId", password_hash FROM accounts WHERE lower(email) = $1"#,
@@ -408,24 +558,27 @@ pub async fn password_signin(
     .fetch_optional(&state.db)
     .await?;
     let stored = account.as_ref().and_then(|a| a.password_hash.clone());
-    let ok = verify_password(Secret::new(password), stored).await;
+    let ok = match verify_password(Secret::new(password), stored, Hashing::of(state)).await {
+        Ok(ok) => ok,
+        Err(busy) => {
+            // Not an attempt: nothing was checked.
+            rate::undo(&state.db, "signin:email+address", &pair).await?;
+            rate::undo(&state.db, "signin:address", client_ip).await?;
+            rate::undo(&state.db, "signin:email", &email_key).await?;
+            return Err(busy.into());
+        }
+    };
     let Some(account) = account.filter(|_| ok) else {
-        sqlx::query!(
-            "INSERT INTO signin_failures (email_key, client_ip) VALUES ($1, $2)",
-            email_key,
-            client_ip
-        )
-        .execute(&state.db)
-        .await?;
         return Ok(Err(SigninRefusal {
-            throttled: false,
+            retry_after: None,
             message: "Email or password is incorrect.".to_owned(),
         }));
     };
-    sqlx::query!("DELETE FROM signin_failures WHERE email_key = $1", email_key)
-        .execute(&state.db)
-        .await?;
-    let (cookie, csrf_token) = create_session(&state.db, account.id, state.settings.session_ttl).await?;
+    rate::reset(&state.db, "signin:email+address", &pair).await?;
+    rate::reset(&state.db, "signin:email", &email_key).await?;
+    rate::undo(&state.db, "signin:address", client_ip).await?;
+    let ttl = state.settings.session_ttl.min(state.settings.session_max_age);
+    let (cookie, csrf_token) = create_session(&state.db, account.id, ttl).await?;
     Ok(Ok(NewSession {
         account_id: account.id,
         cookie,
@@ -442,26 +595,28 @@ pub async fn signout(
     merchant: Merchant,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    end_session(&state.db, &headers).await?;
+    end_session(&state, &headers).await?;
     let _ = merchant;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(header::SET_COOKIE, clear_cookie());
+    response.headers_mut().insert(header::SET_COOKIE, clear_cookie(&state));
     Ok(response)
 }
 
 /// Changes an account's password after checking the current one; every other session
 /// of the account ends. `Ok(Err(field errors))` when the input is refused.
 pub async fn change_password(
-    db: &sqlx::PgPool,
+    state: &AppState,
     account: AccountId,
     current: Secret<String>,
     new: Secret<String>,
     headers: &HeaderMap,
-) -> Result<Result<(), Vec<FieldError>>, sqlx::Error> {
+) -> Result<Result<(), Vec<FieldError>>, Problem> {
+    let db = &state.db;
+    let slots = Hashing::of(state);
     let stored = sqlx::query_scalar!("SELECT password_hash FROM accounts WHERE id = $1", account.0)
         .fetch_one(db)
         .await?;
-    if !verify_password(current, stored).await {
+    if !verify_password(current, stored, slots).await? {
         return Ok(Err(vec![FieldError {
             field: "current_password".into(),
             code: "incorrect".into(),
@@ -474,8 +629,8 @@ pub async fn change_password(
             ..e
         }]));
     }
-    let hash = hash_password(new).await;
-    let keep = crate::auth::cookie_value(headers, SESSION_COOKIE).map(|v| ring_sha256(v.as_bytes()));
+    let hash = hash_password(new, slots).await?;
+    let keep = crate::auth::cookie_value(headers, session_cookie_name(state)).map(|v| ring_sha256(v.as_bytes()));
     let mut tx = db.begin().await?;
     sqlx::query!("UPDATE accounts SET password_hash = $2 WHERE id = $1", account.0, hash)
         .execute(&mut *tx)
@@ -515,8 +670,14 @@ pub async fn end_session_value(db: &sqlx::PgPool, value: &Secret<String>) -> Res
 }
 
 /// Deletes the request's session, if it carries one.
-pub async fn end_session(db: &sqlx::PgPool, headers: &HeaderMap) -> Result<(), sqlx::Error> {
-    if let Some(value) = crate::auth::cookie_value(headers, SESSION_COOKIE) {
+pub async fn end_session(state: &AppState, headers: &HeaderMap) -> Result<(), sqlx::Error> {
+    end_session_named(&state.db, headers, session_cookie_name(state)).await
+}
+
+/// Deletes the session in cookie `name` of the request, if any (sign-in calls this
+/// first: a new sign-in never keeps a session that existed before it).
+pub async fn end_session_named(db: &sqlx::PgPool, headers: &HeaderMap, name: &str) -> Result<(), sqlx::Error> {
+    if let Some(value) = crate::auth::cookie_value(headers, name) {
         sqlx::query!("DELETE FROM sessions WHERE id_hash = $1", ring_sha256(value.as_bytes()))
             .execute(db)
             .await?;

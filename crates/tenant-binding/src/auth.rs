@@ -4,11 +4,29 @@ use axum::{
     extract::FromRequestParts,
     http::{HeaderMap, Method, header, request::Parts},
 };
-use ledger_core::{AccountId, AppState, BindingId, Problem, TenantId, secret::constant_time_eq};
+use ledger_core::{AccountId, AppState, BindingId, Problem, TenantId, audit::Actor, secret::constant_time_eq};
 
 use crate::accounts::{TOKEN_PREFIX, ring_sha256};
 
 pub const SESSION_COOKIE: &str = "ledger_session";
+/// The session cookie's name when the ledger is served over https: the `__Host-` prefix
+/// makes browsers refuse it unless it is Secure, host-only and for `/`, so a sibling
+/// subdomain cannot plant or overwrite it.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-ledger_session";
+
+/// The session cookie's name for this deployment.
+pub fn session_cookie_name(state: &AppState) -> &'static str {
+    session_cookie_name_for(&state.settings.public_url)
+}
+
+/// [`session_cookie_name`] for a public URL.
+pub fn session_cookie_name_for(public_url: &str) -> &'static str {
+    if public_url.starts_with("https://") {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
 /// Header carrying the session's CSRF token on state-changing requests.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -68,13 +86,18 @@ impl FromRequestParts<AppState> for Merchant {
             let row = sqlx::query!(
                 r#"UPDATE api_tokens t SET last_used_at = now()
                    FROM accounts a
-                   WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND a.id = t.account_id
+                   WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > now() AND a.id = t.account_id
                    RETURNING a.id AS "account_id: AccountId", a.is_operator"#,
                 ring_sha256(token.as_bytes())
             )
             .fetch_optional(&state.db)
             .await?
-            .ok_or_else(|| Problem::unauthorized("invalid_token", "The API token is unknown or revoked."))?;
+            .ok_or_else(|| {
+                Problem::unauthorized(
+                    "invalid_token",
+                    "The API token is unknown, expired or revoked; issue a new one (POST /v1/tokens or `ledger tokens create`).",
+                )
+            })?;
             return Ok(Self {
                 account_id: row.account_id,
                 is_operator: row.is_operator,
@@ -82,17 +105,19 @@ impl FromRequestParts<AppState> for Merchant {
             });
         }
 
-        let Some(cookie) = cookie_value(&parts.headers, SESSION_COOKIE) else {
+        let Some(cookie) = cookie_value(&parts.headers, session_cookie_name(state)) else {
             return Err(unauthenticated());
         };
-        let ttl_secs = state.settings.session_ttl.as_secs_f64();
         let row = sqlx::query!(
-            r#"UPDATE sessions s SET last_seen_at = now(), expires_at = now() + make_interval(secs => $2)
+            r#"UPDATE sessions s SET last_seen_at = now(),
+                 expires_at = LEAST(now() + make_interval(secs => $2), s.created_at + make_interval(secs => $3))
                FROM accounts a
-               WHERE s.id_hash = $1 AND s.expires_at > now() AND a.id = s.account_id
+               WHERE s.id_hash = $1 AND s.expires_at > now() AND s.created_at > now() - make_interval(secs => $3)
+                 AND a.id = s.account_id
                RETURNING a.id AS "account_id: AccountId", a.is_operator, s.csrf_token"#,
             ring_sha256(cookie.as_bytes()),
-            ttl_secs,
+            state.settings.session_ttl.as_secs_f64(),
+            state.settings.session_max_age.as_secs_f64(),
         )
         .fetch_optional(&state.db)
         .await?
@@ -121,7 +146,7 @@ impl FromRequestParts<AppState> for Merchant {
 /// The merchant behind a session cookie, for web pages: no CSRF check here (forms
 /// carry the token in a field, which the page handler checks with [`Merchant::check_csrf`]).
 pub async fn session_merchant(state: &AppState, headers: &HeaderMap) -> Result<Option<Merchant>, Problem> {
-    session_merchant_in(state, headers, SESSION_COOKIE).await
+    session_merchant_in(state, headers, session_cookie_name(state)).await
 }
 
 /// The embedded page's session cookie: `SameSite=None; Secure; Partitioned`, scoped to
@@ -138,14 +163,17 @@ pub async fn session_merchant_in(
     let Some(cookie) = cookie_value(headers, name) else {
         return Ok(None);
     };
-    let ttl_secs = state.settings.session_ttl.as_secs_f64();
+    // Sliding within the idle TTL, never past the absolute lifetime from sign-in.
     let row = sqlx::query!(
-        r#"UPDATE sessions s SET last_seen_at = now(), expires_at = now() + make_interval(secs => $2)
+        r#"UPDATE sessions s SET last_seen_at = now(),
+             expires_at = LEAST(now() + make_interval(secs => $2), s.created_at + make_interval(secs => $3))
            FROM accounts a
-           WHERE s.id_hash = $1 AND s.expires_at > now() AND a.id = s.account_id
+           WHERE s.id_hash = $1 AND s.expires_at > now() AND s.created_at > now() - make_interval(secs => $3)
+             AND a.id = s.account_id
            RETURNING a.id AS "account_id: AccountId", a.is_operator, s.csrf_token"#,
         ring_sha256(cookie.as_bytes()),
-        ttl_secs,
+        state.settings.session_ttl.as_secs_f64(),
+        state.settings.session_max_age.as_secs_f64(),
     )
     .fetch_optional(&state.db)
     .await?;
@@ -201,25 +229,93 @@ impl Merchant {
         })
     }
 
-    /// The binding's tenant when this account owns the binding (operators see all).
+    /// The binding's tenant when this account owns the binding. Operators get no
+    /// exception here: what they may do on other merchants' bindings goes through
+    /// [`Merchant::binding_access`] with one of the [`OperatorAction`]s.
     pub async fn binding_tenant(&self, db: &sqlx::PgPool, binding_id: BindingId) -> Result<TenantId, Problem> {
         let found = sqlx::query_scalar!(
             r#"SELECT b.tenant_id AS "tenant_id: TenantId" FROM connector_bindings b
                JOIN tenants t ON t.id = b.tenant_id
-               WHERE b.id = $1 AND (t.account_id = $2 OR $3)"#,
+               WHERE b.id = $1 AND t.account_id = $2"#,
             binding_id.0,
             self.account_id.0,
-            self.is_operator,
         )
         .fetch_optional(db)
         .await?;
         found.ok_or_else(|| Problem::not_found("binding_not_found", format!("You have no binding {binding_id}.")))
     }
+
+    /// The binding's tenant and who acts: the owner as `account:<id>`, or an operator
+    /// as `operator:<id>` for one of the operator actions. Anyone else: not found.
+    pub async fn binding_access(
+        &self,
+        db: &sqlx::PgPool,
+        binding_id: BindingId,
+        action: OperatorAction,
+    ) -> Result<Access, Problem> {
+        let row = sqlx::query!(
+            r#"SELECT b.tenant_id AS "tenant_id: TenantId", t.account_id = $2 AS "owned!"
+               FROM connector_bindings b JOIN tenants t ON t.id = b.tenant_id
+               WHERE b.id = $1"#,
+            binding_id.0,
+            self.account_id.0,
+        )
+        .fetch_optional(db)
+        .await?;
+        match row {
+            Some(r) if r.owned => Ok(Access {
+                tenant_id: r.tenant_id,
+                actor: Actor::Account(self.account_id.0),
+            }),
+            Some(r) if self.is_operator => {
+                tracing::info!(operator = %self.account_id, binding = %binding_id, action = ?action, "operator action");
+                Ok(Access {
+                    tenant_id: r.tenant_id,
+                    actor: Actor::Operator(self.account_id.0),
+                })
+            }
+            _ => Err(Problem::not_found(
+                "binding_not_found",
+                format!("You have no binding {binding_id}."),
+            )),
+        }
+    }
+}
+
+/// The only things an operator may do on a binding they do not own: look at its runs
+/// and reference data, retry or skip runs, pause and resume it, refresh its Sage token
+/// or reference data. Settings, pairing, Sage connect and disconnect stay the owner's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorAction {
+    ViewRuns,
+    RetryRuns,
+    SkipRuns,
+    ViewReference,
+    RefreshReference,
+    Pause,
+    Resume,
+    RefreshToken,
+}
+
+/// Who may act on a binding, and how the audit trail names them.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub tenant_id: TenantId,
+    pub actor: Actor,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn over_https_the_session_cookie_is_host_only() {
+        assert_eq!(
+            session_cookie_name_for("https://ledger.byte8.io"),
+            "__Host-ledger_session"
+        );
+        assert_eq!(session_cookie_name_for("http://127.0.0.1:8080"), "ledger_session");
+    }
 
     #[test]
     fn cookies_are_found_among_others() {

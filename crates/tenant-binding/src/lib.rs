@@ -14,6 +14,7 @@ pub mod auth;
 pub mod bindings;
 pub mod magento;
 pub mod status;
+pub mod tokens;
 
 use ledger_core::AppState;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -25,11 +26,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(accounts::signin))
         .routes(routes!(accounts::signout))
         .routes(routes!(accounts::me))
+        .routes(routes!(tokens::list_tokens, tokens::create_token))
+        .routes(routes!(tokens::revoke_token))
         .routes(routes!(api::list))
         .routes(routes!(api::get))
         .routes(routes!(status::tile_health))
         .routes(routes!(status::entity_status))
-        .routes(routes!(status::disconnect))
 }
 
 /// Deletes what has expired: replay-store entries, sessions, old sign-in failures, and
@@ -48,10 +50,7 @@ pub async fn housekeeping(db: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
         .execute(db)
         .await?
         .rows_affected();
-    removed += sqlx::query!("DELETE FROM signin_failures WHERE at < now() - interval '1 day'")
-        .execute(db)
-        .await?
-        .rows_affected();
+    removed += ledger_core::rate::prune(db).await?;
     removed += sqlx::query!(
         "DELETE FROM connector_bindings
          WHERE status = 'pairing' AND api_key IS NULL AND pending_since < now() - interval '1 day'"

@@ -2,7 +2,7 @@
 
 use axum::{
     extract::{Query, State},
-    http::{HeaderMap, StatusCode},
+    http::HeaderMap,
 };
 use chrono::{DateTime, Utc};
 use ledger_core::{
@@ -227,17 +227,10 @@ pub async fn entity_status(
     }))
 }
 
-/// The module's Disconnect button: the binding is revoked and its queued work stops.
-/// Idempotent: a repeat answers 204 too. Afterwards, webhooks signed with the old key
-/// answer 401 `binding_revoked`.
-#[utoipa::path(post, path = "/v1/tenant/disconnect", tag = "magento", operation_id = "tenant_disconnect",
-    security(("magento_jwt" = [])),
-    responses(
-        (status = 204, description = "Disconnected (or already disconnected)"),
-        (status = 401, description = "The module's token was refused", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-    ))]
-pub async fn disconnect(State(state): State<AppState>, headers: HeaderMap) -> Result<StatusCode, Problem> {
-    let caller = magento::authenticate(&state, &headers, None, true).await?;
+/// The module's disconnect without its answer: the binding that was disconnected.
+/// The Sage side (revoking its tokens) is the caller's (`ledger_sage_vault`).
+pub async fn disconnect_binding(state: &AppState, headers: &HeaderMap) -> Result<BindingId, Problem> {
+    let caller = magento::authenticate(state, headers, None, true).await?;
     let mut tx = state.db.begin().await?;
     magento::consume_jti(&mut tx, &caller).await?;
     revoke(
@@ -249,7 +242,7 @@ pub async fn disconnect(State(state): State<AppState>, headers: HeaderMap) -> Re
     )
     .await?;
     tx.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(caller.binding_id)
 }
 
 /// Revokes a binding and cancels its queued jobs, recording who did it. No-op when

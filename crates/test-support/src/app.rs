@@ -99,7 +99,13 @@ impl TestAppBuilder {
         };
         let shutdown = CancellationToken::new();
         let deadline = state.settings.shutdown_deadline;
-        let server = tokio::spawn(server::serve(listener, router, shutdown.clone(), deadline));
+        let server = tokio::spawn(server::serve_with(
+            listener,
+            router,
+            shutdown.clone(),
+            deadline,
+            state.settings.header_read_timeout,
+        ));
         TestApp {
             addr,
             base_url: format!("http://{addr}"),
@@ -227,9 +233,14 @@ impl TestApp {
         )
         .await
         .expect("account");
-        let token = ledger_tenant_binding::accounts::create_api_token(&self.state.db, created.account_id, "test")
-            .await
-            .expect("token");
+        let token = ledger_tenant_binding::accounts::create_api_token(
+            &self.state.db,
+            created.account_id,
+            "test",
+            self.state.settings.api_token_ttl,
+        )
+        .await
+        .expect("token");
         TestMerchant {
             email,
             password: "correct-horse-battery".to_owned(),

@@ -76,7 +76,13 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Demo> {
     let account = demo_account(state).await?;
-    let token = ledger_tenant_binding::accounts::create_api_token(&state.db, account, "ledger dev").await?;
+    let token = ledger_tenant_binding::accounts::create_api_token(
+        &state.db,
+        account,
+        "ledger dev",
+        state.settings.api_token_ttl,
+    )
+    .await?;
 
     let listener = match TcpListener::bind(STORE_ADDR).await {
         Ok(l) => l,

@@ -87,11 +87,12 @@ pub async fn run(mut layers: Layers, args: DevArgs) -> anyhow::Result<()> {
     let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, state.db.clone(), shutdown.clone())));
     let worker_task = tokio::spawn(worker::run(state.clone(), shutdown.clone()));
     let deadline = state.settings.shutdown_deadline;
-    let server_task = tokio::spawn(server::serve(
+    let server_task = tokio::spawn(server::serve_with(
         listener,
         http::router(state.clone()),
         shutdown.clone(),
         deadline,
+        state.settings.header_read_timeout,
     ));
 
     let demo = if args.no_sandbox {

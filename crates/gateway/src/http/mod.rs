@@ -15,7 +15,12 @@ use axum::{
 };
 use tower::ServiceBuilder;
 use tower_http::{
-    compression::CompressionLayer, limit::RequestBodyLimitLayer, sensitive_headers::SetSensitiveHeadersLayer,
+    compression::{
+        CompressionLayer,
+        predicate::{DefaultPredicate, NotForContentType, Predicate as _},
+    },
+    limit::RequestBodyLimitLayer,
+    sensitive_headers::SetSensitiveHeadersLayer,
     trace::TraceLayer,
 };
 use tracing::{Span, field::Empty};
@@ -51,7 +56,13 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(ledger_dashboard::router(state))
         .layer(
             ServiceBuilder::new()
-                .layer(CompressionLayer::new())
+                // Pages carry the session's CSRF token next to text a request can
+                // influence: compressing them would let BREACH read the token out of the
+                // sizes. JSON and the docs stay compressed.
+                .layer(
+                    CompressionLayer::new()
+                        .compress_when(DefaultPredicate::new().and(NotForContentType::new("text/html"))),
+                )
                 .layer(SetSensitiveHeadersLayer::new([
                     header::AUTHORIZATION,
                     header::PROXY_AUTHORIZATION,

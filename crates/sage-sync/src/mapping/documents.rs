@@ -47,6 +47,10 @@ pub struct Treatment {
     /// back that share of the discount too).
     #[serde(default)]
     pub shipping_discount_ratio: Option<Decimal>,
+    /// The invoice's delivery address as sent to Sage: a credit memo carries none, and
+    /// Sage judges a credit note's rates by where the goods went.
+    #[serde(default)]
+    pub delivery_address: Option<Value>,
 }
 
 /// A rate that explains a line's tax.
@@ -108,6 +112,8 @@ struct Reconciled {
     vat: Decimal,
     notes: Vec<String>,
     shipping_discount_ratio: Option<Decimal>,
+    /// Where the lines were booked as supplied (empty when nothing says).
+    place: String,
 }
 
 fn zero_rate(ctx: &Ctx<'_>, country: &str, what: &str) -> Result<String, Failure> {
@@ -940,6 +946,7 @@ fn reconcile(src: Source<'_>, ctx: &Ctx<'_>) -> Result<Reconciled, Failure> {
         notes,
         shipping_discount_ratio: (shipping > Decimal::ZERO && shipping_discount > Decimal::ZERO)
             .then(|| (shipping_discount / shipping).round_dp(6)),
+        place,
     })
 }
 
@@ -1141,6 +1148,7 @@ pub fn map_invoice(inv: &Invoice, contact_id: &str, ctx: &Ctx<'_>) -> Result<Map
         )),
     );
     let totals = check_before_posting(&body, "invoice_lines", &r, "invoice", ctx)?;
+    let delivery_address = body.get("delivery_address").cloned();
     Ok(Mapped {
         body: Value::Object(body),
         totals,
@@ -1148,6 +1156,7 @@ pub fn map_invoice(inv: &Invoice, contact_id: &str, ctx: &Ctx<'_>) -> Result<Map
         treatment: Some(Treatment {
             place_of_supply: place,
             shipping_discount_ratio: r.shipping_discount_ratio,
+            delivery_address,
         }),
     })
 }
@@ -1212,6 +1221,13 @@ pub fn map_credit_note(
             .find(|a| a.kind == "shipping")
             .unwrap_or(b);
         body.insert("delivery_address".into(), sage_address(delivery));
+    } else if let Some(address) = invoice
+        .and_then(|t| t.delivery_address.clone())
+        .or_else(|| (!r.place.is_empty()).then(|| json!({ "country_id": r.place })))
+    {
+        // Without an address Sage would judge the rates by the contact's country, which
+        // need not be where the goods went (billed abroad, shipped home).
+        body.insert("delivery_address".into(), address);
     }
     insert_shipping(&mut body, &r, ctx);
     let mut notes = r.notes.clone();

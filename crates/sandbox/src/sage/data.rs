@@ -76,7 +76,12 @@ fn bank_account(name: &str, code: &str, kind: &str) -> Value {
     let id = random_hex(16);
     json!({
         "id": id, "displayed_as": format!("{name} ({code})"), "$path": format!("/bank_accounts/{id}"),
-        "bank_account_details": { "account_name": name }, "nominal_code": code.parse::<u32>().unwrap_or(0),
+        // As Sage returns them with attributes=all: the account's own numbers included.
+        "bank_account_details": {
+            "account_name": name, "account_number": "31926819", "sort_code": "40-47-84",
+            "bic": "MIDLGB22", "iban": "GB29NWBK60161331926819",
+        },
+        "nominal_code": code.parse::<u32>().unwrap_or(0),
         "bank_account_type": { "id": kind, "displayed_as": kind }, "balance": "0.0", "currency": { "id": "GBP" },
         "editable": true, "deletable": true, "main_address": null, "is_active": true,
     })
