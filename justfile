@@ -51,8 +51,13 @@ deploy-check:
 api-fuzz:
     scripts/api-fuzz
 
-# Static checks: formatting, lints, offline query data, OpenAPI drift, manifests.
-lint: fmt-check clippy sqlx-check openapi-check deploy-check
+# Dependency policy (deny.toml): licences, banned crates, sources. Offline: the RustSec
+# advisory database is not reachable from CI here (see docs/security.md).
+deny:
+    cargo deny --offline --log-level error check --hide-inclusion-graph bans licenses sources
+
+# Static checks: formatting, lints, offline query data, OpenAPI drift, manifests, dependencies.
+lint: fmt-check clippy sqlx-check openapi-check deploy-check deny
 
 # Everything CI runs, in order.
 ci: lint test api-fuzz

@@ -1046,3 +1046,28 @@ async fn transport_errors_never_carry_the_url_and_its_customer_email() {
     let text = err.to_string();
     assert!(!text.contains("jane") && !text.contains("contacts?"), "{text}");
 }
+
+#[tokio::test]
+async fn connect_cannot_be_used_as_a_request_generator() {
+    let app = behind_one_proxy().await;
+    let merchant = app.merchant().await;
+    let attempt = |address: &'static str| {
+        app.http
+            .post(app.url("/v1/magento/connect"))
+            .bearer_auth(&merchant.token)
+            .header("x-forwarded-for", address)
+            .json(&serde_json::json!({ "magento_base_url": "http://127.0.0.1:9/", "pairing_code": "x" }))
+            .send()
+    };
+    for _ in 0..30 {
+        assert_ne!(attempt("198.51.100.20").await.unwrap().status(), 429);
+    }
+    let res = attempt("198.51.100.21").await.unwrap();
+    assert_eq!(
+        res.status(),
+        429,
+        "the account's hourly allowance is spent, whatever the address"
+    );
+    assert!(res.headers().get("retry-after").is_some());
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "too_many_connects");
+}

@@ -348,6 +348,7 @@ pub struct MagentoConnectForm {
 
 pub async fn magento_connect(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<MagentoConnectForm>,
 ) -> Result<Response, Problem> {
@@ -364,7 +365,15 @@ pub async fn magento_connect(
         pairing_code: form.pairing_code,
         tenant_id: Some(tenant),
     };
-    match ledger_pairing::connect(State(state.clone()), merchant, ledger_core::extract::Json(request)).await {
+    match ledger_pairing::connect(
+        State(state.clone()),
+        ConnectInfo(peer),
+        headers.clone(),
+        merchant,
+        ledger_core::extract::Json(request),
+    )
+    .await
+    {
         Ok((_, connected)) => {
             Ok(Redirect::to(&format!("/dashboard/bindings/{}", connected.0.binding_id)).into_response())
         }

@@ -8,7 +8,15 @@
 //! if the store did store it, its first signed request confirms it (see
 //! `ledger_tenant_binding::magento`). Either way no binding goes live unconfirmed.
 
-use axum::{extract::State, http::StatusCode};
+use axum::{
+    extract::{ConnectInfo, State},
+    http::StatusCode,
+};
+
+/// Store connections tried per account and per client address in an hour.
+const CONNECTS_PER_ACCOUNT: i64 = 30;
+const CONNECTS_PER_ADDRESS: i64 = 60;
+const CONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
 use ledger_core::{
     AppState, BindingId, FieldError, Problem, Secret, TenantId,
     audit::{self, Actor},
@@ -77,15 +85,39 @@ fn looks_like_module_code(code: &str) -> bool {
         (status = 401, description = "Not signed in", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "Another connect for this store ran at the same time", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many connects from this account or address in an hour", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Invalid URL, code refused by the store, or no module at that URL", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
         (status = 502, description = "The store could not be reached or answered with an error", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
         (status = 504, description = "The store did not answer in time", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn connect(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     merchant: Merchant,
     Json(request): Json<ConnectRequest>,
 ) -> Result<(StatusCode, axum::Json<Connected>), Problem> {
+    // Each connect makes the ledger call a URL the caller chose: bounded per account and
+    // per client address, counted before any call.
+    let client = ledger_tenant_binding::accounts::client_address(&state, &headers, peer);
+    for (bucket, key, limit) in [
+        ("connect:account", merchant.account_id.to_string(), CONNECTS_PER_ACCOUNT),
+        ("connect:address", client, CONNECTS_PER_ADDRESS),
+    ] {
+        let hit = ledger_core::rate::hit(&state.db, bucket, &key, CONNECT_WINDOW).await?;
+        if hit.exceeds(limit) {
+            let mut problem = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connects",
+                format!(
+                    "Too many store connections were tried in the last hour. Try again in {} minutes.",
+                    hit.retry_after().div_ceil(60)
+                ),
+            );
+            problem.retry_after = Some(hit.retry_after());
+            return Err(problem);
+        }
+    }
     let policy = UrlPolicy::from_settings(&state.settings);
     let mut errors = Vec::new();
     let base = url::normalize_base_url(&request.magento_base_url, &policy)
