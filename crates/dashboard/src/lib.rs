@@ -71,6 +71,10 @@ pub fn router(state: AppState) -> Router {
             "/dashboard/bindings/{binding_id}/runs/retry-dead",
             post(pages::retry_dead),
         )
+        .route(
+            "/dashboard/bindings/{binding_id}/runs/retry-fixable",
+            post(pages::retry_fixable),
+        )
         .route("/dashboard/runs/{run_id}", get(pages::run_page))
         .route("/dashboard/runs/{run_id}/retry", post(pages::run_retry))
         .route("/embed/{tenant_id}", get(embed::embed))

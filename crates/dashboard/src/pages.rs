@@ -473,6 +473,16 @@ struct SettingsPage {
     reference_age: String,
     notice: Option<String>,
     error: Option<String>,
+    /// After a save: the runs the change can fix, offered for retry.
+    fixable: Option<FixableOffer>,
+}
+
+/// "This change can fix N runs: retry them?"
+pub struct FixableOffer {
+    /// Comma-separated codes for the retry form.
+    pub codes: String,
+    pub count: u64,
+    pub summary: String,
 }
 
 fn label_of(item: &serde_json::Value) -> String {
@@ -761,6 +771,7 @@ async fn settings_view(
         reference_age: ago(reference.fetched_at),
         notice,
         error,
+        fixable: None,
     })
 }
 
@@ -774,6 +785,8 @@ async fn binding_of(state: &AppState, id: BindingId) -> Result<bindings::Binding
 pub struct NoticeQuery {
     saved: Option<String>,
     refreshed: Option<String>,
+    /// Codes the saved change addresses (comma-separated).
+    fix: Option<String>,
 }
 
 pub async fn settings_page(
@@ -797,11 +810,64 @@ pub async fn settings_page(
     let settings = policy::load(&state, binding_id).await?;
     let notice = q
         .saved
-        .map(|_| "Settings saved. They apply to events that arrive from now on.".to_owned())
+        .map(|_| "Settings saved. They apply to events that arrive from now on, and to every retry.".to_owned())
         .or(q.refreshed.map(|_| "Sage reference data refreshed.".to_owned()));
-    Ok(render(
-        &settings_view(&state, &merchant, &binding, &settings, &[], notice, None).await?,
-    ))
+    let mut view = settings_view(&state, &merchant, &binding, &settings, &[], notice, None).await?;
+    let codes: Vec<String> = q
+        .fix
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|c| policy::FIXABLE_CODES.contains(c))
+        .map(str::to_owned)
+        .collect();
+    if !codes.is_empty() {
+        let counts = runs::fixable_counts(&state.db, binding_id, &codes).await?;
+        let count: u64 = counts.values().sum();
+        if count > 0 {
+            view.fixable = Some(FixableOffer {
+                codes: counts.keys().cloned().collect::<Vec<_>>().join(","),
+                count,
+                summary: counts
+                    .iter()
+                    .map(|(code, n)| format!("{n} {code}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    Ok(render(&view))
+}
+
+#[derive(Deserialize)]
+pub struct RetryFixableForm {
+    csrf_token: String,
+    codes: String,
+}
+
+/// "Retry them" after a settings change: the runs held back by the codes it addresses.
+pub async fn retry_fixable(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(binding_id): Path<BindingId>,
+    Form(form): Form<RetryFixableForm>,
+) -> Result<Response, Problem> {
+    let merchant = match owner(
+        &state,
+        &headers,
+        binding_id,
+        &format!("/dashboard/bindings/{binding_id}/settings"),
+    )
+    .await?
+    {
+        Ok(m) => m,
+        Err(r) => return Ok(r),
+    };
+    merchant.check_csrf(&form.csrf_token)?;
+    let codes: Vec<String> = form.codes.split(',').map(str::to_owned).collect();
+    let codes = runs::known_fixable(&codes)?;
+    let n = runs::retry_fixable(&state, binding_id, &codes, Actor::Account(merchant.account_id.0)).await?;
+    Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}/runs?retried={n}")).into_response())
 }
 
 /// The submitted form over the stored settings (knobs the form does not show are kept).
@@ -955,7 +1021,8 @@ pub async fn settings_submit(
     merchant.check_csrf(csrf)?;
     let tenant = merchant.binding_tenant(&state.db, binding_id).await?;
     let binding = binding_of(&state, binding_id).await?;
-    let submitted = apply_form(policy::load(&state, binding_id).await?, &form);
+    let before = policy::load(&state, binding_id).await?;
+    let submitted = apply_form(before.clone(), &form);
     let format_errors = form_errors(&form);
     let saved = if format_errors.is_empty() {
         policy::save(
@@ -970,7 +1037,16 @@ pub async fn settings_submit(
         Err(Problem::validation(format_errors))
     };
     match saved {
-        Ok(_) => Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}/settings?saved=1")).into_response()),
+        Ok(after) => {
+            // Offer to retry what the change can fix (the page counts them).
+            let fix = policy::fixable_codes(&before, &after).join(",");
+            let query = if fix.is_empty() {
+                String::new()
+            } else {
+                format!("&fix={fix}")
+            };
+            Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}/settings?saved=1{query}")).into_response())
+        }
         Err(problem) if problem.status == StatusCode::UNPROCESSABLE_ENTITY => {
             // Nothing was saved: show the submitted values with each field's error.
             let view = settings_view(

@@ -24,5 +24,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::retry_run))
         .routes(routes!(runs::skip_run))
         .routes(routes!(runs::retry_dead_runs))
+        .routes(routes!(runs::fixable))
+        .routes(routes!(runs::retry_fixable_runs))
         .routes(routes!(policy::get, policy::put))
 }

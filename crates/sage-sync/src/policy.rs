@@ -442,6 +442,63 @@ pub fn defaults_from(reference: &Reference) -> Settings {
 }
 
 /// The binding's settings; on first use, defaults from the reference cache (recorded).
+/// Every code (error code or skip reason) a settings change can fix, by the settings
+/// that address it.
+pub const FIXABLE_CODES: &[&str] = &[
+    "payment_method_not_mapped",
+    "tax_rate_not_mapped",
+    "zero_tax_rate_not_mapped",
+    "ledger_account_not_set",
+    "purchase_ledger_account_not_set",
+    "total_mismatch",
+    "outside_website_filter",
+    "outside_store_filter",
+    "outside_sync_since",
+    "unpaid_invoice",
+    "zero_value_invoice",
+    "products_not_synced",
+    "multi_currency_disabled",
+];
+
+/// The codes a change from `before` to `after` addresses: runs held back by them may
+/// now go through.
+pub fn fixable_codes(before: &Settings, after: &Settings) -> Vec<&'static str> {
+    let mut codes = Vec::new();
+    let mut add = |changed: bool, these: &[&'static str]| {
+        if changed {
+            codes.extend(these.iter().copied().filter(|c| !codes.contains(c)).collect::<Vec<_>>());
+        }
+    };
+    add(
+        before.payment_method_map != after.payment_method_map || before.default_bank_account_id != after.default_bank_account_id,
+        &["payment_method_not_mapped"],
+    );
+    add(
+        before.tax_rate_map != after.tax_rate_map || before.default_tax_rate_id != after.default_tax_rate_id,
+        &["tax_rate_not_mapped", "zero_tax_rate_not_mapped", "total_mismatch"],
+    );
+    add(before.default_ledger_account_id != after.default_ledger_account_id, &["ledger_account_not_set"]);
+    add(
+        before.default_purchase_ledger_account_id != after.default_purchase_ledger_account_id,
+        &["purchase_ledger_account_not_set"],
+    );
+    add(
+        before.unexplained_difference_account_id != after.unexplained_difference_account_id
+            || before.shipping_ledger_account_id != after.shipping_ledger_account_id
+            || before.tax_based_on != after.tax_based_on
+            || before.catalog_prices_include_tax != after.catalog_prices_include_tax,
+        &["total_mismatch", "tax_rate_not_mapped"],
+    );
+    add(before.website_filter != after.website_filter, &["outside_website_filter"]);
+    add(before.store_filter != after.store_filter, &["outside_store_filter"]);
+    add(before.sync_since != after.sync_since, &["outside_sync_since"]);
+    add(before.sync_unpaid_invoices != after.sync_unpaid_invoices, &["unpaid_invoice"]);
+    add(before.sync_zero_value_invoices != after.sync_zero_value_invoices, &["zero_value_invoice"]);
+    add(before.sync_products != after.sync_products, &["products_not_synced"]);
+    add(before.website_base_currencies != after.website_base_currencies, &["multi_currency_disabled"]);
+    codes
+}
+
 pub async fn load(state: &AppState, binding: BindingId) -> Result<Settings, sqlx::Error> {
     if let Some(v) = sqlx::query_scalar!("SELECT settings FROM binding_settings WHERE binding_id = $1", binding.0)
         .fetch_optional(&state.db)

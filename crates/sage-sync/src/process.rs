@@ -66,7 +66,9 @@ impl std::fmt::Debug for SealedKey {
 pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunInfo>, sqlx::Error> {
     let row = sqlx::query!(
         r#"SELECT r.id, r.binding_id AS "binding_id: BindingId", b.tenant_id AS "tenant_id: TenantId", r.event_name,
-                  r.entity_type, r.magento_entity_id, r.created_at, r.policy, b.magento_base_url, r.traceparent,
+                  r.entity_type, r.magento_entity_id, r.created_at,
+                  COALESCE(r.policy, (SELECT s.settings FROM binding_settings s WHERE s.binding_id = r.binding_id)) AS policy,
+                  b.magento_base_url, r.traceparent,
                   b.api_key, sc.region AS "region?", e.occurred_at AS "occurred_at?"
            FROM sync_runs r JOIN connector_bindings b ON b.id = r.binding_id
            LEFT JOIN sage_connections sc ON sc.binding_id = r.binding_id

@@ -150,9 +150,9 @@ pub async fn complete(
              RETURNING id
            ), attempt AS (
              -- Numbered across the run: a retried run's job counts its attempts afresh.
-             INSERT INTO sync_attempts (sync_run_id, attempt, started_at, outcome, error_class, error_code, message, request, worker)
+             INSERT INTO sync_attempts (sync_run_id, attempt, started_at, outcome, error_class, error_code, message, request, worker, policy)
              SELECT $8::uuid, (SELECT COALESCE(max(attempt), 0) + 1 FROM sync_attempts WHERE sync_run_id = $8::uuid),
-                    $9::timestamptz, $10::text, $11::text, $12::text, $13::text, $14::jsonb, $15::text
+                    $9::timestamptz, $10::text, $11::text, $12::text, $13::text, $14::jsonb, $15::text, $27::jsonb
              FROM fin WHERE $16::bool
              RETURNING 1 AS one
            ), run AS (
@@ -210,6 +210,7 @@ pub async fn complete(
         unsettled,
         waits_on,
         !matches!(outcome, Outcome::Blocked { .. }),
+        run.policy,
     )
     .fetch_one(&state.db)
     .await?;
@@ -267,6 +268,9 @@ pub struct Attempt {
     pub request: Option<Value>,
     /// The worker process that made the attempt.
     pub worker: Option<String>,
+    /// The binding's settings this attempt ran with (a retry takes them afresh).
+    #[schema(value_type = Object)]
+    pub policy: Option<Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -323,7 +327,7 @@ pub async fn detail(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunDeta
     };
     let attempts = sqlx::query_as!(
         Attempt,
-        "SELECT attempt, started_at, finished_at, outcome, error_class, error_code, message, request, worker FROM sync_attempts WHERE sync_run_id = $1 ORDER BY id",
+        "SELECT attempt, started_at, finished_at, outcome, error_class, error_code, message, request, worker, policy FROM sync_attempts WHERE sync_run_id = $1 ORDER BY id",
         run
     )
     .fetch_all(db)
@@ -401,12 +405,14 @@ pub async fn get_run(
     Ok(axum::Json(detail))
 }
 
-/// Puts a finished run back in the queue (after the merchant fixed the cause).
+/// Puts a finished run back in the queue (after the merchant fixed the cause), with the
+/// binding's settings as they are now: a fixed mapping applies to the retry.
 pub async fn retry(state: &AppState, run: uuid::Uuid, actor: Actor) -> Result<bool, sqlx::Error> {
     let mut tx = state.db.begin().await?;
     let row = sqlx::query!(
-        r#"UPDATE sync_runs SET status = 'pending', error_class = NULL, error_code = NULL, message = 'Retry requested',
-                  finished_at = NULL, updated_at = now()
+        r#"UPDATE sync_runs SET status = 'pending', error_class = NULL, error_code = NULL, skip_reason = NULL,
+                  message = 'Retry requested', finished_at = NULL, updated_at = now(),
+                  policy = COALESCE((SELECT settings FROM binding_settings s WHERE s.binding_id = sync_runs.binding_id), policy)
            WHERE id = $1 AND status IN ('failed', 'dead', 'skipped_by_policy')
            RETURNING binding_id AS "binding_id: BindingId""#,
         run
@@ -460,6 +466,47 @@ pub async fn retry_dead(state: &AppState, binding: BindingId, actor: Actor) -> R
     .await?;
     let mut n = 0;
     for run in runs {
+        if retry(state, run, actor.clone()).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The latest run of each entity that is failed, dead or skipped with one of `codes`
+/// (error code or skip reason): the runs a settings change addressing those codes can fix.
+async fn fixable_runs(db: &sqlx::PgPool, binding: BindingId, codes: &[String]) -> Result<Vec<(uuid::Uuid, String)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT r.id, COALESCE(r.error_code, r.skip_reason) AS "code!" FROM sync_runs r
+           WHERE r.binding_id = $1 AND r.status IN ('failed', 'dead', 'skipped_by_policy')
+             AND COALESCE(r.error_code, r.skip_reason) = ANY($2)
+             AND NOT EXISTS (SELECT 1 FROM sync_runs n WHERE n.binding_id = r.binding_id AND n.event_name = r.event_name
+                             AND n.magento_entity_id = r.magento_entity_id AND n.created_at > r.created_at)"#,
+        binding.0,
+        codes
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.code)).collect())
+}
+
+/// How many runs each code holds back (for the codes given).
+pub async fn fixable_counts(
+    db: &sqlx::PgPool,
+    binding: BindingId,
+    codes: &[String],
+) -> Result<std::collections::BTreeMap<String, u64>, sqlx::Error> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (_, code) in fixable_runs(db, binding, codes).await? {
+        *counts.entry(code).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// Retries the runs [`fixable_runs`] finds for `codes`; returns how many.
+pub async fn retry_fixable(state: &AppState, binding: BindingId, codes: &[String], actor: Actor) -> Result<u64, sqlx::Error> {
+    let mut n = 0;
+    for (run, _) in fixable_runs(&state.db, binding, codes).await? {
         if retry(state, run, actor.clone()).await? {
             n += 1;
         }
@@ -645,5 +692,89 @@ pub async fn retry_dead_runs(
         .binding_access(&state.db, binding, OperatorAction::RetryRuns)
         .await?;
     let retried = retry_dead(&state, binding, access.actor).await?;
+    Ok(axum::Json(Retried { retried }))
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct FixableCodes {
+    /// Error codes or skip reasons, from `GET …/runs/fixable`.
+    pub codes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Fixable {
+    /// For each code a settings change can address, how many runs it holds back (the
+    /// latest run of each entity that is failed, dead or skipped with it).
+    pub runs_by_code: std::collections::BTreeMap<String, u64>,
+}
+
+/// The runs a settings change could fix, counted by code.
+#[utoipa::path(get, path = "/v1/bindings/{binding_id}/runs/fixable", tag = "sync", operation_id = "fixable_runs",
+    security(("bearer" = []), ("session" = [])),
+    params(("binding_id" = BindingId, Path, description = "The binding")),
+    responses(
+        (status = 200, body = Fixable),
+        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn fixable(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(binding): Path<BindingId>,
+) -> Result<axum::Json<Fixable>, Problem> {
+    merchant
+        .binding_access(&state.db, binding, OperatorAction::ViewRuns)
+        .await?;
+    let codes: Vec<String> = crate::policy::FIXABLE_CODES.iter().map(|c| (*c).to_owned()).collect();
+    Ok(axum::Json(Fixable {
+        runs_by_code: fixable_counts(&state.db, binding, &codes).await?,
+    }))
+}
+
+/// Checks codes against the ones a settings change can fix.
+pub fn known_fixable(codes: &[String]) -> Result<Vec<String>, Problem> {
+    let unknown: Vec<&String> = codes
+        .iter()
+        .filter(|c| !crate::policy::FIXABLE_CODES.contains(&c.as_str()))
+        .collect();
+    if !unknown.is_empty() || codes.is_empty() {
+        return Err(Problem::validation(vec![ledger_core::FieldError {
+            field: "codes".into(),
+            code: "invalid".into(),
+            message: format!(
+                "give one or more of {}{}",
+                crate::policy::FIXABLE_CODES.join(", "),
+                if unknown.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (not: {})", unknown.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "))
+                }
+            ),
+        }]));
+    }
+    Ok(codes.to_vec())
+}
+
+/// Retry the runs held back by these codes, with today's settings (after fixing the
+/// mapping they name).
+#[utoipa::path(post, path = "/v1/bindings/{binding_id}/runs/retry-fixable", tag = "sync", operation_id = "retry_fixable_runs",
+    security(("bearer" = []), ("session" = [])),
+    params(("binding_id" = BindingId, Path, description = "The binding")),
+    request_body = FixableCodes,
+    responses(
+        (status = 200, body = Retried),
+        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown codes", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn retry_fixable_runs(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(binding): Path<BindingId>,
+    ledger_core::extract::Json(body): ledger_core::extract::Json<FixableCodes>,
+) -> Result<axum::Json<Retried>, Problem> {
+    let access = merchant
+        .binding_access(&state.db, binding, OperatorAction::RetryRuns)
+        .await?;
+    let codes = known_fixable(&body.codes)?;
+    let retried = retry_fixable(&state, binding, &codes, access.actor).await?;
     Ok(axum::Json(Retried { retried }))
 }

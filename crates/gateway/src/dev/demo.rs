@@ -227,6 +227,10 @@ async fn connect_sage(
     Ok(business.name)
 }
 
+/// The payment method the demo leaves unmapped, so a merchant can try the fix: map it,
+/// then retry the payments it held back.
+pub const UNMAPPED_METHOD: &str = "banktransfer";
+
 /// The defaults leave payments unposted until a method is mapped to a bank account (a
 /// merchant's choice); the demo merchant maps the store's active methods to the first
 /// bank account, through the settings API, so payments show too — and sets what mirrors
@@ -255,7 +259,9 @@ async fn map_payment_methods(
         .await?;
     let methods: serde_json::Map<String, serde_json::Value> = ledger_sandbox::magento::catalogue::PAYMENT_METHODS
         .iter()
-        .filter(|(code, _, active)| *active && *code != "free")
+        // Bank transfers are left for the merchant to map: their payments wait as
+        // `payment_method_not_mapped` until Settings → Payment methods and "Retry them".
+        .filter(|(code, _, active)| *active && !matches!(*code, "free" | UNMAPPED_METHOD))
         .map(|(code, _, _)| ((*code).to_owned(), serde_json::json!(bank)))
         .collect();
     settings["payment_method_map"] = serde_json::Value::Object(methods);
