@@ -8,8 +8,17 @@ use ledger_sandbox::sage::SageConfig;
 use ledger_test_support::{PairedStore, TestApp};
 use serde_json::Value;
 
-async fn api(app: &TestApp, paired: &PairedStore, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = app.http.request(method, app.url(path)).bearer_auth(&paired.merchant.token);
+async fn api(
+    app: &TestApp,
+    paired: &PairedStore,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = app
+        .http
+        .request(method, app.url(path))
+        .bearer_auth(&paired.merchant.token);
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -28,14 +37,18 @@ async fn run_of(app: &TestApp, event: &str, id: i64) -> ledger_e2e::Run {
 }
 
 async fn settled(app: &TestApp, event: &str, id: i64) -> ledger_e2e::Run {
-    ledger_e2e::wait_for(&format!("{event} {id} to finish"), Duration::from_secs(30), async || {
-        ledger_e2e::runs(app)
-            .await
-            .iter()
-            .rev()
-            .find(|r| r.event_name == event && r.magento_entity_id == id)
-            .is_some_and(|r| !matches!(r.status.as_str(), "pending" | "running"))
-    })
+    ledger_e2e::wait_for(
+        &format!("{event} {id} to finish"),
+        Duration::from_secs(30),
+        async || {
+            ledger_e2e::runs(app)
+                .await
+                .iter()
+                .rev()
+                .find(|r| r.event_name == event && r.magento_entity_id == id)
+                .is_some_and(|r| !matches!(r.status.as_str(), "pending" | "running"))
+        },
+    )
     .await;
     run_of(app, event, id).await
 }
@@ -63,7 +76,14 @@ async fn a_retry_after_mapping_the_payment_method_posts_the_payment() {
         let payment = settled(&app, "invoice.paid", invoice).await;
         assert_eq!(payment.status, "skipped_by_policy");
     }
-    let (_, fixable) = api(&app, &paired, reqwest::Method::GET, &format!("/v1/bindings/{binding}/runs/fixable"), None).await;
+    let (_, fixable) = api(
+        &app,
+        &paired,
+        reqwest::Method::GET,
+        &format!("/v1/bindings/{binding}/runs/fixable"),
+        None,
+    )
+    .await;
     assert_eq!(fixable["runs_by_code"]["payment_method_not_mapped"], 2, "{fixable}");
 
     // The merchant maps the method, then presses Retry on the first payment.
@@ -73,16 +93,37 @@ async fn a_retry_after_mapping_the_payment_method_posts_the_payment() {
     let (status, _) = api(&app, &paired, reqwest::Method::PUT, &url, Some(settings)).await;
     assert_eq!(status, 200);
     let run = run_of(&app, "invoice.paid", first).await;
-    let (status, _) = api(&app, &paired, reqwest::Method::POST, &format!("/v1/runs/{}/retry", run.id), None).await;
+    let (status, _) = api(
+        &app,
+        &paired,
+        reqwest::Method::POST,
+        &format!("/v1/runs/{}/retry", run.id),
+        None,
+    )
+    .await;
     assert_eq!(status, 202);
     let retried = settled(&app, "invoice.paid", first).await;
     assert_eq!(retried.status, "synced", "{:?}", retried.message);
     // The history keeps the settings each attempt ran with.
-    let (_, detail) = api(&app, &paired, reqwest::Method::GET, &format!("/v1/runs/{}", run.id), None).await;
+    let (_, detail) = api(
+        &app,
+        &paired,
+        reqwest::Method::GET,
+        &format!("/v1/runs/{}", run.id),
+        None,
+    )
+    .await;
     let attempts = detail["attempts_detail"].as_array().unwrap();
     assert_eq!(attempts.len(), 2);
-    assert!(attempts[0]["policy"]["payment_method_map"].get("banktransfer").is_none());
-    assert_eq!(attempts[1]["policy"]["payment_method_map"]["banktransfer"], bank_of(&app));
+    assert!(
+        attempts[0]["policy"]["payment_method_map"]
+            .get("banktransfer")
+            .is_none()
+    );
+    assert_eq!(
+        attempts[1]["policy"]["payment_method_map"]["banktransfer"],
+        bank_of(&app)
+    );
 
     // "Retry all the change can fix" takes the other one.
     let (status, retried) = api(
@@ -98,5 +139,234 @@ async fn a_retry_after_mapping_the_payment_method_posts_the_payment() {
     let business = app.sage().businesses()[0].id.clone();
     let books = ledger_e2e::books(&app, &business).await;
     assert_eq!(books["contact_payments"].as_array().unwrap().len(), 2);
+    workers.stop().await;
+}
+
+/// The module's CLI republish (a new `occurred_at`, so a new event: the store's clock
+/// moves on a second first).
+async fn republish(store: &ledger_sandbox::magento::Store, invoice: i64) {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(store.republish_invoice(invoice).await, Some(202));
+}
+
+fn two_businesses() -> SageConfig {
+    SageConfig {
+        businesses: vec![
+            ("Acme UK Ltd".into(), "GB".into()),
+            ("Acme Retail Ltd".into(), "GB".into()),
+        ],
+        ..SageConfig::default()
+    }
+}
+
+fn business_id(app: &TestApp, name: &str) -> String {
+    app.sage().businesses().into_iter().find(|b| b.name == name).unwrap().id
+}
+
+fn count_of(books: &Value, kind: &str) -> usize {
+    books[kind].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_sage_business_starts_fresh_and_the_same_one_never_duplicates() {
+    let app = TestApp::builder().sage(two_businesses()).spawn().await;
+    let paired = app.paired_store().await;
+    app.connect_to_business(&paired, "Acme UK Ltd").await;
+    let workers = app.start_workers();
+    let store = &paired.store.store;
+    let (_, invoice) = store.place_order(false);
+    store.drain_once().await;
+    assert_eq!(settled(&app, "invoice.created", invoice).await.status, "synced");
+    let (uk, retail) = (business_id(&app, "Acme UK Ltd"), business_id(&app, "Acme Retail Ltd"));
+    assert_eq!(count_of(&ledger_e2e::books(&app, &uk).await, "sales_invoices"), 1);
+
+    // "Connect a different business": the settings' Sage ids are the new business's.
+    app.connect_to_business(&paired, "Acme Retail Ltd").await;
+    let (_, settings) = api(
+        &app,
+        &paired,
+        reqwest::Method::GET,
+        &format!("/v1/bindings/{}/settings", paired.binding_id),
+        None,
+    )
+    .await;
+    assert_eq!(settings["sage_business_id"], retail);
+    let retail_accounts: Vec<String> = app
+        .sage()
+        .businesses()
+        .into_iter()
+        .find(|b| b.id == retail)
+        .unwrap()
+        .ledger_accounts
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        retail_accounts.contains(&settings["default_ledger_account_id"].as_str().unwrap().to_owned()),
+        "{settings}"
+    );
+    // The same invoice, published again, is booked in the new business with its own contact.
+    republish(store, invoice).await;
+    let run = settled(&app, "invoice.created", invoice).await;
+    assert_eq!(run.status, "synced", "{:?}", run.message);
+    assert_ne!(run.message.as_deref(), Some("Already in Sage; nothing posted again."));
+    let books = ledger_e2e::books(&app, &retail).await;
+    let all = ledger_e2e::runs(&app).await;
+    let uk_books = ledger_e2e::books(&app, &uk).await;
+    assert_eq!(
+        (count_of(&books, "sales_invoices"), count_of(&books, "contacts")),
+        (1, 1),
+        "{books} {all:#?} {}",
+        count_of(&uk_books, "sales_invoices")
+    );
+    assert_eq!(count_of(&ledger_e2e::books(&app, &uk).await, "sales_invoices"), 1);
+
+    // Back to the first business: everything is found again, nothing is duplicated.
+    app.connect_to_business(&paired, "Acme UK Ltd").await;
+    republish(store, invoice).await;
+    let run = settled(&app, "invoice.created", invoice).await;
+    let all = ledger_e2e::runs(&app).await;
+    let books = ledger_e2e::books(&app, &uk).await;
+    assert_eq!(
+        run.message.as_deref(),
+        Some("Already in Sage; nothing posted again."),
+        "{all:#?} {books}"
+    );
+    assert_eq!(count_of(&ledger_e2e::books(&app, &uk).await, "sales_invoices"), 1);
+    workers.stop().await;
+}
+
+fn chip(paired: &PairedStore, entity: &str, id: i64) -> Option<(String, Option<String>)> {
+    paired
+        .store
+        .store
+        .mirror()
+        .into_iter()
+        .find(|r| r.entity_type == entity && r.magento_entity_id == id)
+        .map(|r| (r.sync_status, r.error_code))
+}
+
+fn skew_next(app: &TestApp, n: u32) {
+    app.sage().set_faults(ledger_sandbox::sage::SageFaults {
+        skew_totals: n,
+        ..Default::default()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_sage_books_differently_stays_failed_until_reposted_or_accepted() {
+    let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
+    let paired = app.connected_store().await;
+    let workers = app.start_workers();
+    let store = &paired.store.store;
+    let business = app.sage().businesses()[0].id.clone();
+
+    // Sage books the invoice a cent off: the run fails, naming both totals and the Sage id.
+    skew_next(&app, 1);
+    let (_, invoice) = store.place_order(false);
+    store.drain_once().await;
+    let run = settled(&app, "invoice.created", invoice).await;
+    assert_eq!(
+        (run.status.as_str(), run.error_code.as_deref()),
+        ("failed", Some("total_mismatch"))
+    );
+    let message = run.message.clone().unwrap();
+    let books = ledger_e2e::books(&app, &business).await;
+    let first = books["sales_invoices"][0]["id"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains(&first) && message.contains("difference 0.01"),
+        "{message}"
+    );
+    ledger_e2e::wait_for("the chip", Duration::from_secs(10), async || {
+        paired.store.store.drain_once().await;
+        chip(&paired, "invoice", invoice).is_some_and(|(s, _)| s == "failed")
+    })
+    .await;
+
+    // A plain retry does not turn it green.
+    let (status, _) = api(
+        &app,
+        &paired,
+        reqwest::Method::POST,
+        &format!("/v1/runs/{}/retry", run.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let again = settled(&app, "invoice.created", invoice).await;
+    assert_eq!(
+        again.error_code.as_deref(),
+        Some("total_mismatch"),
+        "{:?}",
+        again.message
+    );
+
+    // Void and post again: the first is void in Sage, the second matches Magento.
+    let resolve = |action: &'static str, run: uuid::Uuid| {
+        let app = &app;
+        let paired = &paired;
+        async move {
+            api(
+                app,
+                paired,
+                reqwest::Method::POST,
+                &format!("/v1/runs/{run}/resolve"),
+                Some(serde_json::json!({ "action": action })),
+            )
+            .await
+        }
+    };
+    assert_eq!(resolve("repost", run.id).await.0, 202);
+    let reposted = settled(&app, "invoice.created", invoice).await;
+    assert_eq!(reposted.status, "synced", "{:?}", reposted.message);
+    let books = ledger_e2e::books(&app, &business).await;
+    let invoices = books["sales_invoices"].as_array().unwrap();
+    assert_eq!(invoices.len(), 2);
+    assert_eq!(invoices[0]["status"]["id"], "VOID");
+    assert_ne!(invoices[1]["status"]["id"], "VOID");
+    assert_eq!(resolve("repost", run.id).await.0, 409, "nothing left to resolve");
+
+    // Accepting keeps Sage's document, audited, and says so.
+    skew_next(&app, 1);
+    let (_, second) = store.place_order(false);
+    store.drain_once().await;
+    let run = settled(&app, "invoice.created", second).await;
+    assert_eq!(run.error_code.as_deref(), Some("total_mismatch"));
+    assert_eq!(resolve("accept", run.id).await.0, 202);
+    let accepted = settled(&app, "invoice.created", second).await;
+    assert_eq!(accepted.status, "synced");
+    assert!(accepted.message.unwrap().contains("accepted by account:"));
+    assert_eq!(
+        ledger_e2e::count(
+            &app,
+            "SELECT count(*) FROM audit_log WHERE action = 'run.mismatch_accepted'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        ledger_e2e::books(&app, &business).await["sales_invoices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // The same for a credit note: held, then voided and posted again.
+    skew_next(&app, 1);
+    let memo = store.refund(second, false).unwrap();
+    store.drain_once().await;
+    let run = settled(&app, "creditmemo.created", memo).await;
+    assert_eq!(run.error_code.as_deref(), Some("total_mismatch"), "{:?}", run.message);
+    assert_eq!(resolve("repost", run.id).await.0, 202);
+    assert_eq!(settled(&app, "creditmemo.created", memo).await.status, "synced");
+    let books = ledger_e2e::books(&app, &business).await;
+    let notes = books["sales_credit_notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 2);
+    assert_eq!(notes[0]["status"]["id"], "VOID");
+    assert_eq!(
+        notes[1]["sent"], false,
+        "reading a credit note back never marks it sent"
+    );
     workers.stop().await;
 }

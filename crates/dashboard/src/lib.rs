@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/dashboard/runs/{run_id}", get(pages::run_page))
         .route("/dashboard/runs/{run_id}/retry", post(pages::run_retry))
+        .route("/dashboard/runs/{run_id}/resolve", post(pages::run_resolve))
         .route("/embed/{tenant_id}", get(embed::embed))
         .route("/embed/{tenant_id}/signin", post(embed::signin))
         .route("/ops", get(ops::console))

@@ -1108,6 +1108,8 @@ pub struct RunRow {
     pub took: String,
     pub sage: String,
     pub retryable: bool,
+    /// Failed because Sage booked it with other totals: re-post or accept.
+    pub held: bool,
 }
 
 fn run_row(r: &runs::Run) -> RunRow {
@@ -1136,6 +1138,9 @@ fn run_row(r: &runs::Run) -> RunRow {
             .or_else(|| r.sage_id.clone())
             .unwrap_or_default(),
         retryable: matches!(r.status.as_str(), "failed" | "dead" | "skipped_by_policy"),
+        held: matches!(r.status.as_str(), "failed" | "dead")
+            && matches!(r.error_code.as_deref(), Some("total_mismatch" | "void_refused"))
+            && matches!(r.entity_type.as_str(), "invoice" | "creditmemo"),
     }
 }
 
@@ -1383,6 +1388,45 @@ pub async fn run_retry(
         return Err(Problem::conflict(
             "run_not_retryable",
             "Only failed, dead or skipped runs can be retried; this one is pending, running or synced.",
+        ));
+    }
+    Ok(Redirect::to(&format!("/dashboard/runs/{run}?retried=1")).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ResolveForm {
+    csrf_token: String,
+    /// `repost` or `accept`.
+    action: String,
+}
+
+/// The held document's buttons: void and post again, or accept it as it is in Sage.
+pub async fn run_resolve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(run): Path<uuid::Uuid>,
+    Form(form): Form<ResolveForm>,
+) -> Result<Response, Problem> {
+    let (merchant, _, actor) = match run_access(&state, &headers, run, OperatorAction::RetryRuns).await? {
+        Ok(v) => v,
+        Err(r) => return Ok(r),
+    };
+    merchant.check_csrf(&form.csrf_token)?;
+    let resolution = match form.action.as_str() {
+        "repost" => runs::Resolution::Repost,
+        "accept" => runs::Resolution::Accept,
+        _ => {
+            return Err(Problem::validation(vec![FieldError {
+                field: "action".into(),
+                code: "invalid".into(),
+                message: "must be repost or accept".into(),
+            }]));
+        }
+    };
+    if !runs::resolve(&state, run, resolution, actor).await? {
+        return Err(Problem::conflict(
+            "run_not_held",
+            "This run holds no document with a totals difference to resolve.",
         ));
     }
     Ok(Redirect::to(&format!("/dashboard/runs/{run}?retried=1")).into_response())

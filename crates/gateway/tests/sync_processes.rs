@@ -300,3 +300,65 @@ async fn sigkill_during_a_backlog_loses_and_repeats_nothing() {
         assert_eq!(row.provider_entity_id, sage_id, "{entity} {id}");
     }
 }
+
+/// A reconnect to another Sage business, made through the API while a `ledger worker`
+/// process holds the old business's access token in memory: the worker's very next
+/// document goes to the new business (its cached token is of an older version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_to_another_business_reaches_a_running_worker_process_at_once() {
+    let _serial = SERIAL.lock().await;
+    let (app, keys) = app_with_keys(
+        SageConfig {
+            businesses: vec![
+                ("Acme UK Ltd".into(), "GB".into()),
+                ("Acme Retail Ltd".into(), "GB".into()),
+            ],
+            ..SageConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let paired = app.paired_store().await;
+    app.connect_to_business(&paired, "Acme UK Ltd").await;
+    let id_of = |name: &str| app.sage().businesses().into_iter().find(|b| b.name == name).unwrap().id;
+    let (uk, retail) = (id_of("Acme UK Ltd"), id_of("Acme Retail Ltd"));
+    let invoices = |business: String| {
+        let app = &app;
+        async move {
+            ledger_e2e_books(app, &business).await["sales_invoices"]
+                .as_array()
+                .map_or(0, Vec::len)
+        }
+    };
+    let mut worker = spawn(&mut worker(&app, &keys, &[]));
+    let store = &paired.store.store;
+    store.place_order(false);
+    drain_all(&paired).await;
+    assert!(app.wait_idle(Duration::from_secs(30)).await);
+    assert_eq!(
+        invoices(uk.clone()).await,
+        1,
+        "the worker posted (and cached its token)"
+    );
+
+    app.connect_to_business(&paired, "Acme Retail Ltd").await;
+    store.place_order(false);
+    drain_all(&paired).await;
+    assert!(app.wait_idle(Duration::from_secs(30)).await);
+    assert_eq!(invoices(retail).await, 1, "the next invoice is in the new business");
+    assert_eq!(invoices(uk).await, 1, "nothing more in the old one");
+    kill(&worker, "-TERM");
+    let _ = worker.wait();
+}
+
+/// The sandbox Sage's books for `business`.
+async fn ledger_e2e_books(app: &TestApp, business: &str) -> serde_json::Value {
+    let sage = app.sage.as_ref().expect("a Sage sandbox");
+    let body: serde_json::Value = reqwest::get(format!("{}/sandbox/businesses/{business}/books", sage.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["books"].clone()
+}

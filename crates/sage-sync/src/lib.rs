@@ -22,6 +22,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::list_runs))
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::retry_run))
+        .routes(routes!(runs::resolve_run))
         .routes(routes!(runs::skip_run))
         .routes(routes!(runs::retry_dead_runs))
         .routes(routes!(runs::fixable))

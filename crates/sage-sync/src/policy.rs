@@ -125,6 +125,9 @@ pub struct Settings {
     pub unexplained_difference_account_id: Option<String>,
     /// Sales ledger account for shipping booked as a line (default: the sales account).
     pub shipping_ledger_account_id: Option<String>,
+    /// The Sage business these settings' ids belong to (set by the ledger; connecting a
+    /// different business chooses them afresh).
+    pub sage_business_id: Option<String>,
 }
 
 impl Default for Settings {
@@ -157,6 +160,7 @@ impl Default for Settings {
             cancelled_invoice_action: CancelledInvoiceAction::Void,
             unexplained_difference_account_id: None,
             shipping_ledger_account_id: None,
+            sage_business_id: None,
         }
     }
 }
@@ -441,7 +445,6 @@ pub fn defaults_from(reference: &Reference) -> Settings {
     s
 }
 
-/// The binding's settings; on first use, defaults from the reference cache (recorded).
 /// Every code (error code or skip reason) a settings change can fix, by the settings
 /// that address it.
 pub const FIXABLE_CODES: &[&str] = &[
@@ -470,14 +473,18 @@ pub fn fixable_codes(before: &Settings, after: &Settings) -> Vec<&'static str> {
         }
     };
     add(
-        before.payment_method_map != after.payment_method_map || before.default_bank_account_id != after.default_bank_account_id,
+        before.payment_method_map != after.payment_method_map
+            || before.default_bank_account_id != after.default_bank_account_id,
         &["payment_method_not_mapped"],
     );
     add(
         before.tax_rate_map != after.tax_rate_map || before.default_tax_rate_id != after.default_tax_rate_id,
         &["tax_rate_not_mapped", "zero_tax_rate_not_mapped", "total_mismatch"],
     );
-    add(before.default_ledger_account_id != after.default_ledger_account_id, &["ledger_account_not_set"]);
+    add(
+        before.default_ledger_account_id != after.default_ledger_account_id,
+        &["ledger_account_not_set"],
+    );
     add(
         before.default_purchase_ledger_account_id != after.default_purchase_ledger_account_id,
         &["purchase_ledger_account_not_set"],
@@ -489,28 +496,67 @@ pub fn fixable_codes(before: &Settings, after: &Settings) -> Vec<&'static str> {
             || before.catalog_prices_include_tax != after.catalog_prices_include_tax,
         &["total_mismatch", "tax_rate_not_mapped"],
     );
-    add(before.website_filter != after.website_filter, &["outside_website_filter"]);
+    add(
+        before.website_filter != after.website_filter,
+        &["outside_website_filter"],
+    );
     add(before.store_filter != after.store_filter, &["outside_store_filter"]);
     add(before.sync_since != after.sync_since, &["outside_sync_since"]);
-    add(before.sync_unpaid_invoices != after.sync_unpaid_invoices, &["unpaid_invoice"]);
-    add(before.sync_zero_value_invoices != after.sync_zero_value_invoices, &["zero_value_invoice"]);
+    add(
+        before.sync_unpaid_invoices != after.sync_unpaid_invoices,
+        &["unpaid_invoice"],
+    );
+    add(
+        before.sync_zero_value_invoices != after.sync_zero_value_invoices,
+        &["zero_value_invoice"],
+    );
     add(before.sync_products != after.sync_products, &["products_not_synced"]);
-    add(before.website_base_currencies != after.website_base_currencies, &["multi_currency_disabled"]);
+    add(
+        before.website_base_currencies != after.website_base_currencies,
+        &["multi_currency_disabled"],
+    );
     codes
 }
 
+/// The binding's settings; on first use, defaults from the reference cache (recorded).
+/// Settings chosen for another Sage business than the one connected now have their
+/// Sage ids (accounts, tax rates, bank accounts) chosen afresh from the new business's
+/// reference data, recorded in the audit trail; the merchant's other choices stay.
 pub async fn load(state: &AppState, binding: BindingId) -> Result<Settings, sqlx::Error> {
-    if let Some(v) = sqlx::query_scalar!("SELECT settings FROM binding_settings WHERE binding_id = $1", binding.0)
-        .fetch_optional(&state.db)
-        .await?
-    {
-        return Ok(serde_json::from_value(v).unwrap_or_default());
+    let row = sqlx::query!(
+        r#"SELECT s.settings AS "settings?", c.business_id AS "business_id?"
+           FROM (SELECT 1) one
+           LEFT JOIN binding_settings s ON s.binding_id = $1
+           LEFT JOIN sage_connections c ON c.binding_id = $1"#,
+        binding.0
+    )
+    .fetch_one(&state.db)
+    .await?;
+    let business = row.business_id.filter(|b| !b.is_empty());
+    if let Some(v) = row.settings {
+        let settings: Settings = serde_json::from_value(v).unwrap_or_default();
+        return match (&settings.sage_business_id, &business) {
+            (Some(chosen_for), Some(now)) if chosen_for != now => rebase(state, binding, settings, now).await,
+            (None, Some(now)) => {
+                // Settings from before they recorded their business: theirs is the current one.
+                let settings = Settings {
+                    sage_business_id: Some(now.clone()),
+                    ..settings
+                };
+                store(state, binding, &settings, "system:business").await?;
+                Ok(settings)
+            }
+            _ => Ok(settings),
+        };
     }
     let reference = reference::load(&state.db, binding).await?;
     if reference.kinds.is_empty() {
         return Ok(Settings::default());
     }
-    let settings = defaults_from(&reference);
+    let settings = Settings {
+        sage_business_id: business,
+        ..defaults_from(&reference)
+    };
     sqlx::query!(
         "INSERT INTO binding_settings (binding_id, settings, updated_by) VALUES ($1, $2, 'system:defaults') ON CONFLICT DO NOTHING",
         binding.0,
@@ -518,6 +564,70 @@ pub async fn load(state: &AppState, binding: BindingId) -> Result<Settings, sqlx
     )
     .execute(&state.db)
     .await?;
+    Ok(settings)
+}
+
+async fn store(state: &AppState, binding: BindingId, settings: &Settings, by: &str) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE binding_settings SET settings = $2, updated_at = now(), updated_by = $3 WHERE binding_id = $1",
+        binding.0,
+        serde_json::to_value(settings).unwrap_or_default(),
+        by
+    )
+    .execute(&state.db)
+    .await?;
+    Ok(())
+}
+
+/// Settings made for another business, moved to `business`: every Sage id is chosen
+/// again from its reference data (payment methods are unmapped, so their payments say
+/// so rather than go to a bank account of the old business).
+async fn rebase(state: &AppState, binding: BindingId, old: Settings, business: &str) -> Result<Settings, sqlx::Error> {
+    let reference = reference::load(&state.db, binding).await?;
+    let fresh = defaults_from(&reference);
+    let settings = Settings {
+        sage_business_id: Some(business.to_owned()),
+        default_tax_rate_id: fresh.default_tax_rate_id,
+        default_ledger_account_id: fresh.default_ledger_account_id,
+        default_bank_account_id: fresh.default_bank_account_id,
+        default_purchase_ledger_account_id: fresh.default_purchase_ledger_account_id,
+        tax_rate_map: fresh.tax_rate_map,
+        payment_method_map: BTreeMap::new(),
+        unexplained_difference_account_id: None,
+        shipping_ledger_account_id: None,
+        ..old.clone()
+    };
+    let mut tx = state.db.begin().await?;
+    sqlx::query!(
+        "UPDATE binding_settings SET settings = $2, updated_at = now(), updated_by = 'system:new_business' WHERE binding_id = $1",
+        binding.0,
+        serde_json::to_value(&settings).unwrap_or_default()
+    )
+    .execute(&mut *tx)
+    .await?;
+    let tenant = sqlx::query_scalar!(
+        r#"SELECT tenant_id AS "tenant_id: ledger_core::TenantId" FROM connector_bindings WHERE id = $1"#,
+        binding.0
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        audit::Entry {
+            actor: Actor::System,
+            tenant_id: Some(tenant),
+            binding_id: Some(binding),
+            action: "settings.rebased",
+            details: serde_json::json!({
+                "from_business": old.sage_business_id,
+                "to_business": business,
+                "unmapped_payment_methods": old.payment_method_map.keys().collect::<Vec<_>>(),
+            }),
+            request_id: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
     Ok(settings)
 }
 
@@ -569,8 +679,10 @@ pub async fn save(
     actor: Actor,
 ) -> Result<Settings, Problem> {
     let reference = reference::load(&state.db, binding).await?;
-    let settings = validate(settings, &reference).map_err(Problem::validation)?;
     let before = load(state, binding).await?;
+    let mut settings = validate(settings, &reference).map_err(Problem::validation)?;
+    // Whose ids these are is the ledger's to say, not the form's.
+    settings.sage_business_id.clone_from(&before.sage_business_id);
     let mut tx = state.db.begin().await?;
     let value = serde_json::to_value(&settings).unwrap_or_default();
     sqlx::query!(

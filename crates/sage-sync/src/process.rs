@@ -51,6 +51,11 @@ pub struct RunInfo {
     /// When the event happened in the store (the module's `occurred_at`): for
     /// `invoice.paid`, when the money was captured.
     pub occurred_at: Option<DateTime<Utc>>,
+    /// The Sage business the binding posts to now ("" before one is chosen).
+    pub business_id: String,
+    /// The connection's token version now: a process's cached token of another version
+    /// (e.g. from before a reconnect to a different business) is not used.
+    pub token_version: Option<i64>,
 }
 
 /// A sealed api_key; Debug never prints it, even encrypted.
@@ -69,7 +74,8 @@ pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunIn
                   r.entity_type, r.magento_entity_id, r.created_at,
                   COALESCE(r.policy, (SELECT s.settings FROM binding_settings s WHERE s.binding_id = r.binding_id)) AS policy,
                   b.magento_base_url, r.traceparent,
-                  b.api_key, sc.region AS "region?", e.occurred_at AS "occurred_at?"
+                  b.api_key, sc.region AS "region?", e.occurred_at AS "occurred_at?",
+                  COALESCE(sc.business_id, '') AS "business_id!", sc.token_version AS "token_version?"
            FROM sync_runs r JOIN connector_bindings b ON b.id = r.binding_id
            LEFT JOIN sage_connections sc ON sc.binding_id = r.binding_id
            LEFT JOIN received_events e ON e.id = r.event_id
@@ -92,6 +98,8 @@ pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunIn
         sealed_api_key: SealedKey(r.api_key),
         region: r.region,
         occurred_at: r.occurred_at,
+        business_id: r.business_id,
+        token_version: r.token_version,
     }))
 }
 
@@ -344,9 +352,16 @@ pub async fn sync_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: 
 }
 
 async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid::Uuid) -> Step<Outcome> {
-    let settings = match &run.policy {
-        Some(snapshot) => serde_json::from_value(snapshot.clone()).unwrap_or_default(),
-        None => policy::load(state, run.binding).await?,
+    let snapshot: Option<Settings> = run
+        .policy
+        .as_ref()
+        .map(|p| serde_json::from_value(p.clone()).unwrap_or_default());
+    let settings = match snapshot {
+        // Taken for another business (connected since): its ids mean nothing there.
+        Some(s) if s.sage_business_id.as_deref().is_none_or(|b| b == run.business_id) || run.business_id.is_empty() => {
+            s
+        }
+        _ => policy::load(state, run.binding).await?,
     };
     // Products need no Sage or store call when they are off.
     if run.event_name == "product.upserted" && !settings.sync_products {
@@ -374,7 +389,7 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
         .as_deref()
         .and_then(|z| z.parse().ok())
         .unwrap_or_else(|| mapping::region_time_zone(region));
-    let session = sage!(Session::open(state, run.binding).await).recording(log);
+    let session = sage!(Session::open_at(state, run.binding, run.token_version).await).recording(log);
     let business = session.business_id().unwrap_or_default().to_owned();
     let mut env = Env {
         state,
@@ -429,6 +444,7 @@ async fn hold_get(env: &Env<'_>, key: &str, entity: &str, id: i64, currency: &st
     match xref::lock_get(
         &env.state.db,
         env.run.binding,
+        &env.business,
         key,
         env.holder,
         ttl,
@@ -501,17 +517,35 @@ async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
             "Zero-value invoices are not synced (sync_zero_value_invoices is off).",
         ));
     }
+    let mut previous = previous;
     if let Some(x) = &previous
         && let Some(sage_id) = x.posted()
     {
         if inv.state == "cancelled" {
             return cancel_posted_invoice(env, &inv, x).await;
         }
-        return Ok(Outcome::Synced {
-            sage_id: sage_id.to_owned(),
-            reference: x.sage_reference.clone(),
-            message: Some("Already in Sage; nothing posted again.".into()),
-        });
+        match held(x) {
+            None => {
+                return Ok(Outcome::Synced {
+                    sage_id: sage_id.to_owned(),
+                    reference: x.sage_reference.clone(),
+                    message: Some("Already in Sage; nothing posted again.".into()),
+                });
+            }
+            Some(Held::Failed(f)) => return Err(f.into()),
+            Some(Held::Accepted(message)) => {
+                return Ok(Outcome::Synced {
+                    sage_id: sage_id.to_owned(),
+                    reference: x.sage_reference.clone(),
+                    message: Some(message),
+                });
+            }
+            Some(Held::Repost) => {
+                let sage_id = sage_id.to_owned();
+                void_for_repost(env, "invoice", "/sales_invoices", &sage_id, &inv.increment_id).await?;
+                previous = xref::get(&env.state.db, env.run.binding, &env.business, "invoice", id, "").await?;
+            }
+        }
     }
     if inv.state == "cancelled" {
         return Ok(skip(
@@ -549,19 +583,26 @@ async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
         "totals": mapped.totals, "treatment": mapped.treatment, "customer": contact_of(&inv.customer).xref_id().to_string(),
         "skus": skus, "increment_id": inv.increment_id,
     });
+    let mismatch = totals_mismatch(&created, &mapped, &sage_id);
+    let mut extra = extra;
+    if let Some(m) = &mismatch {
+        extra["mismatch"] = m.clone();
+    }
     xref::mark_posted(
         &env.state.db,
         env.run.binding,
+        &env.business,
         "invoice",
         id,
         "",
         &sage_id,
         number.as_deref(),
-        &env.business,
         &extra,
     )
     .await?;
-    check_totals(&created, &mapped, &sage_id)?;
+    if let Some(m) = &mismatch {
+        return Err(mismatch_failure(m).into());
+    }
     Ok(Outcome::Synced {
         sage_id,
         reference: number,
@@ -659,6 +700,7 @@ async fn cancel_posted_invoice(
     xref::merge_extra(
         &db,
         env.run.binding,
+        &env.business,
         "invoice",
         inv.magento_id,
         "",
@@ -684,8 +726,9 @@ fn amount(v: &Value) -> Option<Decimal> {
     }
 }
 
-/// Sage's own totals must equal what the lines add up to (and so Magento's).
-fn check_totals(created: &Value, mapped: &Mapped, sage_id: &str) -> Result<(), Failure> {
+/// Sage's own totals must equal what the lines add up to (and so Magento's): `None`
+/// when they do, else what differs (kept with the xref while the document is held).
+fn totals_mismatch(created: &Value, mapped: &Mapped, sage_id: &str) -> Option<Value> {
     let (net, tax, total) = (
         amount(&created["net_amount"]),
         amount(&created["tax_amount"]),
@@ -693,23 +736,106 @@ fn check_totals(created: &Value, mapped: &Mapped, sage_id: &str) -> Result<(), F
     );
     let expected = mapped.totals;
     let differs = |got: Option<Decimal>, want: Decimal| got.is_some_and(|g| cents(g) != want);
-    if differs(net, expected.net) || differs(tax, expected.tax) || differs(total, expected.total) {
+    if !(differs(net, expected.net) || differs(tax, expected.tax) || differs(total, expected.total)) {
+        return None;
+    }
+    let (net, tax, total) = (
+        net.unwrap_or_default(),
+        tax.unwrap_or_default(),
+        total.unwrap_or_default(),
+    );
+    let message = format!(
+        "Sage totals the document {sage_id} as net {net:.2} tax {tax:.2} total {total:.2}, but Magento's figures are net {:.2} tax {:.2} total {:.2} \
+         (difference {:.2}). It stays failed until you resolve it: have the ledger void it and post it again (after fixing what caused it), \
+         or accept it as it is in Sage.",
+        expected.net,
+        expected.tax,
+        expected.total,
+        total - expected.total
+    );
+    Some(json!({
+        "sage_id": sage_id,
+        "sage": { "net": money_text(net), "tax": money_text(tax), "total": money_text(total) },
+        "magento": { "net": money_text(expected.net), "tax": money_text(expected.tax), "total": money_text(expected.total) },
+        "message": message,
+    }))
+}
+
+fn money_text(d: Decimal) -> String {
+    format!("{:.2}", cents(d))
+}
+
+fn mismatch_failure(mismatch: &Value) -> Failure {
+    Failure::new(
+        ErrorClass::Validation,
+        "total_mismatch",
+        mismatch["message"]
+            .as_str()
+            .unwrap_or("Sage's totals differ from Magento's."),
+    )
+}
+
+/// How a posted document with a totals mismatch is held: failed until the merchant
+/// accepts it (as it is in Sage) or asks for it to be voided and posted again.
+enum Held {
+    Failed(Failure),
+    Accepted(String),
+    Repost,
+}
+
+fn held(x: &xref::Xref) -> Option<Held> {
+    let mismatch = x.extra.get("mismatch").filter(|m| m.is_object())?;
+    if let Some(accepted) = x.extra.get("mismatch_accepted").filter(|a| a.is_object()) {
+        return Some(Held::Accepted(format!(
+            "In Sage with a difference of {} from Magento's total, accepted by {}.",
+            difference(mismatch),
+            accepted["by"].as_str().unwrap_or("the merchant")
+        )));
+    }
+    if x.extra["repost_requested"] == json!(true) {
+        return Some(Held::Repost);
+    }
+    Some(Held::Failed(mismatch_failure(mismatch)))
+}
+
+fn difference(mismatch: &Value) -> String {
+    let total = |side: &str| amount(&mismatch[side]["total"]).unwrap_or_default();
+    money_text(total("sage") - total("magento"))
+}
+
+/// Voids a held document in Sage so it can be posted again; refused (and the run says
+/// why) when payments or allocations make it impossible.
+async fn void_for_repost(
+    env: &mut Env<'_>,
+    entity: &'static str,
+    path: &str,
+    sage_id: &str,
+    increment: &str,
+) -> Step<()> {
+    let what = if entity == "invoice" { "invoice" } else { "credit note" };
+    let current: Value = sage!(env.session.get(&format!("{path}/{sage_id}?mark_as_sent=false")).await);
+    if amount(&current["outstanding_amount"]) != amount(&current["total_amount"]) {
         return Err(Failure::new(
             ErrorClass::Validation,
-            "total_mismatch",
+            "void_refused",
             format!(
-                "Sage totals the document {sage_id} as net {:.2} tax {:.2} total {:.2}, but Magento's figures are net {:.2} tax {:.2} total {:.2} \
-                 (difference {:.2}). The document is in Sage; correct it there.",
-                net.unwrap_or_default(),
-                tax.unwrap_or_default(),
-                total.unwrap_or_default(),
-                expected.net,
-                expected.tax,
-                expected.total,
-                total.unwrap_or_default() - expected.total
+                "The Sage {what} {} has payments or allocations, so it cannot be voided and posted again. Remove them in Sage, \
+                 then retry; or accept it as it is.",
+                current["displayed_as"].as_str().unwrap_or(sage_id)
             ),
-        ));
+        )
+        .into());
     }
+    let reason = encode(&format!(
+        "Posted again by the ledger (Magento {what} {increment}): totals differed"
+    ));
+    sage!(
+        env.session
+            .delete(&format!("{path}/{sage_id}?void_reason={reason}"))
+            .await
+    );
+    let db = env.state.db.clone();
+    xref::reset_for_repost(&db, env.run.binding, &env.business, entity, env.run.entity_id, "").await?;
     Ok(())
 }
 
@@ -741,9 +867,9 @@ async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -> Step<Valu
     let mut body = mapped.body;
     let idempotency = mapping::idempotency_id(&env.binding_text, doc.wrapper, &format!("{}:{generation}", doc.id));
     body["idempotency_id"] = json!(idempotency);
-    if !xref::mark_posting(&db, binding, doc.entity, doc.id, "", &idempotency, &env.business).await? {
+    if !xref::mark_posting(&db, binding, &env.business, doc.entity, doc.id, "", &idempotency).await? {
         // Another attempt posted it meanwhile (its lease had lapsed): use that document.
-        let sage_id = xref::get(&db, binding, doc.entity, doc.id, "")
+        let sage_id = xref::get(&db, binding, &env.business, doc.entity, doc.id, "")
             .await?
             .and_then(|x| x.sage_id)
             .unwrap_or_default();
@@ -754,7 +880,7 @@ async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -> Step<Valu
     match env.session.post::<Value>(doc.path, &json!({ doc.wrapper: body })).await {
         Ok(created) => Ok(created),
         Err(CallError::Sage(e @ SageError::Rejected { .. })) => {
-            xref::mark_rejected(&db, binding, doc.entity, doc.id, "").await?;
+            xref::mark_rejected(&db, binding, &env.business, doc.entity, doc.id, "").await?;
             Err(Stop::Failed(
                 from_sage(CallError::Sage(e)).unwrap_or_else(|_| Failure::new(ErrorClass::Internal, "x", "x")),
             ))
@@ -778,9 +904,10 @@ async fn find_by_reference(env: &mut Env<'_>, doc: &Doc<'_>) -> Step<Option<Valu
         ),
     };
     let items = sage!(env.session.list_all(&path).await);
+    // A document voided to be posted again has the same reference: never that one.
     Ok(items
         .into_iter()
-        .find(|i| i["reference"].as_str() == Some(doc.reference)))
+        .find(|i| i["reference"].as_str() == Some(doc.reference) && i["status"]["id"] != "VOID"))
 }
 
 fn encode(value: &str) -> String {
@@ -810,9 +937,11 @@ async fn contact_key(env: &Env<'_>, contact: &Contact, grand_total: Decimal) -> 
         return Ok(individual);
     }
     let existing = sqlx::query_scalar!(
-        "SELECT EXISTS (SELECT 1 FROM entity_xref WHERE binding_id = $1 AND entity_type = 'contact' AND magento_entity_id = $2 AND state = 'posted')",
+        "SELECT EXISTS (SELECT 1 FROM entity_xref WHERE binding_id = $1 AND sage_business_id = $3 AND entity_type = 'contact'
+           AND magento_entity_id = $2 AND state = 'posted')",
         env.run.binding.0,
-        individual.xref_id()
+        individual.xref_id(),
+        env.business
     )
     .fetch_one(&env.state.db)
     .await?
@@ -858,6 +987,7 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
             xref::merge_extra(
                 &db,
                 binding,
+                &env.business,
                 "contact",
                 xid,
                 &currency,
@@ -914,12 +1044,12 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
     xref::mark_posted(
         &db,
         binding,
+        &env.business,
         "contact",
         xid,
         &currency,
         &id,
         Some(&reference),
-        &env.business,
         &json!({ "payload_hash": hash }),
     )
     .await?;
@@ -933,12 +1063,13 @@ async fn find_invoice(env: &Env<'_>, memo: &ledger_magento_api::canonical::Credi
     let customer = contact_of(&memo.customer).xref_id().to_string();
     let rows = sqlx::query!(
         r#"SELECT magento_entity_id, extra FROM entity_xref
-           WHERE binding_id = $1 AND entity_type = 'invoice' AND state = 'posted'
+           WHERE binding_id = $1 AND sage_business_id = $4 AND entity_type = 'invoice' AND state = 'posted'
              AND extra->>'customer' = $2 AND extra->>'currency' = $3
            ORDER BY magento_entity_id DESC LIMIT 100"#,
         env.run.binding.0,
         customer,
-        memo.currency.to_uppercase()
+        memo.currency.to_uppercase(),
+        env.business
     )
     .fetch_all(&env.state.db)
     .await?;
@@ -973,7 +1104,7 @@ async fn find_invoice(env: &Env<'_>, memo: &ledger_magento_api::canonical::Credi
 
 /// When a document depends on the invoice: the invoice's xref, or how to wait/fail.
 async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
-    if let Some(x) = xref::get(&env.state.db, env.run.binding, "invoice", invoice_id, "").await?
+    if let Some(x) = xref::get(&env.state.db, env.run.binding, &env.business, "invoice", invoice_id, "").await?
         && x.posted().is_some()
     {
         return Ok(x);
@@ -1136,12 +1267,12 @@ async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
     xref::mark_posted(
         &env.state.db,
         env.run.binding,
+        &env.business,
         "payment",
         invoice_id,
         "",
         &sage_id,
         Some(&reference),
-        &env.business,
         &json!({}),
     )
     .await?;
@@ -1165,7 +1296,7 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
         return Ok(skipped);
     }
     hold(env, &format!("creditmemo:{id}")).await?;
-    let existing = xref::get(&env.state.db, env.run.binding, "creditmemo", id, "").await?;
+    let existing = xref::get(&env.state.db, env.run.binding, &env.business, "creditmemo", id, "").await?;
     // On the original invoice's contact (needed to allocate). A refund made from the
     // order names no invoice: the one it belongs to is found among the customer's
     // synced invoices when exactly one fits; otherwise it goes on the customer's contact
@@ -1191,12 +1322,29 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
         }
         None => None,
     };
+    // A credit note booked with other totals than Magento's stays held until resolved.
+    let mut existing = existing;
+    let mut accepted = None;
+    if let Some(x) = &existing
+        && let Some(posted) = x.posted()
+    {
+        match held(x) {
+            None => {}
+            Some(Held::Failed(f)) => return Err(f.into()),
+            Some(Held::Accepted(message)) => accepted = Some(message),
+            Some(Held::Repost) => {
+                let posted = posted.to_owned();
+                void_for_repost(env, "creditmemo", "/sales_credit_notes", &posted, &memo.increment_id).await?;
+                existing = xref::get(&env.state.db, env.run.binding, &env.business, "creditmemo", id, "").await?;
+            }
+        }
+    }
     let (sage_id, number, total, mut message) = match existing.as_ref().and_then(|x| x.posted().map(|p| (x, p))) {
         Some((x, posted)) => {
             let done = Outcome::Synced {
                 sage_id: posted.to_owned(),
                 reference: x.sage_reference.clone(),
-                message: Some("Already in Sage.".into()),
+                message: Some(accepted.clone().unwrap_or_else(|| "Already in Sage.".into())),
             };
             if invoice.is_none() || x.extra["allocated"].as_bool() == Some(true) {
                 return Ok(done);
@@ -1242,16 +1390,25 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
             xref::mark_posted(
                 &env.state.db,
                 env.run.binding,
+                &env.business,
                 "creditmemo",
                 id,
                 "",
                 &sage_id,
                 number.as_deref(),
-                &env.business,
-                &json!({ "contact_id": contact_id, "totals": mapped.totals, "invoice_id": invoice_id }),
+                &{
+                    let mut extra =
+                        json!({ "contact_id": contact_id, "totals": mapped.totals, "invoice_id": invoice_id });
+                    if let Some(m) = totals_mismatch(&created, &mapped, &sage_id) {
+                        extra["mismatch"] = m;
+                    }
+                    extra
+                },
             )
             .await?;
-            check_totals(&created, &mapped, &sage_id)?;
+            if let Some(m) = totals_mismatch(&created, &mapped, &sage_id) {
+                return Err(mismatch_failure(&m).into());
+            }
             let mut message = notes_message(&mapped);
             if memo.invoice_id.is_none() {
                 let said = match (invoice_id, &unlinked) {
@@ -1280,7 +1437,11 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                 .get(&format!("/sales_invoices/{invoice_sage_id}?mark_as_sent=false"))
                 .await
         );
-        let note: Value = sage!(env.session.get(&format!("/sales_credit_notes/{sage_id}")).await);
+        let note: Value = sage!(
+            env.session
+                .get(&format!("/sales_credit_notes/{sage_id}?mark_as_sent=false"))
+                .await
+        );
         let invoice_open = amount(&current["outstanding_amount"]).unwrap_or_default();
         let note_open = amount(&note["outstanding_amount"]).unwrap_or(total);
         let allocate = invoice_open.min(note_open);
@@ -1301,6 +1462,7 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
         xref::merge_extra(
             &env.state.db,
             env.run.binding,
+            &env.business,
             "creditmemo",
             id,
             "",
@@ -1323,7 +1485,7 @@ async fn customer(env: &mut Env<'_>) -> Step<Outcome> {
         .customer(id)
         .await
         .map_err(|e| from_magento(env.state, env.run.binding, e))?;
-    let mut currencies = xref::contact_currencies(&env.state.db, env.run.binding, id).await?;
+    let mut currencies = xref::contact_currencies(&env.state.db, env.run.binding, &env.business, id).await?;
     if currencies.is_empty() {
         currencies.push(env.facts.base_currency.as_str().to_owned());
     }
@@ -1364,7 +1526,7 @@ async fn product(env: &mut Env<'_>) -> Step<Outcome> {
         mut body,
     } = mapping::map_item(&p, kind, &env.settings)?;
     let db = env.state.db.clone();
-    let existing = xref::get(&db, env.run.binding, "product", id, "").await?;
+    let existing = xref::get(&db, env.run.binding, &env.business, "product", id, "").await?;
     let sage_id = match existing.as_ref().and_then(|x| x.posted()) {
         Some(sage_id) => {
             let sage_id = sage_id.to_owned();
@@ -1397,12 +1559,12 @@ async fn product(env: &mut Env<'_>) -> Step<Outcome> {
     xref::mark_posted(
         &db,
         env.run.binding,
+        &env.business,
         "product",
         id,
         "",
         &sage_id,
         Some(&p.sku),
-        &env.business,
         &json!({ "kind": kind }),
     )
     .await?;

@@ -99,7 +99,7 @@ pub async fn complete(
     // The store callback for a terminal outcome (the latest state replaces a queued one).
     let callback = if finished {
         let invoice_sage = if run.event_name == "invoice.paid" {
-            xref::get(&state.db, run.binding, "invoice", run.entity_id, "")
+            xref::get(&state.db, run.binding, &run.business_id, "invoice", run.entity_id, "")
                 .await?
                 .and_then(|x| x.sage_id.map(|id| (id, x.sage_reference)))
         } else {
@@ -475,7 +475,11 @@ pub async fn retry_dead(state: &AppState, binding: BindingId, actor: Actor) -> R
 
 /// The latest run of each entity that is failed, dead or skipped with one of `codes`
 /// (error code or skip reason): the runs a settings change addressing those codes can fix.
-async fn fixable_runs(db: &sqlx::PgPool, binding: BindingId, codes: &[String]) -> Result<Vec<(uuid::Uuid, String)>, sqlx::Error> {
+async fn fixable_runs(
+    db: &sqlx::PgPool,
+    binding: BindingId,
+    codes: &[String],
+) -> Result<Vec<(uuid::Uuid, String)>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"SELECT r.id, COALESCE(r.error_code, r.skip_reason) AS "code!" FROM sync_runs r
            WHERE r.binding_id = $1 AND r.status IN ('failed', 'dead', 'skipped_by_policy')
@@ -504,7 +508,12 @@ pub async fn fixable_counts(
 }
 
 /// Retries the runs [`fixable_runs`] finds for `codes`; returns how many.
-pub async fn retry_fixable(state: &AppState, binding: BindingId, codes: &[String], actor: Actor) -> Result<u64, sqlx::Error> {
+pub async fn retry_fixable(
+    state: &AppState,
+    binding: BindingId,
+    codes: &[String],
+    actor: Actor,
+) -> Result<u64, sqlx::Error> {
     let mut n = 0;
     for (run, _) in fixable_runs(&state.db, binding, codes).await? {
         if retry(state, run, actor.clone()).await? {
@@ -746,7 +755,10 @@ pub fn known_fixable(codes: &[String]) -> Result<Vec<String>, Problem> {
                 if unknown.is_empty() {
                     String::new()
                 } else {
-                    format!(" (not: {})", unknown.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "))
+                    format!(
+                        " (not: {})",
+                        unknown.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+                    )
                 }
             ),
         }]));
@@ -777,4 +789,108 @@ pub async fn retry_fixable_runs(
     let codes = known_fixable(&body.codes)?;
     let retried = retry_fixable(&state, binding, &codes, access.actor).await?;
     Ok(axum::Json(Retried { retried }))
+}
+
+/// How a held document (booked in Sage with other totals than Magento's) is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// Void it in Sage and post it again (after fixing what caused the difference).
+    Repost,
+    /// Keep it as it is in Sage; the run turns Synced, saying so.
+    Accept,
+}
+
+/// Resolves a run held failed as `total_mismatch` (or `void_refused`), then retries it.
+/// `Ok(false)` when the run holds no such document.
+pub async fn resolve(
+    state: &AppState,
+    run: uuid::Uuid,
+    resolution: Resolution,
+    actor: Actor,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT r.binding_id AS "binding_id: BindingId", r.entity_type, r.magento_entity_id,
+                  COALESCE(c.business_id, '') AS "business!", b.tenant_id AS "tenant_id: TenantId"
+           FROM sync_runs r JOIN connector_bindings b ON b.id = r.binding_id
+           LEFT JOIN sage_connections c ON c.binding_id = r.binding_id
+           WHERE r.id = $1 AND r.status IN ('failed', 'dead') AND r.error_code IN ('total_mismatch', 'void_refused')
+             AND r.entity_type IN ('invoice', 'creditmemo')"#,
+        run
+    )
+    .fetch_optional(&state.db)
+    .await?;
+    let Some(row) = row else { return Ok(false) };
+    let mark = match resolution {
+        Resolution::Accept => {
+            json!({ "mismatch_accepted": { "by": actor.as_text(), "at": Utc::now() }, "repost_requested": false })
+        }
+        Resolution::Repost => json!({ "repost_requested": true }),
+    };
+    let mut tx = state.db.begin().await?;
+    let mismatch = sqlx::query_scalar!(
+        "UPDATE entity_xref SET extra = extra || $6, updated_at = now()
+         WHERE binding_id = $1 AND sage_business_id = $2 AND entity_type = $3 AND magento_entity_id = $4 AND currency = $5
+           AND state = 'posted' AND extra ? 'mismatch'
+         RETURNING extra->'mismatch'",
+        row.binding_id.0,
+        row.business,
+        row.entity_type,
+        row.magento_entity_id,
+        "",
+        mark
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(mismatch) = mismatch else { return Ok(false) };
+    audit::record(
+        &mut tx,
+        audit::Entry {
+            actor: actor.clone(),
+            tenant_id: Some(row.tenant_id),
+            binding_id: Some(row.binding_id),
+            action: match resolution {
+                Resolution::Accept => "run.mismatch_accepted",
+                Resolution::Repost => "run.repost_requested",
+            },
+            details: json!({ "sync_run_id": run, "entity_type": row.entity_type, "magento_entity_id": row.magento_entity_id, "mismatch": mismatch }),
+            request_id: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    retry(state, run, actor).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ResolveRequest {
+    pub action: Resolution,
+}
+
+/// Resolve a document Sage booked with other totals than Magento's: `repost` (void it,
+/// post it again) or `accept` (keep it; audited). The run is retried at once.
+#[utoipa::path(post, path = "/v1/runs/{sync_run_id}/resolve", tag = "sync", operation_id = "resolve_run",
+    security(("bearer" = []), ("session" = [])),
+    params(("sync_run_id" = uuid::Uuid, Path, description = "The run")),
+    request_body = ResolveRequest,
+    responses(
+        (status = 202, description = "Resolved; the run is queued again"),
+        (status = 404, description = "No such run", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The run holds no document with a totals difference", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn resolve_run(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(run): Path<uuid::Uuid>,
+    ledger_core::extract::Json(body): ledger_core::extract::Json<ResolveRequest>,
+) -> Result<StatusCode, Problem> {
+    let (_, access) = owned_run(&state, &merchant, run, OperatorAction::RetryRuns).await?;
+    if resolve(&state, run, body.action, access.actor).await? {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(Problem::conflict(
+            "run_not_held",
+            "Only a run failed as total_mismatch (or void_refused) with its document in Sage can be resolved.",
+        ))
+    }
 }

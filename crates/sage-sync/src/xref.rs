@@ -1,4 +1,5 @@
-//! `entity_xref`: which Sage object each Magento entity became, per binding and currency.
+//! `entity_xref`: which Sage object each Magento entity became, per binding, Sage
+//! business and currency (a binding moved to another business starts fresh there).
 //! Written around every post: `posting` before (with the idempotency id), `posted` after,
 //! `rejected` after a definite refusal (the next post uses a new idempotency id).
 
@@ -28,17 +29,19 @@ impl Xref {
 pub async fn get(
     db: &sqlx::PgPool,
     binding: BindingId,
+    business: &str,
     entity: &str,
     id: i64,
     currency: &str,
 ) -> Result<Option<Xref>, sqlx::Error> {
     let row = sqlx::query!(
         "SELECT state, sage_id, sage_reference, idempotency_id, extra FROM entity_xref
-         WHERE binding_id = $1 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4",
+         WHERE binding_id = $1 AND sage_business_id = $5 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4",
         binding.0,
         entity,
         id,
-        currency
+        currency,
+        business
     )
     .fetch_optional(db)
     .await?;
@@ -52,12 +55,19 @@ pub async fn get(
 }
 
 /// Every currency a customer's contact exists in.
-pub async fn contact_currencies(db: &sqlx::PgPool, binding: BindingId, id: i64) -> Result<Vec<String>, sqlx::Error> {
+pub async fn contact_currencies(
+    db: &sqlx::PgPool,
+    binding: BindingId,
+    business: &str,
+    id: i64,
+) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar!(
-        "SELECT currency FROM entity_xref WHERE binding_id = $1 AND entity_type = 'contact' AND magento_entity_id = $2 AND state = 'posted'
+        "SELECT currency FROM entity_xref WHERE binding_id = $1 AND sage_business_id = $3 AND entity_type = 'contact'
+           AND magento_entity_id = $2 AND state = 'posted'
          ORDER BY created_at",
         binding.0,
-        id
+        id,
+        business
     )
     .fetch_all(db)
     .await
@@ -96,6 +106,7 @@ pub async fn lock(
 pub async fn lock_get(
     db: &sqlx::PgPool,
     binding: BindingId,
+    business: &str,
     key: &str,
     holder: uuid::Uuid,
     ttl: std::time::Duration,
@@ -113,7 +124,8 @@ pub async fn lock_get(
            SELECT EXISTS (SELECT 1 FROM l) AS "locked!", x.state AS "state?", x.sage_id, x.sage_reference,
                   x.idempotency_id, x.extra AS "extra?"
            FROM (SELECT 1) one
-           LEFT JOIN entity_xref x ON x.binding_id = $1 AND x.entity_type = $5 AND x.magento_entity_id = $6 AND x.currency = $7"#,
+           LEFT JOIN entity_xref x ON x.binding_id = $1 AND x.sage_business_id = $8 AND x.entity_type = $5
+             AND x.magento_entity_id = $6 AND x.currency = $7"#,
         binding.0,
         key,
         holder,
@@ -121,6 +133,7 @@ pub async fn lock_get(
         entity,
         id,
         currency,
+        business,
     )
     .fetch_one(db)
     .await?;
@@ -141,17 +154,17 @@ pub async fn lock_get(
 pub async fn mark_posting(
     db: &sqlx::PgPool,
     binding: BindingId,
+    business: &str,
     entity: &str,
     id: i64,
     currency: &str,
     idempotency: &str,
-    business: &str,
 ) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query!(
         "INSERT INTO entity_xref (binding_id, entity_type, magento_entity_id, currency, state, idempotency_id, sage_business_id)
          VALUES ($1, $2, $3, $4, 'posting', $5, $6)
-         ON CONFLICT (binding_id, entity_type, magento_entity_id, currency)
-         DO UPDATE SET state = 'posting', idempotency_id = $5, sage_business_id = $6, updated_at = now()
+         ON CONFLICT (binding_id, sage_business_id, entity_type, magento_entity_id, currency)
+         DO UPDATE SET state = 'posting', idempotency_id = $5, updated_at = now()
          WHERE entity_xref.state <> 'posted'",
         binding.0,
         entity,
@@ -171,19 +184,19 @@ pub async fn mark_posting(
 pub async fn mark_posted(
     db: &sqlx::PgPool,
     binding: BindingId,
+    business: &str,
     entity: &str,
     id: i64,
     currency: &str,
     sage_id: &str,
     reference: Option<&str>,
-    business: &str,
     extra: &Value,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO entity_xref (binding_id, entity_type, magento_entity_id, currency, state, sage_id, sage_reference, sage_business_id, extra)
          VALUES ($1, $2, $3, $4, 'posted', $5, $6, $7, $8)
-         ON CONFLICT (binding_id, entity_type, magento_entity_id, currency)
-         DO UPDATE SET state = 'posted', sage_id = $5, sage_reference = $6, sage_business_id = $7,
+         ON CONFLICT (binding_id, sage_business_id, entity_type, magento_entity_id, currency)
+         DO UPDATE SET state = 'posted', sage_id = $5, sage_reference = $6,
                        extra = entity_xref.extra || $8, updated_at = now()",
         binding.0,
         entity,
@@ -203,6 +216,7 @@ pub async fn mark_posted(
 pub async fn mark_rejected(
     db: &sqlx::PgPool,
     binding: BindingId,
+    business: &str,
     entity: &str,
     id: i64,
     currency: &str,
@@ -210,11 +224,13 @@ pub async fn mark_rejected(
     sqlx::query!(
         "UPDATE entity_xref SET state = 'rejected',
                 extra = jsonb_set(extra, '{generation}', to_jsonb(COALESCE((extra->>'generation')::int, 0) + 1)), updated_at = now()
-         WHERE binding_id = $1 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4 AND state = 'posting'",
+         WHERE binding_id = $1 AND sage_business_id = $5 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4
+           AND state = 'posting'",
         binding.0,
         entity,
         id,
-        currency
+        currency,
+        business
     )
     .execute(db)
     .await?;
@@ -225,6 +241,7 @@ pub async fn mark_rejected(
 pub async fn merge_extra(
     db: &sqlx::PgPool,
     binding: BindingId,
+    business: &str,
     entity: &str,
     id: i64,
     currency: &str,
@@ -232,12 +249,41 @@ pub async fn merge_extra(
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE entity_xref SET extra = extra || $5, updated_at = now()
-         WHERE binding_id = $1 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4",
+         WHERE binding_id = $1 AND sage_business_id = $6 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4",
         binding.0,
         entity,
         id,
         currency,
-        extra
+        extra,
+        business
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// After the Sage document of a mismatched entity was voided: the entity is posted
+/// again, under a new idempotency id, and the voided document is remembered.
+pub async fn reset_for_repost(
+    db: &sqlx::PgPool,
+    binding: BindingId,
+    business: &str,
+    entity: &str,
+    id: i64,
+    currency: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"UPDATE entity_xref SET state = 'rejected', sage_id = NULL, sage_reference = NULL,
+                extra = (extra - 'mismatch' - 'repost_requested')
+                        || jsonb_build_object('generation', COALESCE((extra->>'generation')::int, 0) + 1,
+                                              'voided', COALESCE(extra->'voided', '[]'::jsonb) || to_jsonb(sage_id)),
+                updated_at = now()
+           WHERE binding_id = $1 AND sage_business_id = $2 AND entity_type = $3 AND magento_entity_id = $4 AND currency = $5"#,
+        binding.0,
+        business,
+        entity,
+        id,
+        currency
     )
     .execute(db)
     .await?;

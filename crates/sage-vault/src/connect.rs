@@ -513,7 +513,8 @@ pub async fn choose(state: &AppState, binding: BindingId, business_id: &str, act
     };
     let mut tx = state.db.begin().await?;
     let region = sqlx::query_scalar!(
-        "UPDATE sage_connections SET business_id = $2, business_name = $3, status = 'connected', updated_at = now()
+        "UPDATE sage_connections SET business_id = $2, business_name = $3, status = 'connected', updated_at = now(),
+                token_version = token_version + 1
          WHERE binding_id = $1 RETURNING region",
         binding.0,
         choice.id,

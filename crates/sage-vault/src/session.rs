@@ -223,7 +223,14 @@ pub struct Session<'a> {
 
 impl<'a> Session<'a> {
     pub async fn open(state: &'a AppState, binding: BindingId) -> Result<Self, CallError> {
-        let token = tokens::access_token(state, binding).await?;
+        Self::open_at(state, binding, None).await
+    }
+
+    /// [`Session::open`], refusing this process's cached token unless it is of
+    /// `version` (the connection's version as just read): after a reconnect in another
+    /// process — perhaps to a different business — no call uses the old token.
+    pub async fn open_at(state: &'a AppState, binding: BindingId, version: Option<i64>) -> Result<Self, CallError> {
+        let token = tokens::access_token_of_version(state, binding, version).await?;
         Ok(Self {
             state,
             binding,

@@ -191,6 +191,24 @@ pub async fn access_token(state: &AppState, binding: BindingId) -> Result<Access
     access_token_with(state, TokenCache::global(), binding, None).await
 }
 
+/// [`access_token`], but a cached token of another version than `version` (when given)
+/// is dropped and the row read again.
+pub async fn access_token_of_version(
+    state: &AppState,
+    binding: BindingId,
+    version: Option<i64>,
+) -> Result<AccessToken, VaultError> {
+    let cache = TokenCache::global();
+    if let Some(version) = version
+        && cache
+            .get(binding, Duration::ZERO)
+            .is_some_and(|cached| cached.version != version)
+    {
+        cache.forget(binding);
+    }
+    access_token_with(state, cache, binding, None).await
+}
+
 /// After Sage refused `seen` with a token 401: refresh unless another caller already did.
 pub async fn after_unauthorized(
     state: &AppState,

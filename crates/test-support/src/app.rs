@@ -332,6 +332,37 @@ impl TestApp {
         self.finish_callback(&paired.merchant, &callback).await
     }
 
+    /// Connects (or reconnects) `paired` to the sandbox business named `name` (the
+    /// sandbox offers several): the whole flow, then the business choice.
+    pub async fn connect_to_business(&self, paired: &PairedStore, name: &str) {
+        let res = self.connect_sage(paired).await;
+        assert!(
+            res.status().is_success() || res.status().is_redirection(),
+            "connect: {}",
+            res.status()
+        );
+        let business = self
+            .sage()
+            .businesses()
+            .into_iter()
+            .find(|b| b.name == name)
+            .unwrap_or_else(|| panic!("the sandbox has a business named {name}"));
+        let res = self
+            .http
+            .post(self.url(&format!("/v1/bindings/{}/sage/business", paired.binding_id)))
+            .bearer_auth(&paired.merchant.token)
+            .json(&serde_json::json!({ "business_id": business.id }))
+            .send()
+            .await
+            .expect("choose business");
+        assert_eq!(
+            res.status(),
+            200,
+            "choose {name}: {}",
+            res.text().await.unwrap_or_default()
+        );
+    }
+
     /// A sign-in session for `merchant` (made directly, without the password's hashing cost).
     pub async fn session(&self, merchant: &TestMerchant) -> TestSession {
         let (cookie, csrf_token) = ledger_tenant_binding::accounts::create_session(

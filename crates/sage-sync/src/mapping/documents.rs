@@ -676,10 +676,13 @@ fn reconcile(src: Source<'_>, ctx: &Ctx<'_>) -> Result<Reconciled, Failure> {
     match document_fit {
         Some((found, m, fits)) => {
             mode = Some(m);
+            // The rates charged say where the supply was; a place only guessed from the
+            // customer's current profile (a credit memo without its invoice) gives way
+            // to the business's own country too when its rates are what was charged.
             if place.is_empty()
-                || (!found.eq_ignore_ascii_case(&place) && !found.eq_ignore_ascii_case(ctx.business_country))
+                || (!found.eq_ignore_ascii_case(&place)
+                    && (!found.eq_ignore_ascii_case(ctx.business_country) || !src.place_certain))
             {
-                // The rates charged say where the supply was.
                 place = found;
             }
             let mut fits = fits.into_iter();
@@ -1211,22 +1214,34 @@ pub fn map_credit_note(
         )),
     );
     body.insert("credit_note_lines".into(), Value::Array(r.lines.clone()));
+    // A memo's addresses are the customer's as they are now (contract §12), not where the
+    // goods went; Sage judges a credit note's rates by its delivery address. So the
+    // delivery address is the invoice's, else the place the VAT charged says.
     let billing = memo.customer.addresses.iter().find(|a| a.kind == "billing");
     if let Some(b) = billing {
         body.insert("main_address".into(), sage_address(b));
-        let delivery = memo
-            .customer
-            .addresses
-            .iter()
-            .find(|a| a.kind == "shipping")
-            .unwrap_or(b);
-        body.insert("delivery_address".into(), sage_address(delivery));
-    } else if let Some(address) = invoice
+    }
+    let memo_delivery = memo
+        .customer
+        .addresses
+        .iter()
+        .find(|a| a.kind == "shipping")
+        .or(billing)
+        .map(sage_address);
+    let delivery = invoice
         .and_then(|t| t.delivery_address.clone())
-        .or_else(|| (!r.place.is_empty()).then(|| json!({ "country_id": r.place })))
-    {
-        // Without an address Sage would judge the rates by the contact's country, which
-        // need not be where the goods went (billed abroad, shipped home).
+        .or_else(|| match memo_delivery {
+            Some(a)
+                if r.place.is_empty()
+                    || a["country_id"]
+                        .as_str()
+                        .is_some_and(|c| c.eq_ignore_ascii_case(&r.place)) =>
+            {
+                Some(a)
+            }
+            _ => (!r.place.is_empty()).then(|| json!({ "country_id": r.place })),
+        });
+    if let Some(address) = delivery {
         body.insert("delivery_address".into(), address);
     }
     insert_shipping(&mut body, &r, ctx);

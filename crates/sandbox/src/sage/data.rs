@@ -55,13 +55,9 @@ fn tax_rate(id: &str, name: &str, percentage: &str) -> Value {
 }
 
 fn ledger_account(code: &str, name: &str, kind: &str, sales: bool, expenses: bool) -> Value {
-    let id = format!(
-        "{:0>32}",
-        format!("{code}{}", hex::encode(name.as_bytes()))
-            .chars()
-            .take(32)
-            .collect::<String>()
-    );
+    // Each business has its own chart: Sage's ledger account ids are unique per business
+    // (unlike UK tax rate ids such as GB_STANDARD, which every UK business shares).
+    let id = random_hex(16);
     json!({
         "id": id, "displayed_as": format!("{name} ({code})"), "$path": format!("/ledger_accounts/{id}"),
         "nominal_code": code.parse::<u32>().unwrap_or(0), "name": name, "display_name": name,
@@ -236,6 +232,10 @@ impl Business {
     }
 
     /// Documents of one kind (`sales_invoices`, `contacts`, ...).
+    pub fn book_mut(&mut self, kind: &str) -> &mut Vec<Value> {
+        self.books.entry(kind.to_owned()).or_default()
+    }
+
     pub fn book(&self, kind: &str) -> &[Value] {
         self.books.get(kind).map_or(&[], Vec::as_slice)
     }

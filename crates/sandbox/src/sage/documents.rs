@@ -175,9 +175,35 @@ async fn write(
             .get_mut(&caller.business_id)
             .expect("authenticated business");
         match handler(business, &body, now) {
-            Ok(created) => {
-                remember(business, kind, &Value::Object(body), &created, now);
-                created
+            Ok(mut created) => {
+                if matches!(kind, "sales_invoice" | "sales_credit_note") && inner.faults.skew_totals > 0 {
+                    inner.faults.skew_totals -= 1;
+                    let business = inner
+                        .businesses
+                        .get_mut(&caller.business_id)
+                        .expect("authenticated business");
+                    let path = if kind == "sales_invoice" {
+                        "sales_invoices"
+                    } else {
+                        "sales_credit_notes"
+                    };
+                    let cent = Decimal::new(1, 2);
+                    for field in ["tax_amount", "total_amount", "outstanding_amount"] {
+                        created[field] = money(dec(&created[field]).unwrap_or_default() + cent);
+                    }
+                    if let Some(stored) = business.book_mut(path).iter_mut().find(|d| d["id"] == created["id"]) {
+                        stored.clone_from(&created);
+                    }
+                    remember(business, kind, &Value::Object(body), &created, now);
+                    created
+                } else {
+                    let business = inner
+                        .businesses
+                        .get_mut(&caller.business_id)
+                        .expect("authenticated business");
+                    remember(business, kind, &Value::Object(body), &created, now);
+                    created
+                }
             }
             Err(r) => return r,
         }
@@ -668,31 +694,57 @@ async fn void_invoice(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let caller = match enter(&sage, &headers).await {
+    void_document(&sage, &headers, "sales_invoices", &id, &q).await
+}
+
+/// `DELETE /sales_credit_notes/{id}`: the same rules for a credit note (one allocated
+/// against an invoice cannot be voided).
+async fn void_credit_note(
+    State(sage): State<Arc<Sage>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    void_document(&sage, &headers, "sales_credit_notes", &id, &q).await
+}
+
+async fn void_document(
+    sage: &Arc<Sage>,
+    headers: &HeaderMap,
+    path: &str,
+    id: &str,
+    q: &HashMap<String, String>,
+) -> Response {
+    let caller = match enter(sage, headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
     if q.get("void_reason").is_none_or(|r| r.trim().is_empty()) {
         return invalid("void_reason", "is required");
     }
+    let what = if path == "sales_invoices" {
+        "invoice"
+    } else {
+        "credit note"
+    };
     let mut inner = sage.lock();
     let b = inner.businesses.get_mut(&caller.business_id).expect("business");
     let Some(doc) = b
         .books
-        .entry("sales_invoices".into())
+        .entry(path.into())
         .or_default()
         .iter_mut()
-        .find(|d| d["id"] == id.as_str() && d["deleted_at"].is_null())
+        .find(|d| d["id"] == id && d["deleted_at"].is_null())
     else {
         return sage_error(StatusCode::NOT_FOUND, "RecordNotFound", "Record not found", "");
     };
     if doc["status"]["id"] == "VOID" {
-        return invalid("status", "The invoice is already void");
+        return invalid("status", &format!("The {what} is already void"));
     }
     if dec(&doc["outstanding_amount"]) != dec(&doc["total_amount"]) {
         return invalid(
             "base",
-            "An invoice with payments or credit notes allocated cannot be voided",
+            &format!("A {what} with payments or allocations cannot be voided"),
         );
     }
     doc["status"] = json!({ "id": "VOID", "displayed_as": "Void" });
@@ -1071,7 +1123,10 @@ pub fn router() -> Router<Arc<Sage>> {
             "/sales_credit_notes",
             get(list_documents("sales_credit_notes")).post(post_credit_note),
         )
-        .route("/sales_credit_notes/{id}", get(get_credit_note))
+        .route(
+            "/sales_credit_notes/{id}",
+            get(get_credit_note).delete(void_credit_note),
+        )
         .route(
             "/contact_payments",
             get(list_documents("contact_payments")).post(post_payment),

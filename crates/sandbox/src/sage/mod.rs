@@ -106,6 +106,11 @@ pub struct SageFaults {
     pub reject_kind: String,
     #[serde(default)]
     pub reject_writes: u32,
+    /// The next `skew_totals` sales invoices or credit notes are booked with VAT and
+    /// total one cent above what their lines add up to — Sage rounding a way no model
+    /// predicted — so the ledger's check after posting has something to catch.
+    #[serde(default)]
+    pub skew_totals: u32,
 }
 
 /// Call counters, for tests to assert on.
