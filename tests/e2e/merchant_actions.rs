@@ -370,3 +370,124 @@ async fn a_document_sage_books_differently_stays_failed_until_reposted_or_accept
     );
     workers.stop().await;
 }
+
+/// Puts a contact straight into the sandbox business (one the ledger never made).
+fn plant_contact(app: &TestApp, business: &str, reference: &str, email: &str, currency: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let contact = serde_json::json!({
+        "id": id, "displayed_as": format!("Someone else ({reference})"), "name": "Someone else",
+        "reference": reference, "contact_types": ["CUSTOMER"], "currency": { "id": currency },
+        "email": email, "main_contact_person": { "name": "Someone else", "email": email },
+        "balance": "0.00", "deleted_at": null,
+    });
+    app.sage()
+        .with_business_mut(business, |b| b.book_mut("contacts").push(contact))
+        .unwrap();
+    id
+}
+
+/// The order behind `invoice`: its customer id (None for a guest) and email.
+fn buyer_of(paired: &PairedStore, invoice: i64) -> (Option<i64>, String) {
+    let cat = paired.store.store.catalogue();
+    let inv = cat.invoices.iter().find(|i| i.id == invoice).unwrap();
+    let order = cat.orders.iter().find(|o| o.id == inv.order_id).unwrap();
+    (order.customer_id, order.email.clone())
+}
+
+fn guest_reference(email: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, email.trim().to_lowercase().as_bytes());
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("G{}", &hex[..9])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_never_merge_different_customers() {
+    let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
+    let paired = app.connected_store().await;
+    let business = app.sage().businesses()[0].id.clone();
+    let workers = app.start_workers();
+    let store = &paired.store.store;
+    // Orders until there is one by a registered customer and one by a guest.
+    let (mut registered, mut guest) = (None, None);
+    while registered.is_none() || guest.is_none() {
+        let (_, invoice) = store.place_order(false);
+        match buyer_of(&paired, invoice) {
+            (Some(id), email) if registered.is_none() => registered = Some((invoice, id, email)),
+            (None, email) if guest.is_none() => guest = Some((invoice, email)),
+            _ => {}
+        }
+    }
+    let (registered_invoice, customer, email) = registered.unwrap();
+    let (guest_invoice, guest_email) = guest.unwrap();
+    // Sage already holds contacts with the references the ledger would pick, for other
+    // people: another store's customer with the same Magento id, a guest whose short hash
+    // collides, and this very customer's email in another currency.
+    let other_store = plant_contact(
+        &app,
+        &business,
+        &format!("M{customer}"),
+        "someone@elsewhere.example",
+        "GBP",
+    );
+    let collision = plant_contact(
+        &app,
+        &business,
+        &guest_reference(&guest_email),
+        "other@guest.example",
+        "GBP",
+    );
+    let euro = plant_contact(&app, &business, "EURO1", &email, "EUR");
+    store.drain_once().await;
+    for invoice in [registered_invoice, guest_invoice] {
+        let run = settled(&app, "invoice.created", invoice).await;
+        assert_eq!(run.status, "synced", "{:?}", run.message);
+    }
+    let books = ledger_e2e::books(&app, &business).await;
+    let contacts = books["contacts"].as_array().unwrap();
+    let invoices = books["sales_invoices"].as_array().unwrap();
+    let contact_of = |invoice: &Value| {
+        let id = invoice["contact"]["id"].as_str().unwrap();
+        contacts.iter().find(|c| c["id"] == id).unwrap().clone()
+    };
+    for invoice in invoices {
+        let c = contact_of(invoice);
+        assert!(
+            ![&other_store, &collision, &euro].contains(&&c["id"].as_str().unwrap().to_owned()),
+            "{c}"
+        );
+        assert_eq!(
+            c["currency"]["id"], invoice["currency"]["id"],
+            "a contact in the invoice's currency"
+        );
+        assert!(c["reference"].as_str().unwrap().len() <= 10);
+    }
+    let mine: Vec<String> = invoices
+        .iter()
+        .map(|i| contact_of(i)["email"].as_str().unwrap_or_default().to_lowercase())
+        .collect();
+    assert!(
+        mine.contains(&email.to_lowercase()) && mine.contains(&guest_email.to_lowercase()),
+        "{mine:?}"
+    );
+    // The planted contacts were never written over.
+    for (id, email) in [
+        (&other_store, "someone@elsewhere.example"),
+        (&collision, "other@guest.example"),
+    ] {
+        let c = contacts.iter().find(|c| c["id"] == id.as_str()).unwrap();
+        assert_eq!(c["email"], email);
+        assert_eq!(c["name"], "Someone else");
+    }
+    // Every contact the ledger made is in its cross-references, once; nothing else changed.
+    let made = ledger_e2e::count(
+        &app,
+        "SELECT count(DISTINCT sage_id) FROM entity_xref WHERE entity_type = 'contact'",
+    )
+    .await;
+    assert_eq!(
+        contacts.len() as i64,
+        made + 3,
+        "the ledger's contacts plus the three planted ones"
+    );
+    workers.stop().await;
+}

@@ -997,40 +997,92 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
         }
         return Ok(id);
     }
-    // Adopt, don't duplicate: by reference, then by email in the same currency.
-    let reference = body["reference"].as_str().unwrap_or_default().to_owned();
-    let by_reference = sage!(
-        env.session
-            .list_all(&format!("/contacts?search={}&attributes=all", encode(&reference)))
-            .await
-    );
-    let mut found = by_reference
-        .into_iter()
-        .find(|c| c["reference"].as_str() == Some(reference.as_str()));
-    if found.is_none() && key != ContactKey::WebSales && !contact.email.is_empty() {
+    // Adopt only a contact that is provably this customer (same currency, and same email
+    // unless it is the configured web-sales contact); a reference Sage already has for
+    // anyone else is taken, and the next candidate is tried.
+    let same_customer = |c: &Value| {
+        let currency_matches = c["currency"]["id"]
+            .as_str()
+            .unwrap_or(env.facts.base_currency.as_str())
+            .eq_ignore_ascii_case(&currency);
+        let email_matches = c["email"]
+            .as_str()
+            .or_else(|| c["main_contact_person"]["email"].as_str())
+            .is_some_and(|e| !contact.email.is_empty() && e.trim().eq_ignore_ascii_case(contact.email.trim()));
+        currency_matches && (key == ContactKey::WebSales || email_matches)
+    };
+    let mut found = None;
+    if key != ContactKey::WebSales && !contact.email.is_empty() {
         let by_email = sage!(
             env.session
                 .list_all(&format!("/contacts?email={}&attributes=all", encode(&contact.email)))
                 .await
         );
-        found = by_email.into_iter().find(|c| {
-            c["currency"]["id"]
-                .as_str()
-                .unwrap_or(env.facts.base_currency.as_str())
-                .eq_ignore_ascii_case(&currency)
+        found = by_email.into_iter().find(|c| same_customer(c)).map(|c| {
+            (
+                c["id"].as_str().unwrap_or_default().to_owned(),
+                c["reference"].as_str().map(str::to_owned),
+            )
         });
     }
-    let id = match found {
-        Some(existing) => existing["id"].as_str().unwrap_or_default().to_owned(),
-        None => {
-            let mut body = body.clone();
-            body["idempotency_id"] = json!(mapping::idempotency_id(
-                &env.binding_text,
-                "contact",
-                &format!("{xid}:{currency}")
-            ));
-            let created: Value = sage!(env.session.post("/contacts", &json!({ "contact": body })).await);
-            created["id"].as_str().unwrap_or_default().to_owned()
+    let mut attempt = 0;
+    let (id, reference) = loop {
+        if let Some(adopted) = found.take() {
+            break adopted;
+        }
+        if attempt >= mapping::REFERENCE_CANDIDATES {
+            return Err(Failure::new(
+                ErrorClass::Validation,
+                "contact_reference_taken",
+                format!(
+                    "Every contact reference the ledger tried for {} is already used in Sage by another contact. \
+                     Rename one of those contacts' references in Sage, then retry.",
+                    contact.email
+                ),
+            )
+            .into());
+        }
+        let body = mapping::map_contact_with(contact, &key, &currency, &env.ctx(), attempt);
+        let reference = body["reference"].as_str().unwrap_or_default().to_owned();
+        let by_reference = sage!(
+            env.session
+                .list_all(&format!("/contacts?search={}&attributes=all", encode(&reference)))
+                .await
+        );
+        if let Some(existing) = by_reference
+            .iter()
+            .find(|c| c["reference"].as_str() == Some(reference.as_str()))
+        {
+            if same_customer(existing) {
+                break (existing["id"].as_str().unwrap_or_default().to_owned(), Some(reference));
+            }
+            attempt += 1;
+            continue;
+        }
+        let mut body = body;
+        body["idempotency_id"] = json!(mapping::idempotency_id(
+            &env.binding_text,
+            "contact",
+            &format!("{xid}:{currency}:{attempt}")
+        ));
+        match env
+            .session
+            .post::<Value>("/contacts", &json!({ "contact": body }))
+            .await
+        {
+            Ok(created) => break (created["id"].as_str().unwrap_or_default().to_owned(), Some(reference)),
+            // Taken by a contact the list does not show (a deleted one keeps its reference).
+            Err(CallError::Sage(SageError::Rejected { errors, .. }))
+                if errors.iter().any(|e| e.source == "reference") =>
+            {
+                attempt += 1;
+            }
+            Err(e) => {
+                return match from_sage(e) {
+                    Ok(f) => Err(Stop::Failed(f)),
+                    Err(o) => Err(Stop::Outcome(o)),
+                };
+            }
         }
     };
     if id.is_empty() {
@@ -1049,7 +1101,7 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
         xid,
         &currency,
         &id,
-        Some(&reference),
+        reference.as_deref(),
         &json!({ "payload_hash": hash }),
     )
     .await?;

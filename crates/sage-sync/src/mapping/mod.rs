@@ -235,22 +235,69 @@ impl ContactKey {
 /// The contact's ≤ 10-character reference: `M{id}` (registered), `G` + hex of the
 /// email's SHA-256 (guests), the B2C fallback's; a currency initial when not base.
 pub fn contact_reference(key: &ContactKey, currency: &str, ctx: &Ctx<'_>) -> String {
+    contact_reference_candidate(key, currency, ctx, 0)
+}
+
+/// How many references are tried for one contact before giving up.
+pub const REFERENCE_CANDIDATES: u32 = 6;
+
+/// The `attempt`-th reference to try for a contact. The first is the plain one; when Sage
+/// already has it for another customer (another store's `M5`, a guest whose short hash
+/// collides, a contact locked to another currency), the next ones carry a two-character
+/// tag of this binding and the attempt, so two stores never share one.
+pub fn contact_reference_candidate(key: &ContactKey, currency: &str, ctx: &Ctx<'_>, attempt: u32) -> String {
     let initial = (!currency.eq_ignore_ascii_case(ctx.base_currency))
         .then(|| currency.chars().next().unwrap_or('X').to_ascii_uppercase());
     let room = if initial.is_some() { 9 } else { 10 };
-    let stem: String = match key {
-        ContactKey::Customer(id) => format!("M{id}"),
-        ContactKey::Guest(email) => {
-            let d = ring::digest::digest(&ring::digest::SHA256, email.trim().to_lowercase().as_bytes());
-            format!("G{}", &hex::encode(d.as_ref())[..9])
+    let digest = |text: &str| ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let guest_hash = |email: &str, salt: &str| {
+        let d = digest(&format!("{}{salt}", email.trim().to_lowercase()));
+        hex::encode(d.as_ref())
+    };
+    let stem: String = if attempt == 0 {
+        match key {
+            ContactKey::Customer(id) => format!("M{id}"),
+            ContactKey::Guest(email) => format!("G{}", &guest_hash(email, "")[..9]),
+            ContactKey::WebSales => ctx.settings.b2c.fallback_contact_reference.to_uppercase(),
         }
-        ContactKey::WebSales => ctx.settings.b2c.fallback_contact_reference.to_uppercase(),
+    } else {
+        let tag: String = base36(&digest(&format!("{}#{attempt}", ctx.binding)).as_ref()[..8])
+            .chars()
+            .take(2)
+            .collect();
+        match key {
+            ContactKey::Customer(id) => format!("{tag}M{}", base36(&id.unsigned_abs().to_be_bytes())),
+            ContactKey::Guest(email) => {
+                let hash = guest_hash(email, &format!("#{attempt}"));
+                format!("{tag}G{}", base36(&hex::decode(&hash[..16]).unwrap_or_default()))
+            }
+            ContactKey::WebSales => format!("{tag}{}", ctx.settings.b2c.fallback_contact_reference.to_uppercase()),
+        }
     };
     let mut reference: String = stem.chars().take(room).collect();
     if let Some(i) = initial {
         reference.push(i);
     }
     reference
+}
+
+/// Big-endian bytes as upper-case base 36, no leading zeros (at least one digit).
+fn base36(bytes: &[u8]) -> String {
+    let mut n: u128 = 0;
+    for b in bytes.iter().take(16) {
+        n = (n << 8) | u128::from(*b);
+    }
+    let digits = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut out = Vec::new();
+    loop {
+        out.push(digits[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Display name per `customer_name_priority`, with a ` (EUR)` suffix when not base currency.
@@ -278,6 +325,11 @@ pub fn contact_name(contact: &Contact, currency: &str, ctx: &Ctx<'_>) -> String 
 
 /// The `contact` body for a customer in one currency.
 pub fn map_contact(contact: &Contact, key: &ContactKey, currency: &str, ctx: &Ctx<'_>) -> Value {
+    map_contact_with(contact, key, currency, ctx, 0)
+}
+
+/// [`map_contact`] with the `attempt`-th reference candidate.
+pub fn map_contact_with(contact: &Contact, key: &ContactKey, currency: &str, ctx: &Ctx<'_>, attempt: u32) -> Value {
     let mut o = Map::new();
     let name = match key {
         ContactKey::WebSales => {
@@ -292,7 +344,10 @@ pub fn map_contact(contact: &Contact, key: &ContactKey, currency: &str, ctx: &Ct
     };
     o.insert("name".into(), json!(name));
     o.insert("contact_type_ids".into(), json!(["CUSTOMER"]));
-    o.insert("reference".into(), json!(contact_reference(key, currency, ctx)));
+    o.insert(
+        "reference".into(),
+        json!(contact_reference_candidate(key, currency, ctx, attempt)),
+    );
     o.insert("currency_id".into(), json!(currency.to_uppercase()));
     if !matches!(key, ContactKey::WebSales) {
         let billing = contact.addresses.iter().find(|a| a.kind == "billing");
@@ -572,6 +627,36 @@ mod tests {
         assert_eq!(euro_guest.len(), 10);
         assert!(euro_guest.ends_with('E'));
         assert_eq!(contact_reference(&ContactKey::WebSales, "USD", &ctx), "WEBSALESU");
+        // Further candidates: distinct, tagged by binding and attempt, still ≤ 10.
+        let other = Ctx {
+            binding: "c",
+            ..ctx.clone()
+        };
+        for key in [
+            ContactKey::Customer(42),
+            ContactKey::Customer(i64::from(i32::MAX)),
+            ContactKey::Guest("a@example.com".into()),
+            ContactKey::WebSales,
+        ] {
+            for currency in ["GBP", "EUR"] {
+                let mut seen = std::collections::HashSet::new();
+                for attempt in 0..REFERENCE_CANDIDATES {
+                    let r = contact_reference_candidate(&key, currency, &ctx, attempt);
+                    assert!(r.chars().count() <= 10, "{r}");
+                    assert!(
+                        seen.insert(r.clone()),
+                        "{key:?} {currency} attempt {attempt} repeats {r}"
+                    );
+                    if attempt > 0 {
+                        assert_ne!(
+                            r,
+                            contact_reference_candidate(&key, currency, &other, attempt),
+                            "per binding"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
