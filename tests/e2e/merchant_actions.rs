@@ -491,3 +491,140 @@ async fn contacts_never_merge_different_customers() {
     );
     workers.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_subscription_resumes_syncing_by_itself() {
+    let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
+    let paired = app.connected_store().await;
+    let business = app.sage().businesses()[0].id.clone();
+    let workers = app.start_workers();
+    let store = &paired.store.store;
+    app.sage().set_lapsed(&business, true);
+    let (_, invoice) = store.place_order(false);
+    store.drain_once().await;
+    ledger_e2e::wait_for("the lapse to pause the binding", Duration::from_secs(30), async || {
+        ledger_e2e::count(&app, "SELECT count(*) FROM connector_bindings WHERE status = 'paused'").await == 1
+    })
+    .await;
+    // The binding page says what happened and offers "Check again".
+    let session = app.session(&paired.merchant).await;
+    let page = |path: String| {
+        let app = &app;
+        let cookie = session.cookie.clone();
+        async move {
+            app.http
+                .get(app.url(&path))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let binding_page = format!("/dashboard/bindings/{}", paired.binding_id);
+    let html = page(binding_page.clone()).await;
+    assert!(
+        html.contains("no active subscription") && html.contains("id=\"check-again\""),
+        "{html}"
+    );
+    let check = app
+        .http
+        .post(app.url(&format!("{binding_page}/sage/check")))
+        .header("cookie", &session.cookie)
+        .form(&[("csrf_token", session.csrf_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(check.status(), 303);
+    assert!(
+        page(check.headers()["location"].to_str().unwrap().to_owned())
+            .await
+            .contains("still reports no active subscription")
+    );
+
+    // Renewed in Sage: the workers' next look (every few minutes) revives it by itself.
+    app.sage().set_lapsed(&business, false);
+    ledger_sage_vault::reference::refresh_stale(&app.state).await.unwrap();
+    let run = settled(&app, "invoice.created", invoice).await;
+    assert_eq!(run.status, "synced", "{:?}", run.message);
+    assert_eq!(
+        ledger_e2e::count(&app, "SELECT count(*) FROM connector_bindings WHERE status = 'active'").await,
+        1
+    );
+    workers.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_payment_shows_on_its_invoice_chip_until_it_syncs() {
+    let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
+    let paired = app.connected_store().await;
+    let binding = paired.binding_id;
+    let url = format!("/v1/bindings/{binding}/settings");
+    let (_, mut settings) = api(&app, &paired, reqwest::Method::GET, &url, None).await;
+    settings["payment_method_map"] = serde_json::json!({ "checkmo": bank_of(&app), "stripe_payments": null });
+    assert_eq!(
+        api(&app, &paired, reqwest::Method::PUT, &url, Some(settings)).await.0,
+        200
+    );
+    let workers = app.start_workers();
+    let store = &paired.store.store;
+    // The chip once the store has taken the latest callback (or what it shows after 10 s).
+    let chip_after = |invoice: i64, expected: (&'static str, Option<&'static str>)| {
+        let paired = &paired;
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                paired.store.store.drain_once().await;
+                let now = chip(paired, "invoice", invoice);
+                let wanted = Some((expected.0.to_owned(), expected.1.map(str::to_owned)));
+                if now == wanted || started.elapsed() > Duration::from_secs(10) {
+                    return now.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // Sage refuses the payment: the invoice is unpaid there, and its chip says so.
+    app.sage().set_faults(ledger_sandbox::sage::SageFaults {
+        reject_kind: "contact_payment".into(),
+        reject_writes: 1,
+        ..Default::default()
+    });
+    let (_, refused) = store.place_order_by("checkmo", true);
+    store.drain_once().await;
+    assert_eq!(settled(&app, "invoice.paid", refused).await.status, "failed");
+    assert_eq!(
+        chip_after(refused, ("failed", Some("payment_validation"))).await,
+        ("failed".to_owned(), Some("payment_validation".to_owned()))
+    );
+    // Retried, it syncs, and the chip is Synced again.
+    let run = run_of(&app, "invoice.paid", refused).await;
+    api(
+        &app,
+        &paired,
+        reqwest::Method::POST,
+        &format!("/v1/runs/{}/retry", run.id),
+        None,
+    )
+    .await;
+    assert_eq!(settled(&app, "invoice.paid", refused).await.status, "synced");
+    assert_eq!(chip_after(refused, ("synced", None)).await, ("synced".to_owned(), None));
+
+    // A method nobody mapped: Failed too; one mapped to "leave unpaid" on purpose: unchanged.
+    let (_, unmapped) = store.place_order_by("banktransfer", true);
+    let (_, chosen) = store.place_order_by("stripe_payments", true);
+    store.drain_once().await;
+    settled(&app, "invoice.paid", unmapped).await;
+    settled(&app, "invoice.paid", chosen).await;
+    assert_eq!(
+        chip_after(unmapped, ("failed", Some("payment_method_not_mapped"))).await,
+        ("failed".to_owned(), Some("payment_method_not_mapped".to_owned()))
+    );
+    // Unchanged: still the invoice's Synced (give a wrong callback time to arrive).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(chip_after(chosen, ("synced", None)).await, ("synced".to_owned(), None));
+    workers.stop().await;
+}

@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
             get(connect_page).post(connect_submit),
         )
         .route("/dashboard/bindings/{binding_id}/sage/business", post(business_submit))
+        .route("/dashboard/bindings/{binding_id}/sage/check", post(sage_check))
         .route("/sage/callback", get(callback))
         .route("/sage/callback/confirm", post(callback_confirm))
         .layer(axum::middleware::from_fn_with_state(state.clone(), same_origin_posts))
@@ -286,6 +287,8 @@ struct BindingPage {
     business_name: String,
     region: String,
     notice: Option<String>,
+    /// When Sage reported the subscription lapsed.
+    lapsed_since: Option<String>,
 }
 
 /// The signed-in merchant who owns `binding`, or the response to send instead.
@@ -306,6 +309,8 @@ async fn owner(
 struct BindingQuery {
     connected: Option<String>,
     disconnected: Option<String>,
+    /// After "Check again": `ok` or `lapsed`.
+    checked: Option<String>,
 }
 
 async fn binding_page(
@@ -349,10 +354,63 @@ async fn binding_page(
         sage_status: sage.status,
         business_name: sage.business_name.unwrap_or_default(),
         region: sage.region.unwrap_or_default().to_uppercase(),
-        notice: q.connected.map(|_| "Sage is connected.".to_owned()).or(q
-            .disconnected
-            .map(|_| "Disconnected. The store's events are refused from now on.".to_owned())),
+        notice: q
+            .connected
+            .map(|_| "Sage is connected.".to_owned())
+            .or(q
+                .disconnected
+                .map(|_| "Disconnected. The store's events are refused from now on.".to_owned()))
+            .or(q.checked.map(|c| match c.as_str() {
+                "ok" => "Sage answered: the subscription is active again and syncing has resumed.".to_owned(),
+                _ => {
+                    "Sage still reports no active subscription. The ledger keeps checking every few minutes.".to_owned()
+                }
+            })),
+        lapsed_since: (sage_status_lapsed(&state, binding_id).await?)
+            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()),
     }))
+}
+
+/// When the connection's subscription was found lapsed, if it is.
+async fn sage_status_lapsed(
+    state: &AppState,
+    binding: BindingId,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, Problem> {
+    Ok(sqlx::query_scalar!(
+        "SELECT updated_at FROM sage_connections WHERE binding_id = $1 AND status = 'subscription_lapsed'",
+        binding.0
+    )
+    .fetch_optional(&state.db)
+    .await?)
+}
+
+/// "Check again" on a lapsed subscription: ask Sage now (the workers do every few minutes).
+async fn sage_check(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(binding_id): Path<BindingId>,
+    Form(form): Form<pages::CsrfForm>,
+) -> Result<Response, Problem> {
+    let merchant = match owner(
+        &state,
+        &headers,
+        binding_id,
+        &format!("/dashboard/bindings/{binding_id}"),
+    )
+    .await?
+    {
+        Ok(m) => m,
+        Err(r) => return Ok(r),
+    };
+    merchant.check_csrf(form.csrf_token())?;
+    let outcome = match ledger_sage_vault::reference::refresh(&state, binding_id).await {
+        Ok(()) => "ok",
+        Err(err) => {
+            tracing::info!(binding = %binding_id, error = %err, "Sage still refuses after a check");
+            "lapsed"
+        }
+    };
+    Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}?checked={outcome}")).into_response())
 }
 
 #[derive(Template)]

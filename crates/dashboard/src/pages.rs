@@ -116,6 +116,12 @@ pub struct CsrfForm {
     csrf_token: String,
 }
 
+impl CsrfForm {
+    pub fn csrf_token(&self) -> &str {
+        &self.csrf_token
+    }
+}
+
 pub async fn signout(
     State(state): State<AppState>,
     headers: HeaderMap,

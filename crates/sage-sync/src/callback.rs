@@ -2,11 +2,16 @@
 //! "Sage Status" chips. One queued callback per entity: a newer outcome replaces a
 //! queued one, so the latest state wins. Retried with backoff while the store is down.
 //!
-//! `invoice.paid` shares the invoice's chip (the mirror is keyed by entity type and id):
-//! a payment that syncs refreshes the chip as Synced with the invoice's Sage id; a
-//! payment that is skipped or fails sends nothing, so a Synced invoice never turns
-//! Skipped or Failed because of its payment. Those outcomes show in the run history and
-//! the health tile instead.
+//! `invoice.paid` shares the invoice's chip (the mirror is keyed by entity type and id).
+//! The admin shows nothing else about a payment, so its outcome is told there:
+//! - a payment that syncs refreshes the chip as Synced with the invoice's Sage id and
+//!   reference;
+//! - a payment that fails, or waits for a payment method nobody mapped, turns the
+//!   invoice's chip Failed with an `error_code` that names the payment
+//!   (`payment_validation`, `payment_provider`, `payment_method_not_mapped`, …) — Sage
+//!   shows the invoice unpaid — until the payment syncs;
+//! - a payment the merchant chose to leave unposted (its method mapped to no bank
+//!   account), a zero-value one, or one skipped with its invoice changes nothing.
 
 use chrono::{DateTime, Utc};
 use ledger_core::{AppState, BindingId};
@@ -60,6 +65,18 @@ pub fn state_for(
             };
             state.provider_entity_id = Some(id);
             state.provider_reference = reference;
+        }
+        ("skipped_by_policy", Outcome::Skipped { reason, .. }) if is_payment => {
+            // Unposted because nobody mapped its method: the invoice is unpaid in Sage.
+            if reason != "payment_method_not_mapped" {
+                return None;
+            }
+            state.sync_status = "failed".into();
+            state.error_code = Some(reason.clone());
+        }
+        ("failed" | "dead", Outcome::Failed(Failure { class, .. })) if is_payment => {
+            state.sync_status = "failed".into();
+            state.error_code = Some(format!("payment_{}", dead_class.unwrap_or(*class).magento_code()));
         }
         _ if is_payment => return None,
         ("skipped_by_policy", Outcome::Skipped { reason, .. }) => {
@@ -177,26 +194,38 @@ mod tests {
     }
 
     #[test]
-    fn payments_never_downgrade_the_invoice_chip() {
-        let skipped = Outcome::Skipped {
+    fn a_payment_s_outcome_shows_on_its_invoice_chip() {
+        let state = |status: &str, outcome: &Outcome| {
+            state_for("invoice.paid", "invoice", 42, status, outcome, at(), None, None)
+        };
+        // The merchant's choice (method mapped to no bank account), zero value: unchanged.
+        for reason in ["payment_left_unposted", "zero_value_payment", "unpaid_invoice"] {
+            let skipped = Outcome::Skipped {
+                reason: reason.into(),
+                message: String::new(),
+            };
+            assert!(state("skipped_by_policy", &skipped).is_none(), "{reason}");
+        }
+        // Nobody mapped the method: the invoice is unpaid in Sage, and the chip says why.
+        let unmapped = Outcome::Skipped {
             reason: "payment_method_not_mapped".into(),
             message: String::new(),
         };
-        assert!(
-            state_for(
-                "invoice.paid",
-                "invoice",
-                42,
-                "skipped_by_policy",
-                &skipped,
-                at(),
-                None,
-                None
-            )
-            .is_none()
+        let s = state("skipped_by_policy", &unmapped).unwrap();
+        assert_eq!(
+            (s.sync_status.as_str(), s.error_code.as_deref()),
+            ("failed", Some("payment_method_not_mapped"))
         );
         let failed = Outcome::Failed(Failure::new(ErrorClass::Validation, "x", "y"));
-        assert!(state_for("invoice.paid", "invoice", 42, "failed", &failed, at(), None, None).is_none());
+        let s = state("failed", &failed).unwrap();
+        assert_eq!(
+            (
+                s.sync_status.as_str(),
+                s.error_code.as_deref(),
+                s.provider_reference.as_deref()
+            ),
+            ("failed", Some("payment_validation"), None)
+        );
         let synced = Outcome::Synced {
             sage_id: "pay".into(),
             reference: None,
@@ -214,9 +243,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            s.provider_entity_id.as_deref(),
-            Some("inv"),
-            "the chip keeps the invoice's Sage id"
+            (s.sync_status.as_str(), s.provider_entity_id.as_deref()),
+            ("synced", Some("inv")),
+            "Synced again, with the invoice's Sage id"
         );
     }
 

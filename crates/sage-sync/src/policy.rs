@@ -449,6 +449,7 @@ pub fn defaults_from(reference: &Reference) -> Settings {
 /// that address it.
 pub const FIXABLE_CODES: &[&str] = &[
     "payment_method_not_mapped",
+    "payment_left_unposted",
     "tax_rate_not_mapped",
     "zero_tax_rate_not_mapped",
     "ledger_account_not_set",

@@ -1241,10 +1241,11 @@ async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
     let bank = match env.settings.payment_method_map.get(&payment.method) {
         Some(Some(account)) => account.clone(),
         Some(None) => {
+            // The merchant's choice, so the invoice's chip stays as it is.
             return Ok(skip(
-                "payment_method_not_mapped",
+                "payment_left_unposted",
                 format!(
-                    "Payment method {} is mapped to no bank account; the invoice stays unpaid in Sage.",
+                    "Payment method {} is mapped to no bank account on purpose; the invoice stays unpaid in Sage.",
                     payment.method
                 ),
             ));

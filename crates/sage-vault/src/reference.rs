@@ -192,13 +192,15 @@ pub async fn load(db: &sqlx::PgPool, binding: BindingId) -> Result<Reference, sq
     Ok(Reference { kinds, fetched_at })
 }
 
-/// Refreshes every connected binding whose cache is older than the TTL.
+/// Refreshes every connected binding whose cache is older than the TTL, and asks again
+/// for every lapsed subscription: the first answer after a renewal revives it (and
+/// resumes the held work) without anyone pressing anything.
 pub async fn refresh_stale(state: &AppState) -> Result<usize, sqlx::Error> {
     let ttl = state.settings.sage_reference_ttl.as_secs_f64();
     let due = sqlx::query_scalar!(
         r#"SELECT c.binding_id AS "binding_id: BindingId" FROM sage_connections c
            JOIN connector_bindings b ON b.id = c.binding_id AND b.status NOT IN ('revoked', 'pairing')
-           WHERE c.status = 'connected' AND NOT EXISTS (
+           WHERE c.status = 'subscription_lapsed' OR c.status = 'connected' AND NOT EXISTS (
              SELECT 1 FROM sage_reference r WHERE r.binding_id = c.binding_id AND r.fetched_at > now() - make_interval(secs => $1))"#,
         ttl
     )
