@@ -227,24 +227,6 @@ async fn the_attack_suite_is_refused_entirely() {
             expect_code: "token_signature_invalid",
         },
         Case {
-            name: "expired",
-            tenant: tenant.clone(),
-            token: Some(sign(&paired, &module_claims(&tenant, now() - 200))),
-            key: key.clone(),
-            body: body.clone(),
-            expect_status: 401,
-            expect_code: "token_expired",
-        },
-        Case {
-            name: "nbf in the future",
-            tenant: tenant.clone(),
-            token: Some(sign(&paired, &module_claims(&tenant, now() + 120))),
-            key: key.clone(),
-            body: body.clone(),
-            expect_status: 401,
-            expect_code: "token_not_yet_valid",
-        },
-        Case {
             name: "TTL over the 300 s ceiling",
             tenant: tenant.clone(),
             token: Some(sign(&paired, &with(&|c| c.exp = c.iat + 301))),
@@ -389,6 +371,37 @@ async fn the_attack_suite_is_refused_entirely() {
     }
     assert_eq!(refused, total);
 
+    // Correctly signed but outside its validity window: a store clock off (issue 14),
+    // answered 503 + Retry-After so the module retries rather than dead-letters it — and
+    // still nothing is accepted.
+    for (name, claims, code) in [
+        ("expired", module_claims(&tenant, now() - 200), "token_expired"),
+        (
+            "nbf in the future",
+            module_claims(&tenant, now() + 120),
+            "token_not_yet_valid",
+        ),
+    ] {
+        let res = post_event(
+            &app,
+            &tenant,
+            "invoice.created",
+            Some(&sign(&paired, &claims)),
+            key.as_deref(),
+            &body,
+        )
+        .await;
+        assert_eq!(res.status(), 503, "{name}");
+        assert_eq!(res.headers()["retry-after"], "60", "{name}");
+        let problem: Value = res.json().await.unwrap();
+        assert_eq!(problem["code"], "store_clock_skew", "{name}: {problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("NTP") && detail.contains(code.trim_start_matches("token_").split('_').next().unwrap()),
+            "{name}: {detail}"
+        );
+    }
+
     // An unknown event with a valid token: 404 (the module dead-letters it; retrying cannot help).
     let res = post_event(
         &app,
@@ -433,13 +446,14 @@ async fn the_attack_suite_is_refused_entirely() {
     );
 }
 
-/// A store clock running ahead is tolerated within the leeway (default 30 s).
+/// A store clock running ahead is tolerated within the leeway (default 30 s); beyond it
+/// the correctly signed token is answered 503 so the module retries (issue 14).
 #[tokio::test]
 async fn clock_skew_within_leeway_is_tolerated() {
     let app = TestApp::spawn().await;
     let paired = app.paired_store().await;
     let tenant = paired.tenant();
-    for (skew, expected) in [(20, 202), (-80, 202), (45, 401), (-95, 401)] {
+    for (skew, expected) in [(20, 202), (-80, 202), (45, 503), (-95, 503)] {
         let token = sign(&paired, &module_claims(&tenant, now() + skew));
         let key = format!("customer.upserted:{}", 100 + skew);
         let res = post_event(

@@ -458,7 +458,7 @@ async fn the_health_ping_records_a_store_that_stopped_accepting_our_key() {
     use ledger_magento_callback::health::{PingOutcome, ping};
     let tenant = paired.merchant.tenant_id;
     assert_eq!(
-        ping(&app.state, paired.binding_id, tenant, &paired.store.base_url).await,
+        ping(&app.state, paired.binding_id, tenant, &paired.store.base_url, None).await,
         PingOutcome::Healthy
     );
 
@@ -467,7 +467,7 @@ async fn the_health_ping_records_a_store_that_stopped_accepting_our_key() {
     let other = app.merchant().await;
     assert_eq!(app.connect(&other, &paired.store.base_url, &code).await.status(), 201);
     assert_eq!(
-        ping(&app.state, paired.binding_id, tenant, &paired.store.base_url).await,
+        ping(&app.state, paired.binding_id, tenant, &paired.store.base_url, None).await,
         PingOutcome::Unauthorized
     );
     let status: String = sqlx::query_scalar("SELECT magento_connection_status FROM connector_bindings WHERE id = $1")
@@ -480,7 +480,7 @@ async fn the_health_ping_records_a_store_that_stopped_accepting_our_key() {
     // An unreachable store changes nothing (it may be down for a moment).
     paired.store.stop().await;
     assert_eq!(
-        ping(&app.state, paired.binding_id, tenant, "http://127.0.0.1:1").await,
+        ping(&app.state, paired.binding_id, tenant, "http://127.0.0.1:1", None).await,
         PingOutcome::Unreachable
     );
 }

@@ -138,10 +138,10 @@ async fn an_expired_callback_behind_a_newer_state_is_dropped_not_requeued() {
     .expect("jobs");
     // Requeueing both old callbacks would break "one queued state per entity" (a unique
     // index): the whole reclaim would fail, and no expired job would ever run again.
-    let reclaimed = ledger_sage_sync::queue::reclaim_expired(&app.state.db)
+    let reclaimed = ledger_sage_sync::queue::reclaim_expired(&app.state.db, app.state.settings.job_max_attempts)
         .await
         .expect("the reclaim succeeds");
-    assert_eq!(reclaimed, 4);
+    assert_eq!(reclaimed.requeued, 4);
     let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ANY($1) ORDER BY id")
         .bind(&ids)
         .fetch_all(&app.state.db)

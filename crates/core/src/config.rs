@@ -84,6 +84,10 @@ specs! {
     "job_lease" => "LEDGER_JOB_LEASE",
     "job_max_attempts" => "LEDGER_JOB_MAX_ATTEMPTS",
     "job_poll_interval" => "LEDGER_JOB_POLL_INTERVAL",
+    "retain_event_bodies" => "LEDGER_RETAIN_EVENT_BODIES",
+    "retain_sync_runs" => "LEDGER_RETAIN_SYNC_RUNS",
+    "retain_finished_jobs" => "LEDGER_RETAIN_FINISHED_JOBS",
+    "retain_audit" => "LEDGER_RETAIN_AUDIT",
 }
 
 /// Environment variable naming the optional settings file.
@@ -171,6 +175,14 @@ pub struct Settings {
     pub job_max_attempts: u32,
     /// Fallback polling when no notification arrives.
     pub job_poll_interval: Duration,
+    /// Received event bodies (they hold customers' personal data) are emptied after this.
+    pub retain_event_bodies: Duration,
+    /// Finished sync runs (with their attempts, jobs and events) are deleted after this.
+    pub retain_sync_runs: Duration,
+    /// Done or cancelled jobs are deleted after this.
+    pub retain_finished_jobs: Duration,
+    /// The audit trail is kept longest.
+    pub retain_audit: Duration,
 }
 
 /// Where a value came from, for error messages.
@@ -430,6 +442,10 @@ impl Settings {
             job_lease: l.parse("job_lease", parse_duration)?,
             job_max_attempts: l.parse("job_max_attempts", parse_positive)?,
             job_poll_interval: l.parse("job_poll_interval", parse_duration)?,
+            retain_event_bodies: l.parse("retain_event_bodies", parse_duration)?,
+            retain_sync_runs: l.parse("retain_sync_runs", parse_duration)?,
+            retain_finished_jobs: l.parse("retain_finished_jobs", parse_duration)?,
+            retain_audit: l.parse("retain_audit", parse_duration)?,
         })
         .and_then(|s: Self| {
             if s.db_min_connections > s.db_max_connections {
@@ -607,7 +623,7 @@ mod tests {
 
     #[test]
     fn min_connections_above_max_is_refused() {
-        let err = load(None, &[("LEDGER_DB_MIN_CONNECTIONS", "20")]).unwrap_err();
+        let err = load(None, &[("LEDGER_DB_MIN_CONNECTIONS", "21")]).unwrap_err();
         assert_eq!(err.setting(), "LEDGER_DB_MIN_CONNECTIONS");
     }
 

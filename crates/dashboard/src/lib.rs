@@ -289,6 +289,8 @@ struct BindingPage {
     notice: Option<String>,
     /// When Sage reported the subscription lapsed.
     lapsed_since: Option<String>,
+    /// "store clock 95 s ahead — fix NTP" while the store's signed requests show it.
+    store_clock: Option<String>,
 }
 
 /// The signed-in merchant who owns `binding`, or the response to send instead.
@@ -351,6 +353,9 @@ async fn binding_page(
         magento_url: binding.magento_base_url,
         status: binding.status.as_str().to_owned(),
         magento_status: binding.magento_connection_status,
+        store_clock: binding
+            .store_clock_skew
+            .map(|s| ledger_tenant_binding::magento::clock_warning(i64::from(s))),
         sage_status: sage.status,
         business_name: sage.business_name.unwrap_or_default(),
         region: sage.region.unwrap_or_default().to_uppercase(),

@@ -37,6 +37,17 @@ async fn operator(state: &AppState, headers: &HeaderMap, path: &str) -> Result<R
     }
 }
 
+/// The store connection's state, with the store's clock when it is off.
+pub fn with_clock(magento: String, skew: Option<i32>) -> String {
+    match skew {
+        Some(s) => format!(
+            "{magento} · {}",
+            ledger_tenant_binding::magento::clock_warning(i64::from(s))
+        ),
+        None => magento,
+    }
+}
+
 pub struct OpsBinding {
     pub id: BindingId,
     pub tenant: String,
@@ -105,7 +116,7 @@ pub async fn console(
     let entity: Option<i64> = q.parse().ok();
     let rows = sqlx::query!(
         r#"SELECT b.id AS "id: BindingId", b.tenant_id, b.magento_base_url, b.status, b.magento_connection_status,
-                  acc.email, c.status AS "sage_status?", c.business_name AS "business_name?", c.access_expires_at AS "access_expires_at?",
+                  b.store_clock_skew_secs, acc.email, c.status AS "sage_status?", c.business_name AS "business_name?", c.access_expires_at AS "access_expires_at?",
                   (SELECT count(*) FROM jobs j WHERE j.binding_id = b.id AND j.status IN ('queued', 'running', 'paused')) AS "queued!",
                   (SELECT min(j.created_at) FROM jobs j WHERE j.binding_id = b.id AND j.status IN ('queued', 'running', 'paused')) AS oldest,
                   (SELECT count(*) FROM sync_runs r WHERE r.binding_id = b.id AND r.status = 'dead') AS "dead!",
@@ -133,7 +144,7 @@ pub async fn console(
             pausable: r.status == "active",
             resumable: r.status == "paused",
             status: r.status,
-            magento: r.magento_connection_status,
+            magento: with_clock(r.magento_connection_status, r.store_clock_skew_secs),
             sage: match (r.sage_status, r.business_name) {
                 (Some(s), Some(b)) => format!("{s} · {b}"),
                 (Some(s), None) => s,
@@ -195,9 +206,9 @@ pub async fn console(
     let depth = sqlx::query!(
         r#"SELECT g.i AS "i!",
                   (SELECT count(*) FROM sync_runs r
-                    WHERE r.created_at <= g.t AND (r.finished_at IS NULL OR r.finished_at > g.t)) AS "depth!",
+                    WHERE (r.finished_at IS NULL OR r.finished_at > g.t) AND r.created_at <= g.t) AS "depth!",
                   (SELECT extract(epoch FROM g.t - min(r.created_at))::bigint FROM sync_runs r
-                    WHERE r.created_at <= g.t AND (r.finished_at IS NULL OR r.finished_at > g.t)) AS age
+                    WHERE (r.finished_at IS NULL OR r.finished_at > g.t) AND r.created_at <= g.t) AS age
            FROM (SELECT i, now() - make_interval(mins => 5 * (11 - i)) AS t FROM generate_series(0, 11) i) g
            ORDER BY g.i"#
     )

@@ -302,7 +302,7 @@ pub async fn create_tenant(
 async fn binding_rows(state: &AppState, tenant: TenantId) -> Result<Vec<BindingRow>, Problem> {
     let rows = sqlx::query!(
         r#"SELECT b.id AS "id: BindingId", b.magento_base_url, b.status, b.magento_connection_status,
-                  c.status AS "sage_status?", c.business_name AS "business_name?",
+                  b.store_clock_skew_secs, c.status AS "sage_status?", c.business_name AS "business_name?",
                   (SELECT count(*) FROM sync_runs r WHERE r.binding_id = b.id AND r.status IN ('pending', 'running')) AS "backlog!",
                   (SELECT count(*) FROM sync_runs r WHERE r.binding_id = b.id AND r.status IN ('failed', 'dead')) AS "failed!",
                   (SELECT max(r.finished_at) FROM sync_runs r WHERE r.binding_id = b.id AND r.status = 'synced') AS last_sync
@@ -318,7 +318,7 @@ async fn binding_rows(state: &AppState, tenant: TenantId) -> Result<Vec<BindingR
             id: r.id,
             url: r.magento_base_url,
             status: r.status,
-            magento: r.magento_connection_status,
+            magento: crate::ops::with_clock(r.magento_connection_status, r.store_clock_skew_secs),
             sage: r.sage_status.unwrap_or_else(|| "not connected".to_owned()),
             business: r.business_name.unwrap_or_default(),
             backlog: r.backlog,
@@ -547,7 +547,8 @@ async fn store_methods(state: &AppState, binding: &bindings::Binding) -> Option<
     let policy = ledger_magento_api::UrlPolicy::from_settings(&state.settings);
     let client = ledger_magento_api::MagentoClient::new(&base, &binding.tenant_id.to_string(), &key, &policy)
         .await
-        .ok()?;
+        .ok()?
+        .with_store_clock(binding.store_clock_skew);
     let methods = client.payment_methods().await.ok()??;
     Some(
         methods

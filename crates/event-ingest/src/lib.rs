@@ -72,19 +72,20 @@ pub async fn persist(db: &sqlx::PgPool, e: &NewEvent<'_>) -> Result<Persisted, s
         r#"WITH j AS (
              INSERT INTO magento_jti (binding_id, jti, expires_at) VALUES ($2, $11, to_timestamp($12))
              ON CONFLICT DO NOTHING RETURNING 1 AS one
-           ), ev AS (
-             INSERT INTO received_events
-               (id, binding_id, event_name, idempotency_key, magento_entity_id, website_id, store_id, occurred_at, body, body_sha256)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $14 WHERE EXISTS (SELECT 1 FROM j)
-             ON CONFLICT (binding_id, idempotency_key, body_sha256) DO NOTHING
-             RETURNING id
            ), waiting AS (
              -- Updates of a customer or product fold into a run not yet started: it reads
-             -- the latest state anyway.
+             -- the latest state anyway. (Looked up before the event is stored, so the
+             -- event can record it; a repeat stores nothing and folds nothing.)
              SELECT r.id FROM sync_runs r
              WHERE r.binding_id = $2 AND r.event_name = $3 AND r.magento_entity_id = $5 AND r.status = 'pending'
-               AND $3 IN ('customer.upserted', 'product.upserted') AND EXISTS (SELECT 1 FROM ev)
+               AND $3 IN ('customer.upserted', 'product.upserted') AND EXISTS (SELECT 1 FROM j)
              LIMIT 1
+           ), ev AS (
+             INSERT INTO received_events
+               (id, binding_id, event_name, idempotency_key, magento_entity_id, website_id, store_id, occurred_at, body, body_sha256, folded_into)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $14, (SELECT id FROM waiting) WHERE EXISTS (SELECT 1 FROM j)
+             ON CONFLICT (binding_id, idempotency_key, body_sha256) DO NOTHING
+             RETURNING id
            ), run AS (
              INSERT INTO sync_runs (id, binding_id, event_id, event_name, entity_type, magento_entity_id, policy, request_id, traceparent, trace_id)
              SELECT $10, $2, ev.id, $3, $13, $5, (SELECT settings FROM binding_settings WHERE binding_id = $2), $15, $16, $17
@@ -92,7 +93,7 @@ pub async fn persist(db: &sqlx::PgPool, e: &NewEvent<'_>) -> Result<Persisted, s
              RETURNING id
            ), folded AS (
              UPDATE sync_runs SET coalesced = coalesced + 1, updated_at = now() FROM waiting
-             WHERE sync_runs.id = waiting.id RETURNING sync_runs.id
+             WHERE sync_runs.id = waiting.id AND EXISTS (SELECT 1 FROM ev) RETURNING sync_runs.id
            ), job AS (
              INSERT INTO jobs (binding_id, kind, sync_run_id) SELECT $2, 'sync_event', run.id FROM run
              RETURNING id
@@ -350,19 +351,28 @@ pub async fn receive(
             }),
         ));
     }
-    // The key was seen before: answer with the original run.
+    // The key was seen before: answer with the original run — its own, or the waiting
+    // run it was folded into (events folded before that was recorded: the entity's
+    // latest run, which read the store after the event).
     let original = sqlx::query_scalar!(
         r#"WITH e AS (
              UPDATE received_events SET duplicates = duplicates + 1
-             WHERE binding_id = $1 AND idempotency_key = $2 AND body_sha256 = $3 RETURNING id
+             WHERE binding_id = $1 AND idempotency_key = $2 AND body_sha256 = $3
+             RETURNING id, folded_into, event_name, magento_entity_id
            )
-           SELECT r.id FROM sync_runs r JOIN e ON r.event_id = e.id ORDER BY r.created_at LIMIT 1"#,
+           SELECT COALESCE(
+             (SELECT r.id FROM sync_runs r JOIN e ON r.event_id = e.id ORDER BY r.created_at LIMIT 1),
+             (SELECT folded_into FROM e),
+             (SELECT r.id FROM sync_runs r JOIN e ON r.binding_id = $1 AND r.event_name = e.event_name
+                AND r.magento_entity_id = e.magento_entity_id ORDER BY r.created_at DESC LIMIT 1)
+           ) AS id FROM e"#,
         caller.binding_id.0,
         key,
         &ledger_core::crypto::sha256(&body)[..],
     )
     .fetch_optional(&state.db)
     .await?
+    .flatten()
     .ok_or_else(|| Problem::internal(format!("event with key {key} has no sync run")))?;
     tracing::info!(binding_id = %caller.binding_id, event = %event_name, run_id = %original, "duplicate event absorbed");
     Ok((

@@ -64,7 +64,19 @@ fn report(line: &str) {
     eprintln!("{line}");
 }
 
-async fn run(command: Command, layers: Layers) -> anyhow::Result<()> {
+/// The worker's own default metrics port, so `ledger serve` and `ledger worker` run side
+/// by side on one host without configuration (each listener would otherwise take 9464).
+pub const WORKER_METRICS_ADDR: &str = "127.0.0.1:9465";
+
+/// Defaults that differ by process type (never over what a file or the environment set).
+fn process_defaults(command: &Command, layers: &mut Layers) {
+    if matches!(command, Command::Worker) {
+        layers.default_to("metrics_addr", WORKER_METRICS_ADDR);
+    }
+}
+
+async fn run(command: Command, mut layers: Layers) -> anyhow::Result<()> {
+    process_defaults(&command, &mut layers);
     if let Command::Dev(args) = command {
         return dev::run(layers, args).await;
     }
@@ -319,5 +331,24 @@ fn openapi_command(check: Option<&std::path::Path>) -> ExitCode {
             ));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_and_worker_default_to_their_own_metrics_ports_unless_configured() {
+        let addr = |command: Command, env: &dyn Fn(&str) -> Option<String>| {
+            let mut layers = Layers::collect(None, env).unwrap();
+            process_defaults(&command, &mut layers);
+            Settings::from_layers(&layers).unwrap().metrics_addr
+        };
+        let none = |_: &str| None;
+        assert_eq!(addr(Command::Serve, &none), Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(addr(Command::Worker, &none), Some("127.0.0.1:9465".parse().unwrap()));
+        let set = |k: &str| (k == "LEDGER_METRICS_ADDR").then(|| "0.0.0.0:9464".to_owned());
+        assert_eq!(addr(Command::Worker, &set), Some("0.0.0.0:9464".parse().unwrap()));
     }
 }

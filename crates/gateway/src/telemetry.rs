@@ -19,15 +19,19 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take()
-            && let Err(err) = provider.shutdown()
-        {
-            tracing::warn!(error = %err, "flushing traces at exit failed");
+        // The exporter's blocking HTTP client owns a runtime, which may not be dropped
+        // inside the async runtime this guard usually lives in: flush and drop it on a
+        // thread of its own.
+        if let Some(provider) = self.provider.take() {
+            let flushed = std::thread::spawn(move || provider.shutdown()).join();
+            if let Ok(Err(err)) = flushed {
+                tracing::warn!(error = %err, "flushing traces at exit failed");
+            }
         }
     }
 }
 
-/// Sets the global subscriber. Call once per process, inside the Tokio runtime.
+/// Sets the global subscriber. Call once per process (inside the Tokio runtime or not).
 pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
     let filter =
         EnvFilter::try_new(&settings.log_level).map_err(|e| anyhow::anyhow!("LEDGER_LOG_LEVEL is invalid: {e}"))?;
@@ -51,10 +55,17 @@ pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
     if let Some(endpoint) = &settings.otlp_endpoint {
         let endpoint = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
         ledger_core::install_crypto_provider();
-        let client = reqwest::blocking::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        // Built on a thread of its own: a blocking client starts (and, on a failed build,
+        // drops) a runtime, which panics inside the async runtime `serve`, `worker` and
+        // `dev` call this from.
+        let client = std::thread::spawn(|| {
+            reqwest::blocking::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("building the OTLP client panicked"))??;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(client)
@@ -66,10 +77,11 @@ pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("ledger"));
     let provider = Some(provider);
 
+    // The log level filters logs only: traces keep every span at info whatever it is
+    // (a worker logging at `warn` still continues each event's trace).
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
+        .with(fmt.with_filter(filter))
+        .with(otel.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
         .try_init()?;
     Ok(TelemetryGuard { provider })
 }

@@ -15,6 +15,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result
     tracker.spawn(housekeeping(state.clone(), shutdown.clone()));
     tracker.spawn(store_health(state.clone(), shutdown.clone()));
     tracker.spawn(sage_upkeep(state.clone(), shutdown.clone()));
+    tracker.spawn(retention(state.clone(), shutdown.clone()));
     tracker.spawn(ledger_sage_sync::worker::run(state.clone(), shutdown.clone()));
     tracker.close();
     shutdown.cancelled().await;
@@ -32,8 +33,12 @@ async fn store_health(state: AppState, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(err) = ledger_magento_callback::health::ping_all(&state).await {
-            tracing::warn!(error = %err, "store health loop failed; retrying next minute");
+        // A pass over thousands of stores takes a while: shutdown does not wait for it.
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = ledger_magento_callback::health::ping_all(&state) => if let Err(err) = r {
+                tracing::warn!(error = %err, "store health loop failed; retrying next minute");
+            }
         }
     }
 }
@@ -49,18 +54,56 @@ async fn sage_upkeep(state: AppState, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match ledger_sage_vault::tokens::keep_alive(&state).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(refreshed = n, "Sage keep-alive refreshed idle connections"),
-            Err(err) => tracing::warn!(error = %err, "Sage keep-alive failed"),
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = sage_upkeep_pass(&state) => {}
         }
-        match ledger_sage_vault::tokens::forget_revoked(&state).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(revoked = n, "Sage tokens of disconnected bindings revoked"),
-            Err(err) => tracing::warn!(error = %err, "revoking tokens of disconnected bindings failed"),
+    }
+}
+
+async fn sage_upkeep_pass(state: &AppState) {
+    match ledger_sage_vault::tokens::keep_alive(state).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(refreshed = n, "Sage keep-alive refreshed idle connections"),
+        Err(err) => tracing::warn!(error = %err, "Sage keep-alive failed"),
+    }
+    match ledger_sage_vault::tokens::forget_revoked(state).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(revoked = n, "Sage tokens of disconnected bindings revoked"),
+        Err(err) => tracing::warn!(error = %err, "revoking tokens of disconnected bindings failed"),
+    }
+    if let Err(err) = ledger_sage_vault::reference::refresh_stale(state).await {
+        tracing::warn!(error = %err, "Sage reference refresh failed");
+    }
+}
+
+/// How often the retention rules are applied (one replica leads each pass).
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+async fn retention(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(RETENTION_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
         }
-        if let Err(err) = ledger_sage_vault::reference::refresh_stale(&state).await {
-            tracing::warn!(error = %err, "Sage reference refresh failed");
+        let pass = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = ledger_sage_sync::retention::run_pass(&state.db, &state.settings) => r,
+        };
+        match pass {
+            Ok(Some(p)) if p != ledger_sage_sync::retention::Pruned::default() => {
+                tracing::info!(
+                    event_bodies = p.event_bodies,
+                    runs = p.runs,
+                    events = p.events,
+                    jobs = p.jobs,
+                    audit = p.audit,
+                    "retention pass"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "retention pass failed; trying again later"),
         }
     }
 }
@@ -72,7 +115,11 @@ async fn housekeeping(state: AppState, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match ledger_tenant_binding::housekeeping(&state.db).await {
+        let pass = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = ledger_tenant_binding::housekeeping(&state.db) => r,
+        };
+        match pass {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(removed, "housekeeping"),
             Err(err) => tracing::warn!(error = %err, "housekeeping failed; retrying next minute"),

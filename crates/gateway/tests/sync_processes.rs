@@ -362,3 +362,187 @@ async fn ledger_e2e_books(app: &TestApp, business: &str) -> serde_json::Value {
         .unwrap();
     body["books"].clone()
 }
+
+/// The spans OTLP/HTTP requests carried: (trace id, name) of each. A protobuf walk of
+/// ExportTraceServiceRequest → resource_spans (1) → scope_spans (2) → spans (2) →
+/// trace_id (1), name (5); everything else is skipped.
+fn otlp_spans(bodies: &[Vec<u8>]) -> Vec<(String, String)> {
+    fn varint(b: &[u8], i: &mut usize) -> u64 {
+        let (mut v, mut shift) = (0u64, 0);
+        while *i < b.len() {
+            let byte = b[*i];
+            *i += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        v
+    }
+    /// The length-delimited fields of one message, as (field number, bytes).
+    fn fields(b: &[u8]) -> Vec<(u64, &[u8])> {
+        let (mut out, mut i) = (Vec::new(), 0);
+        while i < b.len() {
+            let key = varint(b, &mut i);
+            match key & 7 {
+                0 => {
+                    varint(b, &mut i);
+                }
+                1 => i += 8,
+                5 => i += 4,
+                2 => {
+                    let len = usize::try_from(varint(b, &mut i)).unwrap();
+                    out.push((key >> 3, &b[i..i + len]));
+                    i += len;
+                }
+                other => panic!("unexpected wire type {other}"),
+            }
+        }
+        out
+    }
+    let mut spans = Vec::new();
+    for body in bodies {
+        for (_, resource) in fields(body).into_iter().filter(|(n, _)| *n == 1) {
+            for (_, scope) in fields(resource).into_iter().filter(|(n, _)| *n == 2) {
+                for (_, span) in fields(scope).into_iter().filter(|(n, _)| *n == 2) {
+                    let f = fields(span);
+                    let get = |n| f.iter().find(|(k, _)| *k == n).map(|(_, v)| *v).unwrap_or_default();
+                    spans.push((hex(get(1)), String::from_utf8_lossy(get(5)).into_owned()));
+                }
+            }
+        }
+    }
+    spans
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A local OTLP/HTTP receiver keeping every body posted to /v1/traces.
+async fn otlp_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(body.to_vec());
+                ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, bodies)
+}
+
+/// `ledger serve` and `ledger worker`, each exporting to a local OTLP receiver: the
+/// event's webhook span (serve), its sync span with the store read and the Sage call,
+/// and the store callback (worker) all arrive under the one trace id stored on its run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_worker_processes_export_one_trace_per_event_over_otlp() {
+    let _serial = SERIAL.lock().await;
+    let (receiver, bodies) = otlp_receiver().await;
+    let (app, keys) = app_with_keys(SageConfig::default(), |_| {}).await;
+    let paired = app.connected_store().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let otlp = [("LEDGER_OTLP_ENDPOINT", receiver.as_str())];
+    let mut serve = spawn(&mut process(
+        &app,
+        &keys,
+        "serve",
+        &[otlp[0], ("LEDGER_HTTP_ADDR", &addr)],
+    ));
+    let mut worker = spawn(&mut worker(&app, &keys, &otlp));
+    let ready = async {
+        loop {
+            if reqwest::get(format!("http://{addr}/readyz"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), ready)
+        .await
+        .expect("serve is ready");
+
+    // The store's invoice event, delivered to the serve process as the module sends it.
+    let store = &paired.store.store;
+    store.place_order(false);
+    let row = store
+        .outbox()
+        .into_iter()
+        .find(|r| r.event_name == "invoice.created")
+        .expect("an invoice event");
+    let claims = ledger_magento_api::auth::Claims {
+        iss: "magento".into(),
+        sub: paired.tenant(),
+        aud: "byte8-ledger".into(),
+        iat: chrono::Utc::now().timestamp(),
+        nbf: chrono::Utc::now().timestamp(),
+        exp: chrono::Utc::now().timestamp() + 60,
+        jti: uuid::Uuid::new_v4().to_string(),
+    };
+    let token = ledger_magento_api::auth::sign(
+        ledger_magento_api::auth::Subkeys::derive(&paired.api_key())
+            .outbound
+            .expose(),
+        &claims,
+    );
+    let res = reqwest::Client::new()
+        .post(format!(
+            "http://{addr}/webhooks/magento/{}/invoice.created",
+            paired.tenant()
+        ))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("idempotency-key", &row.idempotency_key)
+        .body(row.body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    assert!(app.wait_idle(Duration::from_secs(30)).await, "the worker finished");
+    let (status, trace_id): (String, Option<String>) =
+        sqlx::query_as("SELECT status, trace_id FROM sync_runs WHERE event_name = 'invoice.created'")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(status, "synced");
+    let trace_id = trace_id.expect("the run keeps its trace id");
+
+    // Both processes flush their spans as they stop.
+    terminate(&serve);
+    terminate(&worker);
+    assert_eq!(wait_with_timeout(&mut serve, Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(wait_with_timeout(&mut worker, Duration::from_secs(10)).code(), Some(0));
+    let spans = otlp_spans(&bodies.lock().unwrap());
+    let names: Vec<&str> = spans
+        .iter()
+        .filter(|(t, _)| *t == trace_id)
+        .map(|(_, n)| n.as_str())
+        .collect();
+    for wanted in [
+        "POST /webhooks/magento/{tenant_id}/{event_name}",
+        "sync invoice.created",
+        "magento GET /rest/V1/byte8/invoice/{id}",
+        "magento POST /rest/V1/byte8/sync-state",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} in trace {trace_id}: {names:?}");
+    }
+    assert!(
+        names.iter().any(|n| n.starts_with("sage POST")),
+        "a Sage call in the trace: {names:?}"
+    );
+}

@@ -20,7 +20,12 @@ pub const HEADER_SEGMENT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
 pub const MAX_TTL_SECS: i64 = 300;
 /// Lifetime of the tokens the ledger mints (the module's ceiling).
 pub const LEDGER_TOKEN_TTL_SECS: i64 = 300;
-/// How far in the past the ledger puts `nbf`, so a store clock behind ours accepts it.
+/// How far in the past the ledger puts `iat`: the module refuses an `iat` more than 30 s
+/// ahead of its clock and any `nbf` ahead of it, so a store up to 90 s behind (and,
+/// with the 300 s lifetime, up to 240 s ahead) accepts the ledger's tokens without
+/// knowing its skew. A store known to be further behind gets tokens dated by its clock.
+pub const LEDGER_IAT_BACKDATE_SECS: i64 = 60;
+/// How far before `iat` the ledger puts `nbf` (the module allows no leeway on `nbf`).
 pub const LEDGER_NBF_BACKDATE_SECS: i64 = 30;
 
 /// RFC 5869 HKDF-SHA256.
@@ -87,15 +92,17 @@ pub fn sign(key: &[u8], claims: &Claims) -> String {
 }
 
 /// A token for one ledger → Magento request: `iss` byte8-ledger, `aud` magento,
-/// `iat` now, `nbf` 30 s back, `exp` at the module's 300 s ceiling, fresh v4 `jti`.
+/// `iat` 60 s before `now`, `nbf` 30 s before that, `exp` at the module's 300 s ceiling
+/// from `iat`, fresh v4 `jti`. `now` is the store's clock as far as the ledger knows it.
 pub fn mint_inbound(subkeys: &Subkeys, tenant_id: &str, now: i64) -> Secret<String> {
+    let iat = now - LEDGER_IAT_BACKDATE_SECS;
     let claims = Claims {
         iss: "byte8-ledger".to_owned(),
         sub: tenant_id.to_owned(),
         aud: "magento".to_owned(),
-        iat: now,
-        nbf: now - LEDGER_NBF_BACKDATE_SECS,
-        exp: now + LEDGER_TOKEN_TTL_SECS,
+        iat,
+        nbf: iat - LEDGER_NBF_BACKDATE_SECS,
+        exp: iat + LEDGER_TOKEN_TTL_SECS,
         jti: uuid::Uuid::new_v4().to_string(),
     };
     Secret::new(sign(subkeys.inbound.expose(), &claims))

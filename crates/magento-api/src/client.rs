@@ -38,6 +38,15 @@ pub enum MagentoError {
     Url(#[from] UrlError),
     #[error("{url} answered 401: the store did not accept the ledger's credentials")]
     Unauthorized { url: String },
+    /// A 401 whose `Date` shows the store's clock far from the ledger's: the store refused
+    /// the token's times, not its key.
+    #[error(
+        "{url} answered 401 with its clock {} s {} the ledger's: the store refused the token's times, not its key. \
+         Fix the Magento server's clock (NTP); the ledger retries",
+        store_ahead_secs.unsigned_abs(),
+        if *store_ahead_secs > 0 { "ahead of" } else { "behind" }
+    )]
+    ClockSkew { url: String, store_ahead_secs: i64 },
     #[error("{url} answered 404{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     NotFound { url: String, message: Option<String> },
     #[error("{url} answered HTTP {status}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
@@ -59,7 +68,7 @@ impl MagentoError {
         match self {
             Self::Unauthorized { .. } => ErrorClass::Auth,
             Self::NotFound { .. } => ErrorClass::NotFound,
-            Self::Transient { .. } => ErrorClass::Transient,
+            Self::Transient { .. } | Self::ClockSkew { .. } => ErrorClass::Transient,
             Self::Url(UrlError::Resolve { .. }) => ErrorClass::Transient,
             Self::Url(_) | Self::Rejected { .. } | Self::Redirected { .. } | Self::BadResponse { .. } => {
                 ErrorClass::BadData
@@ -123,11 +132,37 @@ fn magento_message(body: &[u8]) -> Option<String> {
     Some(message.chars().take(500).collect())
 }
 
-/// Turns a non-2xx answer into an error.
-fn status_error(url: &str, status: StatusCode, headers: &header::HeaderMap, body: &[u8]) -> MagentoError {
+/// A store answer's clock (its `Date` header) minus the ledger's, in seconds; `None` when
+/// the header is missing or unreadable.
+pub fn store_clock_offset(headers: &header::HeaderMap, now: chrono::DateTime<chrono::Utc>) -> Option<i64> {
+    let date = headers.get(header::DATE)?.to_str().ok()?;
+    let at = chrono::DateTime::parse_from_rfc2822(date).ok()?;
+    Some(at.timestamp() - now.timestamp())
+}
+
+/// Beyond this the store's refusal is its clock, not our key: the ledger's tokens are
+/// accepted by a store up to 90 s behind or 240 s ahead (`auth::mint_inbound`), and a
+/// `Date` header is whole seconds.
+const SKEW_REFUSAL_SECS: i64 = 80;
+
+/// Turns a non-2xx answer into an error. `dated_for` is the store clock offset the
+/// request's token was dated for.
+fn status_error(
+    url: &str,
+    status: StatusCode,
+    headers: &header::HeaderMap,
+    body: &[u8],
+    dated_for: i64,
+) -> MagentoError {
     let url = url.to_owned();
     match status.as_u16() {
-        401 => MagentoError::Unauthorized { url },
+        401 => match store_clock_offset(headers, chrono::Utc::now()) {
+            Some(offset) if !(-SKEW_REFUSAL_SECS..=200).contains(&(offset - dated_for)) => MagentoError::ClockSkew {
+                url,
+                store_ahead_secs: offset,
+            },
+            _ => MagentoError::Unauthorized { url },
+        },
         404 => MagentoError::NotFound {
             url,
             message: magento_message(body),
@@ -193,7 +228,11 @@ pub async fn pair(
     let headers = response.headers().clone();
     if !status.is_success() {
         let bytes = http::read_prefix(response, http::ERROR_LIMIT).await;
-        return Err(status_error(&target, status, &headers, &bytes));
+        if status == StatusCode::UNAUTHORIZED {
+            // No token to be dated: the store refused the pairing code.
+            return Err(MagentoError::Unauthorized { url: target });
+        }
+        return Err(status_error(&target, status, &headers, &bytes, 0));
     }
     let bytes = http::read_limited(response, http::SMALL_LIMIT)
         .await
@@ -215,6 +254,9 @@ pub struct MagentoClient {
     subkeys: Subkeys,
     http: reqwest::Client,
     timeout: std::time::Duration,
+    /// The store's clock minus the ledger's when the store is behind (≤ 0): its
+    /// tokens are dated by its clock.
+    store_behind_secs: i64,
 }
 
 impl fmt::Debug for MagentoClient {
@@ -241,7 +283,16 @@ impl MagentoClient {
             subkeys: Subkeys::derive(api_key.expose()),
             http,
             timeout: policy.request_timeout,
+            store_behind_secs: 0,
         })
+    }
+
+    /// Dates the ledger's tokens by the store's clock as its requests showed it
+    /// (`skew_secs`: the store's clock minus the ledger's); only a store behind matters.
+    #[must_use]
+    pub fn with_store_clock(mut self, skew_secs: Option<i32>) -> Self {
+        self.store_behind_secs = i64::from(skew_secs.unwrap_or(0).min(0));
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -249,7 +300,7 @@ impl MagentoClient {
     }
 
     fn bearer(&self) -> String {
-        let now = chrono::Utc::now().timestamp();
+        let now = chrono::Utc::now().timestamp() + self.store_behind_secs;
         format!(
             "Bearer {}",
             auth::mint_inbound(&self.subkeys, &self.tenant_id, now).expose()
@@ -308,7 +359,7 @@ impl MagentoClient {
         } else {
             let headers = response.headers().clone();
             let bytes = http::read_prefix(response, http::ERROR_LIMIT).await;
-            Err(status_error(url, status, &headers, &bytes))
+            Err(status_error(url, status, &headers, &bytes, self.store_behind_secs))
         }
     }
 
@@ -383,12 +434,51 @@ mod tests {
 
     #[test]
     fn classes() {
-        let e = status_error("u", StatusCode::SERVICE_UNAVAILABLE, &header::HeaderMap::new(), b"");
+        let e = status_error("u", StatusCode::SERVICE_UNAVAILABLE, &header::HeaderMap::new(), b"", 0);
         assert_eq!(e.class(), ErrorClass::Transient);
-        let e = status_error("u", StatusCode::UNAUTHORIZED, &header::HeaderMap::new(), b"");
+        let e = status_error("u", StatusCode::UNAUTHORIZED, &header::HeaderMap::new(), b"", 0);
         assert_eq!(e.class(), ErrorClass::Auth);
-        let e = status_error("u", StatusCode::MOVED_PERMANENTLY, &header::HeaderMap::new(), b"");
+        let e = status_error("u", StatusCode::MOVED_PERMANENTLY, &header::HeaderMap::new(), b"", 0);
         assert_eq!(e.class(), ErrorClass::BadData);
         assert!(e.to_string().contains("does not follow redirects"));
+    }
+
+    fn dated(offset: i64) -> header::HeaderMap {
+        let at = chrono::Utc::now() + chrono::Duration::seconds(offset);
+        let mut h = header::HeaderMap::new();
+        h.insert(
+            header::DATE,
+            at.format("%a, %d %b %Y %H:%M:%S GMT").to_string().parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn a_401_from_a_store_whose_clock_is_off_is_its_clock_not_our_key() {
+        let e = status_error("u", StatusCode::UNAUTHORIZED, &dated(-120), b"", 0);
+        assert!(
+            matches!(
+                e,
+                MagentoError::ClockSkew {
+                    store_ahead_secs: -121..=-119,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.class(), ErrorClass::Transient);
+        assert!(e.to_string().contains("behind"), "{e}");
+        let e = status_error("u", StatusCode::UNAUTHORIZED, &dated(300), b"", 0);
+        assert!(e.to_string().contains("ahead of"), "{e}");
+        // Within what the ledger's tokens tolerate, a 401 is the key.
+        assert_eq!(
+            status_error("u", StatusCode::UNAUTHORIZED, &dated(-20), b"", 0).class(),
+            ErrorClass::Auth
+        );
+        // Tokens already dated for a store 150 s behind: its 401 is the key again.
+        assert_eq!(
+            status_error("u", StatusCode::UNAUTHORIZED, &dated(-150), b"", -150).class(),
+            ErrorClass::Auth
+        );
     }
 }

@@ -320,7 +320,8 @@ fn pairing_problem(err: &MagentoError, code: &str, uncertain: bool) -> Problem {
         }])
     };
     match err {
-        MagentoError::Unauthorized { .. } => {
+        // Pairing carries no token, so a 401 is the code whatever the store's clock.
+        MagentoError::Unauthorized { .. } | MagentoError::ClockSkew { .. } => {
             let hint = if looks_like_module_code(code) {
                 ""
             } else {

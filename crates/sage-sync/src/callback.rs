@@ -108,7 +108,8 @@ pub async fn deliver(state: &AppState, binding: BindingId, payload: &Value) -> D
         return Delivery::Rejected("malformed callback payload".into());
     };
     let row = match sqlx::query!(
-        r#"SELECT tenant_id, magento_base_url, status, api_key, magento_connection_status FROM connector_bindings WHERE id = $1"#,
+        r#"SELECT tenant_id, magento_base_url, status, api_key, magento_connection_status, store_clock_skew_secs
+           FROM connector_bindings WHERE id = $1"#,
         binding.0
     )
     .fetch_optional(&state.db)
@@ -136,6 +137,7 @@ pub async fn deliver(state: &AppState, binding: BindingId, payload: &Value) -> D
             &UrlPolicy::from_settings(&state.settings),
         )
         .await?
+        .with_store_clock(row.store_clock_skew_secs)
         .sync_state(&sync_state)
         .await
     }
@@ -146,6 +148,14 @@ pub async fn deliver(state: &AppState, binding: BindingId, payload: &Value) -> D
                 let _ = bindings::record_magento_answer(&state.db, binding, false).await;
             }
             Delivery::Delivered
+        }
+        Err(e @ MagentoError::ClockSkew { store_ahead_secs, .. }) => {
+            let _ = bindings::record_store_clock(&state.db, binding, i32::try_from(store_ahead_secs).ok()).await;
+            Delivery::Retry(Failure::new(
+                ErrorClass::MagentoUnreachable,
+                "store_clock_skew",
+                e.to_string(),
+            ))
         }
         Err(e @ MagentoError::Unauthorized { .. }) => {
             let _ = bindings::record_magento_answer(&state.db, binding, true).await;

@@ -9,6 +9,7 @@ pub mod outcome;
 pub mod policy;
 pub mod process;
 pub mod queue;
+pub mod retention;
 pub mod runs;
 pub mod worker;
 pub mod xref;

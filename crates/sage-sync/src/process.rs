@@ -56,6 +56,9 @@ pub struct RunInfo {
     /// The connection's token version now: a process's cached token of another version
     /// (e.g. from before a reconnect to a different business) is not used.
     pub token_version: Option<i64>,
+    /// The store's clock skew as its requests last showed it (the ledger's tokens to it
+    /// are dated by its clock).
+    pub store_clock_skew: Option<i32>,
 }
 
 /// A sealed api_key; Debug never prints it, even encrypted.
@@ -75,7 +78,8 @@ pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunIn
                   COALESCE(r.policy, (SELECT s.settings FROM binding_settings s WHERE s.binding_id = r.binding_id)) AS policy,
                   b.magento_base_url, r.traceparent,
                   b.api_key, sc.region AS "region?", e.occurred_at AS "occurred_at?",
-                  COALESCE(sc.business_id, '') AS "business_id!", sc.token_version AS "token_version?"
+                  COALESCE(sc.business_id, '') AS "business_id!", sc.token_version AS "token_version?",
+                  b.store_clock_skew_secs
            FROM sync_runs r JOIN connector_bindings b ON b.id = r.binding_id
            LEFT JOIN sage_connections sc ON sc.binding_id = r.binding_id
            LEFT JOIN received_events e ON e.id = r.event_id
@@ -100,11 +104,21 @@ pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunIn
         occurred_at: r.occurred_at,
         business_id: r.business_id,
         token_version: r.token_version,
+        store_clock_skew: r.store_clock_skew_secs,
     }))
 }
 
 fn from_magento(state: &AppState, binding: BindingId, err: MagentoError) -> Failure {
     let message = err.to_string();
+    if let MagentoError::ClockSkew { store_ahead_secs, .. } = err {
+        // Its tokens from now on are dated by its clock; the run waits meanwhile.
+        let db = state.db.clone();
+        let skew = i32::try_from(store_ahead_secs).ok();
+        tokio::spawn(async move {
+            let _ = bindings::record_store_clock(&db, binding, skew).await;
+        });
+        return Failure::new(ErrorClass::MagentoUnreachable, "store_clock_skew", message);
+    }
     match err.class() {
         MagentoClass::Auth => {
             let db = state.db.clone();
@@ -381,7 +395,8 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
         &UrlPolicy::from_settings(&state.settings),
     )
     .await
-    .map_err(|e| from_magento(state, run.binding, e))?;
+    .map_err(|e| from_magento(state, run.binding, e))?
+    .with_store_clock(run.store_clock_skew);
     let region = run.region.as_deref().unwrap_or("uk");
     let facts = business_facts(&state.db, run.binding, region).await?;
     let time_zone = settings
@@ -859,7 +874,7 @@ async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -> Step<Valu
     let binding = env.run.binding;
     let previous = doc.previous.clone();
     if previous.as_ref().is_some_and(|x| x.state == "posting")
-        && let Some(found) = find_by_reference(env, &doc).await?
+        && let Some(found) = find_by_reference(env, &doc, &mapped.body).await?
     {
         return Ok(found);
     }
@@ -892,22 +907,61 @@ async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -> Step<Valu
     }
 }
 
-/// Finds a document a previous attempt may have created (its answer was lost).
-async fn find_by_reference(env: &mut Env<'_>, doc: &Doc<'_>) -> Step<Option<Value>> {
-    let path = match doc.entity {
-        "payment" => format!("{}?contact_id={}&attributes=all", doc.path, doc.contact_id),
-        _ => format!(
-            "{}?search={}&contact_id={}&attributes=all",
-            doc.path,
-            encode(doc.reference),
-            doc.contact_id
+/// Pages of Sage's answer read at most when looking for a document an earlier attempt
+/// may have created (1,000 documents: far more than a narrowed search finds).
+const LOOKUP_MAX_PAGES: usize = 5;
+
+/// Finds a document a previous attempt may have created (its answer was lost). The
+/// search is narrowed to what that attempt could have created — the contact's documents
+/// created or changed since the event arrived (less a margin for Sage's clock), by
+/// reference, or for a payment on its date — and stops at the first match; beyond
+/// [`LOOKUP_MAX_PAGES`] it fails rather than guess (posting again could duplicate).
+async fn find_by_reference(env: &mut Env<'_>, doc: &Doc<'_>, body: &Value) -> Step<Option<Value>> {
+    let since = (env.run.created_at - chrono::Duration::minutes(10)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut path = format!(
+        "{}?contact_id={}&updated_or_created_since={}&attributes=all&items_per_page={}",
+        doc.path,
+        doc.contact_id,
+        encode(&since),
+        ledger_sage_api::MAX_PAGE
+    );
+    match (doc.entity, body["date"].as_str()) {
+        ("payment", Some(date)) => path.push_str(&format!("&from_date={date}&to_date={date}")),
+        ("payment", None) => {}
+        _ => path.push_str(&format!("&search={}", encode(doc.reference))),
+    }
+    let mut next = Some(path);
+    for _ in 0..LOOKUP_MAX_PAGES {
+        let Some(page_path) = next.take() else {
+            return Ok(None);
+        };
+        let page: ledger_sage_api::Page<Value> = sage!(env.session.get(&page_path).await);
+        // A document voided to be posted again has the same reference: never that one.
+        if let Some(found) = page
+            .items
+            .into_iter()
+            .find(|i| i["reference"].as_str() == Some(doc.reference) && i["status"]["id"] != "VOID")
+        {
+            return Ok(Some(found));
+        }
+        next = page.next.filter(|n| !n.is_empty());
+    }
+    if next.is_none() {
+        return Ok(None);
+    }
+    Err(Stop::Failed(Failure::new(
+        ErrorClass::Validation,
+        "sage_lookup_too_wide",
+        format!(
+            "An earlier attempt may have created {} {} in Sage, but more than {} of the contact's documents changed \
+             since the event arrived, so the ledger stopped looking rather than risk posting it twice. Look for \
+             reference {} in Sage: if it is there, skip this run; if not, retry it.",
+            doc.wrapper.replace('_', " "),
+            doc.reference,
+            LOOKUP_MAX_PAGES * ledger_sage_api::MAX_PAGE as usize,
+            doc.reference
         ),
-    };
-    let items = sage!(env.session.list_all(&path).await);
-    // A document voided to be posted again has the same reference: never that one.
-    Ok(items
-        .into_iter()
-        .find(|i| i["reference"].as_str() == Some(doc.reference) && i["status"]["id"] != "VOID"))
+    )))
 }
 
 fn encode(value: &str) -> String {

@@ -246,27 +246,69 @@ pub async fn heartbeat(db: &PgPool, job: &Job, lease: Duration) -> Result<bool, 
     Ok(held)
 }
 
+/// What [`reclaim_expired`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Jobs put back in the queue.
+    pub requeued: u64,
+    /// Jobs that had used every attempt, each ended by a crash or an outlived lease:
+    /// dead, with their run, rather than claimed again for ever.
+    pub poisoned: u64,
+}
+
 /// Puts jobs whose lease expired (their worker died) back in the queue. A store callback
 /// whose entity has a newer state queued or running is dropped instead: the latest state
-/// wins, and the queue holds one queued callback per entity.
-pub async fn reclaim_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
-    let n = sqlx::query!(
-        "UPDATE jobs SET status = CASE WHEN kind = 'sync_state' AND EXISTS (
-                   SELECT 1 FROM jobs q WHERE q.binding_id = jobs.binding_id AND q.entity_key = jobs.entity_key
-                     AND q.kind = 'sync_state' AND q.id <> jobs.id
-                     AND (q.status = 'queued' OR (q.status = 'running' AND q.id > jobs.id))) THEN 'done' ELSE 'queued' END,
-                lease_id = NULL, run_at = now(), updated_at = now()
-         WHERE status = 'running' AND locked_until < now()"
+/// wins, and the queue holds one queued callback per entity. A job that has used
+/// `max_attempts` claims is dead instead — a job that kills its worker would otherwise
+/// kill the next one for ever — and so is its run, which says why.
+pub async fn reclaim_expired(db: &PgPool, max_attempts: u32) -> Result<Reclaimed, sqlx::Error> {
+    let max = i32::try_from(max_attempts).unwrap_or(i32::MAX);
+    let row = sqlx::query!(
+        r#"WITH expired AS (
+             SELECT id, attempts >= $1 AS poisoned FROM jobs
+             WHERE status = 'running' AND locked_until < now()
+             FOR UPDATE SKIP LOCKED
+           ), dead AS (
+             UPDATE jobs SET status = 'dead', lease_id = NULL, locked_until = NULL, updated_at = now(),
+                    last_error = 'job_lease_lost: every attempt ended without an answer (the worker crashed or outlived its lease)'
+             FROM expired WHERE jobs.id = expired.id AND expired.poisoned
+             RETURNING jobs.id, jobs.sync_run_id, jobs.attempts
+           ), attempt AS (
+             INSERT INTO sync_attempts (sync_run_id, attempt, started_at, finished_at, outcome, error_class, error_code, message, request, worker)
+             SELECT d.sync_run_id, (SELECT COALESCE(max(a.attempt), 0) + 1 FROM sync_attempts a WHERE a.sync_run_id = d.sync_run_id),
+                    now(), now(), 'dead', 'internal', 'job_lease_lost',
+                    format('The job was claimed %s times and each time its worker stopped (crashed, or held it beyond its lease) before recording an outcome.', d.attempts),
+                    '{}'::jsonb, 'reclaim'
+             FROM dead d WHERE d.sync_run_id IS NOT NULL
+           ), run AS (
+             UPDATE sync_runs SET status = 'dead', error_class = 'internal', error_code = 'job_lease_lost',
+                    message = format('The job was claimed %s times and each time its worker stopped before recording an outcome: it is not retried by itself. Retry it once the cause is fixed.', dead.attempts),
+                    finished_at = now(), updated_at = now()
+             FROM dead WHERE sync_runs.id = dead.sync_run_id AND sync_runs.status IN ('pending', 'running')
+           ), requeued AS (
+             UPDATE jobs SET status = CASE WHEN kind = 'sync_state' AND EXISTS (
+                       SELECT 1 FROM jobs q WHERE q.binding_id = jobs.binding_id AND q.entity_key = jobs.entity_key
+                         AND q.kind = 'sync_state' AND q.id <> jobs.id
+                         AND (q.status = 'queued' OR (q.status = 'running' AND q.id > jobs.id))) THEN 'done' ELSE 'queued' END,
+                    lease_id = NULL, run_at = now(), updated_at = now()
+             FROM expired WHERE jobs.id = expired.id AND NOT expired.poisoned
+             RETURNING 1 AS one
+           )
+           SELECT (SELECT count(*) FROM requeued) AS "requeued!", (SELECT count(*) FROM dead) AS "poisoned!""#,
+        max
     )
-    .execute(db)
-    .await?
-    .rows_affected();
-    if n > 0 {
+    .fetch_one(db)
+    .await?;
+    let done = Reclaimed {
+        requeued: u64::try_from(row.requeued).unwrap_or_default(),
+        poisoned: u64::try_from(row.poisoned).unwrap_or_default(),
+    };
+    if done.requeued > 0 {
         sqlx::query!("SELECT pg_notify('ledger_jobs', 'reclaimed')")
             .execute(db)
             .await?;
     }
-    Ok(n)
+    Ok(done)
 }
 
 /// Gives a running job back to the queue unfinished (shutdown), its attempt not counted;

@@ -48,8 +48,30 @@ impl Held {
     }
 }
 
+/// Connections a worker process needs at its busiest: each running job and its lease's
+/// heartbeat, LISTEN, and the housekeeping, health and upkeep loops.
+pub fn pool_needed(worker_concurrency: usize) -> u32 {
+    u32::try_from(worker_concurrency.saturating_mul(2).saturating_add(4)).unwrap_or(u32::MAX)
+}
+
+/// A warning when the pool is smaller than [`pool_needed`]: heartbeats would then wait
+/// for connections while jobs hold them, and leases lapse under load.
+pub fn pool_shortfall(settings: &ledger_core::Settings) -> Option<String> {
+    let needed = pool_needed(settings.worker_concurrency);
+    (settings.db_max_connections < needed).then(|| {
+        format!(
+            "db_max_connections is {} but worker_concurrency {} needs {needed} (a job and its heartbeat each, \
+             plus LISTEN and three loops); raise LEDGER_DB_MAX_CONNECTIONS or lower LEDGER_WORKER_CONCURRENCY",
+            settings.db_max_connections, settings.worker_concurrency
+        )
+    })
+}
+
 /// Runs the job loops until `shutdown`, then drains or releases within the deadline.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
+    if let Some(warning) = pool_shortfall(&state.settings) {
+        tracing::warn!("{warning}");
+    }
     let wake = Arc::new(Notify::new());
     let held = Arc::new(Held::default());
     let turn = Arc::new(queue::Turn::default());
@@ -57,7 +79,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     let background = TaskTracker::new();
     background.spawn(listen(state.clone(), wake.clone(), shutdown.clone()));
     background.spawn(housekeeping(state.clone(), wake.clone(), shutdown.clone()));
-    let workers = TaskTracker::new();
+    let mut workers = tokio::task::JoinSet::new();
     for n in 0..state.settings.worker_concurrency {
         workers.spawn(work(
             state.clone(),
@@ -68,17 +90,22 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             stop_claiming.clone(),
         ));
     }
-    workers.close();
     background.close();
     shutdown.cancelled().await;
-    if tokio::time::timeout(state.settings.shutdown_deadline, workers.wait())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(state.settings.shutdown_deadline, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    if !drained {
+        // Stop the stragglers first: a job released while its task still runs would be
+        // run by another worker at the same time.
+        workers.abort_all();
+        while workers.join_next().await.is_some() {}
         let stragglers = held.all();
         tracing::warn!(
             jobs = stragglers.len(),
-            "shutdown deadline passed; releasing running jobs"
+            "shutdown deadline passed; running jobs stopped and released"
         );
         for (id, lease) in stragglers {
             let _ = queue::release(&state.db, id, lease).await;
@@ -122,11 +149,19 @@ async fn housekeeping(state: AppState, wake: Arc<Notify>, shutdown: Cancellation
     loop {
         tokio::select! { () = shutdown.cancelled() => return, _ = tick.tick() => {} }
         n += 1;
-        match queue::reclaim_expired(&state.db).await {
-            Ok(0) => {}
-            Ok(k) => {
-                tracing::info!(reclaimed = k, "jobs with expired leases returned to the queue");
-                wake.notify_waiters();
+        match queue::reclaim_expired(&state.db, state.settings.job_max_attempts).await {
+            Ok(r) => {
+                if r.requeued > 0 {
+                    tracing::info!(reclaimed = r.requeued, "jobs with expired leases returned to the queue");
+                    wake.notify_waiters();
+                }
+                if r.poisoned > 0 {
+                    metrics::counter!("jobs_poisoned_total").increment(r.poisoned);
+                    tracing::error!(
+                        jobs = r.poisoned,
+                        "jobs that ended every attempt without an answer are dead (job_lease_lost)"
+                    );
+                }
             }
             Err(e) => tracing::warn!(error = %e, "reclaiming leases failed"),
         }
@@ -216,47 +251,95 @@ async fn work(
 }
 
 /// Processes one job while a heartbeat keeps its lease; the store callback it queued, if
-/// any.
+/// any. A job whose lease is lost (another worker reclaimed it) is stopped at once.
 async fn execute(state: &AppState, job: &queue::Job, worker: &str) -> Option<i64> {
-    let heartbeat = CancellationToken::new();
-    let beat = {
-        let (db, job, token, lease) = (
-            state.db.clone(),
-            job.clone(),
-            heartbeat.clone(),
-            state.settings.job_lease,
-        );
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    () = tokio::time::sleep(lease / 3) => {
-                        if !matches!(queue::heartbeat(&db, &job, lease).await, Ok(true)) { return; }
-                    }
+    let stop_beat = CancellationToken::new();
+    let lost = CancellationToken::new();
+    let beat = tokio::spawn(keep_lease(
+        state.db.clone(),
+        job.clone(),
+        state.settings.job_lease,
+        stop_beat.clone(),
+        lost.clone(),
+    ));
+    let work = async {
+        match job.kind.as_str() {
+            "sync_event" => sync_event(state, job, worker).await,
+            "sync_state" => sync_state(state, job).await.map(|()| None),
+            other => {
+                tracing::error!(kind = other, "unknown job kind");
+                match state.db.acquire().await {
+                    Ok(mut conn) => queue::finish(&mut conn, job, "dead", Some("unknown job kind"))
+                        .await
+                        .map(|_| None),
+                    Err(e) => Err(e),
                 }
-            }
-        })
-    };
-    let result = match job.kind.as_str() {
-        "sync_event" => sync_event(state, job, worker).await,
-        "sync_state" => sync_state(state, job).await.map(|()| None),
-        other => {
-            tracing::error!(kind = other, "unknown job kind");
-            match state.db.acquire().await {
-                Ok(mut conn) => queue::finish(&mut conn, job, "dead", Some("unknown job kind"))
-                    .await
-                    .map(|_| None),
-                Err(e) => Err(e),
             }
         }
     };
-    heartbeat.cancel();
+    let result = tokio::select! {
+        r = work => Some(r),
+        () = lost.cancelled() => None,
+    };
+    stop_beat.cancel();
     let _ = beat.await;
+    let Some(result) = result else {
+        metrics::counter!("jobs_lease_lost_total").increment(1);
+        tracing::warn!(
+            job = job.id,
+            "the job's lease was lost; stopped it (its new holder runs it)"
+        );
+        return None;
+    };
     result.unwrap_or_else(|e| {
         // The lease expires and another worker retries the job.
         tracing::warn!(job = job.id, error = %e, "recording a job's result failed");
         None
     })
+}
+
+/// Renews `job`'s lease every third of it. A failed renewal (a pool timeout, a blip) is
+/// retried every second while the lease may still hold; `lost` is cancelled when it
+/// is really gone — another worker holds the job, or no renewal succeeded for a lease.
+async fn keep_lease(
+    db: sqlx::PgPool,
+    job: queue::Job,
+    lease: Duration,
+    stop: CancellationToken,
+    lost: CancellationToken,
+) {
+    let mut renewed = tokio::time::Instant::now();
+    let mut failing = false;
+    loop {
+        let wait = if failing {
+            Duration::from_secs(1).min(lease / 10)
+        } else {
+            lease / 3
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        match queue::heartbeat(&db, &job, lease).await {
+            Ok(true) => {
+                renewed = tokio::time::Instant::now();
+                failing = false;
+            }
+            Ok(false) => {
+                lost.cancel();
+                return;
+            }
+            Err(e) => {
+                failing = true;
+                if renewed.elapsed() >= lease {
+                    tracing::warn!(job = job.id, error = %e, "no heartbeat succeeded for a whole lease");
+                    lost.cancel();
+                    return;
+                }
+                tracing::warn!(job = job.id, error = %e, "heartbeat failed; trying again");
+            }
+        }
+    }
 }
 
 async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<Option<i64>, sqlx::Error> {
@@ -362,4 +445,17 @@ async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Erro
         metrics::histogram!("callback_lag_seconds").record(lag.as_secs_f64());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_pool_fits_the_default_concurrency_and_a_small_one_is_named() {
+        let layers = ledger_core::config::Layers::collect(None, &|_| None).unwrap();
+        let mut settings = ledger_core::Settings::from_layers(&layers).unwrap();
+        assert_eq!(super::pool_shortfall(&settings), None, "the defaults fit");
+        settings.db_max_connections = 10;
+        let warning = super::pool_shortfall(&settings).unwrap();
+        assert!(warning.contains("needs 20"), "{warning}");
+    }
 }

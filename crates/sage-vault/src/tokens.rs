@@ -448,8 +448,10 @@ pub async fn mark_subscription_lapsed(state: &AppState, binding: BindingId) -> R
 /// refresh token never reaches its 31-day expiry. Returns how many were refreshed.
 pub async fn keep_alive(state: &AppState) -> Result<usize, sqlx::Error> {
     let idle = state.settings.sage_keepalive_after.as_secs_f64();
-    let due = sqlx::query_scalar!(
-        r#"SELECT c.binding_id AS "binding_id: BindingId" FROM sage_connections c
+    // The version is read with the idle check: a connection another process refreshed
+    // since (its version moved on) is not refreshed a second time.
+    let due = sqlx::query!(
+        r#"SELECT c.binding_id AS "binding_id: BindingId", c.token_version FROM sage_connections c
            JOIN connector_bindings b ON b.id = c.binding_id AND b.status NOT IN ('revoked', 'pairing')
            WHERE c.status IN ('connected', 'choosing_business', 'subscription_lapsed')
              AND c.last_refreshed_at < now() - make_interval(secs => $1)"#,
@@ -458,8 +460,8 @@ pub async fn keep_alive(state: &AppState) -> Result<usize, sqlx::Error> {
     .fetch_all(&state.db)
     .await?;
     let mut refreshed = 0;
-    for binding in due {
-        let Ok(row) = read(state, binding).await else { continue };
+    for row in due {
+        let binding = row.binding_id;
         match access_token_with(state, TokenCache::global(), binding, Some(row.token_version)).await {
             Ok(_) => refreshed += 1,
             Err(err) => tracing::warn!(%binding, error = %err, "keep-alive refresh failed"),

@@ -64,6 +64,9 @@ pub struct Binding {
     pub paired_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The store's clock minus the ledger's (seconds) when it was off by more than a few
+    /// seconds the last time its signed requests showed it; `None` when in time.
+    pub store_clock_skew: Option<i32>,
 }
 
 /// Authenticated data for a binding's active api_key.
@@ -79,7 +82,7 @@ pub fn pending_key_context(id: BindingId) -> String {
 pub async fn load(db: &sqlx::PgPool, id: BindingId) -> Result<Option<Binding>, sqlx::Error> {
     let row = sqlx::query!(
         r#"SELECT id AS "id: BindingId", tenant_id AS "tenant_id: TenantId", provider, magento_base_url, status,
-                  magento_connection_status, region, paired_at, revoked_at, created_at
+                  magento_connection_status, region, paired_at, revoked_at, created_at, store_clock_skew_secs
            FROM connector_bindings WHERE id = $1"#,
         id.0
     )
@@ -96,6 +99,7 @@ pub async fn load(db: &sqlx::PgPool, id: BindingId) -> Result<Option<Binding>, s
         paired_at: r.paired_at,
         revoked_at: r.revoked_at,
         created_at: r.created_at,
+        store_clock_skew: r.store_clock_skew_secs,
     }))
 }
 
@@ -129,12 +133,14 @@ pub struct KeyCandidate {
     pub status: BindingStatus,
     pub api_key: Option<Vec<u8>>,
     pub pending_api_key: Option<Vec<u8>>,
+    /// The store's clock skew as last recorded (seconds, its clock minus ours).
+    pub store_clock_skew: Option<i32>,
 }
 
 /// Every binding of `tenant` that holds a key (active or pending), oldest first.
 pub async fn key_candidates(db: &sqlx::PgPool, tenant: TenantId) -> Result<Vec<KeyCandidate>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT id AS "id: BindingId", status, api_key, pending_api_key
+        r#"SELECT id AS "id: BindingId", status, api_key, pending_api_key, store_clock_skew_secs
            FROM connector_bindings
            WHERE tenant_id = $1 AND (api_key IS NOT NULL OR pending_api_key IS NOT NULL)
            ORDER BY created_at, id"#,
@@ -149,8 +155,21 @@ pub async fn key_candidates(db: &sqlx::PgPool, tenant: TenantId) -> Result<Vec<K
             status: BindingStatus::parse(&r.status),
             api_key: r.api_key,
             pending_api_key: r.pending_api_key,
+            store_clock_skew: r.store_clock_skew_secs,
         })
         .collect())
+}
+
+/// Records the store's clock skew (its clock minus the ledger's, seconds), or clears it.
+pub async fn record_store_clock(db: &sqlx::PgPool, id: BindingId, skew_secs: Option<i32>) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE connector_bindings SET store_clock_skew_secs = $2, store_clock_skew_at = now() WHERE id = $1",
+        id.0,
+        skew_secs
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Promotes a pending key that the store has just proven it holds (its request verified

@@ -20,6 +20,34 @@ pub struct MagentoCaller {
     pub claims: Claims,
     /// The replay store keeps the jti until then (token expiry plus leeway).
     pub jti_expires_at: i64,
+    /// The store's clock minus the ledger's as this token shows it (`iat − now`).
+    pub store_clock_skew: i64,
+}
+
+/// What a request may be and still be accepted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Accept {
+    /// A revoked binding's request (disconnect stays idempotent; the tile shows it).
+    pub revoked: bool,
+    /// Seconds of clock skew accepted beyond the configured leeway. Only for requests
+    /// that change nothing (the tile), so a skewed store can still be told it is.
+    pub extra_clock_tolerance: i64,
+}
+
+impl Accept {
+    pub const WEBHOOK: Self = Self {
+        revoked: false,
+        extra_clock_tolerance: 0,
+    };
+}
+
+/// Skews below this are a request's transit time and clock jitter: not recorded.
+const SKEW_WORTH_RECORDING_SECS: i64 = 10;
+
+/// "store clock 95 s ahead — fix NTP", for the tile, dashboard and ops console.
+pub fn clock_warning(skew_secs: i64) -> String {
+    let direction = if skew_secs > 0 { "ahead" } else { "behind" };
+    format!("store clock {} s {direction} — fix NTP", skew_secs.unsigned_abs())
 }
 
 fn refused(code: &'static str, detail: impl Into<String>) -> Problem {
@@ -45,6 +73,24 @@ pub async fn authenticate(
     headers: &HeaderMap,
     path_tenant: Option<&str>,
     allow_revoked: bool,
+) -> Result<MagentoCaller, Problem> {
+    let accept = Accept {
+        revoked: allow_revoked,
+        ..Accept::WEBHOOK
+    };
+    authenticate_with(state, headers, path_tenant, accept).await
+}
+
+/// [`authenticate`] with an explicit [`Accept`].
+///
+/// A correctly signed token outside its validity window is the store's clock, not an
+/// attack or a bad key: it is answered 503 + Retry-After (the module dead-letters every
+/// 4xx at once, but retries a 5xx), and the measured skew is recorded on the binding.
+pub async fn authenticate_with(
+    state: &AppState,
+    headers: &HeaderMap,
+    path_tenant: Option<&str>,
+    accept: Accept,
 ) -> Result<MagentoCaller, Problem> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -125,7 +171,37 @@ pub async fn authenticate(
 
     let leeway = i64::try_from(state.settings.magento_clock_leeway.as_secs()).unwrap_or(30);
     let now = chrono::Utc::now().timestamp();
-    let claims = auth::check_outbound_claims(&parsed.claims, &tenant_text, now, leeway).map_err(|e| jwt_problem(&e))?;
+    let skew = parsed
+        .claims
+        .get("iat")
+        .and_then(serde_json::Value::as_i64)
+        .map(|iat| iat - now);
+    let claims = match auth::check_outbound_claims(
+        &parsed.claims,
+        &tenant_text,
+        now,
+        leeway + accept.extra_clock_tolerance,
+    ) {
+        Ok(claims) => claims,
+        Err(e @ (JwtError::Expired(_) | JwtError::NotYetValid(_))) => {
+            let skew = skew.unwrap_or_default();
+            note_store_clock(state, candidate.binding_id, candidate.store_clock_skew, skew).await;
+            tracing::warn!(binding_id = %candidate.binding_id, skew_secs = skew, "a correctly signed token outside its validity: the store's clock is off");
+            return Err(Problem::unavailable(
+                "store_clock_skew",
+                format!(
+                    "The request's token was refused: {e}. Its signature is right, so the Magento server's clock \
+                     is about {} s {} the ledger's. Fix its time (NTP); the module retries this request.",
+                    skew.unsigned_abs(),
+                    if skew > 0 { "ahead of" } else { "behind" }
+                ),
+                60,
+            ));
+        }
+        Err(e) => return Err(jwt_problem(&e)),
+    };
+    let skew = skew.unwrap_or_default();
+    note_store_clock(state, candidate.binding_id, candidate.store_clock_skew, skew).await;
 
     let mut status = candidate.status;
     if let Some(sealed_pending) = pending {
@@ -134,7 +210,7 @@ pub async fn authenticate(
             status = BindingStatus::Paired;
         }
     }
-    if status == BindingStatus::Revoked && !allow_revoked {
+    if status == BindingStatus::Revoked && !accept.revoked {
         return Err(refused(
             "binding_revoked",
             "This store was disconnected from the ledger, so its events are no longer accepted. \
@@ -145,9 +221,27 @@ pub async fn authenticate(
         tenant_id,
         binding_id: candidate.binding_id,
         status,
-        jti_expires_at: claims.exp + leeway,
+        // A token accepted from a store ahead of us is kept until its own expiry.
+        jti_expires_at: claims.exp.max(now) + leeway + accept.extra_clock_tolerance,
+        store_clock_skew: skew,
         claims,
     })
+}
+
+/// Records the store's clock skew when it differs from what the binding holds by more
+/// than jitter (a write only when the picture changes), and clears it once the store is
+/// back in time. Best effort: a failed write must not refuse the request.
+async fn note_store_clock(state: &AppState, binding: BindingId, recorded: Option<i32>, skew: i64) {
+    let worth = skew.abs() >= SKEW_WORTH_RECORDING_SECS;
+    let new = worth.then(|| i32::try_from(skew.clamp(-86_400 * 365, 86_400 * 365)).unwrap_or_default());
+    let changed = match (recorded, new) {
+        (None, None) => false,
+        (Some(old), Some(new)) => (i64::from(old) - i64::from(new)).abs() >= 5,
+        _ => true,
+    };
+    if changed && let Err(err) = bindings::record_store_clock(&state.db, binding, new).await {
+        tracing::warn!(binding_id = %binding, error = %err, "recording the store's clock skew failed");
+    }
 }
 
 /// Consumes the token's `jti`; a second use is refused. Runs on the caller's

@@ -22,8 +22,8 @@ fn rfc3339(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-async fn verified(state: &AppState, headers: &HeaderMap, allow_revoked: bool) -> Result<MagentoCaller, Problem> {
-    let caller = magento::authenticate(state, headers, None, allow_revoked).await?;
+async fn verified(state: &AppState, headers: &HeaderMap, accept: magento::Accept) -> Result<MagentoCaller, Problem> {
+    let caller = magento::authenticate_with(state, headers, None, accept).await?;
     let mut conn = state.db.acquire().await?;
     magento::consume_jti(&mut conn, &caller).await?;
     Ok(caller)
@@ -66,6 +66,9 @@ pub struct TileHealth {
     pub sync: TileSync,
 }
 
+/// Clock skew the tile accepts beyond the webhook leeway.
+const TILE_EXTRA_CLOCK_TOLERANCE_SECS: i64 = 600;
+
 /// The module's "status" string for a binding: `active`, `""` until Sage is connected.
 pub fn tile_status(status: BindingStatus) -> String {
     match status {
@@ -81,9 +84,17 @@ pub fn tile_status(status: BindingStatus) -> String {
     responses(
         (status = 200, body = TileHealth),
         (status = 401, description = "The module's token was refused", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Correctly signed, but the store's clock is more than ten minutes off (`store_clock_skew`)", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn tile_health(State(state): State<AppState>, headers: HeaderMap) -> Result<axum::Json<TileHealth>, Problem> {
-    let caller = verified(&state, &headers, false).await?;
+    // The tile is how a merchant learns what is wrong, so it answers a revoked binding
+    // (the module shows any 4xx as "Ledger unreachable") and a store whose clock is off
+    // by up to ten minutes more than webhooks may be; it changes nothing.
+    let accept = magento::Accept {
+        revoked: true,
+        extra_clock_tolerance: TILE_EXTRA_CLOCK_TOLERANCE_SECS,
+    };
+    let caller = verified(&state, &headers, accept).await?;
     let binding = bindings::load(&state.db, caller.binding_id)
         .await?
         .ok_or_else(|| Problem::internal("verified binding vanished"))?;
@@ -97,14 +108,27 @@ pub async fn tile_health(State(state): State<AppState>, headers: HeaderMap) -> R
     )
     .fetch_one(&state.db)
     .await?;
+    let leeway = i64::try_from(state.settings.magento_clock_leeway.as_secs()).unwrap_or(30);
+    let (magento_status, status) = if binding.status == BindingStatus::Revoked {
+        // The module's red "re-pair required": its key is no longer the ledger's.
+        ("token_revoked".to_owned(), tile_status(binding.status))
+    } else if caller.store_clock_skew.abs() > leeway {
+        // Red "Binding store clock 95 s ahead — fix NTP": its events wait meanwhile.
+        (
+            binding.magento_connection_status,
+            magento::clock_warning(caller.store_clock_skew),
+        )
+    } else {
+        (binding.magento_connection_status, tile_status(binding.status))
+    };
     Ok(axum::Json(TileHealth {
         tenant: TileTenant {
             id: caller.tenant_id,
-            magento_connection_status: binding.magento_connection_status,
+            magento_connection_status: magento_status,
         },
         binding: TileBinding {
             id: binding.binding_id,
-            status: tile_status(binding.status),
+            status,
             region: binding.region,
         },
         sync: TileSync {
@@ -159,7 +183,7 @@ pub async fn entity_status(
     headers: HeaderMap,
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<EntityStatus>, Problem> {
-    let caller = verified(&state, &headers, false).await?;
+    let caller = verified(&state, &headers, magento::Accept::WEBHOOK).await?;
     let Query(query) = query.map_err(|e| {
         Problem::validation(vec![ledger_core::FieldError {
             field: "query".into(),

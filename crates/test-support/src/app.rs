@@ -27,6 +27,8 @@ pub fn test_settings(db: &TestDb) -> Settings {
     settings.database_url = Secret::new(db.url().to_owned());
     settings.http_addr = "127.0.0.1:0".parse().expect("address");
     settings.metrics_addr = None;
+    // Dozens of apps share one Postgres (100 connections) while a test binary runs.
+    settings.db_max_connections = 10;
     settings.migrate_on_start = false; // the template is already migrated
     let keys = ledger_core::crypto::Keyring::generate_spec("test1");
     settings.master_keys = Some(std::sync::Arc::new(

@@ -72,9 +72,14 @@ pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::Ex
 /// `ledger worker` against `app`'s database and sandbox Sage, with `keys` (the app's
 /// master keys) and any extra settings.
 pub fn worker(app: &TestApp, keys: &str, extra: &[(&str, &str)]) -> Command {
+    process(app, keys, "worker", extra)
+}
+
+/// `ledger <command>` (serve or worker) configured like [`worker`].
+pub fn process(app: &TestApp, keys: &str, command: &str, extra: &[(&str, &str)]) -> Command {
     let sage = app.sage();
     let mut cmd = ledger();
-    cmd.arg("worker")
+    cmd.arg(command)
         .env("DATABASE_URL", app.db.url())
         .env("LEDGER_MASTER_KEYS", keys)
         .env("LEDGER_METRICS_ADDR", "")

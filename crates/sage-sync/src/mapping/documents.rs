@@ -173,7 +173,11 @@ fn best_rate(t: Taxed, place: &str, modes: &[Mode], ctx: &Ctx<'_>) -> Option<(De
     let mut best: Option<(Decimal, bool, Fit)> = None;
     for (key, id) in &ctx.settings.tax_rate_map {
         let Some((country, pct)) = rate_key(key) else { continue };
-        if pct <= Decimal::ZERO || country.is_some_and(|c| !c.eq_ignore_ascii_case(place)) {
+        // A key without a country is the business's own rate: it explains a supply at
+        // home only (Sage refuses it for a customer abroad), so a place guessed abroad
+        // gives way to home when only home's rates fit.
+        let home = place.is_empty() || place.eq_ignore_ascii_case(ctx.business_country);
+        if pct <= Decimal::ZERO || country.map_or(!home, |c| !c.eq_ignore_ascii_case(place)) {
             continue;
         }
         let error = modes
@@ -669,7 +673,8 @@ fn reconcile(src: Source<'_>, ctx: &Ctx<'_>) -> Result<Reconciled, Failure> {
     if let Some(f) = &memo_fit {
         shipping_discount = f.shipping_discount;
         mode = f.mode;
-        if taxed.is_empty() && place.is_empty() {
+        // Only the shipping was taxed: its rate says where, unless the place is certain.
+        if taxed.is_empty() && (place.is_empty() || (!src.place_certain && !f.place.eq_ignore_ascii_case(&place))) {
             place.clone_from(&f.place);
         }
     }
@@ -1164,6 +1169,36 @@ pub fn map_invoice(inv: &Invoice, contact_id: &str, ctx: &Ctx<'_>) -> Result<Map
     })
 }
 
+/// The country whose VAT a reconciled document charges: that of the first taxed rate
+/// used (lines, then shipping), the business's own for a rate keyed without a country.
+fn charged_country(r: &Reconciled, ctx: &Ctx<'_>) -> Option<String> {
+    let ids = r
+        .lines
+        .iter()
+        .filter(|l| {
+            l["tax_amount"]
+                .to_string()
+                .trim_matches('"')
+                .parse::<Decimal>()
+                .is_ok_and(|t| !t.is_zero())
+        })
+        .filter_map(|l| l["tax_rate_id"].as_str().map(str::to_owned))
+        .chain(r.shipping.as_ref().map(|(_, id)| id.clone()));
+    for id in ids {
+        for (key, mapped) in &ctx.settings.tax_rate_map {
+            if *mapped != id {
+                continue;
+            }
+            if let Some((country, pct)) = rate_key(key)
+                && pct > Decimal::ZERO
+            {
+                return Some(country.unwrap_or(ctx.business_country).to_ascii_uppercase());
+            }
+        }
+    }
+    None
+}
+
 /// `creditmemo.created` → the `sales_credit_note` body (adjustment lines included).
 /// `invoice` is how its invoice was booked, when the memo's invoice is known.
 pub fn map_credit_note(
@@ -1184,14 +1219,19 @@ pub fn map_credit_note(
             shipping: memo.shipping_amount,
             shipping_tax: memo.shipping_tax_amount,
             header: None,
-            shipping_discount_ratio: invoice.map(|t| t.shipping_discount_ratio),
+            // Likewise its shipping discount: a guessed invoice's may not be this memo's.
+            shipping_discount_ratio: invoice
+                .filter(|_| memo.invoice_id.is_some())
+                .map(|t| t.shipping_discount_ratio),
             adjustments: vec![
                 ("Adjustment refund", memo.adjustment_positive),
                 ("Adjustment fee", -memo.adjustment_negative),
             ],
             grand: memo.grand_total,
             place: place.clone(),
-            place_certain: invoice.is_some(),
+            // An invoice matched to a refund made from the order is a guess (the customer's
+            // one fitting invoice): the VAT charged has the last word on the place.
+            place_certain: invoice.is_some() && memo.invoice_id.is_some(),
         },
         ctx,
     )?;
@@ -1228,18 +1268,22 @@ pub fn map_credit_note(
         .find(|a| a.kind == "shipping")
         .or(billing)
         .map(sage_address);
+    // Where the VAT was charged: the country of the rates used (the business's own when a
+    // rate has no country), else the place chosen.
+    let charged = charged_country(&r, ctx).unwrap_or_else(|| r.place.clone());
+    let in_charged = |a: &Value| {
+        charged.is_empty()
+            || a["country_id"]
+                .as_str()
+                .is_some_and(|c| c.eq_ignore_ascii_case(&charged))
+    };
     let delivery = invoice
         .and_then(|t| t.delivery_address.clone())
+        // A guessed invoice's address may be elsewhere than where this VAT was charged.
+        .filter(|a| in_charged(a))
         .or_else(|| match memo_delivery {
-            Some(a)
-                if r.place.is_empty()
-                    || a["country_id"]
-                        .as_str()
-                        .is_some_and(|c| c.eq_ignore_ascii_case(&r.place)) =>
-            {
-                Some(a)
-            }
-            _ => (!r.place.is_empty()).then(|| json!({ "country_id": r.place })),
+            Some(a) if in_charged(&a) => Some(a),
+            _ => (!charged.is_empty()).then(|| json!({ "country_id": charged })),
         });
     if let Some(address) = delivery {
         body.insert("delivery_address".into(), address);

@@ -170,6 +170,9 @@ pub struct Store {
     http: reqwest::Client,
     base_url: Mutex<String>,
     drain_lock: tokio::sync::Mutex<()>,
+    /// Seconds added to the real clock: starts at `config.clock_skew_secs`, changeable
+    /// while running (`/sandbox/clock`), like a server whose NTP stopped or jumped.
+    clock_skew: std::sync::atomic::AtomicI64,
 }
 
 /// What one drain run did.
@@ -256,6 +259,7 @@ impl Store {
                 faults: Faults::default(),
                 log: Vec::new(),
             }),
+            clock_skew: std::sync::atomic::AtomicI64::new(config.clock_skew_secs),
             config,
             http,
             base_url: Mutex::new(String::new()),
@@ -269,7 +273,17 @@ impl Store {
 
     /// The store's clock (unix seconds), skew included.
     pub fn now(&self) -> i64 {
-        chrono::Utc::now().timestamp() + self.config.clock_skew_secs
+        chrono::Utc::now().timestamp() + self.clock_skew()
+    }
+
+    /// Seconds the store's clock is ahead of the real one (negative: behind).
+    pub fn clock_skew(&self) -> i64 {
+        self.clock_skew.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves the store's clock: `secs` ahead of the real one (negative: behind).
+    pub fn set_clock_skew(&self, secs: i64) {
+        self.clock_skew.store(secs, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The storefront base URL the admin shows for pairing (no trailing `/`).
@@ -1158,6 +1172,31 @@ async fn control_faults(State(store): State<Arc<Store>>, Json(faults): Json<Faul
     Json(faults)
 }
 
+#[derive(Debug, Deserialize)]
+struct ClockControl {
+    skew_secs: i64,
+}
+
+async fn control_clock(State(store): State<Arc<Store>>, Json(c): Json<ClockControl>) -> Json<Value> {
+    store.set_clock_skew(c.skew_secs);
+    Json(json!({ "skew_secs": c.skew_secs }))
+}
+
+/// Web servers date every answer by the server's clock (RFC 9110 §6.6.1), so a store
+/// whose clock is off says so in its `Date` header.
+async fn date_by_store_clock(
+    State(store): State<Arc<Store>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let at = chrono::DateTime::from_timestamp(store.now(), 0).unwrap_or_default();
+    if let Ok(v) = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string().parse() {
+        response.headers_mut().insert(axum::http::header::DATE, v);
+    }
+    response
+}
+
 async fn control_tile(State(store): State<Arc<Store>>) -> Json<Value> {
     let health = store.fetch_tile_health().await;
     let verdict = page::tile_verdict(store.is_connected(), &health);
@@ -1222,6 +1261,8 @@ pub fn router(store: Arc<Store>) -> Router {
         .route("/sandbox/disconnect", post(control_disconnect))
         .route("/sandbox/faults", post(control_faults))
         .route("/sandbox/tile", get(control_tile))
+        .route("/sandbox/clock", post(control_clock))
+        .layer(axum::middleware::from_fn_with_state(store.clone(), date_by_store_clock))
         .with_state(store)
 }
 

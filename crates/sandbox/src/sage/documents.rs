@@ -620,6 +620,34 @@ async fn post_credit_note(State(sage): State<Arc<Sage>>, headers: HeaderMap, Jso
 type Params = HashMap<String, String>;
 type BoxedResponse = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
 
+/// Seconds since the epoch of a timestamp the sandbox stored (an integer) or Sage
+/// writes (RFC 3339).
+fn stamp(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        v.as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.timestamp())
+    })
+}
+
+/// Sage's list filters on dates: `from_date` / `to_date` on the document's `date`
+/// (inclusive, `YYYY-MM-DD`) and `updated_or_created_since` (RFC 3339) on when it last
+/// changed. An unreadable filter value filters nothing out, as Sage ignores it.
+fn within_dates(d: &Value, q: &Params) -> bool {
+    let date = d["date"].as_str().unwrap_or_default();
+    let from = q.get("from_date").is_none_or(|f| date >= f.as_str());
+    let to = q.get("to_date").is_none_or(|t| date <= t.as_str());
+    let since = q
+        .get("updated_or_created_since")
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .is_none_or(|since| {
+            stamp(&d["updated_at"])
+                .or_else(|| stamp(&d["created_at"]))
+                .is_none_or(|at| at >= since.timestamp())
+        });
+    from && to && since
+}
+
 fn list_documents(
     kind: &'static str,
 ) -> impl Fn(State<Arc<Sage>>, HeaderMap, OriginalUri, Query<Params>) -> BoxedResponse + Clone {
@@ -646,6 +674,7 @@ fn list_documents(
                                     .any(|f| d[*f].as_str().is_some_and(|v| v.to_lowercase().contains(&s)))
                             })
                         })
+                        .filter(|d| within_dates(d, &q))
                         .cloned()
                         .collect()
                 })
