@@ -878,8 +878,19 @@ pub async fn retry_fixable(
 }
 
 /// The submitted form over the stored settings (knobs the form does not show are kept).
+/// The form's fields by name (the first of repeated names), so reading them is linear in
+/// the form, however many tax-rate rows it has.
+fn form_index(form: &[(String, String)]) -> std::collections::HashMap<&str, &str> {
+    let mut index = std::collections::HashMap::with_capacity(form.len());
+    for (k, v) in form {
+        index.entry(k.as_str()).or_insert(v.as_str());
+    }
+    index
+}
+
 fn apply_form(mut s: Settings, form: &[(String, String)]) -> Settings {
-    let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_owned());
+    let index = form_index(form);
+    let get = |name: &str| index.get(name).map(|v| v.trim().to_owned());
     let id = |name: &str| get(name).filter(|v| !v.is_empty());
     s.sync_unpaid_invoices = get("sync_unpaid_invoices").is_some();
     s.sync_zero_value_invoices = get("sync_zero_value_invoices").is_some();
@@ -965,7 +976,8 @@ fn apply_form(mut s: Settings, form: &[(String, String)]) -> Settings {
 /// Text fields the typed settings cannot hold when malformed: named here so the page
 /// can say what to fix instead of silently dropping the value.
 fn form_errors(form: &[(String, String)]) -> Vec<FieldError> {
-    let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_owned());
+    let index = form_index(form);
+    let get = |name: &str| index.get(name).map(|v| v.trim().to_owned());
     let mut errors = Vec::new();
     let mut bad = |field: &str, message: &str| {
         errors.push(FieldError {

@@ -2,16 +2,21 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// A token cancelled on the first SIGTERM or SIGINT.
+/// A token cancelled on the first SIGTERM or SIGINT. The handlers are installed before
+/// this returns, so a signal sent as soon as the process says it is running is caught
+/// (installing them in the spawned task raced the first signal, which then killed the
+/// process with no clean shutdown).
 pub fn on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .expect("installing the SIGINT handler");
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
         tokio::select! {
             _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutting down"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
         }
         trigger.cancel();
     });

@@ -1,7 +1,7 @@
 //! `ledger dev`: the whole system on one machine, for trying the product and for demos.
 
 mod demo;
-mod postgres;
+pub mod postgres;
 
 use std::path::PathBuf;
 

@@ -28,6 +28,28 @@ impl PrivatePostgres {
         &self.dir
     }
 
+    /// Restarts the server (fast shutdown: open connections are cut), waiting until it
+    /// accepts connections again.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        let pg_ctl = self.bin.join("pg_ctl");
+        // With its log file again: otherwise the new server writes to pg_ctl's output,
+        // which then never ends.
+        let log = self.dir.join("server.log");
+        let args = [
+            "-D".as_ref(),
+            self.dir.as_os_str(),
+            "-l".as_ref(),
+            log.as_os_str(),
+            "-m".as_ref(),
+            "fast".as_ref(),
+            "-w".as_ref(),
+            "restart".as_ref(),
+        ];
+        run(&mut command(self.as_postgres, &pg_ctl, &args))
+            .await
+            .context("restarting the private PostgreSQL failed")
+    }
+
     pub async fn stop(self) {
         let pg_ctl = self.bin.join("pg_ctl");
         let args = [

@@ -173,6 +173,8 @@ pub struct Store {
     /// Seconds added to the real clock: starts at `config.clock_skew_secs`, changeable
     /// while running (`/sandbox/clock`), like a server whose NTP stopped or jumped.
     clock_skew: std::sync::atomic::AtomicI64,
+    /// Every answer the outbox got: when, and its status (`None`: no answer at all).
+    answers: Mutex<Vec<(Instant, Option<u16>)>>,
 }
 
 /// What one drain run did.
@@ -260,6 +262,7 @@ impl Store {
                 log: Vec::new(),
             }),
             clock_skew: std::sync::atomic::AtomicI64::new(config.clock_skew_secs),
+            answers: Mutex::new(Vec::new()),
             config,
             http,
             base_url: Mutex::new(String::new()),
@@ -274,6 +277,23 @@ impl Store {
     /// The store's clock (unix seconds), skew included.
     pub fn now(&self) -> i64 {
         chrono::Utc::now().timestamp() + self.clock_skew()
+    }
+
+    /// The outbox's answers from `from` to `to`, by status (`"none"`: no answer).
+    pub fn answers_between(&self, from: Instant, to: Instant) -> BTreeMap<String, u64> {
+        let mut by_status = BTreeMap::new();
+        for (at, status) in self
+            .answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            if *at >= from && *at <= to {
+                let key = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+                *by_status.entry(key).or_insert(0) += 1;
+            }
+        }
+        by_status
     }
 
     /// Seconds the store's clock is ahead of the real one (negative: behind).
@@ -705,6 +725,10 @@ impl Store {
                 }
                 Err(e) => (None, e.to_string()),
             };
+            self.answers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((Instant::now(), status));
             let mut inner = self.lock();
             let Some(stored) = inner.outbox.iter_mut().find(|r| r.id == row.id) else {
                 continue;
