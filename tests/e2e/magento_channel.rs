@@ -484,3 +484,191 @@ async fn the_health_ping_records_a_store_that_stopped_accepting_our_key() {
         PingOutcome::Unreachable
     );
 }
+
+/// Sends every `(event, key, token, body)` at once; the answers in the same order.
+async fn all_at_once(
+    app: &TestApp,
+    tenant: &str,
+    requests: Vec<(String, String, String, String)>,
+) -> Vec<(u16, Value)> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, (event, key, token, body)) in requests.into_iter().enumerate() {
+        let (http, url) = (
+            app.http.clone(),
+            app.url(&format!("/webhooks/magento/{tenant}/{event}")),
+        );
+        set.spawn(async move {
+            let res = http
+                .post(url)
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .bearer_auth(token)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (i, status, res.json::<Value>().await.unwrap_or(Value::Null))
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(r) = set.join_next().await {
+        answers.push(r.unwrap());
+    }
+    answers.sort_by_key(|(i, ..)| *i);
+    answers.into_iter().map(|(_, s, v)| (s, v)).collect()
+}
+
+#[tokio::test]
+async fn concurrent_webhooks_share_commits_and_each_is_stored_as_if_alone() {
+    let app = TestApp::builder()
+        .configure(|s| s.ingest_commit_window = std::time::Duration::from_millis(20))
+        .spawn()
+        .await;
+    let paired = app.paired_store().await;
+    let (key, tenant) = (paired.api_key(), paired.tenant());
+    let invoice = |id: i64| {
+        (
+            "invoice.created".to_owned(),
+            format!("invoice.created:{id}"),
+            module_token(&key, &tenant),
+            event_body(id),
+        )
+    };
+    let mut requests: Vec<_> = (1..=30).map(invoice).collect();
+    // The same event twice (a retry racing its original), one token used twice, and
+    // three updates of one customer.
+    requests.push(invoice(99));
+    requests.push(invoice(99));
+    let reused = module_token(&key, &tenant);
+    for id in [201, 202] {
+        requests.push((
+            "invoice.created".into(),
+            format!("invoice.created:{id}"),
+            reused.clone(),
+            event_body(id),
+        ));
+    }
+    for n in 0..3 {
+        requests.push((
+            "customer.upserted".into(),
+            format!("customer.upserted:7:{n}"),
+            module_token(&key, &tenant),
+            event_body(7),
+        ));
+    }
+    let answers = all_at_once(&app, &tenant, requests).await;
+
+    let mut runs = std::collections::HashSet::new();
+    for (status, body) in &answers[..30] {
+        assert_eq!(*status, 202, "{body}");
+        assert_eq!(body["duplicate"], false);
+        assert!(
+            runs.insert(body["sync_run_id"].as_str().unwrap().to_owned()),
+            "a run each"
+        );
+    }
+    let (a, b) = (&answers[30], &answers[31]);
+    assert_eq!((a.0, b.0), (202, 202), "{a:?} {b:?}");
+    assert_eq!(
+        a.1["sync_run_id"], b.1["sync_run_id"],
+        "the repeat answers with the original run"
+    );
+    assert_eq!(
+        [&a.1["duplicate"], &b.1["duplicate"]]
+            .iter()
+            .filter(|d| ***d == true)
+            .count(),
+        1
+    );
+    let mut reuse: Vec<u16> = answers[32..34].iter().map(|(s, _)| *s).collect();
+    reuse.sort_unstable();
+    assert_eq!(reuse, [202, 401], "a token counts once: {:?}", &answers[32..34]);
+    assert!(answers[32..34].iter().any(|(_, b)| b["code"] == "token_replayed"));
+    assert!(answers[34..].iter().all(|(s, _)| *s == 202), "{:?}", &answers[34..]);
+    // Every accepted event is held once, with one run and one job each (the customer's
+    // updates fold into a waiting run or have their own).
+    assert_eq!(count(&app, "SELECT count(*) FROM received_events").await, 35);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM sync_runs WHERE event_name = 'invoice.created'"
+        )
+        .await,
+        32
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) + COALESCE(sum(coalesced), 0) FROM sync_runs WHERE event_name = 'customer.upserted'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM sync_runs r WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.sync_run_id = r.id)"
+        )
+        .await,
+        0
+    );
+    // ... in fewer commits than events.
+    let commits = count(&app, "SELECT count(DISTINCT xmin::text) FROM received_events").await;
+    assert!(commits <= 20, "35 events in {commits} commits");
+}
+
+#[tokio::test]
+async fn a_group_counts_the_quota_as_one_by_one_and_one_bad_event_fails_alone() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.ingest_commit_window = std::time::Duration::from_millis(20);
+            s.binding_ingest_per_minute = 8;
+        })
+        .spawn()
+        .await;
+    let paired = app.paired_store().await;
+    let (key, tenant) = (paired.api_key(), paired.tenant());
+    // One event the database refuses (as a constraint would).
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_13() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.idempotency_key = 'invoice.created:13' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER refuse_13 BEFORE INSERT ON received_events FOR EACH ROW EXECUTE FUNCTION refuse_13();",
+    )
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    let requests: Vec<_> = (10..=15)
+        .map(|id| {
+            (
+                "invoice.created".to_owned(),
+                format!("invoice.created:{id}"),
+                module_token(&key, &tenant),
+                event_body(id),
+            )
+        })
+        .collect();
+    let answers = all_at_once(&app, &tenant, requests).await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [202, 202, 202, 500, 202, 202], "{answers:?}");
+    assert_eq!(count(&app, "SELECT count(*) FROM received_events").await, 5);
+
+    // 6 hits counted so far (the refused event's too, as when alone); 2 left of 8,
+    // taken in turn within the next group.
+    let requests: Vec<_> = (20..25)
+        .map(|id| {
+            (
+                "invoice.created".to_owned(),
+                format!("invoice.created:{id}"),
+                module_token(&key, &tenant),
+                event_body(id),
+            )
+        })
+        .collect();
+    let answers = all_at_once(&app, &tenant, requests).await;
+    let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    assert_eq!((accepted, refused.len()), (2, 3), "{answers:?}");
+    assert!(refused.iter().all(|(_, b)| b["code"] == "ingest_quota_reached"));
+    assert_eq!(count(&app, "SELECT count(*) FROM received_events").await, 7);
+}

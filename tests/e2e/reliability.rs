@@ -328,32 +328,8 @@ async fn an_uncertain_payment_is_found_without_reading_the_contacts_whole_histor
         .await;
     let paired = app.connected_store().await;
     // Every method the store offers posts to the business's bank account.
-    let bank = app.sage().businesses()[0].bank_accounts[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let url = app.url(&format!("/v1/bindings/{}/settings", paired.binding_id));
-    let mut settings: Value = app
-        .http
-        .get(&url)
-        .bearer_auth(&paired.merchant.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    settings["payment_method_map"] =
-        serde_json::json!({ "checkmo": bank, "banktransfer": bank, "stripe_payments": bank });
-    let res = app
-        .http
-        .put(&url)
-        .bearer_auth(&paired.merchant.token)
-        .json(&settings)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let business = app.sage().businesses()[0].id.clone();
+    app.map_payments(&paired, &business).await;
     let _workers = app.start_workers();
     let store = &paired.store.store;
     let drain = || async {
@@ -513,4 +489,245 @@ async fn retention_empties_old_bodies_and_deletes_old_history_in_batches_led_by_
         .unwrap()
         .unwrap();
     assert_eq!(again, ledger_sage_sync::retention::Pruned::default());
+}
+
+#[tokio::test]
+async fn the_ops_console_charts_the_queue_as_it_stood_each_five_minutes() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    for id in 1..=4 {
+        assert_eq!(
+            ledger_e2e::send_valid(&app, &paired, "invoice.created", id)
+                .await
+                .status(),
+            202
+        );
+    }
+    // 1: waiting since 52 min ago; 2: waited from 33 to 17 min ago; 3: a day old, long
+    // finished (history never counts); 4: created just now, finished at once.
+    sqlx::query(
+        "UPDATE sync_runs SET
+           created_at = now() - CASE magento_entity_id WHEN 1 THEN interval '52 minutes' WHEN 2 THEN interval '33 minutes'
+                                      WHEN 3 THEN interval '2 days' ELSE interval '0' END,
+           finished_at = CASE magento_entity_id WHEN 2 THEN now() - interval '17 minutes'
+                                      WHEN 3 THEN now() - interval '1 day' WHEN 4 THEN now() END,
+           status = CASE WHEN magento_entity_id = 1 THEN status ELSE 'synced' END",
+    )
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE accounts SET is_operator = true WHERE id = $1")
+        .bind(paired.merchant.account_id.0)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let session = app.session(&paired.merchant).await;
+    let ops = app
+        .http
+        .get(app.url("/ops"))
+        .header("cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let depth: Vec<&str> = ops
+        .split("<title>")
+        .skip(1)
+        .filter_map(|t| t.split("</title>").next())
+        .filter(|t| t.contains(" waiting ") && !t.starts_with("oldest"))
+        .collect();
+    assert_eq!(
+        depth,
+        [
+            "0 waiting 55 min ago",
+            "1 waiting 50 min ago",
+            "1 waiting 45 min ago",
+            "1 waiting 40 min ago",
+            "1 waiting 35 min ago",
+            "2 waiting 30 min ago",
+            "2 waiting 25 min ago",
+            "2 waiting 20 min ago",
+            "1 waiting 15 min ago",
+            "1 waiting 10 min ago",
+            "1 waiting 5 min ago",
+            "1 waiting 0 min ago",
+        ],
+        "{ops}"
+    );
+    // The oldest waiting run, now: 52 minutes.
+    let now_age = ops
+        .split("<title>oldest waiting ")
+        .filter_map(|t| t.split_once(" s, 0 min ago</title>"))
+        .map(|(age, _)| age.parse::<i64>().unwrap())
+        .next()
+        .expect("an age bar for now");
+    assert!((3120..3130).contains(&now_age), "{now_age}");
+}
+
+#[tokio::test]
+async fn a_heartbeat_outlasts_a_pool_timeout_and_gives_up_only_after_a_whole_lease() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    assert_eq!(
+        ledger_e2e::send_valid(&app, &paired, "invoice.created", 1)
+            .await
+            .status(),
+        202
+    );
+    // (Claimable as if Sage were connected.)
+    sqlx::query("UPDATE connector_bindings SET status = 'active'")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(3);
+    let job = ledger_sage_sync::queue::claim(&app.state.db, &Default::default(), 4, lease)
+        .await
+        .unwrap()
+        .expect("the job");
+    // A pool of one connection, which the test holds: every heartbeat times out.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(200))
+        .connect(app.state.settings.database_url.expose())
+        .await
+        .unwrap();
+    let remaining = || async {
+        sqlx::query_scalar::<_, f64>("SELECT extract(epoch FROM locked_until - now())::float8 FROM jobs WHERE id = $1")
+            .bind(job.id)
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap()
+    };
+
+    // The pool is busy past the first renewal (at a third of the lease), then frees.
+    let held = pool.acquire().await.unwrap();
+    let (stop, lost) = (
+        tokio_util::sync::CancellationToken::new(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let beat = tokio::spawn(ledger_sage_sync::worker::keep_lease(
+        pool.clone(),
+        job.clone(),
+        lease,
+        stop.clone(),
+        lost.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(!lost.is_cancelled(), "one timeout does not lose the lease");
+    let left = remaining().await;
+    assert!(left > 1.0, "the lease was renewed after the pool freed: {left} s left");
+    stop.cancel();
+    beat.await.unwrap();
+
+    // A pool busy for longer than a whole lease: the job is stopped, not run twice.
+    let held = pool.acquire().await.unwrap();
+    let started = std::time::Instant::now();
+    let (stop, lost) = (
+        tokio_util::sync::CancellationToken::new(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let beat = tokio::spawn(ledger_sage_sync::worker::keep_lease(
+        pool.clone(),
+        job.clone(),
+        lease,
+        stop.clone(),
+        lost.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(6), lost.cancelled())
+        .await
+        .expect("the lease is given up once no renewal succeeded for a lease");
+    assert!(started.elapsed() >= lease, "not before: {:?}", started.elapsed());
+    beat.await.unwrap();
+    drop(held);
+}
+
+#[tokio::test]
+async fn shutdown_stops_a_straggling_job_before_releasing_it() {
+    let app = TestApp::builder()
+        .sage(ledger_sandbox::sage::SageConfig::default())
+        .configure(|s| s.shutdown_deadline = Duration::from_millis(300))
+        .spawn()
+        .await;
+    let paired = app.connected_store().await;
+    let store = &paired.store.store;
+    store.simulate(1);
+    assert_eq!(store.drain_once().await.dead_lettered, 0);
+    // Sage answers every call after a second: the job is mid-sync at shutdown.
+    app.sage().set_faults(ledger_sandbox::sage::SageFaults {
+        api_delay_ms: 1000,
+        ..Default::default()
+    });
+    let workers = app.start_workers();
+    let started = std::time::Instant::now();
+    while count(&app, "SELECT count(*) FROM jobs WHERE status = 'running'").await == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "a job starts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = std::time::Instant::now();
+    workers.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "stopped within the deadline: {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM jobs WHERE status = 'running' OR lease_id IS NOT NULL"
+        )
+        .await,
+        0,
+        "every job released"
+    );
+    // Nothing of the stopped job goes on: at most the call in flight is answered, and no
+    // new one is made (released while still running, it would go on calling every second).
+    let calls = app.sage().stats().api_calls;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let after = app.sage().stats().api_calls;
+    assert!(after <= calls + 1, "{calls} calls at shutdown, {after} after");
+}
+
+#[tokio::test]
+async fn a_health_pass_stops_at_shutdown_however_many_stores_it_waits_for() {
+    let app = TestApp::builder()
+        .configure(|s| s.magento_request_timeout = Duration::from_secs(30))
+        .spawn()
+        .await;
+    // Stores that accept a connection and never answer.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hole.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    let _hole = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = hole.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            open.push(socket);
+        }
+    });
+    for _ in 0..3 {
+        let paired = app.paired_store().await;
+        sqlx::query("UPDATE connector_bindings SET magento_base_url = $2 WHERE id = $1")
+            .bind(paired.binding_id.0)
+            .bind(format!("http://{addr}/"))
+            .execute(&app.state.db)
+            .await
+            .unwrap();
+    }
+    let workers = app.start_workers();
+    let started = std::time::Instant::now();
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the pass pings the stores");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), workers.stop())
+        .await
+        .expect("shutdown does not wait for the pass's 30 s pings");
+    assert!(stopping.elapsed() < Duration::from_secs(3));
 }

@@ -62,6 +62,7 @@ specs! {
     "header_read_timeout" => "LEDGER_HEADER_READ_TIMEOUT",
     "db_statement_timeout" => "LEDGER_DB_STATEMENT_TIMEOUT",
     "binding_ingest_per_minute" => "LEDGER_BINDING_INGEST_PER_MINUTE",
+    "ingest_commit_window" => "LEDGER_INGEST_COMMIT_WINDOW",
     "allow_insecure_magento" => "LEDGER_ALLOW_INSECURE_MAGENTO",
     "allow_private_magento" => "LEDGER_ALLOW_PRIVATE_MAGENTO",
     "magento_clock_leeway" => "LEDGER_MAGENTO_CLOCK_LEEWAY",
@@ -138,6 +139,8 @@ pub struct Settings {
     pub db_statement_timeout: Duration,
     /// Webhooks accepted per binding per minute; beyond it 503 + Retry-After.
     pub binding_ingest_per_minute: u32,
+    /// How long concurrent webhooks gather to share one commit (0ms: each commits alone).
+    pub ingest_commit_window: Duration,
     /// Allow `http://` Magento stores (development only).
     pub allow_insecure_magento: bool,
     /// Allow Magento stores on loopback/private/link-local addresses (development only).
@@ -418,6 +421,17 @@ impl Settings {
             header_read_timeout: l.parse("header_read_timeout", parse_duration)?,
             db_statement_timeout: l.parse("db_statement_timeout", parse_duration)?,
             binding_ingest_per_minute: l.parse("binding_ingest_per_minute", parse_positive)?,
+            ingest_commit_window: l.parse("ingest_commit_window", |v| {
+                parse_duration(v).and_then(|d| {
+                    if d <= Duration::from_millis(50) {
+                        Ok(d)
+                    } else {
+                        Err(format!(
+                            "`{v}` is too long: every webhook waits for it; at most 50ms (1ms is plenty)"
+                        ))
+                    }
+                })
+            })?,
             allow_insecure_magento: l.parse("allow_insecure_magento", parse_bool)?,
             allow_private_magento: l.parse("allow_private_magento", parse_bool)?,
             magento_clock_leeway: l.parse("magento_clock_leeway", parse_duration)?,

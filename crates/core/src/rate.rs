@@ -65,6 +65,53 @@ pub async fn hit<'e>(
     })
 }
 
+/// Counts `counts[i]` hits on `bucket`/`keys[i]` each, in one statement (a group of
+/// requests at once); each answer is as [`hit`] would give for the last of them. Rows
+/// are locked in one order, so concurrent groups cannot deadlock on them.
+pub async fn hit_many<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    bucket: &str,
+    keys: &[String],
+    counts: &[i64],
+    window: Duration,
+) -> Result<Vec<Hit>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let hashed_keys: Vec<String> = keys.iter().map(|k| hashed(k)).collect();
+    let rows = sqlx::query!(
+        r#"INSERT INTO rate_counters AS c (bucket, key, window_start, hits, last_at)
+           SELECT $1, k, now(), n, now() FROM unnest($2::text[], $3::int8[]) AS t(k, n) ORDER BY k
+           ON CONFLICT (bucket, key) DO UPDATE SET
+             hits = CASE WHEN c.window_start <= now() - make_interval(secs => $4) THEN EXCLUDED.hits ELSE c.hits + EXCLUDED.hits END,
+             window_start = CASE WHEN c.window_start <= now() - make_interval(secs => $4) THEN now() ELSE c.window_start END,
+             previous_at = c.last_at,
+             last_at = now()
+           RETURNING key, hits::int8 AS "hits!",
+             GREATEST(EXTRACT(EPOCH FROM window_start + make_interval(secs => $4) - now()), 0)::float8 AS "window_left!",
+             EXTRACT(EPOCH FROM now() - previous_at)::float8 AS since_previous"#,
+        bucket,
+        &hashed_keys,
+        counts,
+        window.as_secs_f64(),
+    )
+    .fetch_all(db)
+    .await?;
+    hashed_keys
+        .iter()
+        .map(|k| {
+            rows.iter()
+                .find(|r| &r.key == k)
+                .map(|r| Hit {
+                    hits: r.hits,
+                    window_left: Duration::from_secs_f64(r.window_left),
+                    since_previous: r.since_previous.map(|s| Duration::from_secs_f64(s.max(0.0))),
+                })
+                .ok_or_else(|| sqlx::Error::Protocol(format!("no counter returned for {bucket}")))
+        })
+        .collect()
+}
+
 /// Takes the last hit back (work that turned out not to count: a successful sign-in,
 /// an attempt refused without being tried), its time included.
 pub async fn undo<'e>(db: impl sqlx::PgExecutor<'e>, bucket: &str, key: &str) -> Result<(), sqlx::Error> {

@@ -202,14 +202,20 @@ pub async fn console(
     .fetch_all(&state.db)
     .await?;
     // Queue depth and the oldest waiting run's age at the end of each 5 minutes,
-    // reconstructed from the runs' own timestamps (no separate sampling needed).
+    // reconstructed from the runs' own timestamps (no separate sampling needed). Only
+    // runs unfinished now or finished within the hour can have been waiting then: two
+    // index range scans (`sync_runs_finished` holds the NULLs too), never the history.
     let depth = sqlx::query!(
-        r#"SELECT g.i AS "i!",
-                  (SELECT count(*) FROM sync_runs r
-                    WHERE (r.finished_at IS NULL OR r.finished_at > g.t) AND r.created_at <= g.t) AS "depth!",
-                  (SELECT extract(epoch FROM g.t - min(r.created_at))::bigint FROM sync_runs r
-                    WHERE (r.finished_at IS NULL OR r.finished_at > g.t) AND r.created_at <= g.t) AS age
+        r#"WITH open AS (
+             SELECT created_at, finished_at FROM sync_runs WHERE finished_at IS NULL
+             UNION ALL
+             SELECT created_at, finished_at FROM sync_runs WHERE finished_at > now() - interval '1 hour'
+           )
+           SELECT g.i AS "i!", count(o.created_at) AS "depth!",
+                  extract(epoch FROM g.t - min(o.created_at))::bigint AS age
            FROM (SELECT i, now() - make_interval(mins => 5 * (11 - i)) AS t FROM generate_series(0, 11) i) g
+           LEFT JOIN open o ON o.created_at <= g.t AND (o.finished_at IS NULL OR o.finished_at > g.t)
+           GROUP BY g.i, g.t
            ORDER BY g.i"#
     )
     .fetch_all(&state.db)

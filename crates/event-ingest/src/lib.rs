@@ -11,7 +11,7 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
 };
-use ledger_core::{AppState, BindingId, FieldError, Problem};
+use ledger_core::{AppState, FieldError, Problem};
 use ledger_tenant_binding::magento;
 use serde::Serialize;
 use serde_json::Value;
@@ -33,27 +33,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(receive))
 }
 
-/// One verified event, ready to store.
-#[derive(Debug)]
-pub struct NewEvent<'a> {
-    pub binding_id: BindingId,
-    pub event_name: &'a str,
-    pub idempotency_key: &'a str,
-    pub magento_entity_id: i64,
-    pub website_id: i64,
-    pub store_id: i64,
-    pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub body: &'a Value,
-    pub jti: &'a str,
-    pub jti_expires_at: i64,
-    /// The request body's bytes (a repeat is the same key with the same bytes).
-    pub raw: &'a [u8],
-    pub request_id: Option<&'a str>,
-    /// The webhook request's W3C trace context.
-    pub traceparent: Option<&'a str>,
-}
+mod group;
 
-/// What [`persist`] did.
+pub use group::{Incoming, Ingest, Outcome};
+
+/// What storing one event did.
 #[derive(Debug)]
 pub struct Persisted {
     /// False when the token's jti was used before (nothing else was written).
@@ -64,69 +48,153 @@ pub struct Persisted {
     pub folded: bool,
 }
 
-/// Stores an event with its sync run and job, consuming the token's jti and waking
-/// workers — one statement, so one round trip and one atomic commit.
-pub async fn persist(db: &sqlx::PgPool, e: &NewEvent<'_>) -> Result<Persisted, sqlx::Error> {
-    let entity_type = e.event_name.split('.').next().unwrap_or_default();
-    let row = sqlx::query!(
-        r#"WITH j AS (
-             INSERT INTO magento_jti (binding_id, jti, expires_at) VALUES ($2, $11, to_timestamp($12))
-             ON CONFLICT DO NOTHING RETURNING 1 AS one
+/// Stores events with their sync runs and jobs, consuming each token's jti and waking
+/// workers — one statement for the whole group, one row back per event in order. The
+/// events must not share a token, an Idempotency-Key or a foldable entity ([`Ingest`]
+/// sees to it): each is then stored exactly as it would be alone.
+async fn insert_events(conn: &mut sqlx::PgConnection, events: &[&Incoming]) -> Result<Vec<Persisted>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut c = Columns::default();
+    for e in events {
+        c.event_ids.push(uuid::Uuid::new_v4());
+        c.run_ids.push(uuid::Uuid::new_v4());
+        c.bindings.push(e.binding_id.0);
+        c.names.push(e.event_name.clone());
+        c.keys.push(e.idempotency_key.clone());
+        c.entities.push(e.magento_entity_id);
+        c.websites.push(e.website_id);
+        c.stores.push(e.store_id);
+        c.occurred.push(e.occurred_at);
+        c.bodies.push(e.body.clone());
+        c.jtis.push(e.jti.clone());
+        c.jti_expiries.push(e.jti_expires_at as f64);
+        c.entity_types
+            .push(e.event_name.split('.').next().unwrap_or_default().to_owned());
+        c.shas.push(e.body_sha256.clone());
+        c.request_ids.push(e.request_id.clone());
+        c.traceparents.push(e.traceparent.clone());
+        c.trace_ids.push(
+            e.traceparent
+                .as_deref()
+                .and_then(ledger_core::trace::trace_id)
+                .map(str::to_owned),
+        );
+    }
+    let rows = sqlx::query!(
+        r#"WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[],
+                                  $8::timestamptz[], $9::jsonb[], $10::uuid[], $11::text[], $12::float8[], $13::text[],
+                                  $14::bytea[], $15::text[], $16::text[], $17::text[])
+               WITH ORDINALITY AS t(event_id, binding_id, event_name, idempotency_key, entity_id, website_id, store_id,
+                                    occurred_at, body, run_id, jti, jti_expires_at, entity_type, sha, request_id,
+                                    traceparent, trace_id, n)
+           ), j AS (
+             INSERT INTO magento_jti (binding_id, jti, expires_at)
+             SELECT binding_id, jti, to_timestamp(jti_expires_at) FROM input ORDER BY n
+             ON CONFLICT DO NOTHING RETURNING binding_id, jti
+           ), fresh AS (
+             SELECT i.* FROM input i WHERE EXISTS (SELECT 1 FROM j WHERE j.binding_id = i.binding_id AND j.jti = i.jti)
            ), waiting AS (
              -- Updates of a customer or product fold into a run not yet started: it reads
              -- the latest state anyway. (Looked up before the event is stored, so the
              -- event can record it; a repeat stores nothing and folds nothing.)
-             SELECT r.id FROM sync_runs r
-             WHERE r.binding_id = $2 AND r.event_name = $3 AND r.magento_entity_id = $5 AND r.status = 'pending'
-               AND $3 IN ('customer.upserted', 'product.upserted') AND EXISTS (SELECT 1 FROM j)
-             LIMIT 1
+             SELECT f.n, (SELECT r.id FROM sync_runs r
+                          WHERE r.binding_id = f.binding_id AND r.event_name = f.event_name
+                            AND r.magento_entity_id = f.entity_id AND r.status = 'pending' LIMIT 1) AS id
+             FROM fresh f WHERE f.event_name IN ('customer.upserted', 'product.upserted')
            ), ev AS (
              INSERT INTO received_events
                (id, binding_id, event_name, idempotency_key, magento_entity_id, website_id, store_id, occurred_at, body, body_sha256, folded_into)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $14, (SELECT id FROM waiting) WHERE EXISTS (SELECT 1 FROM j)
+             SELECT f.event_id, f.binding_id, f.event_name, f.idempotency_key, f.entity_id, f.website_id, f.store_id,
+                    f.occurred_at, f.body, f.sha, w.id
+             FROM fresh f LEFT JOIN waiting w ON w.n = f.n ORDER BY f.n
              ON CONFLICT (binding_id, idempotency_key, body_sha256) DO NOTHING
              RETURNING id
            ), run AS (
              INSERT INTO sync_runs (id, binding_id, event_id, event_name, entity_type, magento_entity_id, policy, request_id, traceparent, trace_id)
-             SELECT $10, $2, ev.id, $3, $13, $5, (SELECT settings FROM binding_settings WHERE binding_id = $2), $15, $16, $17
-             FROM ev WHERE NOT EXISTS (SELECT 1 FROM waiting)
-             RETURNING id
+             SELECT f.run_id, f.binding_id, f.event_id, f.event_name, f.entity_type, f.entity_id,
+                    (SELECT s.settings FROM binding_settings s WHERE s.binding_id = f.binding_id), f.request_id, f.traceparent, f.trace_id
+             FROM fresh f JOIN ev ON ev.id = f.event_id LEFT JOIN waiting w ON w.n = f.n
+             WHERE w.id IS NULL ORDER BY f.n
+             RETURNING id, binding_id
            ), folded AS (
-             UPDATE sync_runs SET coalesced = coalesced + 1, updated_at = now() FROM waiting
-             WHERE sync_runs.id = waiting.id AND EXISTS (SELECT 1 FROM ev) RETURNING sync_runs.id
+             UPDATE sync_runs SET coalesced = coalesced + 1, updated_at = now()
+             FROM waiting w JOIN fresh f ON f.n = w.n JOIN ev ON ev.id = f.event_id
+             WHERE sync_runs.id = w.id
+             RETURNING sync_runs.id
            ), job AS (
-             INSERT INTO jobs (binding_id, kind, sync_run_id) SELECT $2, 'sync_event', run.id FROM run
-             RETURNING id
+             INSERT INTO jobs (binding_id, kind, sync_run_id) SELECT binding_id, 'sync_event', id FROM run
+             RETURNING id, binding_id
+           ), notified AS (
+             -- One wake-up per job (identical notifications in a transaction are merged).
+             SELECT count(*) AS n FROM (SELECT pg_notify('ledger_jobs', binding_id::text || ':' || id) FROM job) x
            )
-           SELECT EXISTS (SELECT 1 FROM j) AS "fresh_token!",
-                  COALESCE((SELECT id FROM run), (SELECT id FROM folded)) AS run_id,
-                  EXISTS (SELECT 1 FROM folded) AS "folded!",
-                  (SELECT count(*) FROM (SELECT pg_notify('ledger_jobs', $2::text) FROM job) AS n) AS "notified!""#,
-        uuid::Uuid::new_v4(),
-        e.binding_id.0,
-        e.event_name,
-        e.idempotency_key,
-        e.magento_entity_id,
-        e.website_id,
-        e.store_id,
-        e.occurred_at,
-        e.body,
-        uuid::Uuid::new_v4(),
-        e.jti,
-        e.jti_expires_at as f64,
-        entity_type,
-        &ledger_core::crypto::sha256(e.raw)[..],
-        e.request_id,
-        e.traceparent,
-        e.traceparent.and_then(ledger_core::trace::trace_id),
+           SELECT i.n AS "n!",
+                  EXISTS (SELECT 1 FROM j WHERE j.binding_id = i.binding_id AND j.jti = i.jti) AS "fresh_token!",
+                  COALESCE((SELECT r.id FROM run r WHERE r.id = i.run_id),
+                           (SELECT w.id FROM waiting w JOIN ev ON ev.id = i.event_id WHERE w.n = i.n)) AS run_id,
+                  EXISTS (SELECT 1 FROM waiting w JOIN ev ON ev.id = i.event_id WHERE w.n = i.n AND w.id IS NOT NULL) AS "folded!",
+                  (SELECT n FROM notified) AS "notified!"
+           FROM input i ORDER BY i.n"#,
+        &c.event_ids,
+        &c.bindings,
+        &c.names,
+        &c.keys,
+        &c.entities,
+        &c.websites,
+        &c.stores,
+        &c.occurred as &[Option<chrono::DateTime<chrono::Utc>>],
+        &c.bodies,
+        &c.run_ids,
+        &c.jtis,
+        &c.jti_expiries,
+        &c.entity_types,
+        &c.shas,
+        &c.request_ids as &[Option<String>],
+        &c.traceparents as &[Option<String>],
+        &c.trace_ids as &[Option<String>],
     )
-    .fetch_one(db)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(Persisted {
-        fresh_token: row.fresh_token,
-        run_id: row.run_id,
-        folded: row.folded,
-    })
+    if rows.len() != events.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "the insert answered {} rows for {} events",
+            rows.len(),
+            events.len()
+        )));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| Persisted {
+            fresh_token: r.fresh_token,
+            run_id: r.run_id,
+            folded: r.folded,
+        })
+        .collect())
+}
+
+/// The group's columns, one array each.
+#[derive(Default)]
+struct Columns {
+    event_ids: Vec<uuid::Uuid>,
+    run_ids: Vec<uuid::Uuid>,
+    bindings: Vec<uuid::Uuid>,
+    names: Vec<String>,
+    keys: Vec<String>,
+    entities: Vec<i64>,
+    websites: Vec<i64>,
+    stores: Vec<i64>,
+    occurred: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    bodies: Vec<Value>,
+    jtis: Vec<String>,
+    jti_expiries: Vec<f64>,
+    entity_types: Vec<String>,
+    shas: Vec<Vec<u8>>,
+    request_ids: Vec<Option<String>>,
+    traceparents: Vec<Option<String>>,
+    trace_ids: Vec<Option<String>>,
 }
 
 /// The answer to an accepted (or repeated) event.
@@ -262,6 +330,7 @@ fn parse_body(bytes: &[u8]) -> Result<(EventBody, Value), Problem> {
     ))]
 pub async fn receive(
     State(state): State<AppState>,
+    axum::Extension(ingest): axum::Extension<std::sync::Arc<Ingest>>,
     Path((tenant_id, event_name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -297,44 +366,41 @@ pub async fn receive(
         }
     };
     let (event, document) = parse_body(&body)?;
-    // A per-binding quota, so one store (or a stolen key) cannot flood the shared queue.
-    // 503, not 429: the module dead-letters every 4xx but retries 5xx (contract §7).
-    let hit = ledger_core::rate::hit(
-        &state.db,
-        "ingest:binding",
-        &caller.binding_id.to_string(),
-        std::time::Duration::from_secs(60),
-    )
-    .await?;
-    if hit.exceeds(i64::from(state.settings.binding_ingest_per_minute)) {
-        tracing::warn!(binding_id = %caller.binding_id, hits = hit.hits, "ingest quota reached");
-        return Err(Problem::unavailable(
-            "ingest_quota_reached",
-            format!(
-                "This store sent more than {} events in a minute; the ledger takes the rest after a pause.",
-                state.settings.binding_ingest_per_minute
-            ),
-            hit.retry_after(),
-        ));
-    }
     let traceparent = ledger_core::trace::traceparent(&tracing::Span::current());
-
-    let event = NewEvent {
+    let entity_id = event.magento_entity_id;
+    let incoming = Incoming {
         binding_id: caller.binding_id,
-        event_name: &event_name,
-        idempotency_key: key,
+        event_name: event_name.clone(),
+        idempotency_key: key.to_owned(),
         magento_entity_id: event.magento_entity_id,
         website_id: event.website_id,
         store_id: event.store_id,
         occurred_at: event.occurred_at,
-        body: &document,
-        jti: &caller.claims.jti,
+        body: document,
+        jti: caller.claims.jti.clone(),
         jti_expires_at: caller.jti_expires_at,
-        raw: &body,
-        request_id: request_id.as_deref(),
-        traceparent: traceparent.as_deref(),
+        body_sha256: ledger_core::crypto::sha256(&body).to_vec(),
+        request_id,
+        traceparent,
+        // A per-binding quota, so one store (or a stolen key) cannot flood the shared
+        // queue; counted with the event, in its group's commit.
+        quota_per_minute: i64::from(state.settings.binding_ingest_per_minute),
     };
-    let row = persist(&state.db, &event).await?;
+    let row = match ingest.submit(incoming).await? {
+        Outcome::Stored(row) => row,
+        // 503, not 429: the module dead-letters every 4xx but retries 5xx (contract §7).
+        Outcome::OverQuota { hits, retry_after } => {
+            tracing::warn!(binding_id = %caller.binding_id, hits, "ingest quota reached");
+            return Err(Problem::unavailable(
+                "ingest_quota_reached",
+                format!(
+                    "This store sent more than {} events in a minute; the ledger takes the rest after a pause.",
+                    state.settings.binding_ingest_per_minute
+                ),
+                retry_after,
+            ));
+        }
+    };
     if !row.fresh_token {
         return Err(Problem::unauthorized(
             "token_replayed",
@@ -342,7 +408,7 @@ pub async fn receive(
         ));
     }
     if let Some(run_id) = row.run_id {
-        tracing::info!(binding_id = %caller.binding_id, event = %event_name, entity_id = event.magento_entity_id, %run_id, "event accepted");
+        tracing::info!(binding_id = %caller.binding_id, event = %event_name, entity_id, %run_id, "event accepted");
         return Ok((
             StatusCode::ACCEPTED,
             axum::Json(Accepted {

@@ -158,37 +158,7 @@ async fn sigkill_during_a_backlog_loses_and_repeats_nothing() {
     let paired = app.connected_store().await;
     let business = business_of(&app, &paired).await;
     let sage = app.sage();
-    let bank = sage
-        .businesses()
-        .into_iter()
-        .find(|b| b.id == business)
-        .unwrap()
-        .bank_accounts[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let url = app.url(&format!("/v1/bindings/{}/settings", paired.binding_id));
-    let mut settings: serde_json::Value = app
-        .http
-        .get(&url)
-        .bearer_auth(&paired.merchant.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    settings["payment_method_map"] =
-        serde_json::json!({ "checkmo": bank, "banktransfer": bank, "stripe_payments": bank });
-    let res = app
-        .http
-        .put(&url)
-        .bearer_auth(&paired.merchant.token)
-        .json(&settings)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    app.map_payments(&paired, &business).await;
 
     let store = &paired.store.store;
     store.simulate(900);

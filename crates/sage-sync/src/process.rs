@@ -1066,7 +1066,11 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
         currency_matches && (key == ContactKey::WebSales || email_matches)
     };
     let mut found = None;
-    if key != ContactKey::WebSales && !contact.email.is_empty() {
+    // With an email to look up, that look-up finds every contact that could be this
+    // customer: a reference Sage holds is then someone else's, and the create's refusal
+    // says so — no search by reference first (one Sage call fewer per new customer).
+    let looked_up = key != ContactKey::WebSales && !contact.email.is_empty();
+    if looked_up {
         let by_email = sage!(
             env.session
                 .list_all(&format!("/contacts?email={}&attributes=all", encode(&contact.email)))
@@ -1098,20 +1102,22 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
         }
         let body = mapping::map_contact_with(contact, &key, &currency, &env.ctx(), attempt);
         let reference = body["reference"].as_str().unwrap_or_default().to_owned();
-        let by_reference = sage!(
-            env.session
-                .list_all(&format!("/contacts?search={}&attributes=all", encode(&reference)))
-                .await
-        );
-        if let Some(existing) = by_reference
-            .iter()
-            .find(|c| c["reference"].as_str() == Some(reference.as_str()))
-        {
-            if same_customer(existing) {
-                break (existing["id"].as_str().unwrap_or_default().to_owned(), Some(reference));
+        if !looked_up {
+            let by_reference = sage!(
+                env.session
+                    .list_all(&format!("/contacts?search={}&attributes=all", encode(&reference)))
+                    .await
+            );
+            if let Some(existing) = by_reference
+                .iter()
+                .find(|c| c["reference"].as_str() == Some(reference.as_str()))
+            {
+                if same_customer(existing) {
+                    break (existing["id"].as_str().unwrap_or_default().to_owned(), Some(reference));
+                }
+                attempt += 1;
+                continue;
             }
-            attempt += 1;
-            continue;
         }
         let mut body = body;
         body["idempotency_id"] = json!(mapping::idempotency_id(
@@ -1446,6 +1452,9 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
             }
         }
     }
+    // The note's open balance when this attempt has Sage's answer for it (just posted,
+    // or found after an uncertain post: no allocation of the ledger's can exist yet).
+    let mut note_open = None;
     let (sage_id, number, total, mut message) = match existing.as_ref().and_then(|x| x.posted().map(|p| (x, p))) {
         Some((x, posted)) => {
             let done = Outcome::Synced {
@@ -1490,6 +1499,7 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
             )
             .await?;
             let sage_id = created["id"].as_str().unwrap_or_default().to_owned();
+            note_open = amount(&created["outstanding_amount"]);
             let number = created["credit_note_number"]
                 .as_str()
                 .or_else(|| created["displayed_as"].as_str())
@@ -1533,8 +1543,9 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
             (sage_id, number, mapped.totals.total, message)
         }
     };
-    // Allocated against the invoice as far as both are still open. Both balances are read
-    // again: an earlier attempt's allocation may have landed with its answer lost.
+    // Allocated against the invoice as far as both are still open. The invoice's balance
+    // is always read; the note's too unless this attempt posted it: an earlier attempt's
+    // allocation may have landed with its answer lost.
     if let Some(invoice) = invoice
         && let Some(invoice_sage_id) = invoice.sage_id.as_deref()
     {
@@ -1544,13 +1555,18 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                 .get(&format!("/sales_invoices/{invoice_sage_id}?mark_as_sent=false"))
                 .await
         );
-        let note: Value = sage!(
-            env.session
-                .get(&format!("/sales_credit_notes/{sage_id}?mark_as_sent=false"))
-                .await
-        );
+        let note_open = match note_open {
+            Some(open) => open,
+            None => {
+                let note: Value = sage!(
+                    env.session
+                        .get(&format!("/sales_credit_notes/{sage_id}?mark_as_sent=false"))
+                        .await
+                );
+                amount(&note["outstanding_amount"]).unwrap_or(total)
+            }
+        };
         let invoice_open = amount(&current["outstanding_amount"]).unwrap_or_default();
-        let note_open = amount(&note["outstanding_amount"]).unwrap_or(total);
         let allocate = invoice_open.min(note_open);
         if allocate > Decimal::ZERO {
             let date = mapping::date_of(&memo.created_at).unwrap_or_else(|| Utc::now().format("%Y-%m-%d").to_string());

@@ -100,17 +100,26 @@ async fn claim_after(
     let (limit, secs) = (i64::from(binding_concurrency), lease.as_secs_f64());
     let row = match sqlx::query_as!(
         Claimed,
-        r#"WITH b AS (
-             -- Conditions as subqueries, so bindings are read in id order straight from the
-             -- primary key and the first eligible one ends the scan.
-             SELECT cb.id FROM connector_bindings cb
-             WHERE cb.id > $4 AND cb.status = 'active'
-               AND (SELECT j.run_at FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued'
-                    ORDER BY j.run_at LIMIT 1) <= now()
+        r#"WITH RECURSIVE walk(id, run_at) AS (
+             -- The bindings with queued jobs, in id order from after the last one served,
+             -- with each one's earliest queued job: one index probe per binding (a loose
+             -- index scan), so bindings with nothing queued — most tenants, most of the
+             -- time — are never visited. Evaluated lazily: the first eligible binding
+             -- ends the walk. (Ordered as the partial index `jobs_ready_per_binding`, so
+             -- that index serves it, not `jobs_binding` with its finished jobs.)
+             (SELECT j.binding_id, j.run_at FROM jobs j WHERE j.status = 'queued' AND j.binding_id > $4
+              ORDER BY j.binding_id, j.run_at, j.id LIMIT 1)
+             UNION ALL
+             SELECT n.binding_id, n.run_at FROM walk w CROSS JOIN LATERAL (
+               SELECT j.binding_id, j.run_at FROM jobs j WHERE j.status = 'queued' AND j.binding_id > w.id
+               ORDER BY j.binding_id, j.run_at, j.id LIMIT 1) n
+           ), b AS (
+             -- Conditions as subqueries, checked binding by binding in the walk's order.
+             SELECT cb.id FROM walk JOIN connector_bindings cb ON cb.id = walk.id
+             WHERE walk.run_at <= now() AND cb.status = 'active'
                AND NOT EXISTS (SELECT 1 FROM sage_connections sc JOIN sage_budgets sb ON sb.business_id = sc.business_id
                                WHERE sc.binding_id = cb.id AND sb.blocked_until > now())
                AND (SELECT count(*) FROM jobs r WHERE r.binding_id = cb.id AND r.status = 'running') < $1
-             ORDER BY cb.id
              LIMIT 1
              -- The lock serialises the concurrency count per binding. NO KEY: a plain FOR
              -- UPDATE would skip every binding whose rows are being inserted (foreign keys
@@ -148,14 +157,19 @@ async fn claim_after(
         // Store callbacks need no Sage budget: they run while a business waits for it.
         None => sqlx::query_as!(
             Claimed,
-            r#"WITH b AS (
-             SELECT cb.id FROM connector_bindings cb
+            r#"WITH RECURSIVE walk(id, run_at) AS (
+             -- The bindings with queued callbacks, as above (index `jobs_callbacks`).
+             (SELECT j.binding_id, j.run_at FROM jobs j WHERE j.status = 'queued' AND j.kind = 'sync_state' AND j.binding_id > $4
+              ORDER BY j.binding_id, j.run_at LIMIT 1)
+             UNION ALL
+             SELECT n.binding_id, n.run_at FROM walk w CROSS JOIN LATERAL (
+               SELECT j.binding_id, j.run_at FROM jobs j WHERE j.status = 'queued' AND j.kind = 'sync_state' AND j.binding_id > w.id
+               ORDER BY j.binding_id, j.run_at LIMIT 1) n
+           ), b AS (
+             SELECT cb.id FROM walk JOIN connector_bindings cb ON cb.id = walk.id
              -- Callbacks still go to stores whose Sage connection is held (needs_reauth, paused).
-             WHERE cb.id > $4 AND cb.status IN ('active', 'needs_reauth', 'paused')
-               AND (SELECT j.run_at FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued' AND j.kind = 'sync_state'
-                    ORDER BY j.run_at LIMIT 1) <= now()
+             WHERE walk.run_at <= now() AND cb.status IN ('active', 'needs_reauth', 'paused')
                AND (SELECT count(*) FROM jobs r WHERE r.binding_id = cb.id AND r.status = 'running') < $1
-             ORDER BY cb.id
              LIMIT 1
              FOR NO KEY UPDATE OF cb SKIP LOCKED
            ), picked AS (
@@ -204,14 +218,22 @@ pub async fn claim_id(db: &PgPool, id: i64, lease: Duration) -> Result<Option<Jo
 }
 
 /// How long until something queued falls due: the next job whose `run_at` is in the
-/// future, or the next business whose budget frees. One index probe per binding and a
-/// tiny table, so idle workers can ask often. Jobs due now but not claimable (their binding
+/// future, or the next business whose budget frees. Two index probes per binding with
+/// queued work and a tiny table, so idle workers can ask often. Jobs due now but not claimable (their binding
 /// is at its concurrency limit) are claimed by that binding's own workers.
 pub async fn next_due_in(db: &PgPool) -> Result<Option<Duration>, sqlx::Error> {
     let secs = sqlx::query_scalar!(
-        r#"SELECT EXTRACT(EPOCH FROM LEAST(
-                 (SELECT min(n.run_at) FROM connector_bindings cb CROSS JOIN LATERAL (
-                    SELECT j.run_at FROM jobs j WHERE j.binding_id = cb.id AND j.status = 'queued' AND j.run_at > now()
+        r#"WITH RECURSIVE walk(id) AS (
+             -- The bindings with queued jobs only (see `claim_after`).
+             (SELECT j.binding_id FROM jobs j WHERE j.status = 'queued' ORDER BY j.binding_id, j.run_at, j.id LIMIT 1)
+             UNION ALL
+             SELECT n.binding_id FROM walk w CROSS JOIN LATERAL (
+               SELECT j.binding_id FROM jobs j WHERE j.status = 'queued' AND j.binding_id > w.id
+               ORDER BY j.binding_id, j.run_at, j.id LIMIT 1) n
+           )
+           SELECT EXTRACT(EPOCH FROM LEAST(
+                 (SELECT min(n.run_at) FROM walk CROSS JOIN LATERAL (
+                    SELECT j.run_at FROM jobs j WHERE j.binding_id = walk.id AND j.status = 'queued' AND j.run_at > now()
                     ORDER BY j.run_at LIMIT 1) n),
                  (SELECT min(blocked_until) FROM sage_budgets WHERE blocked_until > now())
                ) - now())::float8"#

@@ -301,7 +301,7 @@ async fn execute(state: &AppState, job: &queue::Job, worker: &str) -> Option<i64
 /// Renews `job`'s lease every third of it. A failed renewal (a pool timeout, a blip) is
 /// retried every second while the lease may still hold; `lost` is cancelled when it
 /// is really gone — another worker holds the job, or no renewal succeeded for a lease.
-async fn keep_lease(
+pub async fn keep_lease(
     db: sqlx::PgPool,
     job: queue::Job,
     lease: Duration,

@@ -469,6 +469,52 @@ impl TestApp {
         }
     }
 
+    /// Reads the binding's settings, lets `change` edit them and saves them, as the
+    /// dashboard's API clients do; panics unless the ledger accepts them.
+    pub async fn update_settings(&self, paired: &PairedStore, change: impl FnOnce(&mut serde_json::Value)) {
+        let url = self.url(&format!("/v1/bindings/{}/settings", paired.binding_id));
+        let mut settings: serde_json::Value = self
+            .http
+            .get(&url)
+            .bearer_auth(&paired.merchant.token)
+            .send()
+            .await
+            .expect("settings")
+            .json()
+            .await
+            .expect("settings body");
+        change(&mut settings);
+        let res = self
+            .http
+            .put(&url)
+            .bearer_auth(&paired.merchant.token)
+            .json(&settings)
+            .send()
+            .await
+            .expect("save settings");
+        let status = res.status();
+        assert_eq!(status, 200, "settings saved: {}", res.text().await.unwrap_or_default());
+    }
+
+    /// Maps the sandbox store's payment methods to `business`'s first bank account.
+    pub async fn map_payments(&self, paired: &PairedStore, business: &str) {
+        let bank = self
+            .sage()
+            .businesses()
+            .into_iter()
+            .find(|b| b.id == business)
+            .expect("the business")
+            .bank_accounts[0]["id"]
+            .as_str()
+            .expect("a bank account")
+            .to_owned();
+        self.update_settings(paired, |s| {
+            s["payment_method_map"] =
+                serde_json::json!({ "checkmo": bank, "banktransfer": bank, "stripe_payments": bank });
+        })
+        .await;
+    }
+
     /// A paired store with Sage connected (the app must have a sandbox Sage).
     pub async fn connected_store(&self) -> PairedStore {
         let paired = self.paired_store().await;

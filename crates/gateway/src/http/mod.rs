@@ -52,6 +52,10 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/docs", get(docs::page))
         .route("/docs/app.js", get(docs::script))
         .fallback(middleware::fallback)
+        .layer(axum::Extension(ledger_event_ingest::Ingest::new(
+            state.db.clone(),
+            state.settings.ingest_commit_window,
+        )))
         .with_state(state.clone())
         .merge(ledger_dashboard::router(state))
         .layer(
