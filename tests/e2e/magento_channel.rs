@@ -672,3 +672,45 @@ async fn a_group_counts_the_quota_as_one_by_one_and_one_bad_event_fails_alone() 
     assert!(refused.iter().all(|(_, b)| b["code"] == "ingest_quota_reached"));
     assert_eq!(count(&app, "SELECT count(*) FROM received_events").await, 7);
 }
+
+#[tokio::test]
+async fn a_group_retried_one_by_one_still_refuses_what_was_over_its_quota() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.ingest_commit_window = std::time::Duration::from_millis(20);
+            s.binding_ingest_per_minute = 3;
+        })
+        .spawn()
+        .await;
+    let paired = app.paired_store().await;
+    let (key, tenant) = (paired.api_key(), paired.tenant());
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_31() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.idempotency_key = 'invoice.created:31' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER refuse_31 BEFORE INSERT ON received_events FOR EACH ROW EXECUTE FUNCTION refuse_31();",
+    )
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    let requests: Vec<_> = (30..35)
+        .map(|id| {
+            (
+                "invoice.created".to_owned(),
+                format!("invoice.created:{id}"),
+                module_token(&key, &tenant),
+                event_body(id),
+            )
+        })
+        .collect();
+    let answers = all_at_once(&app, &tenant, requests).await;
+    let of = |status: u16| answers.iter().filter(|(s, _)| *s == status).count();
+    // Three within the quota (the refused one among them, or not), two beyond it.
+    assert_eq!(of(503), 2, "{answers:?}");
+    assert_eq!(of(202) + of(500), 3, "{answers:?}");
+    let stored = count(&app, "SELECT count(*) FROM received_events").await;
+    assert_eq!(
+        usize::try_from(stored).unwrap(),
+        of(202),
+        "only what was answered 202 is held"
+    );
+}

@@ -41,28 +41,10 @@ pub async fn hit<'e>(
     key: &str,
     window: Duration,
 ) -> Result<Hit, sqlx::Error> {
-    let row = sqlx::query!(
-        r#"INSERT INTO rate_counters AS c (bucket, key, window_start, hits, last_at)
-           VALUES ($1, $2, now(), 1, now())
-           ON CONFLICT (bucket, key) DO UPDATE SET
-             hits = CASE WHEN c.window_start <= now() - make_interval(secs => $3) THEN 1 ELSE c.hits + 1 END,
-             window_start = CASE WHEN c.window_start <= now() - make_interval(secs => $3) THEN now() ELSE c.window_start END,
-             previous_at = c.last_at,
-             last_at = now()
-           RETURNING hits::int8 AS "hits!",
-             GREATEST(EXTRACT(EPOCH FROM window_start + make_interval(secs => $3) - now()), 0)::float8 AS "window_left!",
-             EXTRACT(EPOCH FROM now() - previous_at)::float8 AS since_previous"#,
-        bucket,
-        hashed(key),
-        window.as_secs_f64(),
-    )
-    .fetch_one(db)
-    .await?;
-    Ok(Hit {
-        hits: row.hits,
-        window_left: Duration::from_secs_f64(row.window_left),
-        since_previous: row.since_previous.map(|s| Duration::from_secs_f64(s.max(0.0))),
-    })
+    hit_many(db, bucket, &[key.to_owned()], &[1], window)
+        .await?
+        .pop()
+        .ok_or_else(|| sqlx::Error::Protocol(format!("no counter returned for {bucket}")))
 }
 
 /// Counts `counts[i]` hits on `bucket`/`keys[i]` each, in one statement (a group of

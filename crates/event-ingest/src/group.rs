@@ -85,10 +85,7 @@ impl Ingest {
     /// Stores `event` (or refuses it over quota) and returns once that is committed.
     pub async fn submit(&self, event: Incoming) -> Result<Outcome, sqlx::Error> {
         if self.window.is_zero() {
-            let mut results = store_group(&self.db, &[&event], true).await?;
-            return results
-                .pop()
-                .ok_or_else(|| sqlx::Error::Protocol("the insert answered no row".into()));
+            return store_alone(&self.db, &event).await;
         }
         // Started on first use, inside the runtime; it ends when the router is dropped.
         let queue = self.queue.get_or_init(|| {
@@ -178,48 +175,78 @@ async fn gather(db: PgPool, window: Duration, mut queue: mpsc::Receiver<Pending>
 async fn commit(db: &PgPool, group: Vec<Pending>) {
     metrics::histogram!("ingest_group_size").record(group.len() as f64);
     let events: Vec<&Incoming> = group.iter().map(|p| &p.event).collect();
-    let stored = store_group(db, &events, true).await;
-    drop(events);
-    match stored {
-        Ok(results) => {
-            for (p, r) in group.into_iter().zip(results) {
-                let _ = p.answer.send(Ok(r));
+    let over = match over_quota(db, &events).await {
+        Ok(over) => over,
+        Err(e) => return refuse_all(group.into_iter(), e),
+    };
+    let within: Vec<&Incoming> = events
+        .iter()
+        .zip(&over)
+        .filter(|(_, o)| o.is_none())
+        .map(|(e, _)| *e)
+        .collect();
+    let inserted = insert(db, &within).await;
+    drop((events, within));
+    let (over_quota, within): (Vec<_>, Vec<_>) = group.into_iter().zip(over).partition(|(_, o)| o.is_some());
+    for (p, o) in over_quota {
+        if let Some((hits, retry_after)) = o {
+            let _ = p.answer.send(Ok(Outcome::OverQuota { hits, retry_after }));
+        }
+    }
+    let within = within.into_iter().map(|(p, _)| p);
+    match inserted {
+        Ok(rows) => {
+            for (p, row) in within.zip(rows) {
+                let _ = p.answer.send(Ok(Outcome::Stored(row)));
             }
         }
         // Nothing was stored: every request is told to come back.
-        Err(e) if ledger_core::db::is_transient(&e) || group.len() == 1 => {
-            let message = e.to_string();
-            let mut group = group.into_iter();
-            if let Some(p) = group.next() {
-                let _ = p.answer.send(Err(e));
-            }
-            for p in group {
-                let _ = p.answer.send(Err(sqlx::Error::Protocol(message.clone())));
-            }
-        }
-        // One event's fault: each on its own, so only that one fails.
+        Err(e) if ledger_core::db::is_transient(&e) || within.len() == 1 => refuse_all(within, e),
+        // One event's fault: each on its own (its quota already counted), so only that
+        // one fails.
         Err(e) => {
-            tracing::warn!(error = %e, events = group.len(), "a group insert failed; storing its events one by one");
-            for p in group {
-                let r = store_group(db, &[&p.event], false)
-                    .await
-                    .and_then(|mut r| r.pop().ok_or_else(|| sqlx::Error::Protocol("no row".into())));
+            tracing::warn!(error = %e, events = within.len(), "a group insert failed; storing its events one by one");
+            for p in within {
+                let r = insert(db, &[&p.event]).await.and_then(|mut rows| {
+                    rows.pop()
+                        .map(Outcome::Stored)
+                        .ok_or_else(|| sqlx::Error::Protocol("the insert answered no row".into()))
+                });
                 let _ = p.answer.send(r);
             }
         }
     }
 }
 
-/// Counts the group's hits on each binding's quota, then stores the events within it
-/// with their runs and jobs: two statements, each its own commit (the insert is one
-/// statement, so a group is stored whole or not at all). The quota's counter rows are
-/// locked only for their own short statement, not while the events are written.
-/// `count_quota` is false when a group is retried event by event (already counted).
-async fn store_group(db: &PgPool, events: &[&Incoming], count_quota: bool) -> Result<Vec<Outcome>, sqlx::Error> {
-    // Quota: one counter update per binding in the group, each event numbered in turn,
-    // exactly as if they had come one by one.
+/// Answers every request with `e` (the first with `e` itself).
+fn refuse_all(group: impl Iterator<Item = Pending>, e: sqlx::Error) {
+    let message = e.to_string();
+    let mut first = Some(e);
+    for p in group {
+        let e = first.take().unwrap_or_else(|| sqlx::Error::Protocol(message.clone()));
+        let _ = p.answer.send(Err(e));
+    }
+}
+
+/// Stores one event or refuses it over quota (`LEDGER_INGEST_COMMIT_WINDOW=0ms`).
+async fn store_alone(db: &PgPool, event: &Incoming) -> Result<Outcome, sqlx::Error> {
+    if let Some(Some((hits, retry_after))) = over_quota(db, &[event]).await?.pop() {
+        return Ok(Outcome::OverQuota { hits, retry_after });
+    }
+    insert(db, &[event])
+        .await?
+        .pop()
+        .map(Outcome::Stored)
+        .ok_or_else(|| sqlx::Error::Protocol("the insert answered no row".into()))
+}
+
+/// Counts the events' hits on their bindings' quotas in one statement (one counter
+/// update per binding, locked only for that short statement), each event numbered in
+/// turn exactly as if they had come one by one; `Some((hits, retry_after))` for each
+/// event beyond its quota.
+async fn over_quota(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Option<(i64, u32)>>, sqlx::Error> {
     let mut bindings: Vec<(BindingId, i64)> = Vec::new();
-    for e in events.iter().filter(|e| count_quota && e.quota_per_minute > 0) {
+    for e in events.iter().filter(|e| e.quota_per_minute > 0) {
         match bindings.iter_mut().find(|(b, _)| *b == e.binding_id) {
             Some((_, n)) => *n += 1,
             None => bindings.push((e.binding_id, 1)),
@@ -229,38 +256,23 @@ async fn store_group(db: &PgPool, events: &[&Incoming], count_quota: bool) -> Re
     let counts: Vec<i64> = bindings.iter().map(|(_, n)| *n).collect();
     let hits = ledger_core::rate::hit_many(db, "ingest:binding", &keys, &counts, Duration::from_secs(60)).await?;
     let mut seen: Vec<i64> = vec![0; bindings.len()];
-    let mut over: Vec<Option<(i64, u32)>> = Vec::with_capacity(events.len());
-    for e in events {
-        let slot = bindings.iter().position(|(b, _)| *b == e.binding_id);
-        over.push(slot.and_then(|i| {
-            seen[i] += 1;
-            let hit = &hits[i];
-            let nth = hit.hits - counts[i] + seen[i];
-            (nth > e.quota_per_minute).then(|| (nth, hit.retry_after()))
-        }));
-    }
-    let stored: Vec<&Incoming> = events
+    Ok(events
         .iter()
-        .zip(&over)
-        .filter(|(_, o)| o.is_none())
-        .map(|(e, _)| *e)
-        .collect();
-    // (One row per stored event, in order, or an error with nothing stored.)
-    let mut rows = if stored.is_empty() {
-        Vec::new().into_iter()
-    } else {
-        let mut conn = db.acquire().await?;
-        crate::insert_events(&mut conn, &stored).await?.into_iter()
-    };
-    let mut outcomes = Vec::with_capacity(events.len());
-    for o in over {
-        outcomes.push(match o {
-            Some((hits, retry_after)) => Outcome::OverQuota { hits, retry_after },
-            None => Outcome::Stored(
-                rows.next()
-                    .ok_or_else(|| sqlx::Error::Protocol("a stored event has no row".into()))?,
-            ),
-        });
+        .map(|e| {
+            let i = bindings.iter().position(|(b, _)| *b == e.binding_id)?;
+            seen[i] += 1;
+            let nth = hits[i].hits - counts[i] + seen[i];
+            (nth > e.quota_per_minute).then(|| (nth, hits[i].retry_after()))
+        })
+        .collect())
+}
+
+/// Stores the events with their runs and jobs in one statement (one commit: all of
+/// them or none), one row back per event in order.
+async fn insert(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Persisted>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(outcomes)
+    let mut conn = db.acquire().await?;
+    crate::insert_events(&mut conn, events).await
 }
