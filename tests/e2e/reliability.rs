@@ -256,7 +256,7 @@ async fn a_job_whose_worker_never_answers_dies_after_its_attempts() {
     .execute(&app.state.db)
     .await
     .unwrap();
-    let reclaimed = ledger_sage_sync::queue::reclaim_expired(&app.state.db, app.state.settings.job_max_attempts)
+    let reclaimed = ledger_jobs::reclaim_expired(&app.state.db, app.state.settings.job_max_attempts)
         .await
         .unwrap();
     assert_eq!((reclaimed.requeued, reclaimed.poisoned), (1, 1));
@@ -286,7 +286,7 @@ async fn a_job_whose_worker_never_answers_dies_after_its_attempts() {
         .await,
         1
     );
-    let again = ledger_sage_sync::queue::reclaim_expired(&app.state.db, app.state.settings.job_max_attempts)
+    let again = ledger_jobs::reclaim_expired(&app.state.db, app.state.settings.job_max_attempts)
         .await
         .unwrap();
     assert_eq!((again.requeued, again.poisoned), (0, 0));
@@ -582,7 +582,7 @@ async fn a_heartbeat_outlasts_a_pool_timeout_and_gives_up_only_after_a_whole_lea
         .await
         .unwrap();
     let lease = Duration::from_secs(3);
-    let job = ledger_sage_sync::queue::claim(&app.state.db, &Default::default(), 4, lease)
+    let job = ledger_jobs::claim(&app.state.db, &Default::default(), 4, lease)
         .await
         .unwrap()
         .expect("the job");

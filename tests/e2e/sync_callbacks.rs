@@ -138,7 +138,7 @@ async fn an_expired_callback_behind_a_newer_state_is_dropped_not_requeued() {
     .expect("jobs");
     // Requeueing both old callbacks would break "one queued state per entity" (a unique
     // index): the whole reclaim would fail, and no expired job would ever run again.
-    let reclaimed = ledger_sage_sync::queue::reclaim_expired(&app.state.db, app.state.settings.job_max_attempts)
+    let reclaimed = ledger_jobs::reclaim_expired(&app.state.db, app.state.settings.job_max_attempts)
         .await
         .expect("the reclaim succeeds");
     assert_eq!(reclaimed.requeued, 4);

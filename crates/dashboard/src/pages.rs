@@ -263,37 +263,7 @@ pub async fn create_tenant(
         return Ok(signin_redirect("/dashboard"));
     };
     merchant.check_csrf(&form.csrf_token)?;
-    let name = form.name.trim();
-    if name.is_empty() || name.chars().count() > 80 {
-        return Err(Problem::validation(vec![FieldError {
-            field: "name".into(),
-            code: "invalid_format".into(),
-            message: "a name of 1 to 80 characters".into(),
-        }]));
-    }
-    let id = TenantId(uuid::Uuid::new_v4());
-    let mut tx = state.db.begin().await?;
-    sqlx::query!(
-        "INSERT INTO tenants (id, account_id, name) VALUES ($1, $2, $3)",
-        id.0,
-        merchant.account_id.0,
-        name
-    )
-    .execute(&mut *tx)
-    .await?;
-    ledger_core::audit::record(
-        &mut tx,
-        ledger_core::audit::Entry {
-            actor: Actor::Account(merchant.account_id.0),
-            tenant_id: Some(id),
-            binding_id: None,
-            action: "tenant.created",
-            details: serde_json::json!({ "name": name }),
-            request_id: None,
-        },
-    )
-    .await?;
-    tx.commit().await?;
+    let id = ledger_tenant_binding::accounts::create_tenant(&state.db, merchant.account_id, &form.name).await?;
     let mut response = Redirect::to("/dashboard").into_response();
     response.headers_mut().insert(header::SET_COOKIE, tenant_cookie(id));
     Ok(response)
@@ -1646,6 +1616,8 @@ pub async fn disconnect(
     if form.confirm.is_none() {
         return Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}?confirm=1#disconnect")).into_response());
     }
-    ledger_sage_vault::connect::disconnect(State(state), merchant, Path(binding_id)).await?;
+    let tenant = merchant.binding_tenant(&state.db, binding_id).await?;
+    ledger_sage_vault::connect::disconnect_binding(&state, binding_id, tenant, Actor::Account(merchant.account_id.0))
+        .await?;
     Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}?disconnected=1")).into_response())
 }

@@ -19,7 +19,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::Persisted;
+use ledger_jobs::{Persisted, Received};
 
 /// Events in one group at most.
 const MAX_GROUP: usize = 64;
@@ -273,6 +273,24 @@ async fn insert(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Persisted>, sql
     if events.is_empty() {
         return Ok(Vec::new());
     }
+    let received: Vec<Received<'_>> = events
+        .iter()
+        .map(|e| Received {
+            binding_id: e.binding_id,
+            event_name: &e.event_name,
+            idempotency_key: &e.idempotency_key,
+            magento_entity_id: e.magento_entity_id,
+            website_id: e.website_id,
+            store_id: e.store_id,
+            occurred_at: e.occurred_at,
+            body: &e.body,
+            jti: &e.jti,
+            jti_expires_at: e.jti_expires_at,
+            body_sha256: &e.body_sha256,
+            request_id: e.request_id.as_deref(),
+            traceparent: e.traceparent.as_deref(),
+        })
+        .collect();
     let mut conn = db.acquire().await?;
-    crate::insert_events(&mut conn, events).await
+    ledger_jobs::accept(&mut conn, &received).await
 }

@@ -138,21 +138,18 @@ async fn bare(db: &sqlx::PgPool) -> f64 {
 async fn ledger(db: &sqlx::PgPool) -> f64 {
     let lease = Duration::from_secs(60);
     // One process: its loops share the turn.
-    let turn = Arc::new(ledger_sage_sync::queue::Turn::default());
+    let turn = Arc::new(ledger_jobs::Turn::default());
     drive({
         let db = db.clone();
         move || {
             let (db, turn) = (db.clone(), turn.clone());
             async move {
-                let Some(job) = ledger_sage_sync::queue::claim(&db, &turn, 2, lease)
-                    .await
-                    .expect("claim")
-                else {
+                let Some(job) = ledger_jobs::claim(&db, &turn, 2, lease).await.expect("claim") else {
                     return false;
                 };
                 let mut conn = db.acquire().await.expect("connection");
                 assert!(
-                    ledger_sage_sync::queue::finish(&mut conn, &job, "done", None)
+                    ledger_jobs::finish(&mut conn, &job, ledger_jobs::JobStatus::Done, None)
                         .await
                         .expect("finish")
                 );
@@ -197,13 +194,13 @@ async fn idle_poll(db: &sqlx::PgPool) -> (f64, f64) {
     .await
     .expect("backoffs");
     sqlx::query("VACUUM ANALYZE jobs").execute(db).await.expect("analyze");
-    let turn = ledger_sage_sync::queue::Turn::default();
+    let turn = ledger_jobs::Turn::default();
     let poll = median_us(|| async {
-        let job = ledger_sage_sync::queue::claim(db, &turn, 2, Duration::from_secs(60))
+        let job = ledger_jobs::claim(db, &turn, 2, Duration::from_secs(60))
             .await
             .expect("claim");
         assert!(job.is_none());
-        let due = ledger_sage_sync::queue::next_due_in(db).await.expect("due");
+        let due = ledger_jobs::next_due_in(db).await.expect("due");
         assert!(due.is_some());
     })
     .await;

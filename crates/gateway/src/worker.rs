@@ -117,7 +117,10 @@ async fn housekeeping(state: AppState, shutdown: CancellationToken) {
         }
         let pass = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = ledger_tenant_binding::housekeeping(&state.db) => r,
+            r = async {
+                Ok::<u64, sqlx::Error>(ledger_tenant_binding::housekeeping(&state.db).await?
+                    + ledger_sage_vault::housekeeping(&state.db).await?)
+            } => r,
         };
         match pass {
             Ok(0) => {}

@@ -250,18 +250,23 @@ async fn confirm(
         "UPDATE connector_bindings
          SET api_key = $3, api_key_key_id = $4,
              pending_api_key = NULL, pending_api_key_key_id = NULL, pending_attempt = NULL, pending_since = NULL,
-             status = CASE WHEN status NOT IN ('pairing', 'revoked') THEN status
-                      -- A store paired again to a binding whose Sage side is still connected is live at once.
+             -- The moves StorePaired / StorePairedSageConnected (bindings::Move), decided in
+             -- the statement: a store paired again to a binding whose Sage side is still
+             -- connected is live at once.
+             status = CASE WHEN status <> ALL($5) THEN status
                       WHEN EXISTS (SELECT 1 FROM sage_connections c WHERE c.binding_id = connector_bindings.id AND c.status = 'connected')
-                      THEN 'active' ELSE 'paired' END,
+                      THEN $6 ELSE $7 END,
              magento_connection_status = 'active', magento_status_at = now(),
              paired_at = now(), revoked_at = NULL, updated_at = now()
          WHERE id = $1 AND pending_attempt = $2
-         RETURNING status",
+         RETURNING status AS \"status: BindingStatus\"",
         binding_id.0,
         attempt,
         sealed,
         state.keyring.active_id(),
+        &bindings::Move::StorePaired.from_names(),
+        bindings::Move::StorePairedSageConnected.to().as_str(),
+        bindings::Move::StorePaired.to().as_str(),
     )
     .fetch_optional(&mut *tx)
     .await?;
@@ -285,7 +290,7 @@ async fn confirm(
     )
     .await?;
     tx.commit().await?;
-    Ok(BindingStatus::parse(&status))
+    Ok(status)
 }
 
 /// The store refused (or never got) the key: forget it, and the binding if it never paired.

@@ -306,6 +306,12 @@ impl SageApi {
     }
 }
 
+/// The id of an object in a Sage answer (a created document, a list entry): `None` when
+/// it is missing or empty, which must never be recorded as posted.
+pub fn object_id(answer: &serde_json::Value) -> Option<&str> {
+    answer["id"].as_str().filter(|id| !id.is_empty())
+}
+
 /// A URL's path with ids replaced by `{id}` and the query dropped: span names must not
 /// carry ids (cardinality) or search terms (personal data).
 pub fn route_of(url: &str) -> String {

@@ -1,5 +1,5 @@
-//! The sync engine: durable jobs in Postgres ([`queue`]), the worker runtime
-//! ([`worker`]), sync runs and operator actions ([`runs`]), the sync policy
+//! The sync engine: the worker runtime ([`worker`]) over the job queue
+//! (`ledger-jobs`), sync runs and operator actions ([`runs`]), the sync policy
 //! ([`policy`]), the Magento → Sage mapping ([`mapping`]), exactly-once posting
 //! ([`process`], [`xref`]) and the callbacks that drive the store's chips ([`callback`]).
 
@@ -8,7 +8,6 @@ pub mod mapping;
 pub mod outcome;
 pub mod policy;
 pub mod process;
-pub mod queue;
 pub mod retention;
 pub mod runs;
 pub mod worker;

@@ -5,14 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use ledger_core::{
     AppState, BindingId, FieldError, Problem,
     audit::{self, Actor},
     extract::Json,
 };
 use ledger_sage_vault::reference::{self, Reference};
-use ledger_tenant_binding::auth::Merchant;
+use ledger_tenant_binding::auth::OwnedBinding;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -642,10 +642,10 @@ async fn rebase(state: &AppState, binding: BindingId, old: Settings, business: &
     ))]
 pub async fn get(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding): Path<BindingId>,
+    OwnedBinding {
+        binding_id: binding, ..
+    }: OwnedBinding,
 ) -> Result<axum::Json<Settings>, Problem> {
-    merchant.binding_tenant(&state.db, binding).await?;
     Ok(axum::Json(load(&state, binding).await?))
 }
 
@@ -662,11 +662,13 @@ pub async fn get(
     ))]
 pub async fn put(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding): Path<BindingId>,
+    OwnedBinding {
+        merchant,
+        binding_id: binding,
+        tenant_id: tenant,
+    }: OwnedBinding,
     Json(settings): Json<Settings>,
 ) -> Result<axum::Json<Settings>, Problem> {
-    let tenant = merchant.binding_tenant(&state.db, binding).await?;
     let saved = save(&state, binding, tenant, settings, Actor::Account(merchant.account_id.0)).await?;
     Ok(axum::Json(saved))
 }

@@ -238,6 +238,19 @@ macro_rules! sage {
     };
 }
 
+/// The id Sage gave an object it answered with. An answer without one fails the attempt
+/// rather than record an empty id as posted (the retry finds a document that was created
+/// by its reference, as after a crash between posting and recording).
+fn sage_id_of(answer: &Value, what: &str) -> Result<String, Failure> {
+    ledger_sage_api::object_id(answer).map(str::to_owned).ok_or_else(|| {
+        Failure::new(
+            ErrorClass::Internal,
+            "sage_answer_without_id",
+            format!("Sage answered with a {what} that has no id; nothing was recorded as posted, and the attempt is retried."),
+        )
+    })
+}
+
 /// Early exits of a handler.
 enum Stop {
     Failed(Failure),
@@ -366,10 +379,21 @@ pub async fn sync_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: 
 }
 
 async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid::Uuid) -> Step<Outcome> {
-    let snapshot: Option<Settings> = run
-        .policy
-        .as_ref()
-        .map(|p| serde_json::from_value(p.clone()).unwrap_or_default());
+    // A snapshot that does not read as settings fails the run: posting with the defaults
+    // instead (another tax mode, no mapped accounts) would book it wrong.
+    let snapshot: Option<Settings> = match run.policy.as_ref() {
+        None => None,
+        Some(p) => Some(serde_json::from_value(p.clone()).map_err(|e| {
+            Failure::new(
+                ErrorClass::Internal,
+                "settings_snapshot_unreadable",
+                format!(
+                    "The settings recorded with this run cannot be read ({e}); nothing was posted. \
+                     Retry the run: a retry takes the binding's settings as they are now."
+                ),
+            )
+        })?),
+    };
     let settings = match snapshot {
         // Taken for another business (connected since): its ids mean nothing there.
         Some(s) if s.sage_business_id.as_deref().is_none_or(|b| b == run.business_id) || run.business_id.is_empty() => {
@@ -585,7 +609,7 @@ async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
         mapped.clone(),
     )
     .await?;
-    let sage_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let sage_id = sage_id_of(&created, "invoice")?;
     let number = created["invoice_number"]
         .as_str()
         .or_else(|| created["displayed_as"].as_str())
@@ -697,7 +721,7 @@ async fn cancel_posted_invoice(
         );
         let allocate = outstanding.min(mapped.totals.total);
         if allocate > Decimal::ZERO {
-            let note_id = note["id"].as_str().unwrap_or_default();
+            let note_id = &sage_id_of(&note, "credit note")?;
             let date = mapped.body["date"].as_str().unwrap_or_default().to_owned();
             let allocation = mapping::map_allocation(
                 -inv.magento_id,
@@ -1076,12 +1100,10 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
                 .list_all(&format!("/contacts?email={}&attributes=all", encode(&contact.email)))
                 .await
         );
-        found = by_email.into_iter().find(|c| same_customer(c)).map(|c| {
-            (
-                c["id"].as_str().unwrap_or_default().to_owned(),
-                c["reference"].as_str().map(str::to_owned),
-            )
-        });
+        found = match by_email.into_iter().find(|c| same_customer(c)) {
+            Some(c) => Some((sage_id_of(&c, "contact")?, c["reference"].as_str().map(str::to_owned))),
+            None => None,
+        };
     }
     let mut attempt = 0;
     let (id, reference) = loop {
@@ -1113,7 +1135,7 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
                 .find(|c| c["reference"].as_str() == Some(reference.as_str()))
             {
                 if same_customer(existing) {
-                    break (existing["id"].as_str().unwrap_or_default().to_owned(), Some(reference));
+                    break (sage_id_of(existing, "contact")?, Some(reference));
                 }
                 attempt += 1;
                 continue;
@@ -1130,7 +1152,7 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
             .post::<Value>("/contacts", &json!({ "contact": body }))
             .await
         {
-            Ok(created) => break (created["id"].as_str().unwrap_or_default().to_owned(), Some(reference)),
+            Ok(created) => break (sage_id_of(&created, "contact")?, Some(reference)),
             // Taken by a contact the list does not show (a deleted one keeps its reference).
             Err(CallError::Sage(SageError::Rejected { errors, .. }))
                 if errors.iter().any(|e| e.source == "reference") =>
@@ -1376,7 +1398,7 @@ async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
         mapped,
     )
     .await?;
-    let sage_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let sage_id = sage_id_of(&created, "payment")?;
     xref::mark_posted(
         &env.state.db,
         env.run.binding,
@@ -1498,7 +1520,7 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                 mapped.clone(),
             )
             .await?;
-            let sage_id = created["id"].as_str().unwrap_or_default().to_owned();
+            let sage_id = sage_id_of(&created, "credit note")?;
             note_open = amount(&created["outstanding_amount"]);
             let number = created["credit_note_number"]
                 .as_str()
@@ -1669,12 +1691,12 @@ async fn product(env: &mut Env<'_>) -> Step<Outcome> {
             .into_iter()
             .find(|i| i["item_code"].as_str() == Some(p.sku.as_str()));
             match found {
-                Some(f) => f["id"].as_str().unwrap_or_default().to_owned(),
+                Some(f) => sage_id_of(&f, "product")?,
                 None => {
                     body["idempotency_id"] =
                         json!(mapping::idempotency_id(&env.binding_text, wrapper, &id.to_string()));
                     let created: Value = sage!(env.session.post(path, &json!({ wrapper: body })).await);
-                    created["id"].as_str().unwrap_or_default().to_owned()
+                    sage_id_of(&created, "product")?
                 }
             }
         }

@@ -137,19 +137,7 @@ pub async fn prune(db: &PgPool, settings: &Settings) -> Result<Pruned, sqlx::Err
     .await?;
 
     let jobs_after = secs(settings.retain_finished_jobs);
-    let jobs = batches(|| async {
-        Ok(sqlx::query!(
-            "DELETE FROM jobs WHERE id IN (
-               SELECT id FROM jobs WHERE status IN ('done', 'cancelled') AND updated_at < now() - make_interval(secs => $1)
-               LIMIT $2)",
-            jobs_after,
-            BATCH
-        )
-        .execute(db)
-        .await?
-        .rows_affected())
-    })
-    .await?;
+    let jobs = batches(|| async { ledger_jobs::delete_finished(db, jobs_after, BATCH).await }).await?;
 
     let audit_after = secs(settings.retain_audit);
     let audit = batches(|| async {

@@ -10,7 +10,7 @@ use ledger_core::{
     AppState, BindingId, Problem, TenantId,
     audit::{self, Actor},
 };
-use ledger_tenant_binding::auth::{Access, Merchant, OperatorAction};
+use ledger_tenant_binding::auth::{Access, BindingAccess, Merchant, OperatorAction, action};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -19,7 +19,6 @@ use crate::{
     callback,
     outcome::{ErrorClass, Next, Outcome},
     process::RunInfo,
-    queue::{self, Job},
     xref,
 };
 
@@ -29,7 +28,7 @@ use crate::{
 /// returns its job, for the caller to deliver at once.
 pub async fn complete(
     state: &AppState,
-    job: &Job,
+    job: &ledger_jobs::Job,
     run: &RunInfo,
     outcome: &Outcome,
     started: DateTime<Utc>,
@@ -135,84 +134,38 @@ pub async fn complete(
         _ => (None, None),
     };
     let record = count || matches!(outcome, Outcome::Failed(_));
-    // One statement, one commit: the job moves on only while this attempt still holds its
-    // lease, and with it the attempt, the run, the callback and the end of the entity
-    // leases (which end with the attempt whatever happens to the job).
-    let row = sqlx::query!(
-        r#"WITH fin AS (
-             UPDATE jobs SET status = CASE WHEN $3 THEN 'done' ELSE 'queued' END, lease_id = NULL, locked_until = NULL,
-                    run_at = CASE WHEN $3 THEN run_at ELSE now() + make_interval(secs => $4) END,
-                    attempts = attempts - CASE WHEN $3 OR $5 THEN 0 ELSE 1 END,
-                    waiting_for = CASE WHEN $3 THEN waiting_for ELSE $6 END,
-                    waits_on = CASE WHEN $3 THEN NULL ELSE $25 END,
-                    last_error = $7, updated_at = now()
-             WHERE id = $1 AND lease_id = $2
-             RETURNING id
-           ), attempt AS (
-             -- Numbered across the run: a retried run's job counts its attempts afresh.
-             INSERT INTO sync_attempts (sync_run_id, attempt, started_at, outcome, error_class, error_code, message, request, worker, policy)
-             SELECT $8::uuid, (SELECT COALESCE(max(attempt), 0) + 1 FROM sync_attempts WHERE sync_run_id = $8::uuid),
-                    $9::timestamptz, $10::text, $11::text, $12::text, $13::text, $14::jsonb, $15::text, $27::jsonb
-             FROM fin WHERE $16::bool
-             RETURNING 1 AS one
-           ), run AS (
-             UPDATE sync_runs SET status = $10, error_class = $11, error_code = $12, message = $13,
-                    sage_id = COALESCE($17, sage_id), sage_reference = COALESCE($18, sage_reference), skip_reason = $19,
-                    attempts = GREATEST($20, ((SELECT count(*) FROM sync_attempts WHERE sync_run_id = $8) + (SELECT count(*) FROM attempt))::int),
-                    started_at = COALESCE(started_at, $9), finished_at = CASE WHEN $3 THEN now() END, updated_at = now()
-             WHERE id = $8 AND EXISTS (SELECT 1 FROM fin)
-           ), unlocked AS (
-             DELETE FROM sync_locks WHERE holder = $2
-             RETURNING key
-           ), settled AS (
-             -- The attempt's last Sage call, answered by now (see CallLog::take_unsettled).
-             UPDATE sage_calls SET at = clock_timestamp() WHERE id = $24
-           ), woken AS (
-             -- Jobs waiting on a lease this attempt held (a payment or credit note on its
-             -- invoice, another event for the entity) go now rather than at their next look.
-             -- Not when this attempt only waited too: waiters would wake each other forever.
-             -- By the binding and the partial index's own predicate: a few rows at most.
-             UPDATE jobs SET run_at = now(), updated_at = now()
-             WHERE $26::bool AND jobs.binding_id = $21 AND jobs.status = 'queued' AND jobs.waits_on IS NOT NULL
-               AND jobs.waits_on IN (SELECT key FROM unlocked) AND jobs.run_at > now()
-           ), callback AS (
-             INSERT INTO jobs (binding_id, kind, entity_key, payload)
-             SELECT $21::uuid, 'sync_state', $22::text, $23::jsonb FROM fin WHERE $23::jsonb IS NOT NULL
-             ON CONFLICT (binding_id, entity_key) WHERE status = 'queued' AND kind = 'sync_state'
-             DO UPDATE SET payload = EXCLUDED.payload, run_at = now(), attempts = 0, updated_at = now()
-             RETURNING id
-           )
-           SELECT EXISTS (SELECT 1 FROM fin) AS "held!", (SELECT id FROM callback) AS callback_id"#,
-        job.id,
-        job.lease_id,
-        finished,
-        after,
-        count,
-        waiting,
-        job_error,
-        run.id,
-        started,
-        status,
-        class,
-        code,
-        message,
-        json!({ "sage_calls": calls }),
-        format!("{}", std::process::id()),
-        record,
-        sage_id,
-        reference,
-        skip_reason,
-        // An attempt given back (a wait, an unreachable store) is not one.
-        job.attempt - i32::from(!count),
-        run.binding.0,
-        format!("{}:{}", run.entity_type, run.entity_id),
-        callback,
-        unsettled,
-        waits_on,
-        !matches!(outcome, Outcome::Blocked { .. }),
-        run.policy,
+    let row = ledger_jobs::finish_attempt(
+        &state.db,
+        &ledger_jobs::Attempt {
+            job,
+            run: run.id,
+            binding: run.binding,
+            finished,
+            retry_after_secs: after,
+            counts: count,
+            waiting_for: waiting,
+            waits_on,
+            job_error,
+            started,
+            run_status: status,
+            error_class: class,
+            error_code: code.as_deref(),
+            message: message.as_deref(),
+            sage_id: sage_id.as_deref(),
+            sage_reference: reference.as_deref(),
+            skip_reason: skip_reason.as_deref(),
+            record,
+            request: json!({ "sage_calls": calls }),
+            worker: format!("{}", std::process::id()),
+            // An attempt given back (a wait, an unreachable store) is not one.
+            run_attempts: job.attempt - i32::from(!count),
+            callback_entity_key: &format!("{}:{}", run.entity_type, run.entity_id),
+            callback,
+            unsettled_call: unsettled,
+            wake_waiters: !matches!(outcome, Outcome::Blocked { .. }),
+            policy: run.policy.as_ref(),
+        },
     )
-    .fetch_one(&state.db)
     .await?;
     if !row.held {
         // The lease expired and another worker owns the job now: its result counts.
@@ -220,7 +173,7 @@ pub async fn complete(
         return Ok(None);
     }
     metrics::counter!("sync_runs_total", "status" => status, "class" => class.unwrap_or("none")).increment(1);
-    Ok(row.callback_id)
+    Ok(row.callback)
 }
 
 // ---- API ----------------------------------------------------------------------
@@ -355,13 +308,11 @@ pub async fn detail(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunDeta
     ))]
 pub async fn list_runs(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding): Path<BindingId>,
+    BindingAccess {
+        binding_id: binding, ..
+    }: BindingAccess<action::ViewRuns>,
     Query(filter): Query<RunFilter>,
 ) -> Result<axum::Json<Vec<Run>>, Problem> {
-    merchant
-        .binding_access(&state.db, binding, OperatorAction::ViewRuns)
-        .await?;
     Ok(axum::Json(list(&state.db, binding, &filter).await?))
 }
 
@@ -420,26 +371,7 @@ pub async fn retry(state: &AppState, run: uuid::Uuid, actor: Actor) -> Result<bo
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else { return Ok(false) };
-    let requeued = sqlx::query!(
-        "UPDATE jobs SET status = 'queued', attempts = 0, run_at = now(), lease_id = NULL, updated_at = now()
-         WHERE sync_run_id = $1 AND kind = 'sync_event' AND status IN ('done', 'dead', 'cancelled', 'paused')",
-        run
-    )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if requeued == 0 {
-        sqlx::query!(
-            "INSERT INTO jobs (binding_id, kind, sync_run_id) VALUES ($1, 'sync_event', $2)",
-            row.binding_id.0,
-            run
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", row.binding_id.0.to_string())
-        .execute(&mut *tx)
-        .await?;
+    ledger_jobs::requeue_run(&mut tx, row.binding_id, run).await?;
     audit::record(
         &mut tx,
         audit::Entry {
@@ -535,27 +467,19 @@ pub async fn resume_binding(state: &AppState, binding: BindingId, actor: Actor) 
 }
 
 async fn set_paused(state: &AppState, binding: BindingId, actor: Actor, pause: bool) -> Result<bool, sqlx::Error> {
-    let (from, to) = if pause {
-        ("active", "paused")
+    use ledger_tenant_binding::bindings::{Move, transition};
+    let mv = if pause {
+        Move::OperatorPause
     } else {
-        ("paused", "active")
+        Move::OperatorResume
     };
     let mut tx = state.db.begin().await?;
-    let Some(tenant) = sqlx::query_scalar!(
-        r#"UPDATE connector_bindings SET status = $3, updated_at = now() WHERE id = $1 AND status = $2
-           RETURNING tenant_id AS "tenant_id: TenantId""#,
-        binding.0,
-        from,
-        to
-    )
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
+    let Some(tenant) = transition(&mut tx, binding, mv).await? else {
         return Ok(false);
     };
     if !pause {
         // Also jobs a lapse paused, should the operator resume a lapsed binding.
-        ledger_tenant_binding::bindings::release_held_jobs(&mut tx, binding).await?;
+        ledger_jobs::release_binding(&mut tx, binding).await?;
     }
     audit::record(
         &mut tx,
@@ -586,9 +510,7 @@ pub async fn skip(state: &AppState, run: uuid::Uuid, actor: Actor) -> Result<boo
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else { return Ok(false) };
-    sqlx::query!("UPDATE jobs SET status = 'cancelled', updated_at = now() WHERE sync_run_id = $1 AND status IN ('queued', 'paused')", run)
-        .execute(&mut *tx)
-        .await?;
+    ledger_jobs::cancel_run(&mut tx, run).await?;
     let outcome = Outcome::Skipped {
         reason: "skipped_by_operator".into(),
         message: String::new(),
@@ -604,7 +526,7 @@ pub async fn skip(state: &AppState, run: uuid::Uuid, actor: Actor) -> Result<boo
         None,
     ) {
         let payload = json!({ "state": s, "run_id": run, "finished_at": Utc::now() });
-        queue::enqueue_callback(
+        ledger_jobs::enqueue_callback(
             &mut tx,
             row.binding_id,
             &format!("{}:{}", row.entity_type, row.magento_entity_id),
@@ -694,12 +616,12 @@ pub struct Retried {
     ))]
 pub async fn retry_dead_runs(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding): Path<BindingId>,
+    BindingAccess {
+        binding_id: binding,
+        access,
+        ..
+    }: BindingAccess<action::RetryRuns>,
 ) -> Result<axum::Json<Retried>, Problem> {
-    let access = merchant
-        .binding_access(&state.db, binding, OperatorAction::RetryRuns)
-        .await?;
     let retried = retry_dead(&state, binding, access.actor).await?;
     Ok(axum::Json(Retried { retried }))
 }
@@ -727,12 +649,10 @@ pub struct Fixable {
     ))]
 pub async fn fixable(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding): Path<BindingId>,
+    BindingAccess {
+        binding_id: binding, ..
+    }: BindingAccess<action::ViewRuns>,
 ) -> Result<axum::Json<Fixable>, Problem> {
-    merchant
-        .binding_access(&state.db, binding, OperatorAction::ViewRuns)
-        .await?;
     let codes: Vec<String> = crate::policy::FIXABLE_CODES.iter().map(|c| (*c).to_owned()).collect();
     Ok(axum::Json(Fixable {
         runs_by_code: fixable_counts(&state.db, binding, &codes).await?,
@@ -779,13 +699,13 @@ pub fn known_fixable(codes: &[String]) -> Result<Vec<String>, Problem> {
     ))]
 pub async fn retry_fixable_runs(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding): Path<BindingId>,
+    BindingAccess {
+        binding_id: binding,
+        access,
+        ..
+    }: BindingAccess<action::RetryRuns>,
     ledger_core::extract::Json(body): ledger_core::extract::Json<FixableCodes>,
 ) -> Result<axum::Json<Retried>, Problem> {
-    let access = merchant
-        .binding_access(&state.db, binding, OperatorAction::RetryRuns)
-        .await?;
     let codes = known_fixable(&body.codes)?;
     let retried = retry_fixable(&state, binding, &codes, access.actor).await?;
     Ok(axum::Json(Retried { retried }))

@@ -18,8 +18,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     callback::{self, Delivery},
     outcome::{Next, Outcome},
-    process, queue, runs,
+    process, runs,
 };
+use ledger_jobs::{self as queue, JobKind, JobStatus};
 
 /// Jobs this process holds, for release at shutdown.
 #[derive(Debug, Default)]
@@ -263,13 +264,13 @@ async fn execute(state: &AppState, job: &queue::Job, worker: &str) -> Option<i64
         lost.clone(),
     ));
     let work = async {
-        match job.kind.as_str() {
-            "sync_event" => sync_event(state, job, worker).await,
-            "sync_state" => sync_state(state, job).await.map(|()| None),
-            other => {
+        match &job.kind {
+            JobKind::SyncEvent => sync_event(state, job, worker).await,
+            JobKind::SyncState => sync_state(state, job).await.map(|()| None),
+            JobKind::Unknown(other) => {
                 tracing::error!(kind = other, "unknown job kind");
                 match state.db.acquire().await {
-                    Ok(mut conn) => queue::finish(&mut conn, job, "dead", Some("unknown job kind"))
+                    Ok(mut conn) => queue::finish(&mut conn, job, JobStatus::Dead, Some("unknown job kind"))
                         .await
                         .map(|_| None),
                     Err(e) => Err(e),
@@ -346,13 +347,13 @@ async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<
     let started = Utc::now();
     let Some(run_id) = job.sync_run_id else {
         let mut conn = state.db.acquire().await?;
-        return queue::finish(&mut conn, job, "dead", Some("no sync run"))
+        return queue::finish(&mut conn, job, JobStatus::Dead, Some("no sync run"))
             .await
             .map(|_| None);
     };
     let Some(run) = process::load_run(&state.db, run_id).await? else {
         let mut conn = state.db.acquire().await?;
-        return queue::finish(&mut conn, job, "dead", Some("sync run deleted"))
+        return queue::finish(&mut conn, job, JobStatus::Dead, Some("sync run deleted"))
             .await
             .map(|_| None);
     };
@@ -394,10 +395,10 @@ async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Erro
         .as_str()
         .and_then(|r| r.parse::<uuid::Uuid>().ok());
     let (job_status, run_status, after, error) = match &delivery {
-        Delivery::Delivered => ("done", Some("delivered"), 0.0, None),
+        Delivery::Delivered => (JobStatus::Done, Some("delivered"), 0.0, None),
         Delivery::Rejected(reason) => {
             tracing::warn!(job = job.id, reason, "the store refused a sync-state callback");
-            ("dead", Some("rejected"), 0.0, Some(reason.as_str()))
+            (JobStatus::Dead, Some("rejected"), 0.0, Some(reason.as_str()))
         }
         Delivery::Retry(failure) => {
             let attempt = u32::try_from(job.attempt).unwrap_or(1);
@@ -405,35 +406,25 @@ async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Erro
             else {
                 unreachable!()
             };
-            ("queued", None, after.as_secs_f64(), Some(failure.message.as_str()))
+            (
+                JobStatus::Queued,
+                None,
+                after.as_secs_f64(),
+                Some(failure.message.as_str()),
+            )
         }
     };
-    // One statement: the job (only while this lease holds it) and the run's callback state.
-    // A callback due for a retry is dropped when a newer state for its entity is already
-    // queued: the latest state wins (and the queue holds one per entity).
-    sqlx::query!(
-        "WITH fin AS (
-           UPDATE jobs SET status = CASE WHEN $3 = 'queued' AND EXISTS (
-                      SELECT 1 FROM jobs q WHERE q.binding_id = jobs.binding_id AND q.entity_key = jobs.entity_key
-                        AND q.kind = 'sync_state' AND q.status = 'queued' AND q.id <> jobs.id) THEN 'done' ELSE $3 END,
-                  lease_id = NULL, locked_until = NULL,
-                  run_at = CASE WHEN $3 = 'queued' THEN now() + make_interval(secs => $4) ELSE run_at END,
-                  waiting_for = CASE WHEN $3 = 'queued' THEN 'store_unreachable' ELSE waiting_for END,
-                  last_error = $5, updated_at = now()
-           WHERE id = $1 AND lease_id = $2
-           RETURNING id
-         )
-         UPDATE sync_runs SET callback_status = $6, callback_at = now()
-         WHERE id = $7 AND $6::text IS NOT NULL AND EXISTS (SELECT 1 FROM fin)",
-        job.id,
-        job.lease_id,
-        job_status,
-        after,
-        error,
-        run_status,
-        run_id,
+    queue::finish_callback(
+        &state.db,
+        job,
+        queue::CallbackEnd {
+            status: job_status,
+            retry_after_secs: after,
+            error,
+            run_status,
+            run: run_id,
+        },
     )
-    .execute(&state.db)
     .await?;
     if let (Delivery::Delivered, Some(finished)) = (
         &delivery,

@@ -4,7 +4,7 @@
 //! only as its SHA-256 with the binding, the region and the sealed PKCE verifier; it
 //! is single-use and expires after 10 minutes.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use ledger_core::{
     AccountId, AppState, BindingId, FieldError, Problem, TenantId,
     audit::{self, Actor},
@@ -12,7 +12,7 @@ use ledger_core::{
     extract::Json,
 };
 use ledger_sage_api::SageApi;
-use ledger_tenant_binding::auth::Merchant;
+use ledger_tenant_binding::auth::OwnedBinding;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -523,16 +523,17 @@ pub async fn choose(state: &AppState, binding: BindingId, business_id: &str, act
     .fetch_one(&mut *tx)
     .await?;
     let tenant = sqlx::query_scalar!(
-        r#"UPDATE connector_bindings SET status = CASE WHEN status IN ('paired', 'needs_reauth', 'paused', 'active') THEN 'active' ELSE status END,
-             region = $2, updated_at = now()
+        r#"UPDATE connector_bindings SET region = $2, updated_at = now()
            WHERE id = $1 RETURNING tenant_id AS "tenant_id: TenantId""#,
         binding.0,
         region
     )
     .fetch_one(&mut *tx)
     .await?;
+    ledger_tenant_binding::bindings::transition(&mut tx, binding, ledger_tenant_binding::bindings::Move::SageConnected)
+        .await?;
     // Work held while the connection needed re-authorisation resumes.
-    ledger_tenant_binding::bindings::release_held_jobs(&mut tx, binding).await?;
+    ledger_jobs::release_binding(&mut tx, binding).await?;
     audit::record(
         &mut tx,
         audit::Entry {
@@ -581,11 +582,13 @@ pub struct AuthorizeUrl {
     ))]
 pub async fn authorize(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding): Path<BindingId>,
+    OwnedBinding {
+        merchant,
+        binding_id: binding,
+        ..
+    }: OwnedBinding,
     body: axum::body::Bytes,
 ) -> Result<axum::Json<AuthorizeUrl>, Problem> {
-    merchant.binding_tenant(&state.db, binding).await?;
     // The body is optional: no body means the default region.
     let request: AuthorizeRequest = if body.iter().all(u8::is_ascii_whitespace) {
         AuthorizeRequest::default()
@@ -655,10 +658,10 @@ pub async fn load_connection(db: &sqlx::PgPool, binding: BindingId) -> Result<Co
     ))]
 pub async fn connection(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding): Path<BindingId>,
+    OwnedBinding {
+        binding_id: binding, ..
+    }: OwnedBinding,
 ) -> Result<axum::Json<Connection>, Problem> {
-    merchant.binding_tenant(&state.db, binding).await?;
     Ok(axum::Json(load_connection(&state.db, binding).await?))
 }
 
@@ -680,11 +683,13 @@ pub struct BusinessRequest {
     ))]
 pub async fn business(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding): Path<BindingId>,
+    OwnedBinding {
+        merchant,
+        binding_id: binding,
+        ..
+    }: OwnedBinding,
     Json(body): Json<BusinessRequest>,
 ) -> Result<axum::Json<Connection>, Problem> {
-    merchant.binding_tenant(&state.db, binding).await?;
     choose(
         &state,
         binding,
@@ -707,22 +712,29 @@ pub async fn business(
     ))]
 pub async fn disconnect(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding): Path<BindingId>,
+    OwnedBinding {
+        merchant,
+        binding_id: binding,
+        tenant_id: tenant,
+    }: OwnedBinding,
 ) -> Result<axum::http::StatusCode, Problem> {
-    let tenant = merchant.binding_tenant(&state.db, binding).await?;
-    let mut tx = state.db.begin().await?;
-    ledger_tenant_binding::status::revoke(
-        &mut tx,
-        tenant,
-        binding,
-        Actor::Account(merchant.account_id.0),
-        "dashboard",
-    )
-    .await?;
-    tx.commit().await?;
-    tokens::disconnect(&state, binding).await?;
+    disconnect_binding(&state, binding, tenant, Actor::Account(merchant.account_id.0)).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Revokes the binding (its queued work cancelled) and its Sage tokens: the dashboard's
+/// and the API's disconnect.
+pub async fn disconnect_binding(
+    state: &AppState,
+    binding: BindingId,
+    tenant: TenantId,
+    actor: Actor,
+) -> Result<(), Problem> {
+    let mut tx = state.db.begin().await?;
+    ledger_tenant_binding::status::revoke(&mut tx, tenant, binding, actor, "dashboard").await?;
+    tx.commit().await?;
+    tokens::disconnect(state, binding).await?;
+    Ok(())
 }
 
 /// The module's Disconnect button: the binding is revoked and its queued work stops,

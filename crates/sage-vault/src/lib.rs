@@ -24,3 +24,17 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(reference::get))
         .routes(routes!(reference::refresh_now))
 }
+
+/// Deletes Sage consents that expired unfinished: OAuth states never called back and
+/// grants whose business was never chosen. Returns rows removed.
+pub async fn housekeeping(db: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    let mut removed = sqlx::query!("DELETE FROM sage_oauth_states WHERE expires_at < now()")
+        .execute(db)
+        .await?
+        .rows_affected();
+    removed += sqlx::query!("DELETE FROM sage_pending_grants WHERE expires_at < now()")
+        .execute(db)
+        .await?
+        .rows_affected();
+    Ok(removed)
+}

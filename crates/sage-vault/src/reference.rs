@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
 use ledger_core::{AppState, BindingId, Problem};
 use ledger_sage_api::SageError;
-use ledger_tenant_binding::auth::{Merchant, OperatorAction};
+use ledger_tenant_binding::auth::{BindingAccess, action};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -118,17 +118,16 @@ pub async fn refresh(state: &AppState, binding: BindingId) -> Result<(), Referen
     .rows_affected();
     // Only a lapse's pause ends here: an operator's pause stays until they resume it.
     let resumed = revived > 0
-        && sqlx::query!(
-            "UPDATE connector_bindings SET status = 'active' WHERE id = $1 AND status = 'paused'",
-            binding.0
+        && ledger_tenant_binding::bindings::transition(
+            &mut tx,
+            binding,
+            ledger_tenant_binding::bindings::Move::SubscriptionRestored,
         )
-        .execute(&mut *tx)
         .await?
-        .rows_affected()
-            > 0;
+        .is_some();
     if resumed {
         // Work held while the subscription was lapsed resumes.
-        ledger_tenant_binding::bindings::release_held_jobs(&mut tx, binding).await?;
+        ledger_jobs::release_binding(&mut tx, binding).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -226,12 +225,10 @@ pub async fn refresh_stale(state: &AppState) -> Result<usize, sqlx::Error> {
     ))]
 pub async fn get(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding): Path<BindingId>,
+    BindingAccess {
+        binding_id: binding, ..
+    }: BindingAccess<action::ViewReference>,
 ) -> Result<axum::Json<Reference>, Problem> {
-    merchant
-        .binding_access(&state.db, binding, OperatorAction::ViewReference)
-        .await?;
     Ok(axum::Json(load(&state.db, binding).await?))
 }
 
@@ -246,12 +243,10 @@ pub async fn get(
     ))]
 pub async fn refresh_now(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding): Path<BindingId>,
+    BindingAccess {
+        binding_id: binding, ..
+    }: BindingAccess<action::RefreshReference>,
 ) -> Result<axum::Json<Reference>, Problem> {
-    merchant
-        .binding_access(&state.db, binding, OperatorAction::RefreshReference)
-        .await?;
     refresh(&state, binding).await?;
     Ok(axum::Json(load(&state.db, binding).await?))
 }

@@ -20,6 +20,8 @@ use ledger_core::{
     audit::{self, Actor},
 };
 
+use ledger_tenant_binding::bindings::{Move, transition};
+
 use crate::oauth::{OAuthError, SageOAuth, TokenSet};
 
 /// How long a refresher may hold the lease (longer than any call to Sage).
@@ -370,24 +372,13 @@ async fn mark_needs_reauth(state: &AppState, binding: BindingId, lease: uuid::Uu
     .rows_affected()
         > 0;
     if changed {
-        let tenant = sqlx::query_scalar!(
-            "UPDATE connector_bindings SET status = 'needs_reauth', updated_at = now()
-             WHERE id = $1 AND status IN ('active', 'paired') RETURNING tenant_id",
-            binding.0
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "UPDATE jobs SET status = 'paused', updated_at = now() WHERE binding_id = $1 AND status = 'queued' AND kind = 'sync_event'",
-            binding.0
-        )
-        .execute(&mut *tx)
-        .await?;
+        let tenant = transition(&mut tx, binding, Move::SageNeedsReauth).await?;
+        ledger_jobs::hold_binding(&mut tx, binding).await?;
         audit::record(
             &mut tx,
             audit::Entry {
                 actor: Actor::System,
-                tenant_id: tenant.map(Into::into),
+                tenant_id: tenant,
                 binding_id: Some(binding),
                 action: "sage.needs_reauth",
                 details: serde_json::json!({ "reason": "refresh token refused (invalid_grant)" }),
@@ -416,18 +407,8 @@ pub async fn mark_subscription_lapsed(state: &AppState, binding: BindingId) -> R
     .rows_affected()
         > 0;
     if changed {
-        sqlx::query!(
-            "UPDATE connector_bindings SET status = 'paused', updated_at = now() WHERE id = $1 AND status = 'active'",
-            binding.0
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "UPDATE jobs SET status = 'paused', updated_at = now() WHERE binding_id = $1 AND status = 'queued' AND kind = 'sync_event'",
-            binding.0
-        )
-        .execute(&mut *tx)
-        .await?;
+        transition(&mut tx, binding, Move::SubscriptionLapsed).await?;
+        ledger_jobs::hold_binding(&mut tx, binding).await?;
         audit::record(
             &mut tx,
             audit::Entry {

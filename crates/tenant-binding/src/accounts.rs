@@ -261,15 +261,9 @@ pub async fn create_account_within(
         }
         other => other.map_err(CreateAccountError::Database)?,
     };
-    sqlx::query!(
-        "INSERT INTO tenants (id, account_id, name) VALUES ($1, $2, $3)",
-        tenant_id.0,
-        account_id.0,
-        tenant_name
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(CreateAccountError::Database)?;
+    insert_tenant(&mut tx, account_id, tenant_id, &tenant_name)
+        .await
+        .map_err(CreateAccountError::Database)?;
     audit::record(
         &mut tx,
         audit::Entry {
@@ -285,6 +279,53 @@ pub async fn create_account_within(
     .map_err(CreateAccountError::Database)?;
     tx.commit().await.map_err(CreateAccountError::Database)?;
     Ok(NewAccount { account_id, tenant_id })
+}
+
+async fn insert_tenant(
+    conn: &mut sqlx::PgConnection,
+    account: AccountId,
+    id: TenantId,
+    name: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO tenants (id, account_id, name) VALUES ($1, $2, $3)",
+        id.0,
+        account.0,
+        name
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A further tenant of an account (e.g. a second brand with its own stores and Sage
+/// businesses), named by the merchant (1 to 80 characters); audited.
+pub async fn create_tenant(db: &sqlx::PgPool, account: AccountId, name: &str) -> Result<TenantId, Problem> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 80 {
+        return Err(Problem::validation(vec![FieldError {
+            field: "name".into(),
+            code: "invalid_format".into(),
+            message: "a name of 1 to 80 characters".into(),
+        }]));
+    }
+    let id = TenantId(uuid::Uuid::new_v4());
+    let mut tx = db.begin().await?;
+    insert_tenant(&mut tx, account, id, name).await?;
+    audit::record(
+        &mut tx,
+        audit::Entry {
+            actor: Actor::Account(account.0),
+            tenant_id: Some(id),
+            binding_id: None,
+            action: "tenant.created",
+            details: serde_json::json!({ "name": name }),
+            request_id: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id)
 }
 
 /// Issues an API token valid for `ttl`; only its SHA-256 is stored, the token is

@@ -1,13 +1,13 @@
 //! The merchant's view of bindings (JSON twins of the dashboard's bindings pages).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use ledger_core::{AppState, BindingId, Problem, TenantId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
-    auth::Merchant,
+    auth::{Merchant, OwnedBinding},
     bindings::{self, Binding},
 };
 
@@ -80,10 +80,8 @@ pub async fn list(
     ))]
 pub async fn get(
     State(state): State<AppState>,
-    merchant: Merchant,
-    Path(binding_id): Path<BindingId>,
+    OwnedBinding { binding_id, .. }: OwnedBinding,
 ) -> Result<axum::Json<BindingView>, Problem> {
-    merchant.binding_tenant(&state.db, binding_id).await?;
     let binding = bindings::load(&state.db, binding_id)
         .await?
         .ok_or_else(|| Problem::not_found("binding_not_found", format!("You have no binding {binding_id}.")))?;

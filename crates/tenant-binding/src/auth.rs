@@ -1,8 +1,9 @@
 //! Who is calling: a merchant by API token or by sign-in session.
 
 use axum::{
-    extract::FromRequestParts,
+    extract::{FromRequestParts, Path},
     http::{HeaderMap, Method, header, request::Parts},
+    response::{IntoResponse, Response},
 };
 use ledger_core::{AccountId, AppState, BindingId, Problem, TenantId, audit::Actor, secret::constant_time_eq};
 
@@ -302,6 +303,103 @@ pub enum OperatorAction {
 pub struct Access {
     pub tenant_id: TenantId,
     pub actor: Actor,
+}
+
+/// The binding named by the path's `binding_id`, when the caller owns it: a handler that
+/// takes one cannot skip the ownership check. Anyone else's binding (an operator's
+/// included) is "not found" — operators act through [`BindingAccess`].
+#[derive(Debug, Clone)]
+pub struct OwnedBinding {
+    pub merchant: Merchant,
+    pub binding_id: BindingId,
+    pub tenant_id: TenantId,
+}
+
+impl FromRequestParts<AppState> for OwnedBinding {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        // The caller first (401 before anything about the path), then the binding.
+        let merchant = Merchant::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Path(binding_id) = Path::<BindingId>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let tenant_id = merchant
+            .binding_tenant(&state.db, binding_id)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            merchant,
+            binding_id,
+            tenant_id,
+        })
+    }
+}
+
+/// One of the [`OperatorAction`]s, as a type, so that [`BindingAccess`] names the action
+/// in the handler's signature.
+pub trait ForAction: Send + Sync {
+    const ACTION: OperatorAction;
+}
+
+/// The actions, as types for [`BindingAccess`].
+pub mod action {
+    use super::{ForAction, OperatorAction};
+
+    macro_rules! actions {
+        ($($name:ident),*) => {$(
+            #[derive(Debug, Clone, Copy)]
+            pub struct $name;
+            impl ForAction for $name {
+                const ACTION: OperatorAction = OperatorAction::$name;
+            }
+        )*};
+    }
+    actions!(
+        ViewRuns,
+        RetryRuns,
+        SkipRuns,
+        ViewReference,
+        RefreshReference,
+        Pause,
+        Resume,
+        RefreshToken
+    );
+}
+
+/// The binding named by the path's `binding_id`, when the caller owns it or is an
+/// operator doing `A` (see [`Merchant::binding_access`]); anyone else: not found.
+#[derive(Debug, Clone)]
+pub struct BindingAccess<A> {
+    pub merchant: Merchant,
+    pub binding_id: BindingId,
+    pub access: Access,
+    action: std::marker::PhantomData<A>,
+}
+
+impl<A: ForAction> FromRequestParts<AppState> for BindingAccess<A> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let merchant = Merchant::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Path(binding_id) = Path::<BindingId>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let access = merchant
+            .binding_access(&state.db, binding_id, A::ACTION)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            merchant,
+            binding_id,
+            access,
+            action: std::marker::PhantomData,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -5,13 +5,15 @@ use ledger_core::{AppState, BindingId, Problem, Secret, TenantId, crypto::Keyrin
 use serde::Serialize;
 use utoipa::ToSchema;
 
+// The legal moves between these are `Move`'s table (not in the doc: it is the API's).
 /// A binding's lifecycle.
 ///
 /// `pairing` → (store confirms the key) → `paired` → (Sage connected) → `active`;
 /// `needs_reauth` and `paused` hold jobs; `revoked` after a disconnect. Re-pairing a
 /// revoked binding revives the same row, so its `entity_xref` history is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum BindingStatus {
     Pairing,
     Paired,
@@ -33,21 +35,89 @@ impl BindingStatus {
         }
     }
 
-    pub fn parse(text: &str) -> Self {
-        match text {
-            "pairing" => Self::Pairing,
-            "paired" => Self::Paired,
-            "active" => Self::Active,
-            "needs_reauth" => Self::NeedsReauth,
-            "paused" => Self::Paused,
-            _ => Self::Revoked,
-        }
-    }
-
     /// Whether the store can talk to the ledger (webhooks accepted).
     pub fn is_live(self) -> bool {
         matches!(self, Self::Paired | Self::Active | Self::NeedsReauth | Self::Paused)
     }
+}
+
+/// Why a binding changes state. Every change of `connector_bindings.status` is one of
+/// these, made by [`transition`] (or, for the two that depend on the other side's state
+/// in the same statement, with [`Move::from`] and [`Move::to`] as its parameters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    /// The store confirmed its key; Sage is not connected (yet).
+    StorePaired,
+    /// The store confirmed its key while the binding's Sage side is connected.
+    StorePairedSageConnected,
+    /// The merchant connected (or re-authorised) Sage; held work resumes.
+    SageConnected,
+    /// Sage refused the refresh token: the merchant must authorise again.
+    SageNeedsReauth,
+    /// Sage answered that the business has no active subscription.
+    SubscriptionLapsed,
+    /// A lapsed subscription works again (only a lapse's pause ends so).
+    SubscriptionRestored,
+    /// An operator held the binding's sync jobs.
+    OperatorPause,
+    /// An operator released them.
+    OperatorResume,
+    /// The merchant or the store disconnected.
+    Disconnect,
+}
+
+impl Move {
+    /// The states this move leaves; from any other the binding stays as it is.
+    pub fn from(self) -> &'static [BindingStatus] {
+        use BindingStatus::*;
+        match self {
+            Self::StorePaired | Self::StorePairedSageConnected => &[Pairing, Revoked],
+            Self::SageConnected => &[Paired, NeedsReauth, Paused, Active],
+            Self::SageNeedsReauth => &[Active, Paired],
+            Self::SubscriptionLapsed | Self::OperatorPause => &[Active],
+            Self::SubscriptionRestored | Self::OperatorResume => &[Paused],
+            Self::Disconnect => &[Pairing, Paired, Active, NeedsReauth, Paused],
+        }
+    }
+
+    /// The state it arrives at.
+    pub fn to(self) -> BindingStatus {
+        match self {
+            Self::StorePaired => BindingStatus::Paired,
+            Self::StorePairedSageConnected
+            | Self::SageConnected
+            | Self::SubscriptionRestored
+            | Self::OperatorResume => BindingStatus::Active,
+            Self::SageNeedsReauth => BindingStatus::NeedsReauth,
+            Self::SubscriptionLapsed | Self::OperatorPause => BindingStatus::Paused,
+            Self::Disconnect => BindingStatus::Revoked,
+        }
+    }
+
+    /// [`Move::from`] as the column's text, for a statement's `status = ANY($n)`.
+    pub fn from_names(self) -> Vec<String> {
+        self.from().iter().map(|s| s.as_str().to_owned()).collect()
+    }
+}
+
+/// Makes `mv` if the binding is in one of its [`Move::from`] states; the binding's tenant
+/// when it moved. (`revoked_at` is set by a disconnect.)
+pub async fn transition(
+    conn: &mut sqlx::PgConnection,
+    id: BindingId,
+    mv: Move,
+) -> Result<Option<TenantId>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"UPDATE connector_bindings SET status = $3, updated_at = now(),
+                  revoked_at = CASE WHEN $3 = 'revoked' THEN now() ELSE revoked_at END
+           WHERE id = $1 AND status = ANY($2)
+           RETURNING tenant_id AS "tenant_id: TenantId""#,
+        id.0,
+        &mv.from_names(),
+        mv.to().as_str(),
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 /// A binding as the API shows it.
@@ -81,8 +151,8 @@ pub fn pending_key_context(id: BindingId) -> String {
 
 pub async fn load(db: &sqlx::PgPool, id: BindingId) -> Result<Option<Binding>, sqlx::Error> {
     let row = sqlx::query!(
-        r#"SELECT id AS "id: BindingId", tenant_id AS "tenant_id: TenantId", provider, magento_base_url, status,
-                  magento_connection_status, region, paired_at, revoked_at, created_at, store_clock_skew_secs
+        r#"SELECT id AS "id: BindingId", tenant_id AS "tenant_id: TenantId", provider, magento_base_url,
+                  status AS "status: BindingStatus", magento_connection_status, region, paired_at, revoked_at, created_at, store_clock_skew_secs
            FROM connector_bindings WHERE id = $1"#,
         id.0
     )
@@ -93,7 +163,7 @@ pub async fn load(db: &sqlx::PgPool, id: BindingId) -> Result<Option<Binding>, s
         tenant_id: r.tenant_id,
         provider: r.provider,
         magento_base_url: r.magento_base_url,
-        status: BindingStatus::parse(&r.status),
+        status: r.status,
         magento_connection_status: r.magento_connection_status,
         region: r.region,
         paired_at: r.paired_at,
@@ -140,7 +210,7 @@ pub struct KeyCandidate {
 /// Every binding of `tenant` that holds a key (active or pending), oldest first.
 pub async fn key_candidates(db: &sqlx::PgPool, tenant: TenantId) -> Result<Vec<KeyCandidate>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT id AS "id: BindingId", status, api_key, pending_api_key, store_clock_skew_secs
+        r#"SELECT id AS "id: BindingId", status AS "status: BindingStatus", api_key, pending_api_key, store_clock_skew_secs
            FROM connector_bindings
            WHERE tenant_id = $1 AND (api_key IS NOT NULL OR pending_api_key IS NOT NULL)
            ORDER BY created_at, id"#,
@@ -152,7 +222,7 @@ pub async fn key_candidates(db: &sqlx::PgPool, tenant: TenantId) -> Result<Vec<K
         .into_iter()
         .map(|r| KeyCandidate {
             binding_id: r.id,
-            status: BindingStatus::parse(&r.status),
+            status: r.status,
             api_key: r.api_key,
             pending_api_key: r.pending_api_key,
             store_clock_skew: r.store_clock_skew_secs,
@@ -221,20 +291,41 @@ pub async fn record_magento_answer(db: &sqlx::PgPool, id: BindingId, unauthorize
     Ok(())
 }
 
-/// Releases a binding's held work — jobs paused while Sage needed re-authorisation or the
-/// subscription lapsed, and sync jobs waiting out a backoff — to run now, and wakes the
-/// workers. Used whenever a binding becomes active again (Sage reconnected, subscription
-/// restored, an operator's resume).
-pub async fn release_held_jobs(conn: &mut sqlx::PgConnection, id: BindingId) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "UPDATE jobs SET status = 'queued', run_at = LEAST(run_at, now()), updated_at = now()
-         WHERE binding_id = $1 AND (status = 'paused' OR (status = 'queued' AND kind = 'sync_event'))",
-        id.0
-    )
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", id.0.to_string())
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::{BindingStatus::*, Move};
+
+    const ALL: [Move; 9] = [
+        Move::StorePaired,
+        Move::StorePairedSageConnected,
+        Move::SageConnected,
+        Move::SageNeedsReauth,
+        Move::SubscriptionLapsed,
+        Move::SubscriptionRestored,
+        Move::OperatorPause,
+        Move::OperatorResume,
+        Move::Disconnect,
+    ];
+
+    #[test]
+    fn a_revoked_binding_comes_back_only_by_pairing_and_every_live_one_can_be_disconnected() {
+        let leaving_revoked: Vec<Move> = ALL.into_iter().filter(|m| m.from().contains(&Revoked)).collect();
+        assert_eq!(leaving_revoked, [Move::StorePaired, Move::StorePairedSageConnected]);
+        for s in [Pairing, Paired, Active, NeedsReauth, Paused] {
+            assert!(Move::Disconnect.from().contains(&s), "{s:?} cannot be disconnected");
+        }
+    }
+
+    #[test]
+    fn held_bindings_are_released_by_reconnecting_sage_and_only_active_ones_are_paused() {
+        for held in [NeedsReauth, Paused] {
+            assert!(Move::SageConnected.from().contains(&held));
+            assert_eq!(Move::SageConnected.to(), Active);
+        }
+        assert_eq!(Move::OperatorPause.from(), [Active]);
+        assert_eq!(Move::SubscriptionLapsed.from(), [Active]);
+        assert_eq!(Move::SageNeedsReauth.from(), [Active, Paired]);
+        // A binding still pairing has no Sage side to connect.
+        assert!(!Move::SageConnected.from().contains(&Pairing));
+    }
 }

@@ -35,17 +35,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Deletes what has expired: replay-store entries, sessions, old sign-in failures, and
-/// bindings whose pairing was never confirmed within a day. Returns rows removed.
+/// bindings whose pairing was never confirmed within a day. Returns rows removed. (The
+/// Sage side's expired consents are `ledger_sage_vault::housekeeping`'s.)
 pub async fn housekeeping(db: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
     let mut removed = magento::prune_jti(db).await?;
-    removed += sqlx::query!("DELETE FROM sage_oauth_states WHERE expires_at < now()")
-        .execute(db)
-        .await?
-        .rows_affected();
-    removed += sqlx::query!("DELETE FROM sage_pending_grants WHERE expires_at < now()")
-        .execute(db)
-        .await?
-        .rows_affected();
     removed += sqlx::query!("DELETE FROM sessions WHERE expires_at < now()")
         .execute(db)
         .await?

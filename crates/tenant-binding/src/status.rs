@@ -278,24 +278,11 @@ pub async fn revoke(
     actor: Actor,
     initiated_by: &str,
 ) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query!(
-        "UPDATE connector_bindings SET status = 'revoked', revoked_at = now(), updated_at = now()
-         WHERE id = $1 AND status <> 'revoked'",
-        binding_id.0
-    )
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        > 0;
-    if changed {
-        let cancelled = sqlx::query!(
-            "UPDATE jobs SET status = 'cancelled', updated_at = now()
-             WHERE binding_id = $1 AND status IN ('queued', 'paused')",
-            binding_id.0
-        )
-        .execute(&mut *conn)
+    let changed = bindings::transition(&mut *conn, binding_id, bindings::Move::Disconnect)
         .await?
-        .rows_affected();
+        .is_some();
+    if changed {
+        let cancelled = ledger_jobs::cancel_binding(&mut *conn, binding_id).await?;
         audit::record(
             conn,
             audit::Entry {

@@ -1,27 +1,19 @@
-//! The Postgres job queue.
-//!
-//! Claiming takes a lease (`lease_id`, `locked_until`) in one short transaction and
-//! commits it before any outbound call; no transaction is ever held across the
-//! network. Bindings are served round-robin (each process's [`Turn`]), each with at most
-//! `binding_concurrency` jobs running across all processes, and a binding whose Sage
-//! business has spent its call budget is skipped until the budget frees (its
-//! callbacks to Magento still run). Expired leases are reclaimed by any worker.
+//! Claiming, renewing and ending jobs.
 
 use std::time::Duration;
 
 use ledger_core::BindingId;
+
+use crate::{JobKind, JobStatus};
 use serde_json::Value;
 use sqlx::PgPool;
-
-/// The channel `pg_notify` wakes workers on.
-pub const CHANNEL: &str = "ledger_jobs";
 
 /// A claimed job.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: i64,
     pub binding_id: BindingId,
-    pub kind: String,
+    pub kind: JobKind,
     pub sync_run_id: Option<uuid::Uuid>,
     /// This attempt's number (1 for the first).
     pub attempt: i32,
@@ -46,7 +38,7 @@ impl Claimed {
         Job {
             id: self.id,
             binding_id: self.binding_id,
-            kind: self.kind,
+            kind: JobKind::parse(self.kind),
             sync_run_id: self.sync_run_id,
             attempt: self.attempts,
             lease_id,
@@ -326,9 +318,7 @@ pub async fn reclaim_expired(db: &PgPool, max_attempts: u32) -> Result<Reclaimed
         poisoned: u64::try_from(row.poisoned).unwrap_or_default(),
     };
     if done.requeued > 0 {
-        sqlx::query!("SELECT pg_notify('ledger_jobs', 'reclaimed')")
-            .execute(db)
-            .await?;
+        crate::notify(&mut *db.acquire().await?, "reclaimed").await?;
     }
     Ok(done)
 }
@@ -355,7 +345,7 @@ pub async fn release(db: &PgPool, id: i64, lease: uuid::Uuid) -> Result<bool, sq
 pub async fn finish(
     conn: &mut sqlx::PgConnection,
     job: &Job,
-    status: &str,
+    status: JobStatus,
     error: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query!(
@@ -363,7 +353,7 @@ pub async fn finish(
          WHERE id = $1 AND lease_id = $2",
         job.id,
         job.lease_id,
-        status,
+        status.as_str(),
         error
     )
     .execute(conn)
@@ -395,9 +385,7 @@ pub async fn enqueue_callback(
     .fetch_one(&mut *conn)
     .await?;
     if notify {
-        sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", binding.0.to_string())
-            .execute(conn)
-            .await?;
+        crate::notify(conn, &binding.0.to_string()).await?;
     }
     Ok(id)
 }

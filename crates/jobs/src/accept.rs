@@ -1,0 +1,179 @@
+//! Accepting received events: the event, its run and its job in one statement.
+
+use ledger_core::BindingId;
+use serde_json::Value;
+
+/// One verified event to store, as the webhook received it.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub binding_id: BindingId,
+    pub event_name: &'a str,
+    pub idempotency_key: &'a str,
+    pub magento_entity_id: i64,
+    pub website_id: i64,
+    pub store_id: i64,
+    pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub body: &'a Value,
+    pub jti: &'a str,
+    pub jti_expires_at: i64,
+    /// SHA-256 of the request body's bytes (a repeat is the same key with the same bytes).
+    pub body_sha256: &'a [u8],
+    pub request_id: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+}
+
+/// What storing one event did.
+#[derive(Debug)]
+pub struct Persisted {
+    /// False when the token's jti was used before (nothing else was written).
+    pub fresh_token: bool,
+    /// The new run (or the waiting run it was folded into); `None` for a repeat.
+    pub run_id: Option<uuid::Uuid>,
+    /// Folded into a run not yet started (a repeated customer or product update).
+    pub folded: bool,
+}
+
+/// Stores events with their sync runs and jobs, consuming each token's jti and waking
+/// workers — one statement for the whole group, one row back per event in order. The
+/// events must not share a token, an Idempotency-Key or a foldable entity (the ingest's
+/// grouping sees to it): each is then stored exactly as it would be alone.
+pub async fn accept(conn: &mut sqlx::PgConnection, events: &[Received<'_>]) -> Result<Vec<Persisted>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut c = Columns::default();
+    for e in events {
+        c.event_ids.push(uuid::Uuid::new_v4());
+        c.run_ids.push(uuid::Uuid::new_v4());
+        c.bindings.push(e.binding_id.0);
+        c.names.push(e.event_name.to_owned());
+        c.keys.push(e.idempotency_key.to_owned());
+        c.entities.push(e.magento_entity_id);
+        c.websites.push(e.website_id);
+        c.stores.push(e.store_id);
+        c.occurred.push(e.occurred_at);
+        c.bodies.push(e.body.clone());
+        c.jtis.push(e.jti.to_owned());
+        c.jti_expiries.push(e.jti_expires_at as f64);
+        c.entity_types
+            .push(e.event_name.split('.').next().unwrap_or_default().to_owned());
+        c.shas.push(e.body_sha256.to_owned());
+        c.request_ids.push(e.request_id.map(str::to_owned));
+        c.traceparents.push(e.traceparent.map(str::to_owned));
+        c.trace_ids
+            .push(e.traceparent.and_then(ledger_core::trace::trace_id).map(str::to_owned));
+    }
+    let rows = sqlx::query!(
+        r#"WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[],
+                                  $8::timestamptz[], $9::jsonb[], $10::uuid[], $11::text[], $12::float8[], $13::text[],
+                                  $14::bytea[], $15::text[], $16::text[], $17::text[])
+               WITH ORDINALITY AS t(event_id, binding_id, event_name, idempotency_key, entity_id, website_id, store_id,
+                                    occurred_at, body, run_id, jti, jti_expires_at, entity_type, sha, request_id,
+                                    traceparent, trace_id, n)
+           ), j AS (
+             INSERT INTO magento_jti (binding_id, jti, expires_at)
+             SELECT binding_id, jti, to_timestamp(jti_expires_at) FROM input ORDER BY n
+             ON CONFLICT DO NOTHING RETURNING binding_id, jti
+           ), fresh AS (
+             SELECT i.* FROM input i WHERE EXISTS (SELECT 1 FROM j WHERE j.binding_id = i.binding_id AND j.jti = i.jti)
+           ), waiting AS (
+             -- Updates of a customer or product fold into a run not yet started: it reads
+             -- the latest state anyway. (Looked up before the event is stored, so the
+             -- event can record it; a repeat stores nothing and folds nothing.)
+             SELECT f.n, (SELECT r.id FROM sync_runs r
+                          WHERE r.binding_id = f.binding_id AND r.event_name = f.event_name
+                            AND r.magento_entity_id = f.entity_id AND r.status = 'pending' LIMIT 1) AS id
+             FROM fresh f WHERE f.event_name IN ('customer.upserted', 'product.upserted')
+           ), ev AS (
+             INSERT INTO received_events
+               (id, binding_id, event_name, idempotency_key, magento_entity_id, website_id, store_id, occurred_at, body, body_sha256, folded_into)
+             SELECT f.event_id, f.binding_id, f.event_name, f.idempotency_key, f.entity_id, f.website_id, f.store_id,
+                    f.occurred_at, f.body, f.sha, w.id
+             FROM fresh f LEFT JOIN waiting w ON w.n = f.n ORDER BY f.n
+             ON CONFLICT (binding_id, idempotency_key, body_sha256) DO NOTHING
+             RETURNING id
+           ), run AS (
+             INSERT INTO sync_runs (id, binding_id, event_id, event_name, entity_type, magento_entity_id, policy, request_id, traceparent, trace_id)
+             SELECT f.run_id, f.binding_id, f.event_id, f.event_name, f.entity_type, f.entity_id,
+                    (SELECT s.settings FROM binding_settings s WHERE s.binding_id = f.binding_id), f.request_id, f.traceparent, f.trace_id
+             FROM fresh f JOIN ev ON ev.id = f.event_id LEFT JOIN waiting w ON w.n = f.n
+             WHERE w.id IS NULL ORDER BY f.n
+             RETURNING id, binding_id
+           ), folded AS (
+             UPDATE sync_runs SET coalesced = coalesced + 1, updated_at = now()
+             FROM waiting w JOIN fresh f ON f.n = w.n JOIN ev ON ev.id = f.event_id
+             WHERE sync_runs.id = w.id
+             RETURNING sync_runs.id
+           ), job AS (
+             INSERT INTO jobs (binding_id, kind, sync_run_id) SELECT binding_id, 'sync_event', id FROM run
+             RETURNING id, binding_id
+           ), notified AS (
+             -- One wake-up per job (identical notifications in a transaction are merged).
+             SELECT count(*) AS n FROM (SELECT pg_notify('ledger_jobs', binding_id::text || ':' || id) FROM job) x
+           )
+           SELECT i.n AS "n!",
+                  EXISTS (SELECT 1 FROM j WHERE j.binding_id = i.binding_id AND j.jti = i.jti) AS "fresh_token!",
+                  COALESCE((SELECT r.id FROM run r WHERE r.id = i.run_id),
+                           (SELECT w.id FROM waiting w JOIN ev ON ev.id = i.event_id WHERE w.n = i.n)) AS run_id,
+                  EXISTS (SELECT 1 FROM waiting w JOIN ev ON ev.id = i.event_id WHERE w.n = i.n AND w.id IS NOT NULL) AS "folded!",
+                  (SELECT n FROM notified) AS "notified!"
+           FROM input i ORDER BY i.n"#,
+        &c.event_ids,
+        &c.bindings,
+        &c.names,
+        &c.keys,
+        &c.entities,
+        &c.websites,
+        &c.stores,
+        &c.occurred as &[Option<chrono::DateTime<chrono::Utc>>],
+        &c.bodies,
+        &c.run_ids,
+        &c.jtis,
+        &c.jti_expiries,
+        &c.entity_types,
+        &c.shas,
+        &c.request_ids as &[Option<String>],
+        &c.traceparents as &[Option<String>],
+        &c.trace_ids as &[Option<String>],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.len() != events.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "the insert answered {} rows for {} events",
+            rows.len(),
+            events.len()
+        )));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| Persisted {
+            fresh_token: r.fresh_token,
+            run_id: r.run_id,
+            folded: r.folded,
+        })
+        .collect())
+}
+
+/// The group's columns, one array each.
+#[derive(Default)]
+struct Columns {
+    event_ids: Vec<uuid::Uuid>,
+    run_ids: Vec<uuid::Uuid>,
+    bindings: Vec<uuid::Uuid>,
+    names: Vec<String>,
+    keys: Vec<String>,
+    entities: Vec<i64>,
+    websites: Vec<i64>,
+    stores: Vec<i64>,
+    occurred: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    bodies: Vec<Value>,
+    jtis: Vec<String>,
+    jti_expiries: Vec<f64>,
+    entity_types: Vec<String>,
+    shas: Vec<Vec<u8>>,
+    request_ids: Vec<Option<String>>,
+    traceparents: Vec<Option<String>>,
+    trace_ids: Vec<Option<String>>,
+}
