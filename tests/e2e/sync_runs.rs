@@ -341,3 +341,49 @@ async fn a_store_in_maintenance_is_waited_for_without_using_attempts() {
     .await;
     workers.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_settings_snapshot_cannot_be_read_fails_and_posts_nothing() {
+    let app = TestApp::builder()
+        .sage(SageConfig::default())
+        .configure(|s| s.job_max_attempts = 1)
+        .spawn()
+        .await;
+    let paired = app.connected_store().await;
+    let store = &paired.store.store;
+    let (_, invoice) = store.place_order(false);
+    // Accepted with the binding's settings as its snapshot, then the snapshot is damaged
+    // before any worker reads it (a field of the wrong type).
+    store.drain_once().await;
+    sqlx::query(
+        r#"UPDATE sync_runs SET policy = jsonb_set(COALESCE(policy, '{}'), '{sync_unpaid_invoices}', '"yes"')
+           WHERE magento_entity_id = $1"#,
+    )
+    .bind(invoice)
+    .execute(&app.state.db)
+    .await
+    .expect("damage the snapshot");
+    let _workers = app.start_workers();
+    ledger_e2e::wait_for("the run to end", Duration::from_secs(30), async || {
+        matches!(invoice_run(&app, invoice).await.status.as_str(), "dead" | "failed")
+    })
+    .await;
+    let run = invoice_run(&app, invoice).await;
+    assert_eq!(
+        run.error_code.as_deref(),
+        Some("settings_snapshot_unreadable"),
+        "{run:?}"
+    );
+    assert!(
+        run.message.as_deref().unwrap_or_default().contains("Retry the run"),
+        "{:?}",
+        run.message
+    );
+    let business = app.sage().businesses()[0].id.clone();
+    let books = ledger_e2e::books(&app, &business).await;
+    assert_eq!(
+        books["sales_invoices"].as_array().map_or(0, Vec::len),
+        0,
+        "nothing posted with the defaults"
+    );
+}

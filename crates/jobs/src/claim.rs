@@ -369,7 +369,7 @@ pub async fn finish(
 pub async fn enqueue_callback(
     conn: &mut sqlx::PgConnection,
     binding: BindingId,
-    entity_key: &str,
+    entity_key: &crate::EntityKey,
     payload: &Value,
     notify: bool,
 ) -> Result<i64, sqlx::Error> {
@@ -379,7 +379,7 @@ pub async fn enqueue_callback(
          DO UPDATE SET payload = EXCLUDED.payload, run_at = now(), attempts = 0, updated_at = now()
          RETURNING id",
         binding.0,
-        entity_key,
+        entity_key.as_str(),
         payload
     )
     .fetch_one(&mut *conn)

@@ -32,6 +32,35 @@ use ledger_core::BindingId;
 /// The channel `pg_notify` wakes workers on.
 pub const CHANNEL: &str = "ledger_jobs";
 
+/// An entity's key in the queue: the lease an attempt takes on it (`sync_locks.key`), what
+/// a job waits on (`jobs.waits_on`) and whose store callback a job is (`jobs.entity_key`).
+/// One format, `type:id` (`contact:id:currency` for a contact per currency), so that a
+/// release wakes exactly the jobs waiting on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EntityKey(String);
+
+impl EntityKey {
+    /// A Magento entity: `invoice`, `creditmemo`, `customer`, `product`.
+    pub fn new(entity_type: &str, id: i64) -> Self {
+        Self(format!("{entity_type}:{id}"))
+    }
+
+    /// A Magento customer's Sage contact in one currency.
+    pub fn contact(id: i64, currency: &str) -> Self {
+        Self(format!("contact:{id}:{currency}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EntityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// What a job does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobKind {
@@ -84,6 +113,35 @@ impl JobStatus {
             Self::Done => "done",
             Self::Dead => "dead",
             Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Where a sync run is (`sync_runs.status`; its CHECK constraint holds the same list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Queued, or waiting for a retry.
+    Pending,
+    Running,
+    Synced,
+    /// Skipped on purpose (a setting, or an operator): nothing to post.
+    SkippedByPolicy,
+    /// Cannot succeed as it is: the merchant fixes the cause and retries.
+    Failed,
+    /// Gave up on a transient cause after every attempt.
+    Dead,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Synced => "synced",
+            Self::SkippedByPolicy => "skipped_by_policy",
+            Self::Failed => "failed",
+            Self::Dead => "dead",
         }
     }
 }

@@ -21,11 +21,11 @@ pub struct Attempt<'a> {
     pub counts: bool,
     /// Why the job waits, and the entity lease it waits on.
     pub waiting_for: Option<&'a str>,
-    pub waits_on: Option<&'a str>,
+    pub waits_on: Option<&'a crate::EntityKey>,
     pub job_error: Option<&'a str>,
     pub started: DateTime<Utc>,
     /// The run's status after this attempt, and its error and answer.
-    pub run_status: &'a str,
+    pub run_status: crate::RunStatus,
     pub error_class: Option<&'a str>,
     pub error_code: Option<&'a str>,
     pub message: Option<&'a str>,
@@ -40,7 +40,7 @@ pub struct Attempt<'a> {
     /// The run's attempts counted so far (the attempt row count wins when higher).
     pub run_attempts: i32,
     /// The store callback to queue for a terminal outcome, under the entity's key.
-    pub callback_entity_key: &'a str,
+    pub callback_entity_key: &'a crate::EntityKey,
     pub callback: Option<Value>,
     /// The attempt's last Sage call, answered by now.
     pub unsettled_call: Option<i64>,
@@ -119,7 +119,7 @@ pub async fn finish_attempt(db: &sqlx::PgPool, a: &Attempt<'_>) -> Result<Finish
         a.job_error,
         a.run,
         a.started,
-        a.run_status,
+        a.run_status.as_str(),
         a.error_class,
         a.error_code,
         a.message,
@@ -131,10 +131,10 @@ pub async fn finish_attempt(db: &sqlx::PgPool, a: &Attempt<'_>) -> Result<Finish
         a.skip_reason,
         a.run_attempts,
         a.binding.0,
-        a.callback_entity_key,
+        a.callback_entity_key.as_str(),
         a.callback,
         a.unsettled_call,
-        a.waits_on,
+        a.waits_on.map(crate::EntityKey::as_str),
         a.wake_waiters,
         a.policy,
     )

@@ -98,7 +98,7 @@ pub enum Outcome {
         reason: String,
         /// The entity lease whose release ends the wait (e.g. `invoice:42`): the attempt
         /// that releases it wakes this job instead of leaving it to its timer.
-        on: Option<String>,
+        on: Option<ledger_jobs::EntityKey>,
     },
 }
 

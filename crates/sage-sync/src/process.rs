@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ledger_core::{AppState, BindingId, TenantId};
+use ledger_jobs::EntityKey;
 use ledger_magento_api::{
     MagentoClient, MagentoError, UrlPolicy, canonical::Contact, client::ErrorClass as MagentoClass, url::Url,
 };
@@ -459,7 +460,7 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
 /// Leases a Magento entity for this attempt (released when the attempt is recorded), or
 /// waits a moment when another attempt works on it: an invoice, its payment and its
 /// credit notes move the same Sage balance, so they go one at a time.
-async fn hold(env: &Env<'_>, key: &str) -> Step<()> {
+async fn hold(env: &Env<'_>, key: &EntityKey) -> Step<()> {
     let ttl = env.state.settings.job_lease;
     if xref::lock(&env.state.db, env.run.binding, key, env.holder, ttl).await? {
         Ok(())
@@ -469,16 +470,16 @@ async fn hold(env: &Env<'_>, key: &str) -> Step<()> {
 }
 
 /// Another attempt holds `key`: wait for its release (which wakes this job) or 250 ms.
-fn busy(key: &str) -> Stop {
+fn busy(key: &EntityKey) -> Stop {
     Stop::Outcome(Outcome::Blocked {
         after: Duration::from_millis(250),
         reason: "entity_busy".into(),
-        on: Some(key.to_owned()),
+        on: Some(key.clone()),
     })
 }
 
 /// [`hold`], then the entity's xref (one round trip).
-async fn hold_get(env: &Env<'_>, key: &str, entity: &str, id: i64, currency: &str) -> Step<Option<xref::Xref>> {
+async fn hold_get(env: &Env<'_>, key: &EntityKey, entity: &str, id: i64, currency: &str) -> Step<Option<xref::Xref>> {
     let ttl = env.state.settings.job_lease;
     match xref::lock_get(
         &env.state.db,
@@ -535,7 +536,7 @@ fn document_policy(s: &Settings, website: i64, store: Option<i64>, created_at: &
 
 async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
     let id = env.run.entity_id;
-    let previous = hold_get(env, &format!("invoice:{id}"), "invoice", id, "").await?;
+    let previous = hold_get(env, &EntityKey::new("invoice", id), "invoice", id, "").await?;
     let inv = env
         .magento
         .invoice(id)
@@ -1048,7 +1049,7 @@ async fn ensure_contact(env: &mut Env<'_>, contact: &Contact, currency: &str, gr
     let db = env.state.db.clone();
     let binding = env.run.binding;
     let xid = key.xref_id();
-    if let Some(x) = hold_get(env, &format!("contact:{xid}:{currency}"), "contact", xid, &currency).await?
+    if let Some(x) = hold_get(env, &EntityKey::contact(xid, &currency), "contact", xid, &currency).await?
         && let Some(id) = x.posted()
     {
         let id = id.to_owned();
@@ -1256,7 +1257,7 @@ async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
             after: Duration::from_secs(2),
             reason: "waiting_for_invoice".into(),
             // The invoice's attempt holds this lease: its end wakes us.
-            on: Some(format!("invoice:{invoice_id}")),
+            on: Some(EntityKey::new("invoice", invoice_id)),
         })),
         Some("skipped_by_policy") => Err(Stop::Outcome(skip(
             last.and_then(|r| r.skip_reason)
@@ -1269,7 +1270,7 @@ async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
             after: Duration::from_secs(1),
             reason: "waiting_for_invoice".into(),
             // The invoice's attempt holds this lease: its end wakes us.
-            on: Some(format!("invoice:{invoice_id}")),
+            on: Some(EntityKey::new("invoice", invoice_id)),
         })),
         Some(_) => Err(Failure::new(
             ErrorClass::Validation,
@@ -1282,7 +1283,7 @@ async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
             after: Duration::from_secs(30),
             reason: "waiting_for_invoice".into(),
             // The invoice's attempt holds this lease: its end wakes us.
-            on: Some(format!("invoice:{invoice_id}")),
+            on: Some(EntityKey::new("invoice", invoice_id)),
         })),
         None => Err(Failure::new(
             ErrorClass::Validation,
@@ -1297,7 +1298,7 @@ async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
 
 async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
     let invoice_id = env.run.entity_id;
-    let previous = hold_get(env, &format!("invoice:{invoice_id}"), "payment", invoice_id, "").await?;
+    let previous = hold_get(env, &EntityKey::new("invoice", invoice_id), "payment", invoice_id, "").await?;
     if let Some(x) = &previous
         && let Some(id) = x.posted()
     {
@@ -1430,7 +1431,7 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
     if let Some(skipped) = document_policy(&env.settings, memo.website_id, None, &memo.created_at) {
         return Ok(skipped);
     }
-    hold(env, &format!("creditmemo:{id}")).await?;
+    hold(env, &EntityKey::new("creditmemo", id)).await?;
     let existing = xref::get(&env.state.db, env.run.binding, &env.business, "creditmemo", id, "").await?;
     // On the original invoice's contact (needed to allocate). A refund made from the
     // order names no invoice: the one it belongs to is found among the customer's
@@ -1452,7 +1453,7 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
     };
     let invoice = match invoice_id {
         Some(invoice_id) => {
-            hold(env, &format!("invoice:{invoice_id}")).await?;
+            hold(env, &EntityKey::new("invoice", invoice_id)).await?;
             Some(require_invoice(env, invoice_id).await?)
         }
         None => None,
@@ -1624,7 +1625,7 @@ async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
 
 async fn customer(env: &mut Env<'_>) -> Step<Outcome> {
     let id = env.run.entity_id;
-    hold(env, &format!("customer:{id}")).await?;
+    hold(env, &EntityKey::new("customer", id)).await?;
     let contact = env
         .magento
         .customer(id)
@@ -1648,7 +1649,7 @@ async fn customer(env: &mut Env<'_>) -> Step<Outcome> {
 
 async fn product(env: &mut Env<'_>) -> Step<Outcome> {
     let id = env.run.entity_id;
-    hold(env, &format!("product:{id}")).await?;
+    hold(env, &EntityKey::new("product", id)).await?;
     let p = env
         .magento
         .product(id)

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
+use ledger_jobs::RunStatus;
+
 use crate::{
     callback,
     outcome::{ErrorClass, Next, Outcome},
@@ -43,7 +45,7 @@ pub async fn complete(
             reference,
             message,
         } => (
-            "synced",
+            RunStatus::Synced,
             None,
             None,
             message.clone(),
@@ -52,7 +54,7 @@ pub async fn complete(
             None,
         ),
         Outcome::Skipped { reason, message } => (
-            "skipped_by_policy",
+            RunStatus::SkippedByPolicy,
             None,
             None,
             Some(message.clone()),
@@ -68,11 +70,11 @@ pub async fn complete(
                     ErrorClass::RateLimited | ErrorClass::Transient | ErrorClass::Internal
                 );
             let status = if dead {
-                "dead"
+                RunStatus::Dead
             } else if terminal {
-                "failed"
+                RunStatus::Failed
             } else {
-                "pending"
+                RunStatus::Pending
             };
             (
                 status,
@@ -85,7 +87,7 @@ pub async fn complete(
             )
         }
         Outcome::Blocked { reason, .. } => (
-            "pending",
+            RunStatus::Pending,
             None,
             None,
             Some(format!("Waiting: {reason}")),
@@ -108,7 +110,7 @@ pub async fn complete(
             &run.event_name,
             &run.entity_type,
             run.entity_id,
-            status,
+            status.as_str(),
             outcome,
             Utc::now(),
             invoice_sage,
@@ -130,7 +132,7 @@ pub async fn complete(
         Next::Retry { after, count } => (after.as_secs_f64(), *count, message.as_deref()),
     };
     let (waiting, waits_on) = match outcome {
-        Outcome::Blocked { reason, on, .. } => (Some(reason.as_str()), on.as_deref()),
+        Outcome::Blocked { reason, on, .. } => (Some(reason.as_str()), on.as_ref()),
         _ => (None, None),
     };
     let record = count || matches!(outcome, Outcome::Failed(_));
@@ -159,7 +161,7 @@ pub async fn complete(
             worker: format!("{}", std::process::id()),
             // An attempt given back (a wait, an unreachable store) is not one.
             run_attempts: job.attempt - i32::from(!count),
-            callback_entity_key: &format!("{}:{}", run.entity_type, run.entity_id),
+            callback_entity_key: &ledger_jobs::EntityKey::new(&run.entity_type, run.entity_id),
             callback,
             unsettled_call: unsettled,
             wake_waiters: !matches!(outcome, Outcome::Blocked { .. }),
@@ -172,7 +174,7 @@ pub async fn complete(
         tracing::warn!(job = job.id, "lease lost before completing; result discarded");
         return Ok(None);
     }
-    metrics::counter!("sync_runs_total", "status" => status, "class" => class.unwrap_or("none")).increment(1);
+    metrics::counter!("sync_runs_total", "status" => status.as_str(), "class" => class.unwrap_or("none")).increment(1);
     Ok(row.callback)
 }
 
@@ -529,7 +531,7 @@ pub async fn skip(state: &AppState, run: uuid::Uuid, actor: Actor) -> Result<boo
         ledger_jobs::enqueue_callback(
             &mut tx,
             row.binding_id,
-            &format!("{}:{}", row.entity_type, row.magento_entity_id),
+            &ledger_jobs::EntityKey::new(&row.entity_type, row.magento_entity_id),
             &payload,
             true,
         )

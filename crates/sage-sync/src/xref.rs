@@ -78,7 +78,7 @@ pub async fn contact_currencies(
 pub async fn lock(
     db: &sqlx::PgPool,
     binding: BindingId,
-    key: &str,
+    key: &ledger_jobs::EntityKey,
     holder: uuid::Uuid,
     ttl: std::time::Duration,
 ) -> Result<bool, sqlx::Error> {
@@ -88,7 +88,7 @@ pub async fn lock(
            WHERE sync_locks.holder = $3 OR sync_locks.until < now()
            RETURNING 1 AS "one!""#,
         binding.0,
-        key,
+        key.as_str(),
         holder,
         ttl.as_secs_f64()
     )
@@ -107,7 +107,7 @@ pub async fn lock_get(
     db: &sqlx::PgPool,
     binding: BindingId,
     business: &str,
-    key: &str,
+    key: &ledger_jobs::EntityKey,
     holder: uuid::Uuid,
     ttl: std::time::Duration,
     entity: &str,
@@ -127,7 +127,7 @@ pub async fn lock_get(
            LEFT JOIN entity_xref x ON x.binding_id = $1 AND x.sage_business_id = $8 AND x.entity_type = $5
              AND x.magento_entity_id = $6 AND x.currency = $7"#,
         binding.0,
-        key,
+        key.as_str(),
         holder,
         ttl.as_secs_f64(),
         entity,
