@@ -1,0 +1,225 @@
+//! Contacts: the customer of a document found, adopted or created once; `customer.upserted`.
+
+// A part of the processing module: its helpers and imports are this file's too.
+use super::*;
+
+/// B2C routing (first match wins): disabled → individual; company and
+/// always_individual_for_b2b → individual; an existing contact → individual; total at
+/// or above the threshold → individual; else the web-sales contact.
+pub(super) async fn contact_key(env: &Env<'_>, contact: &Contact, grand_total: Decimal) -> Step<ContactKey> {
+    let individual = if contact.is_guest() {
+        ContactKey::Guest(contact.email.clone())
+    } else {
+        ContactKey::Customer(contact.magento_id)
+    };
+    let b2c = &env.settings.b2c;
+    if !b2c.enabled {
+        return Ok(individual);
+    }
+    if b2c.always_individual_for_b2b && contact.company.as_deref().is_some_and(|c| !c.trim().is_empty()) {
+        return Ok(individual);
+    }
+    let existing = sqlx::query_scalar!(
+        "SELECT EXISTS (SELECT 1 FROM entity_xref WHERE binding_id = $1 AND sage_business_id = $3 AND entity_type = 'contact'
+           AND magento_entity_id = $2 AND state = 'posted')",
+        env.run.binding.0,
+        individual.xref_id(),
+        env.business
+    )
+    .fetch_one(&env.state.db)
+    .await?
+    .unwrap_or(false);
+    if existing {
+        return Ok(individual);
+    }
+    if b2c.min_total_for_individual > Decimal::ZERO && grand_total >= b2c.min_total_for_individual {
+        return Ok(individual);
+    }
+    Ok(ContactKey::WebSales)
+}
+
+pub(super) fn payload_hash(body: &Value) -> String {
+    mapping::idempotency_id("", "hash", &body.to_string())
+}
+
+/// The Sage contact for a customer in a currency: from the xref, else adopted by
+/// reference or email, else created. An existing one is refreshed when the store's
+/// data changed (the module sends customer updates only once per 30 days).
+pub(super) async fn ensure_contact(
+    env: &mut Env<'_>,
+    contact: &Contact,
+    currency: &str,
+    grand_total: Decimal,
+) -> Step<String> {
+    let key = contact_key(env, contact, grand_total).await?;
+    let currency = currency.to_uppercase();
+    let body = mapping::map_contact(contact, &key, &currency, &env.ctx());
+    let hash = payload_hash(&body);
+    let db = env.state.db.clone();
+    let binding = env.run.binding;
+    let xid = key.xref_id();
+    if let Some(x) = hold_get(env, &EntityKey::contact(xid, &currency), "contact", xid, &currency).await?
+        && let Some(id) = x.posted()
+    {
+        let id = id.to_owned();
+        if x.extra["payload_hash"].as_str() != Some(hash.as_str()) && key != ContactKey::WebSales {
+            let mut update = body.clone();
+            if let Some(o) = update.as_object_mut() {
+                o.remove("reference"); // references stay as created
+            }
+            sage!(
+                env.session
+                    .put::<Value>(&format!("/contacts/{id}"), &json!({ "contact": update }))
+                    .await
+            );
+            xref::merge_extra(
+                &db,
+                binding,
+                &env.business,
+                "contact",
+                xid,
+                &currency,
+                &json!({ "payload_hash": hash }),
+            )
+            .await?;
+        }
+        return Ok(id);
+    }
+    // Adopt only a contact that is provably this customer (same currency, and same email
+    // unless it is the configured web-sales contact); a reference Sage already has for
+    // anyone else is taken, and the next candidate is tried.
+    let same_customer = |c: &Value| {
+        let currency_matches = c["currency"]["id"]
+            .as_str()
+            .unwrap_or(env.facts.base_currency.as_str())
+            .eq_ignore_ascii_case(&currency);
+        let email_matches = c["email"]
+            .as_str()
+            .or_else(|| c["main_contact_person"]["email"].as_str())
+            .is_some_and(|e| !contact.email.is_empty() && e.trim().eq_ignore_ascii_case(contact.email.trim()));
+        currency_matches && (key == ContactKey::WebSales || email_matches)
+    };
+    let mut found = None;
+    // With an email to look up, that look-up finds every contact that could be this
+    // customer: a reference Sage holds is then someone else's, and the create's refusal
+    // says so — no search by reference first (one Sage call fewer per new customer).
+    let looked_up = key != ContactKey::WebSales && !contact.email.is_empty();
+    if looked_up {
+        let by_email = sage!(
+            env.session
+                .list_all(&format!("/contacts?email={}&attributes=all", encode(&contact.email)))
+                .await
+        );
+        found = match by_email.into_iter().find(|c| same_customer(c)) {
+            Some(c) => Some((sage_id_of(&c, "contact")?, c["reference"].as_str().map(str::to_owned))),
+            None => None,
+        };
+    }
+    let mut attempt = 0;
+    let (id, reference) = loop {
+        if let Some(adopted) = found.take() {
+            break adopted;
+        }
+        if attempt >= mapping::REFERENCE_CANDIDATES {
+            return Err(Failure::new(
+                ErrorClass::Validation,
+                "contact_reference_taken",
+                format!(
+                    "Every contact reference the ledger tried for {} is already used in Sage by another contact. \
+                     Rename one of those contacts' references in Sage, then retry.",
+                    contact.email
+                ),
+            )
+            .into());
+        }
+        let body = mapping::map_contact_with(contact, &key, &currency, &env.ctx(), attempt);
+        let reference = body["reference"].as_str().unwrap_or_default().to_owned();
+        if !looked_up {
+            let by_reference = sage!(
+                env.session
+                    .list_all(&format!("/contacts?search={}&attributes=all", encode(&reference)))
+                    .await
+            );
+            if let Some(existing) = by_reference
+                .iter()
+                .find(|c| c["reference"].as_str() == Some(reference.as_str()))
+            {
+                if same_customer(existing) {
+                    break (sage_id_of(existing, "contact")?, Some(reference));
+                }
+                attempt += 1;
+                continue;
+            }
+        }
+        let mut body = body;
+        body["idempotency_id"] = json!(mapping::idempotency_id(
+            &env.binding_text,
+            "contact",
+            &format!("{xid}:{currency}:{attempt}")
+        ));
+        match env
+            .session
+            .post::<Value>("/contacts", &json!({ "contact": body }))
+            .await
+        {
+            Ok(created) => break (sage_id_of(&created, "contact")?, Some(reference)),
+            // Taken by a contact the list does not show (a deleted one keeps its reference).
+            Err(CallError::Sage(SageError::Rejected { errors, .. }))
+                if errors.iter().any(|e| e.source == "reference") =>
+            {
+                attempt += 1;
+            }
+            Err(e) => {
+                return match from_sage(e) {
+                    Ok(f) => Err(Stop::Failed(f)),
+                    Err(o) => Err(Stop::Outcome(o)),
+                };
+            }
+        }
+    };
+    if id.is_empty() {
+        return Err(Failure::new(
+            ErrorClass::Internal,
+            "sage_bad_response",
+            "Sage answered a contact without an id.",
+        )
+        .into());
+    }
+    xref::mark_posted(
+        &db,
+        binding,
+        &env.business,
+        "contact",
+        xid,
+        &currency,
+        &id,
+        reference.as_deref(),
+        &json!({ "payload_hash": hash }),
+    )
+    .await?;
+    Ok(id)
+}
+
+pub(super) async fn customer(env: &mut Env<'_>) -> Step<Outcome> {
+    let id = env.run.entity_id;
+    hold(env, &EntityKey::new("customer", id)).await?;
+    let contact = env
+        .magento
+        .customer(id)
+        .await
+        .map_err(|e| from_magento(env.state, env.run.binding, e))?;
+    let mut currencies = xref::contact_currencies(&env.state.db, env.run.binding, &env.business, id).await?;
+    if currencies.is_empty() {
+        currencies.push(env.facts.base_currency.as_str().to_owned());
+    }
+    let mut last = String::new();
+    for currency in currencies {
+        // A large total forces an individual contact even with B2C consolidation on.
+        last = ensure_contact(env, &contact, &currency, Decimal::MAX).await?;
+    }
+    Ok(Outcome::Synced {
+        sage_id: last,
+        reference: Some(format!("M{id}")),
+        message: None,
+    })
+}
