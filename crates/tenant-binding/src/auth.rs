@@ -319,13 +319,7 @@ impl FromRequestParts<AppState> for OwnedBinding {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        // The caller first (401 before anything about the path), then the binding.
-        let merchant = Merchant::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        let Path(binding_id) = Path::<BindingId>::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let (merchant, binding_id) = caller_and_binding(parts, state).await?;
         let tenant_id = merchant
             .binding_tenant(&state.db, binding_id)
             .await
@@ -336,6 +330,17 @@ impl FromRequestParts<AppState> for OwnedBinding {
             tenant_id,
         })
     }
+}
+
+/// The caller first (401 before anything about the path), then the path's binding id.
+async fn caller_and_binding(parts: &mut Parts, state: &AppState) -> Result<(Merchant, BindingId), Response> {
+    let merchant = Merchant::from_request_parts(parts, state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let Path(binding_id) = Path::<BindingId>::from_request_parts(parts, state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok((merchant, binding_id))
 }
 
 /// One of the [`OperatorAction`]s, as a type, so that [`BindingAccess`] names the action
@@ -383,12 +388,7 @@ impl<A: ForAction> FromRequestParts<AppState> for BindingAccess<A> {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let merchant = Merchant::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        let Path(binding_id) = Path::<BindingId>::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let (merchant, binding_id) = caller_and_binding(parts, state).await?;
         let access = merchant
             .binding_access(&state.db, binding_id, A::ACTION)
             .await
