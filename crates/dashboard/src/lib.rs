@@ -293,18 +293,71 @@ struct BindingPage {
     store_clock: Option<String>,
 }
 
-/// The signed-in merchant who owns `binding`, or the response to send instead.
-async fn owner(
-    state: &AppState,
-    headers: &HeaderMap,
-    binding: BindingId,
-    path: &str,
-) -> Result<Result<Merchant, Response>, Problem> {
-    let Some(merchant) = session_merchant(state, headers).await? else {
-        return Ok(Err(signin_redirect(path)));
-    };
-    merchant.binding_tenant(&state.db, binding).await?;
-    Ok(Ok(merchant))
+/// A page of a binding, for [`PageOwner`]: where sign-in comes back to.
+trait PageOf: Send + Sync {
+    /// The page's path under `/dashboard/bindings/{binding_id}`.
+    const SUFFIX: &'static str;
+}
+
+/// The binding's own page.
+struct ForOverview;
+impl PageOf for ForOverview {
+    const SUFFIX: &'static str = "";
+}
+/// Its Sage connect page.
+struct ForSageConnect;
+impl PageOf for ForSageConnect {
+    const SUFFIX: &'static str = "/sage/connect";
+}
+/// Its settings page.
+struct ForSettings;
+impl PageOf for ForSettings {
+    const SUFFIX: &'static str = "/settings";
+}
+/// Its sync history.
+struct ForHistory;
+impl PageOf for ForHistory {
+    const SUFFIX: &'static str = "/runs";
+}
+
+/// The signed-in merchant who owns the path's `binding_id`, taken by every page and form
+/// of a binding so that none can skip the check. Not signed in: a redirect to sign-in
+/// that comes back to the binding's page `P`; anyone else's binding: not found.
+struct PageOwner<P> {
+    merchant: Merchant,
+    binding_id: BindingId,
+    page: std::marker::PhantomData<P>,
+}
+
+impl<P: PageOf> axum::extract::FromRequestParts<AppState> for PageOwner<P> {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(binding_id) = Path::<BindingId>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Some(merchant) = session_merchant(state, &parts.headers)
+            .await
+            .map_err(IntoResponse::into_response)?
+        else {
+            return Err(signin_redirect(&format!(
+                "/dashboard/bindings/{binding_id}{}",
+                P::SUFFIX
+            )));
+        };
+        merchant
+            .binding_tenant(&state.db, binding_id)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            merchant,
+            binding_id,
+            page: std::marker::PhantomData,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,21 +370,11 @@ struct BindingQuery {
 
 async fn binding_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(binding_id): Path<BindingId>,
+    PageOwner {
+        merchant, binding_id, ..
+    }: PageOwner<ForOverview>,
     Query(q): Query<BindingQuery>,
 ) -> Result<Response, Problem> {
-    let merchant = match owner(
-        &state,
-        &headers,
-        binding_id,
-        &format!("/dashboard/bindings/{binding_id}"),
-    )
-    .await?
-    {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     let counts = sqlx::query!(
         r#"SELECT count(*) FILTER (WHERE status IN ('pending', 'running')) AS "backlog!",
                   count(*) FILTER (WHERE status IN ('failed', 'dead')) AS "failed!"
@@ -392,21 +435,11 @@ async fn sage_status_lapsed(
 /// "Check again" on a lapsed subscription: ask Sage now (the workers do every few minutes).
 async fn sage_check(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(binding_id): Path<BindingId>,
+    PageOwner {
+        merchant, binding_id, ..
+    }: PageOwner<ForOverview>,
     Form(form): Form<pages::CsrfForm>,
 ) -> Result<Response, Problem> {
-    let merchant = match owner(
-        &state,
-        &headers,
-        binding_id,
-        &format!("/dashboard/bindings/{binding_id}"),
-    )
-    .await?
-    {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     merchant.check_csrf(form.csrf_token())?;
     let outcome = match ledger_sage_vault::reference::refresh(&state, binding_id).await {
         Ok(()) => "ok",
@@ -430,20 +463,10 @@ struct ConnectPage {
 
 async fn connect_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(binding_id): Path<BindingId>,
+    PageOwner {
+        merchant, binding_id, ..
+    }: PageOwner<ForSageConnect>,
 ) -> Result<Response, Problem> {
-    let merchant = match owner(
-        &state,
-        &headers,
-        binding_id,
-        &format!("/dashboard/bindings/{binding_id}/sage/connect"),
-    )
-    .await?
-    {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     let binding = bindings::load(&state.db, binding_id)
         .await?
         .ok_or_else(|| Problem::not_found("binding_not_found", "No such binding."))?;
@@ -464,21 +487,11 @@ struct ConnectForm {
 
 async fn connect_submit(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(binding_id): Path<BindingId>,
+    PageOwner {
+        merchant, binding_id, ..
+    }: PageOwner<ForSageConnect>,
     Form(form): Form<ConnectForm>,
 ) -> Result<Response, Problem> {
-    let merchant = match owner(
-        &state,
-        &headers,
-        binding_id,
-        &format!("/dashboard/bindings/{binding_id}/sage/connect"),
-    )
-    .await?
-    {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     merchant.check_csrf(&form.csrf_token)?;
     // The callback must come back to this browser: a forwarded consent link cannot
     // complete someone else's flow.
@@ -659,21 +672,11 @@ struct BusinessForm {
 
 async fn business_submit(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(binding_id): Path<BindingId>,
+    PageOwner {
+        merchant, binding_id, ..
+    }: PageOwner<ForOverview>,
     Form(form): Form<BusinessForm>,
 ) -> Result<Response, Problem> {
-    let merchant = match owner(
-        &state,
-        &headers,
-        binding_id,
-        &format!("/dashboard/bindings/{binding_id}"),
-    )
-    .await?
-    {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     merchant.check_csrf(&form.csrf_token)?;
     connect::choose(
         &state,

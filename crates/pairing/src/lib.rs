@@ -97,9 +97,21 @@ pub async fn connect(
     merchant: Merchant,
     Json(request): Json<ConnectRequest>,
 ) -> Result<(StatusCode, axum::Json<Connected>), Problem> {
+    let client = ledger_tenant_binding::accounts::client_address(&state, &headers, peer);
+    let connected = connect_store(&state, &merchant, client, request).await?;
+    Ok((StatusCode::CREATED, axum::Json(connected)))
+}
+
+/// Pairs a Magento store with one of the merchant's tenants (the API's and the
+/// dashboard's connect): `client` is the caller's address, for the connect limit.
+pub async fn connect_store(
+    state: &AppState,
+    merchant: &Merchant,
+    client: String,
+    request: ConnectRequest,
+) -> Result<Connected, Problem> {
     // Each connect makes the ledger call a URL the caller chose: bounded per account and
     // per client address, counted before any call.
-    let client = ledger_tenant_binding::accounts::client_address(&state, &headers, peer);
     for (bucket, key, limit) in [
         ("connect:account", merchant.account_id.to_string(), CONNECTS_PER_ACCOUNT),
         ("connect:address", client, CONNECTS_PER_ADDRESS),
@@ -153,7 +165,7 @@ pub async fn connect(
 
     let api_key = mint_api_key();
     let attempt = uuid::Uuid::new_v4();
-    let (binding_id, repaired) = record_pending(&state, tenant_id, &base_text, &api_key, attempt).await?;
+    let (binding_id, repaired) = record_pending(state, tenant_id, &base_text, &api_key, attempt).await?;
 
     let outcome = pair(
         &base,
@@ -166,24 +178,21 @@ pub async fn connect(
     .await;
     match outcome {
         Ok(()) => {
-            let status = confirm(&state, &merchant, tenant_id, binding_id, &api_key, attempt, repaired).await?;
+            let status = confirm(state, merchant, tenant_id, binding_id, &api_key, attempt, repaired).await?;
             tracing::info!(%binding_id, %tenant_id, repaired, "store paired");
-            Ok((
-                StatusCode::CREATED,
-                axum::Json(Connected {
-                    binding_id,
-                    tenant_id,
-                    status,
-                    magento_base_url: base_text,
-                    repaired,
-                }),
-            ))
+            Ok(Connected {
+                binding_id,
+                tenant_id,
+                status,
+                magento_base_url: base_text,
+                repaired,
+            })
         }
         Err(err) => {
             let uncertain = matches!(&err, MagentoError::Transient { reason, .. }
                 if reason.starts_with("no answer") || reason.starts_with("HTTP 5"));
             if !uncertain {
-                discard_pending(&state, binding_id, attempt).await?;
+                discard_pending(state, binding_id, attempt).await?;
             }
             tracing::warn!(%binding_id, error = %err, uncertain, "pairing failed");
             Err(pairing_problem(&err, code, uncertain))

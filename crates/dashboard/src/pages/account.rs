@@ -87,21 +87,11 @@ pub struct DisconnectForm {
 /// Disconnects a binding from the ledger side, as `POST /v1/bindings/{id}/disconnect`.
 pub async fn disconnect(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(binding_id): Path<BindingId>,
+    PageOwner {
+        merchant, binding_id, ..
+    }: PageOwner<ForOverview>,
     Form(form): Form<DisconnectForm>,
 ) -> Result<Response, Problem> {
-    let merchant = match owner(
-        &state,
-        &headers,
-        binding_id,
-        &format!("/dashboard/bindings/{binding_id}"),
-    )
-    .await?
-    {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     merchant.check_csrf(&form.csrf_token)?;
     if form.confirm.is_none() {
         return Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}?confirm=1#disconnect")).into_response());

@@ -208,19 +208,11 @@ pub async fn magento_connect(
         pairing_code: form.pairing_code,
         tenant_id: Some(tenant),
     };
-    match ledger_pairing::connect(
-        State(state.clone()),
-        ConnectInfo(peer),
-        headers.clone(),
-        merchant,
-        ledger_core::extract::Json(request),
-    )
-    .await
-    {
-        Ok((_, connected)) => {
-            Ok(Redirect::to(&format!("/dashboard/bindings/{}", connected.0.binding_id)).into_response())
-        }
-        Err(problem) if problem.status.is_server_error() && problem.code == "internal_error" => Err(problem),
+    let client = ledger_tenant_binding::accounts::client_address(&state, &headers, peer);
+    match ledger_pairing::connect_store(&state, &merchant, client, request).await {
+        Ok(connected) => Ok(Redirect::to(&format!("/dashboard/bindings/{}", connected.binding_id)).into_response()),
+        // The ledger's own failures are not the form's to show.
+        Err(problem) if problem.status == StatusCode::INTERNAL_SERVER_ERROR => Err(problem),
         Err(problem) => {
             let fields = by_field(&problem.errors);
             let mut response = render(&BindingsPage {

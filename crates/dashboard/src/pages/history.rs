@@ -77,21 +77,11 @@ pub struct RunsQuery {
 
 pub async fn runs_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(binding_id): Path<BindingId>,
+    PageOwner {
+        merchant, binding_id, ..
+    }: PageOwner<ForHistory>,
     Query(q): Query<RunsQuery>,
 ) -> Result<Response, Problem> {
-    let merchant = match owner(
-        &state,
-        &headers,
-        binding_id,
-        &format!("/dashboard/bindings/{binding_id}/runs"),
-    )
-    .await?
-    {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     let binding = binding_of(&state, binding_id).await?;
     let clean = |v: &Option<String>| v.clone().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     let filter = RunFilter {
@@ -340,21 +330,11 @@ pub async fn run_resolve(
 
 pub async fn retry_dead(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(binding_id): Path<BindingId>,
+    PageOwner {
+        merchant, binding_id, ..
+    }: PageOwner<ForHistory>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
-    let merchant = match owner(
-        &state,
-        &headers,
-        binding_id,
-        &format!("/dashboard/bindings/{binding_id}/runs"),
-    )
-    .await?
-    {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     merchant.check_csrf(&form.csrf_token)?;
     let n = runs::retry_dead(&state, binding_id, Actor::Account(merchant.account_id.0)).await?;
     Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}/runs?retried={n}")).into_response())

@@ -26,7 +26,7 @@ use ledger_tenant_binding::{
 };
 use serde::Deserialize;
 
-use crate::{owner, render, signin_redirect};
+use crate::{ForHistory, ForOverview, ForSettings, PageOwner, render, signin_redirect};
 
 /// "3 minutes ago", for freshness labels.
 pub(crate) fn ago(at: Option<DateTime<Utc>>) -> String {

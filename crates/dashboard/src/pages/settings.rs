@@ -397,21 +397,11 @@ pub struct NoticeQuery {
 
 pub async fn settings_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(binding_id): Path<BindingId>,
+    PageOwner {
+        merchant, binding_id, ..
+    }: PageOwner<ForSettings>,
     Query(q): Query<NoticeQuery>,
 ) -> Result<Response, Problem> {
-    let merchant = match owner(
-        &state,
-        &headers,
-        binding_id,
-        &format!("/dashboard/bindings/{binding_id}/settings"),
-    )
-    .await?
-    {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     let binding = binding_of(&state, binding_id).await?;
     let settings = policy::load(&state, binding_id).await?;
     let notice = q
@@ -454,21 +444,11 @@ pub struct RetryFixableForm {
 /// "Retry them" after a settings change: the runs held back by the codes it addresses.
 pub async fn retry_fixable(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(binding_id): Path<BindingId>,
+    PageOwner {
+        merchant, binding_id, ..
+    }: PageOwner<ForSettings>,
     Form(form): Form<RetryFixableForm>,
 ) -> Result<Response, Problem> {
-    let merchant = match owner(
-        &state,
-        &headers,
-        binding_id,
-        &format!("/dashboard/bindings/{binding_id}/settings"),
-    )
-    .await?
-    {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     merchant.check_csrf(&form.csrf_token)?;
     let codes: Vec<String> = form.codes.split(',').map(str::to_owned).collect();
     let codes = runs::known_fixable(&codes)?;
@@ -616,21 +596,11 @@ pub(super) fn form_errors(form: &[(String, String)]) -> Vec<FieldError> {
 
 pub async fn settings_submit(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(binding_id): Path<BindingId>,
+    PageOwner {
+        merchant, binding_id, ..
+    }: PageOwner<ForSettings>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Result<Response, Problem> {
-    let merchant = match owner(
-        &state,
-        &headers,
-        binding_id,
-        &format!("/dashboard/bindings/{binding_id}/settings"),
-    )
-    .await?
-    {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     let csrf = form
         .iter()
         .find(|(k, _)| k == "csrf_token")
@@ -687,21 +657,11 @@ pub async fn settings_submit(
 
 pub async fn reference_refresh(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(binding_id): Path<BindingId>,
+    PageOwner {
+        merchant, binding_id, ..
+    }: PageOwner<ForSettings>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
-    let merchant = match owner(
-        &state,
-        &headers,
-        binding_id,
-        &format!("/dashboard/bindings/{binding_id}/settings"),
-    )
-    .await?
-    {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     merchant.check_csrf(&form.csrf_token)?;
     reference::refresh(&state, binding_id).await.map_err(|e| {
         Problem::unavailable(
