@@ -68,7 +68,9 @@ impl Signer {
     }
 }
 
-async fn send(app_url: &str, http: &reqwest::Client, signer: &Signer, n: u64) -> Duration {
+/// One webhook: its latency when accepted, `None` when the ledger answered 503 (it could
+/// not keep up: its request deadline passed or its pool ran dry — nothing stored).
+async fn send(app_url: &str, http: &reqwest::Client, signer: &Signer, n: u64) -> Option<Duration> {
     let body = format!(
         r#"{{"magento_entity_id":{n},"website_id":1,"store_id":1,"occurred_at":"2026-11-26T12:00:00Z","payload":{{"increment_id":"{n:09}","paid":false}}}}"#
     );
@@ -84,13 +86,16 @@ async fn send(app_url: &str, http: &reqwest::Client, signer: &Signer, n: u64) ->
         .expect("request");
     let status = res.status();
     let body = res.bytes().await.unwrap_or_default();
+    if status == 503 {
+        return None;
+    }
     assert_eq!(
         status,
         202,
         "every event is accepted: {}",
         String::from_utf8_lossy(&body)
     );
-    started.elapsed()
+    Some(started.elapsed())
 }
 
 fn main() {
@@ -184,7 +189,7 @@ async fn saturate(app: &TestApp, signer: &Signer, http: &reqwest::Client) -> (f6
                 if n >= SATURATION_EVENTS {
                     break;
                 }
-                local.push(send(&url, &http, &signer, n + 1).await);
+                local.push(send(&url, &http, &signer, n + 1).await.expect("accepted (closed loop)"));
             }
             latencies.lock().await.extend(local);
         }));
@@ -200,7 +205,7 @@ async fn saturate(app: &TestApp, signer: &Signer, http: &reqwest::Client) -> (f6
 
 /// A steady `STEADY_RATE` events/s (open loop: requests start on schedule, whatever the
 /// latency): events/s achieved and the sorted latencies.
-async fn steady(app: &TestApp, signer: &Signer, http: &reqwest::Client) -> (f64, Vec<Duration>) {
+async fn steady(app: &TestApp, signer: &Signer, http: &reqwest::Client) -> (f64, Vec<Duration>, usize) {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / STEADY_RATE));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -218,9 +223,11 @@ async fn steady(app: &TestApp, signer: &Signer, http: &reqwest::Client) -> (f64,
         t.await.expect("task");
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let mut sorted = latencies.lock().await.clone();
+    let answers = latencies.lock().await.clone();
+    let refused = answers.iter().filter(|l| l.is_none()).count();
+    let mut sorted: Vec<Duration> = answers.into_iter().flatten().collect();
     sorted.sort();
-    (sorted.len() as f64 / elapsed, sorted)
+    (sorted.len() as f64 / elapsed, sorted, refused)
 }
 
 async fn run() {
@@ -238,9 +245,9 @@ async fn run() {
     println!("  (saturation with group commit measured)");
     let (alone_rate, alone_latencies) = saturate(&alone, &alone_signer, &http).await;
     println!("  (saturation alone measured)");
-    let (steady_rate, steady_latencies) = steady(&app, &signer, &http).await;
+    let (steady_rate, steady_latencies, steady_refused) = steady(&app, &signer, &http).await;
     println!("  (steady with group commit measured)");
-    let (alone_steady_rate, alone_steady) = steady(&alone, &alone_signer, &http).await;
+    let (alone_steady_rate, alone_steady, alone_refused) = steady(&alone, &alone_signer, &http).await;
     let groups = sqlx::query_scalar::<_, i64>(
         "SELECT count(DISTINCT xmin::text) FROM received_events WHERE magento_entity_id < 1000000",
     )
@@ -283,6 +290,10 @@ async fn run() {
         alone_steady_rate,
         &alone_steady,
     );
+    let total = STEADY_RATE * STEADY_SECS;
+    println!(
+        "  at {STEADY_RATE}/s, answered 503 (could not keep up; nothing stored): group commit {steady_refused} of {total}, each alone {alone_refused} of {total}"
+    );
     println!(
         "  saturated group commit: {SATURATION_EVENTS} events in {groups} commits ({:.1} per commit); goal ≥ 1.00 of the floor: {ratio:.2}",
         SATURATION_EVENTS as f64 / groups.max(1) as f64
@@ -296,6 +307,8 @@ async fn run() {
         "saturated_alone_events_per_s": alone_rate.round(),
         "events_per_commit": SATURATION_EVENTS as f64 / groups.max(1) as f64,
         "steady_rate": STEADY_RATE,
+        "steady_refused": steady_refused,
+        "steady_alone_refused": alone_refused,
         "steady_p50_ms": ms(percentile(&steady_latencies, 0.50)),
         "steady_p99_ms": ms(percentile(&steady_latencies, 0.99)),
         "steady_alone_p50_ms": ms(percentile(&alone_steady, 0.50)),

@@ -3,6 +3,7 @@
 //! ([`policy`]), the Magento → Sage mapping ([`mapping`]), exactly-once posting
 //! ([`process`], [`xref`]) and the callbacks that drive the store's chips ([`callback`]).
 
+pub mod api;
 pub mod callback;
 pub mod mapping;
 pub mod outcome;
@@ -19,13 +20,13 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 /// The JSON API of runs and settings.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(runs::list_runs))
-        .routes(routes!(runs::get_run))
-        .routes(routes!(runs::retry_run))
-        .routes(routes!(runs::resolve_run))
-        .routes(routes!(runs::skip_run))
-        .routes(routes!(runs::retry_dead_runs))
-        .routes(routes!(runs::fixable))
-        .routes(routes!(runs::retry_fixable_runs))
-        .routes(routes!(policy::get, policy::put))
+        .routes(routes!(api::list_runs))
+        .routes(routes!(api::get_run))
+        .routes(routes!(api::retry_run))
+        .routes(routes!(api::resolve_run))
+        .routes(routes!(api::skip_run))
+        .routes(routes!(api::retry_dead_runs))
+        .routes(routes!(api::fixable))
+        .routes(routes!(api::retry_fixable_runs))
+        .routes(routes!(api::get, api::put))
 }

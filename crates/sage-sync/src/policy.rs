@@ -5,14 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::State;
 use ledger_core::{
     AppState, BindingId, FieldError, Problem,
     audit::{self, Actor},
-    extract::Json,
 };
 use ledger_sage_vault::reference::{self, Reference};
-use ledger_tenant_binding::auth::OwnedBinding;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -630,47 +627,6 @@ async fn rebase(state: &AppState, binding: BindingId, old: Settings, business: &
     .await?;
     tx.commit().await?;
     Ok(settings)
-}
-
-/// The binding's sync settings (defaults chosen from Sage's reference data until saved).
-#[utoipa::path(get, path = "/v1/bindings/{binding_id}/settings", tag = "sync", operation_id = "get_settings",
-    security(("bearer" = []), ("session" = [])),
-    params(("binding_id" = BindingId, Path, description = "The binding")),
-    responses(
-        (status = 200, body = Settings),
-        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-    ))]
-pub async fn get(
-    State(state): State<AppState>,
-    OwnedBinding {
-        binding_id: binding, ..
-    }: OwnedBinding,
-) -> Result<axum::Json<Settings>, Problem> {
-    Ok(axum::Json(load(&state, binding).await?))
-}
-
-/// Save the binding's sync settings. Every id is checked against the cached Sage
-/// reference data; with any invalid field nothing is saved (422 with every field error).
-#[utoipa::path(put, path = "/v1/bindings/{binding_id}/settings", tag = "sync", operation_id = "put_settings",
-    security(("bearer" = []), ("session" = [])),
-    params(("binding_id" = BindingId, Path, description = "The binding")),
-    request_body = Settings,
-    responses(
-        (status = 200, description = "Saved (map keys canonicalised)", body = Settings),
-        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields (`not_in_reference`, `invalid_format`, ...)", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-    ))]
-pub async fn put(
-    State(state): State<AppState>,
-    OwnedBinding {
-        merchant,
-        binding_id: binding,
-        tenant_id: tenant,
-    }: OwnedBinding,
-    Json(settings): Json<Settings>,
-) -> Result<axum::Json<Settings>, Problem> {
-    let saved = save(&state, binding, tenant, settings, Actor::Account(merchant.account_id.0)).await?;
-    Ok(axum::Json(saved))
 }
 
 /// Validates and stores settings, recording the change in the audit trail.

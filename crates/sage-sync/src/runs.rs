@@ -1,16 +1,12 @@
 //! Sync runs, the audit trail of sync work: recording each attempt's outcome, and the
 //! operator actions (retry, retry all dead, skip) with their JSON API.
 
-use axum::{
-    extract::{Path, Query, State},
-    http::StatusCode,
-};
 use chrono::{DateTime, Utc};
 use ledger_core::{
     AppState, BindingId, Problem, TenantId,
     audit::{self, Actor},
 };
-use ledger_tenant_binding::auth::{Access, BindingAccess, Merchant, OperatorAction, action};
+use ledger_tenant_binding::auth::{Access, Merchant, OperatorAction};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -300,25 +296,7 @@ pub async fn detail(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunDeta
     }))
 }
 
-/// The binding's sync runs, newest first.
-#[utoipa::path(get, path = "/v1/bindings/{binding_id}/runs", tag = "sync", operation_id = "list_runs",
-    security(("bearer" = []), ("session" = [])),
-    params(("binding_id" = BindingId, Path, description = "The binding"), RunFilter),
-    responses(
-        (status = 200, body = Vec<Run>),
-        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-    ))]
-pub async fn list_runs(
-    State(state): State<AppState>,
-    BindingAccess {
-        binding_id: binding, ..
-    }: BindingAccess<action::ViewRuns>,
-    Query(filter): Query<RunFilter>,
-) -> Result<axum::Json<Vec<Run>>, Problem> {
-    Ok(axum::Json(list(&state.db, binding, &filter).await?))
-}
-
-async fn owned_run(
+pub(crate) async fn owned_run(
     state: &AppState,
     merchant: &Merchant,
     run: uuid::Uuid,
@@ -336,26 +314,6 @@ async fn owned_run(
         .await
         .map_err(|_| Problem::not_found("run_not_found", format!("There is no sync run {run}.")))?;
     Ok((binding, access))
-}
-
-/// One run with every attempt and the event that started it.
-#[utoipa::path(get, path = "/v1/runs/{sync_run_id}", tag = "sync", operation_id = "get_run",
-    security(("bearer" = []), ("session" = [])),
-    params(("sync_run_id" = uuid::Uuid, Path, description = "The run")),
-    responses(
-        (status = 200, body = RunDetail),
-        (status = 404, description = "No such run", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-    ))]
-pub async fn get_run(
-    State(state): State<AppState>,
-    merchant: Merchant,
-    Path(run): Path<uuid::Uuid>,
-) -> Result<axum::Json<RunDetail>, Problem> {
-    owned_run(&state, &merchant, run, OperatorAction::ViewRuns).await?;
-    let detail = detail(&state.db, run)
-        .await?
-        .ok_or_else(|| Problem::not_found("run_not_found", "No such run."))?;
-    Ok(axum::Json(detail))
 }
 
 /// Puts a finished run back in the queue (after the merchant fixed the cause), with the
@@ -553,79 +511,9 @@ pub async fn skip(state: &AppState, run: uuid::Uuid, actor: Actor) -> Result<boo
     Ok(true)
 }
 
-/// Retry a failed, dead or skipped run.
-#[utoipa::path(post, path = "/v1/runs/{sync_run_id}/retry", tag = "sync", operation_id = "retry_run",
-    security(("bearer" = []), ("session" = [])),
-    params(("sync_run_id" = uuid::Uuid, Path, description = "The run")),
-    responses(
-        (status = 202, description = "Queued again"),
-        (status = 404, description = "No such run", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "The run is not finished", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-    ))]
-pub async fn retry_run(
-    State(state): State<AppState>,
-    merchant: Merchant,
-    Path(run): Path<uuid::Uuid>,
-) -> Result<StatusCode, Problem> {
-    let (_, access) = owned_run(&state, &merchant, run, OperatorAction::RetryRuns).await?;
-    if retry(&state, run, access.actor).await? {
-        Ok(StatusCode::ACCEPTED)
-    } else {
-        Err(Problem::conflict(
-            "run_not_finished",
-            "Only failed, dead or skipped runs can be retried; this one is still in progress or synced.",
-        ))
-    }
-}
-
-/// Skip a pending, failed or dead run (it will not be posted).
-#[utoipa::path(post, path = "/v1/runs/{sync_run_id}/skip", tag = "sync", operation_id = "skip_run",
-    security(("bearer" = []), ("session" = [])),
-    params(("sync_run_id" = uuid::Uuid, Path, description = "The run")),
-    responses(
-        (status = 204, description = "Skipped"),
-        (status = 404, description = "No such run", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "Already synced or skipped", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-    ))]
-pub async fn skip_run(
-    State(state): State<AppState>,
-    merchant: Merchant,
-    Path(run): Path<uuid::Uuid>,
-) -> Result<StatusCode, Problem> {
-    let (_, access) = owned_run(&state, &merchant, run, OperatorAction::SkipRuns).await?;
-    if skip(&state, run, access.actor).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(Problem::conflict(
-            "run_finished",
-            "This run is already synced or skipped.",
-        ))
-    }
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Retried {
     pub retried: u64,
-}
-
-/// Retry every dead and failed run of the binding.
-#[utoipa::path(post, path = "/v1/bindings/{binding_id}/runs/retry-dead", tag = "sync", operation_id = "retry_dead_runs",
-    security(("bearer" = []), ("session" = [])),
-    params(("binding_id" = BindingId, Path, description = "The binding")),
-    responses(
-        (status = 200, body = Retried),
-        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-    ))]
-pub async fn retry_dead_runs(
-    State(state): State<AppState>,
-    BindingAccess {
-        binding_id: binding,
-        access,
-        ..
-    }: BindingAccess<action::RetryRuns>,
-) -> Result<axum::Json<Retried>, Problem> {
-    let retried = retry_dead(&state, binding, access.actor).await?;
-    Ok(axum::Json(Retried { retried }))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -639,26 +527,6 @@ pub struct Fixable {
     /// For each code a settings change can address, how many runs it holds back (the
     /// latest run of each entity that is failed, dead or skipped with it).
     pub runs_by_code: std::collections::BTreeMap<String, u64>,
-}
-
-/// The runs a settings change could fix, counted by code.
-#[utoipa::path(get, path = "/v1/bindings/{binding_id}/runs/fixable", tag = "sync", operation_id = "fixable_runs",
-    security(("bearer" = []), ("session" = [])),
-    params(("binding_id" = BindingId, Path, description = "The binding")),
-    responses(
-        (status = 200, body = Fixable),
-        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-    ))]
-pub async fn fixable(
-    State(state): State<AppState>,
-    BindingAccess {
-        binding_id: binding, ..
-    }: BindingAccess<action::ViewRuns>,
-) -> Result<axum::Json<Fixable>, Problem> {
-    let codes: Vec<String> = crate::policy::FIXABLE_CODES.iter().map(|c| (*c).to_owned()).collect();
-    Ok(axum::Json(Fixable {
-        runs_by_code: fixable_counts(&state.db, binding, &codes).await?,
-    }))
 }
 
 /// Checks codes against the ones a settings change can fix.
@@ -686,31 +554,6 @@ pub fn known_fixable(codes: &[String]) -> Result<Vec<String>, Problem> {
         }]));
     }
     Ok(codes.to_vec())
-}
-
-/// Retry the runs held back by these codes, with today's settings (after fixing the
-/// mapping they name).
-#[utoipa::path(post, path = "/v1/bindings/{binding_id}/runs/retry-fixable", tag = "sync", operation_id = "retry_fixable_runs",
-    security(("bearer" = []), ("session" = [])),
-    params(("binding_id" = BindingId, Path, description = "The binding")),
-    request_body = FixableCodes,
-    responses(
-        (status = 200, body = Retried),
-        (status = 404, description = "Not one of your bindings", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown codes", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-    ))]
-pub async fn retry_fixable_runs(
-    State(state): State<AppState>,
-    BindingAccess {
-        binding_id: binding,
-        access,
-        ..
-    }: BindingAccess<action::RetryRuns>,
-    ledger_core::extract::Json(body): ledger_core::extract::Json<FixableCodes>,
-) -> Result<axum::Json<Retried>, Problem> {
-    let codes = known_fixable(&body.codes)?;
-    let retried = retry_fixable(&state, binding, &codes, access.actor).await?;
-    Ok(axum::Json(Retried { retried }))
 }
 
 /// How a held document (booked in Sage with other totals than Magento's) is resolved.
@@ -787,32 +630,4 @@ pub async fn resolve(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ResolveRequest {
     pub action: Resolution,
-}
-
-/// Resolve a document Sage booked with other totals than Magento's: `repost` (void it,
-/// post it again) or `accept` (keep it; audited). The run is retried at once.
-#[utoipa::path(post, path = "/v1/runs/{sync_run_id}/resolve", tag = "sync", operation_id = "resolve_run",
-    security(("bearer" = []), ("session" = [])),
-    params(("sync_run_id" = uuid::Uuid, Path, description = "The run")),
-    request_body = ResolveRequest,
-    responses(
-        (status = 202, description = "Resolved; the run is queued again"),
-        (status = 404, description = "No such run", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "The run holds no document with a totals difference", body = ledger_core::ProblemBody, content_type = "application/problem+json"),
-    ))]
-pub async fn resolve_run(
-    State(state): State<AppState>,
-    merchant: Merchant,
-    Path(run): Path<uuid::Uuid>,
-    ledger_core::extract::Json(body): ledger_core::extract::Json<ResolveRequest>,
-) -> Result<StatusCode, Problem> {
-    let (_, access) = owned_run(&state, &merchant, run, OperatorAction::RetryRuns).await?;
-    if resolve(&state, run, body.action, access.actor).await? {
-        Ok(StatusCode::ACCEPTED)
-    } else {
-        Err(Problem::conflict(
-            "run_not_held",
-            "Only a run failed as total_mismatch (or void_refused) with its document in Sage can be resolved.",
-        ))
-    }
 }
