@@ -326,6 +326,7 @@ impl PageOf for ForHistory {
 struct PageOwner<P> {
     merchant: Merchant,
     binding_id: BindingId,
+    tenant_id: ledger_core::TenantId,
     page: std::marker::PhantomData<P>,
 }
 
@@ -348,13 +349,14 @@ impl<P: PageOf> axum::extract::FromRequestParts<AppState> for PageOwner<P> {
                 P::SUFFIX
             )));
         };
-        merchant
+        let tenant_id = merchant
             .binding_tenant(&state.db, binding_id)
             .await
             .map_err(IntoResponse::into_response)?;
         Ok(Self {
             merchant,
             binding_id,
+            tenant_id,
             page: std::marker::PhantomData,
         })
     }

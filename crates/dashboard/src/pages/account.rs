@@ -88,7 +88,10 @@ pub struct DisconnectForm {
 pub async fn disconnect(
     State(state): State<AppState>,
     PageOwner {
-        merchant, binding_id, ..
+        merchant,
+        binding_id,
+        tenant_id: tenant,
+        ..
     }: PageOwner<ForOverview>,
     Form(form): Form<DisconnectForm>,
 ) -> Result<Response, Problem> {
@@ -96,7 +99,6 @@ pub async fn disconnect(
     if form.confirm.is_none() {
         return Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}?confirm=1#disconnect")).into_response());
     }
-    let tenant = merchant.binding_tenant(&state.db, binding_id).await?;
     ledger_sage_vault::connect::disconnect_binding(&state, binding_id, tenant, Actor::Account(merchant.account_id.0))
         .await?;
     Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}?disconnected=1")).into_response())

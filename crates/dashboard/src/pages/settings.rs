@@ -597,7 +597,10 @@ pub(super) fn form_errors(form: &[(String, String)]) -> Vec<FieldError> {
 pub async fn settings_submit(
     State(state): State<AppState>,
     PageOwner {
-        merchant, binding_id, ..
+        merchant,
+        binding_id,
+        tenant_id: tenant,
+        ..
     }: PageOwner<ForSettings>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Result<Response, Problem> {
@@ -607,7 +610,6 @@ pub async fn settings_submit(
         .map(|(_, v)| v.as_str())
         .unwrap_or_default();
     merchant.check_csrf(csrf)?;
-    let tenant = merchant.binding_tenant(&state.db, binding_id).await?;
     let binding = binding_of(&state, binding_id).await?;
     let before = policy::load(&state, binding_id).await?;
     let submitted = apply_form(before.clone(), &form);
