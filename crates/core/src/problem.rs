@@ -6,7 +6,7 @@
 //! shows these bodies to merchants in its dead-letter view, so `detail` always says
 //! what to do next.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
@@ -32,6 +32,9 @@ pub struct Problem {
     pub retry_after: Option<u32>,
     /// Extra members (RFC 9457 §3.2 extensions).
     pub extensions: Map<String, Value>,
+    /// What caused a 5xx, for the log line the gateway writes once per answer (with the
+    /// request id); never in the body. A thin pointer, so errors stay small to return.
+    cause: Option<Arc<String>>,
 }
 
 /// One invalid field. `field` is a JSON pointer-ish dotted path into the request.
@@ -76,6 +79,7 @@ impl Problem {
             errors: Vec::new(),
             retry_after: None,
             extensions: Map::new(),
+            cause: None,
         }
     }
 
@@ -119,15 +123,26 @@ impl Problem {
         }
     }
 
-    /// 500 for a bug or an unexpected state. Logs the cause once, here, inside the
-    /// request's span; the answer carries only the request id.
+    /// 500 for a bug or an unexpected state. The cause is logged once, with the request
+    /// id, by the gateway's outer middleware; the answer carries only the request id.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "An unexpected error occurred. It has been logged; quote the request id when contacting support.",
         )
+        .with_cause(cause)
+    }
+
+    /// Keeps what caused this answer for the log (see [`Problem::cause`]).
+    pub fn with_cause(mut self, cause: impl std::fmt::Display) -> Self {
+        self.cause = Some(Arc::new(cause.to_string()));
+        self
+    }
+
+    /// What caused a 5xx, for the log; never part of the answer.
+    pub fn cause(&self) -> Option<&str> {
+        self.cause.as_deref().map(String::as_str)
     }
 
     pub fn with_field(mut self, field: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
@@ -190,12 +205,12 @@ impl std::error::Error for Problem {}
 impl From<sqlx::Error> for Problem {
     fn from(err: sqlx::Error) -> Self {
         if crate::db::is_transient(&err) {
-            tracing::warn!(error = %err, "database unavailable");
             Self::unavailable(
                 "database_unavailable",
                 "The ledger cannot reach its database right now. Nothing was changed; retry shortly.",
                 5,
             )
+            .with_cause(err)
         } else {
             Self::internal(err)
         }
@@ -231,6 +246,15 @@ mod tests {
         assert_eq!(body["errors"][0]["field"], "magento_base_url");
         assert_eq!(body["hint"], "see docs");
         assert_eq!(body["detail"], "magento_base_url: must be an absolute https URL");
+    }
+
+    #[test]
+    fn an_internal_cause_is_kept_for_the_log_and_never_rendered() {
+        let p = Problem::internal("relation \"jobs\" does not exist");
+        assert_eq!(p.cause(), Some("relation \"jobs\" does not exist"));
+        let body = serde_json::to_string(&p.body(Some("req-1".into()))).unwrap();
+        assert!(!body.contains("jobs"), "{body}");
+        assert!(!p.to_string().contains("jobs"), "{p}");
     }
 
     #[test]

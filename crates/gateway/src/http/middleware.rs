@@ -62,6 +62,14 @@ pub async fn request_context(State(limits): State<Arc<HttpLimits>>, mut req: Req
 
 async fn finalize_errors(response: Response, request_id: &str, method: &Method, limits: &HttpLimits) -> Response {
     if let Some(problem) = response.extensions().get::<Problem>().cloned() {
+        // The one log line of a 5xx, with what caused it and the id the caller was given.
+        if problem.status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(request_id, code = %problem.code, cause = problem.cause().unwrap_or(""), "internal error");
+        } else if let Some(cause) = problem.cause() {
+            // A transient failure (503) with a cause, e.g. the database out of reach;
+            // expected 503s (a store's clock, load shedding) say it in their body.
+            tracing::warn!(request_id, code = %problem.code, cause, "answered {}", problem.status.as_u16());
+        }
         let (mut parts, _) = response.into_parts();
         let body = serde_json::to_vec(&problem.body(Some(request_id.to_owned()))).unwrap_or_default();
         parts.headers.remove(header::CONTENT_LENGTH);
