@@ -4,6 +4,7 @@
 
 mod diff;
 mod embed;
+mod extract;
 mod ops;
 mod pages;
 
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 
 use axum::{
     Form, Router,
-    extract::{ConnectInfo, Path, Query, State},
+    extract::{ConnectInfo, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -28,6 +29,8 @@ use ledger_tenant_binding::{
     bindings,
 };
 use serde::Deserialize;
+
+use extract::{Button, CsrfForm, ForOverview, ForSageConnect, PageOwner, csrf_forms};
 
 /// The pages' routes, with their state and security headers.
 pub fn router(state: AppState) -> Router {
@@ -171,19 +174,6 @@ fn render(template: &impl Template) -> Response {
     }
 }
 
-fn signin_redirect(path: &str) -> Response {
-    Redirect::to(&format!("/signin?next={}", encode(path))).into_response()
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Only paths of this ledger are followed after sign-in (no open redirect): `next` is
 /// resolved against the public origin as a browser would (which drops tabs and
 /// newlines and reads `\` as `/`), and kept only when it stays on that origin.
@@ -293,75 +283,6 @@ struct BindingPage {
     store_clock: Option<String>,
 }
 
-/// A page of a binding, for [`PageOwner`]: where sign-in comes back to.
-trait PageOf: Send + Sync {
-    /// The page's path under `/dashboard/bindings/{binding_id}`.
-    const SUFFIX: &'static str;
-}
-
-/// The binding's own page.
-struct ForOverview;
-impl PageOf for ForOverview {
-    const SUFFIX: &'static str = "";
-}
-/// Its Sage connect page.
-struct ForSageConnect;
-impl PageOf for ForSageConnect {
-    const SUFFIX: &'static str = "/sage/connect";
-}
-/// Its settings page.
-struct ForSettings;
-impl PageOf for ForSettings {
-    const SUFFIX: &'static str = "/settings";
-}
-/// Its sync history.
-struct ForHistory;
-impl PageOf for ForHistory {
-    const SUFFIX: &'static str = "/runs";
-}
-
-/// The signed-in merchant who owns the path's `binding_id`, taken by every page and form
-/// of a binding so that none can skip the check. Not signed in: a redirect to sign-in
-/// that comes back to the binding's page `P`; anyone else's binding: not found.
-struct PageOwner<P> {
-    merchant: Merchant,
-    binding_id: BindingId,
-    tenant_id: ledger_core::TenantId,
-    page: std::marker::PhantomData<P>,
-}
-
-impl<P: PageOf> axum::extract::FromRequestParts<AppState> for PageOwner<P> {
-    type Rejection = Response;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let Path(binding_id) = Path::<BindingId>::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        let Some(merchant) = session_merchant(state, &parts.headers)
-            .await
-            .map_err(IntoResponse::into_response)?
-        else {
-            return Err(signin_redirect(&format!(
-                "/dashboard/bindings/{binding_id}{}",
-                P::SUFFIX
-            )));
-        };
-        let tenant_id = merchant
-            .binding_tenant(&state.db, binding_id)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        Ok(Self {
-            merchant,
-            binding_id,
-            tenant_id,
-            page: std::marker::PhantomData,
-        })
-    }
-}
-
 #[derive(Debug, Deserialize)]
 struct BindingQuery {
     connected: Option<String>,
@@ -437,12 +358,8 @@ async fn sage_status_lapsed(
 /// "Check again" on a lapsed subscription: ask Sage now (the workers do every few minutes).
 async fn sage_check(
     State(state): State<AppState>,
-    PageOwner {
-        merchant, binding_id, ..
-    }: PageOwner<ForOverview>,
-    Form(form): Form<pages::CsrfForm>,
+    CsrfForm(PageOwner { binding_id, .. }, _): CsrfForm<PageOwner<ForOverview>, Button>,
 ) -> Result<Response, Problem> {
-    merchant.check_csrf(form.csrf_token())?;
     let outcome = match ledger_sage_vault::reference::refresh(&state, binding_id).await {
         Ok(()) => "ok",
         Err(err) => {
@@ -489,12 +406,13 @@ struct ConnectForm {
 
 async fn connect_submit(
     State(state): State<AppState>,
-    PageOwner {
-        merchant, binding_id, ..
-    }: PageOwner<ForSageConnect>,
-    Form(form): Form<ConnectForm>,
+    CsrfForm(
+        PageOwner {
+            merchant, binding_id, ..
+        },
+        form,
+    ): CsrfForm<PageOwner<ForSageConnect>, ConnectForm>,
 ) -> Result<Response, Problem> {
-    merchant.check_csrf(&form.csrf_token)?;
     // The callback must come back to this browser: a forwarded consent link cannot
     // complete someone else's flow.
     let nonce = ledger_core::crypto::random_token();
@@ -671,15 +589,17 @@ struct BusinessForm {
     csrf_token: String,
     business_id: String,
 }
+csrf_forms!(BusinessForm, ConnectForm);
 
 async fn business_submit(
     State(state): State<AppState>,
-    PageOwner {
-        merchant, binding_id, ..
-    }: PageOwner<ForOverview>,
-    Form(form): Form<BusinessForm>,
+    CsrfForm(
+        PageOwner {
+            merchant, binding_id, ..
+        },
+        form,
+    ): CsrfForm<PageOwner<ForOverview>, BusinessForm>,
 ) -> Result<Response, Problem> {
-    merchant.check_csrf(&form.csrf_token)?;
     connect::choose(
         &state,
         binding_id,

@@ -5,37 +5,18 @@
 
 use askama::Template;
 use axum::{
-    Form,
     extract::{Path, Query, State},
-    http::HeaderMap,
     response::{IntoResponse, Redirect, Response},
 };
 use ledger_core::{AppState, BindingId, Problem, audit::Actor};
 use ledger_sage_sync::runs;
-use ledger_tenant_binding::auth::{Merchant, session_merchant};
 use serde::Deserialize;
 
 use crate::{
+    extract::{Button, CsrfForm, Operator},
     pages::{Nav, ago},
-    render, signin_redirect,
+    render,
 };
-
-/// The signed-in operator; anyone else gets a 404 (the console's existence is not news).
-async fn operator(state: &AppState, headers: &HeaderMap, path: &str) -> Result<Result<Merchant, Response>, Problem> {
-    match session_merchant(state, headers).await? {
-        None => Ok(Err(signin_redirect(path))),
-        Some(m) if m.is_operator => Ok(Ok(m)),
-        Some(_) => {
-            let mut page = render(&crate::MessagePage {
-                heading: "Not found".to_owned(),
-                message: "There is nothing at this address.".to_owned(),
-                retry: None,
-            });
-            *page.status_mut() = axum::http::StatusCode::NOT_FOUND;
-            Ok(Err(page))
-        }
-    }
-}
 
 /// The store connection's state, with the store's clock when it is off.
 pub fn with_clock(magento: String, skew: Option<i32>) -> String {
@@ -105,13 +86,9 @@ pub struct OpsQuery {
 
 pub async fn console(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Operator(merchant): Operator,
     Query(query): Query<OpsQuery>,
 ) -> Result<Response, Problem> {
-    let merchant = match operator(&state, &headers, "/ops").await? {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
     let q = query.q.clone().unwrap_or_default().trim().to_owned();
     let entity: Option<i64> = q.parse().ok();
     let rows = sqlx::query!(
@@ -274,23 +251,12 @@ pub async fn console(
     }))
 }
 
-#[derive(Deserialize)]
-pub struct ActionForm {
-    csrf_token: String,
-}
-
 /// `pause`, `resume` or `refresh-reference` on one binding.
 pub async fn action(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((binding_id, verb)): Path<(BindingId, String)>,
-    Form(form): Form<ActionForm>,
+    CsrfForm(Operator(merchant), _): CsrfForm<Operator, Button>,
 ) -> Result<Response, Problem> {
-    let merchant = match operator(&state, &headers, "/ops").await? {
-        Ok(m) => m,
-        Err(r) => return Ok(r),
-    };
-    merchant.check_csrf(&form.csrf_token)?;
     let actor = Actor::Operator(merchant.account_id.0);
     let done = match verb.as_str() {
         "pause" => runs::pause_binding(&state, binding_id, actor)

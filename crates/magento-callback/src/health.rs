@@ -3,8 +3,10 @@
 //! longer holds our key), `active` after any answer proving it does.
 
 use ledger_core::{AppState, BindingId, TenantId};
-use ledger_magento_api::{MagentoClient, MagentoError, UrlPolicy, url::Url};
+use ledger_magento_api::MagentoError;
 use ledger_tenant_binding::bindings;
+
+use crate::store::{StoreError, StoreRef, store_client};
 
 /// What one ping found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,21 +24,29 @@ pub async fn ping(
     base_url: &str,
     store_clock_skew: Option<i32>,
 ) -> PingOutcome {
-    let policy = UrlPolicy::from_settings(&state.settings);
     let outcome = async {
-        let base = Url::parse(base_url)
-            .map_err(|_| MagentoError::Url(ledger_magento_api::UrlError::NotAUrl(base_url.to_owned())))?;
-        let key = bindings::api_key(state, binding_id)
+        let sealed = bindings::sealed_api_key(&state.db, binding_id)
             .await
-            .map_err(|p| MagentoError::Transient {
+            .map_err(|e| MagentoError::Transient {
                 url: base_url.to_owned(),
-                reason: p.detail,
+                reason: e.to_string(),
             })?;
-        MagentoClient::new(&base, &tenant_id.to_string(), &key, &policy)
-            .await?
-            .with_store_clock(store_clock_skew)
-            .ping()
-            .await
+        let store = StoreRef {
+            binding_id,
+            tenant_id,
+            base_url,
+            sealed_api_key: sealed.as_deref(),
+            store_clock_skew,
+        };
+        let client = store_client(state, store).await.map_err(|e| match e {
+            StoreError::Magento(e) => e,
+            StoreError::BadUrl(url) => MagentoError::Url(ledger_magento_api::UrlError::NotAUrl(url)),
+            StoreError::ApiKey(e) => MagentoError::Transient {
+                url: base_url.to_owned(),
+                reason: e.to_string(),
+            },
+        })?;
+        client.ping().await
     }
     .await;
     let result = match &outcome {

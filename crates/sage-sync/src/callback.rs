@@ -12,17 +12,12 @@
 //!   shows the invoice unpaid — until the payment syncs;
 //! - a payment the merchant chose to leave unposted (its method mapped to no bank
 //!   account), a zero-value one, or one skipped with its invoice changes nothing.
+//!
+//! Delivery itself is `ledger_magento_callback::delivery`'s.
 
 use chrono::{DateTime, Utc};
-use ledger_core::{AppState, BindingId};
-use ledger_magento_api::{
-    MagentoClient, MagentoError, UrlPolicy,
-    canonical::{SyncState, mysql_timestamp},
-    client::ErrorClass as MagentoClass,
-    url::Url,
-};
-use ledger_tenant_binding::bindings;
-use serde_json::Value;
+use ledger_magento_api::canonical::{SyncState, mysql_timestamp};
+use ledger_magento_callback::delivery::{Retry, RetryKind};
 
 use crate::outcome::{ErrorClass, Failure, Outcome};
 
@@ -92,86 +87,14 @@ pub fn state_for(
     Some(state)
 }
 
-/// What delivering one callback did.
-#[derive(Debug)]
-pub enum Delivery {
-    Delivered,
-    /// The store refused the body for good (400): logged, not retried.
-    Rejected(String),
-    /// The store is down or refused our key: retry later.
-    Retry(Failure),
-}
-
-/// Sends the queued state to the store.
-pub async fn deliver(state: &AppState, binding: BindingId, payload: &Value) -> Delivery {
-    let Ok(sync_state) = serde_json::from_value::<SyncState>(payload["state"].clone()) else {
-        return Delivery::Rejected("malformed callback payload".into());
+/// A delivery to retry, as the failure whose backoff it takes.
+pub fn retry_failure(retry: &Retry) -> Failure {
+    let class = match retry.kind {
+        RetryKind::Database => ErrorClass::Transient,
+        RetryKind::StoreUnreachable => ErrorClass::MagentoUnreachable,
+        RetryKind::KeyRefused => ErrorClass::MagentoAuth,
     };
-    let row = match sqlx::query!(
-        r#"SELECT tenant_id, magento_base_url, status, api_key, magento_connection_status, store_clock_skew_secs
-           FROM connector_bindings WHERE id = $1"#,
-        binding.0
-    )
-    .fetch_optional(&state.db)
-    .await
-    {
-        Ok(Some(r)) => r,
-        Ok(None) => return Delivery::Rejected("binding deleted".into()),
-        Err(e) => return Delivery::Retry(Failure::new(ErrorClass::Transient, "database", e.to_string())),
-    };
-    if row.status == "revoked" {
-        return Delivery::Rejected("binding revoked".into());
-    }
-    let key = match bindings::open_api_key(state, binding, row.api_key.as_deref()) {
-        Ok(k) => k,
-        Err(p) => return Delivery::Rejected(p.detail),
-    };
-    let Ok(base) = Url::parse(&row.magento_base_url) else {
-        return Delivery::Rejected("bad store URL".into());
-    };
-    let result = async {
-        MagentoClient::new(
-            &base,
-            &row.tenant_id.to_string(),
-            &key,
-            &UrlPolicy::from_settings(&state.settings),
-        )
-        .await?
-        .with_store_clock(row.store_clock_skew_secs)
-        .sync_state(&sync_state)
-        .await
-    }
-    .await;
-    match result {
-        Ok(()) => {
-            if row.magento_connection_status != "active" {
-                let _ = bindings::record_magento_answer(&state.db, binding, false).await;
-            }
-            Delivery::Delivered
-        }
-        Err(e @ MagentoError::ClockSkew { store_ahead_secs, .. }) => {
-            let _ = bindings::record_store_clock(&state.db, binding, i32::try_from(store_ahead_secs).ok()).await;
-            Delivery::Retry(Failure::new(
-                ErrorClass::MagentoUnreachable,
-                "store_clock_skew",
-                e.to_string(),
-            ))
-        }
-        Err(e @ MagentoError::Unauthorized { .. }) => {
-            let _ = bindings::record_magento_answer(&state.db, binding, true).await;
-            Delivery::Retry(Failure::new(
-                ErrorClass::MagentoAuth,
-                "magento_unauthorized",
-                e.to_string(),
-            ))
-        }
-        Err(e) if e.class() == MagentoClass::Transient => Delivery::Retry(Failure::new(
-            ErrorClass::MagentoUnreachable,
-            "magento_unreachable",
-            e.to_string(),
-        )),
-        Err(e) => Delivery::Rejected(e.to_string()),
-    }
+    Failure::new(class, retry.code, retry.message.clone())
 }
 
 #[cfg(test)]

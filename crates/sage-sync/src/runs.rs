@@ -17,7 +17,7 @@ use crate::{
     callback,
     outcome::{ErrorClass, Next, Outcome},
     process::RunInfo,
-    xref,
+    xref::{self, XrefKey},
 };
 
 /// Records an attempt and moves run and job on, in one statement, only while the job's
@@ -96,9 +96,12 @@ pub async fn complete(
     // The store callback for a terminal outcome (the latest state replaces a queued one).
     let callback = if finished {
         let invoice_sage = if run.event_name == "invoice.paid" {
-            xref::get(&state.db, run.binding, &run.business_id, "invoice", run.entity_id, "")
-                .await?
-                .and_then(|x| x.sage_id.map(|id| (id, x.sage_reference)))
+            xref::get(
+                &state.db,
+                &XrefKey::document(run.binding, &run.business_id, "invoice", run.entity_id),
+            )
+            .await?
+            .and_then(|x| x.sage_id.map(|id| (id, x.sage_reference)))
         } else {
             None
         };

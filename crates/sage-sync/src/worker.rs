@@ -16,11 +16,12 @@ use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    callback::{self, Delivery},
+    callback,
     outcome::{Next, Outcome},
     process, runs,
 };
 use ledger_jobs::{self as queue, JobKind, JobStatus};
+use ledger_magento_callback::delivery::Delivery;
 
 /// Jobs this process holds, for release at shutdown.
 #[derive(Debug, Default)]
@@ -390,7 +391,11 @@ async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Erro
     let span =
         tracing::info_span!("sync_state", otel.name = "sync-state callback", job = job.id, binding = %job.binding_id);
     ledger_core::trace::continue_from(&span, job.payload["traceparent"].as_str());
-    let delivery = tracing::Instrument::instrument(callback::deliver(state, job.binding_id, &job.payload), span).await;
+    let delivery = tracing::Instrument::instrument(
+        ledger_magento_callback::delivery::deliver(state, job.binding_id, &job.payload),
+        span,
+    )
+    .await;
     let run_id = job.payload["run_id"]
         .as_str()
         .and_then(|r| r.parse::<uuid::Uuid>().ok());
@@ -400,17 +405,17 @@ async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Erro
             tracing::warn!(job = job.id, reason, "the store refused a sync-state callback");
             (JobStatus::Dead, Some("rejected"), 0.0, Some(reason.as_str()))
         }
-        Delivery::Retry(failure) => {
+        Delivery::Retry(retry) => {
             let attempt = u32::try_from(job.attempt).unwrap_or(1);
-            let Next::Retry { after, .. } = crate::outcome::next(&Outcome::Failed(failure.clone()), attempt, u32::MAX)
-            else {
+            let failure = callback::retry_failure(retry);
+            let Next::Retry { after, .. } = crate::outcome::next(&Outcome::Failed(failure), attempt, u32::MAX) else {
                 unreachable!()
             };
             (
                 JobStatus::Queued,
                 None,
                 after.as_secs_f64(),
-                Some(failure.message.as_str()),
+                Some(retry.message.as_str()),
             )
         }
     };

@@ -6,9 +6,55 @@
 use ledger_core::BindingId;
 use serde_json::Value;
 
+/// Where an entity's post stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum XrefState {
+    /// Sent (or about to be) under `idempotency_id`; the outcome is not known yet.
+    Posting,
+    Posted,
+    /// Sage refused it for good: the next post uses a new idempotency id.
+    Rejected,
+}
+
+/// One entity's row: which binding and Sage business, which Magento entity, and the
+/// currency (a customer has a contact per currency; "" for every other entity).
+#[derive(Debug, Clone, Copy)]
+pub struct XrefKey<'a> {
+    pub binding: BindingId,
+    pub business: &'a str,
+    pub entity: &'a str,
+    pub id: i64,
+    pub currency: &'a str,
+}
+
+impl<'a> XrefKey<'a> {
+    /// A document's or product's row (no currency of its own).
+    pub fn document(binding: BindingId, business: &'a str, entity: &'a str, id: i64) -> Self {
+        Self {
+            binding,
+            business,
+            entity,
+            id,
+            currency: "",
+        }
+    }
+
+    /// A customer's contact in `currency`.
+    pub fn contact(binding: BindingId, business: &'a str, id: i64, currency: &'a str) -> Self {
+        Self {
+            binding,
+            business,
+            entity: "contact",
+            id,
+            currency,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Xref {
-    pub state: String,
+    pub state: XrefState,
     pub sage_id: Option<String>,
     pub sage_reference: Option<String>,
     pub idempotency_id: Option<String>,
@@ -17,7 +63,9 @@ pub struct Xref {
 
 impl Xref {
     pub fn posted(&self) -> Option<&str> {
-        (self.state == "posted").then_some(self.sage_id.as_deref()).flatten()
+        (self.state == XrefState::Posted)
+            .then_some(self.sage_id.as_deref())
+            .flatten()
     }
 
     /// How many definite refusals preceded (feeds the idempotency id).
@@ -26,22 +74,15 @@ impl Xref {
     }
 }
 
-pub async fn get(
-    db: &sqlx::PgPool,
-    binding: BindingId,
-    business: &str,
-    entity: &str,
-    id: i64,
-    currency: &str,
-) -> Result<Option<Xref>, sqlx::Error> {
+pub async fn get(db: &sqlx::PgPool, key: &XrefKey<'_>) -> Result<Option<Xref>, sqlx::Error> {
     let row = sqlx::query!(
-        "SELECT state, sage_id, sage_reference, idempotency_id, extra FROM entity_xref
-         WHERE binding_id = $1 AND sage_business_id = $5 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4",
-        binding.0,
-        entity,
-        id,
-        currency,
-        business
+        r#"SELECT state AS "state: XrefState", sage_id, sage_reference, idempotency_id, extra FROM entity_xref
+         WHERE binding_id = $1 AND sage_business_id = $5 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4"#,
+        key.binding.0,
+        key.entity,
+        key.id,
+        key.currency,
+        key.business
     )
     .fetch_optional(db)
     .await?;
@@ -102,17 +143,12 @@ pub async fn lock(
 /// holder's last write by the moment it took to release: a stale answer is harmless, as
 /// [`mark_posting`] refuses to re-post a posted entity and contacts are adopted by
 /// reference before any is created.
-#[allow(clippy::too_many_arguments, reason = "the lease's key and the xref's key")]
 pub async fn lock_get(
     db: &sqlx::PgPool,
-    binding: BindingId,
-    business: &str,
-    key: &ledger_jobs::EntityKey,
+    lease: &ledger_jobs::EntityKey,
     holder: uuid::Uuid,
     ttl: std::time::Duration,
-    entity: &str,
-    id: i64,
-    currency: &str,
+    key: &XrefKey<'_>,
 ) -> Result<Option<Option<Xref>>, sqlx::Error> {
     let row = sqlx::query!(
         r#"WITH l AS (
@@ -121,19 +157,19 @@ pub async fn lock_get(
              WHERE sync_locks.holder = $3 OR sync_locks.until < now()
              RETURNING 1 AS one
            )
-           SELECT EXISTS (SELECT 1 FROM l) AS "locked!", x.state AS "state?", x.sage_id, x.sage_reference,
+           SELECT EXISTS (SELECT 1 FROM l) AS "locked!", x.state AS "state?: XrefState", x.sage_id, x.sage_reference,
                   x.idempotency_id, x.extra AS "extra?"
            FROM (SELECT 1) one
            LEFT JOIN entity_xref x ON x.binding_id = $1 AND x.sage_business_id = $8 AND x.entity_type = $5
              AND x.magento_entity_id = $6 AND x.currency = $7"#,
-        binding.0,
-        key.as_str(),
+        key.binding.0,
+        lease.as_str(),
         holder,
         ttl.as_secs_f64(),
-        entity,
-        id,
-        currency,
-        business,
+        key.entity,
+        key.id,
+        key.currency,
+        key.business,
     )
     .fetch_one(db)
     .await?;
@@ -151,27 +187,19 @@ pub async fn lock_get(
 
 /// Records that a post is about to be sent; false when the entity is already posted (a
 /// concurrent attempt finished first), in which case nothing changes.
-pub async fn mark_posting(
-    db: &sqlx::PgPool,
-    binding: BindingId,
-    business: &str,
-    entity: &str,
-    id: i64,
-    currency: &str,
-    idempotency: &str,
-) -> Result<bool, sqlx::Error> {
+pub async fn mark_posting(db: &sqlx::PgPool, key: &XrefKey<'_>, idempotency: &str) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query!(
         "INSERT INTO entity_xref (binding_id, entity_type, magento_entity_id, currency, state, idempotency_id, sage_business_id)
          VALUES ($1, $2, $3, $4, 'posting', $5, $6)
          ON CONFLICT (binding_id, sage_business_id, entity_type, magento_entity_id, currency)
          DO UPDATE SET state = 'posting', idempotency_id = $5, updated_at = now()
          WHERE entity_xref.state <> 'posted'",
-        binding.0,
-        entity,
-        id,
-        currency,
+        key.binding.0,
+        key.entity,
+        key.id,
+        key.currency,
         idempotency,
-        business
+        key.business
     )
     .execute(db)
     .await?
@@ -180,14 +208,9 @@ pub async fn mark_posting(
 }
 
 /// Records the Sage object a post created (or that a look-up found).
-#[allow(clippy::too_many_arguments, reason = "one column each")]
 pub async fn mark_posted(
     db: &sqlx::PgPool,
-    binding: BindingId,
-    business: &str,
-    entity: &str,
-    id: i64,
-    currency: &str,
+    key: &XrefKey<'_>,
     sage_id: &str,
     reference: Option<&str>,
     extra: &Value,
@@ -198,13 +221,13 @@ pub async fn mark_posted(
          ON CONFLICT (binding_id, sage_business_id, entity_type, magento_entity_id, currency)
          DO UPDATE SET state = 'posted', sage_id = $5, sage_reference = $6,
                        extra = entity_xref.extra || $8, updated_at = now()",
-        binding.0,
-        entity,
-        id,
-        currency,
+        key.binding.0,
+        key.entity,
+        key.id,
+        key.currency,
         sage_id,
         reference,
-        business,
+        key.business,
         extra
     )
     .execute(db)
@@ -213,24 +236,17 @@ pub async fn mark_posted(
 }
 
 /// Sage refused the post for good: the next one uses a new idempotency id.
-pub async fn mark_rejected(
-    db: &sqlx::PgPool,
-    binding: BindingId,
-    business: &str,
-    entity: &str,
-    id: i64,
-    currency: &str,
-) -> Result<(), sqlx::Error> {
+pub async fn mark_rejected(db: &sqlx::PgPool, key: &XrefKey<'_>) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE entity_xref SET state = 'rejected',
                 extra = jsonb_set(extra, '{generation}', to_jsonb(COALESCE((extra->>'generation')::int, 0) + 1)), updated_at = now()
          WHERE binding_id = $1 AND sage_business_id = $5 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4
            AND state = 'posting'",
-        binding.0,
-        entity,
-        id,
-        currency,
-        business
+        key.binding.0,
+        key.entity,
+        key.id,
+        key.currency,
+        key.business
     )
     .execute(db)
     .await?;
@@ -238,24 +254,16 @@ pub async fn mark_rejected(
 }
 
 /// Merges facts into a posted xref's `extra`.
-pub async fn merge_extra(
-    db: &sqlx::PgPool,
-    binding: BindingId,
-    business: &str,
-    entity: &str,
-    id: i64,
-    currency: &str,
-    extra: &Value,
-) -> Result<(), sqlx::Error> {
+pub async fn merge_extra(db: &sqlx::PgPool, key: &XrefKey<'_>, extra: &Value) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE entity_xref SET extra = extra || $5, updated_at = now()
          WHERE binding_id = $1 AND sage_business_id = $6 AND entity_type = $2 AND magento_entity_id = $3 AND currency = $4",
-        binding.0,
-        entity,
-        id,
-        currency,
+        key.binding.0,
+        key.entity,
+        key.id,
+        key.currency,
         extra,
-        business
+        key.business
     )
     .execute(db)
     .await?;
@@ -264,14 +272,7 @@ pub async fn merge_extra(
 
 /// After the Sage document of a mismatched entity was voided: the entity is posted
 /// again, under a new idempotency id, and the voided document is remembered.
-pub async fn reset_for_repost(
-    db: &sqlx::PgPool,
-    binding: BindingId,
-    business: &str,
-    entity: &str,
-    id: i64,
-    currency: &str,
-) -> Result<(), sqlx::Error> {
+pub async fn reset_for_repost(db: &sqlx::PgPool, key: &XrefKey<'_>) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"UPDATE entity_xref SET state = 'rejected', sage_id = NULL, sage_reference = NULL,
                 extra = (extra - 'mismatch' - 'repost_requested')
@@ -279,11 +280,11 @@ pub async fn reset_for_repost(
                                               'voided', COALESCE(extra->'voided', '[]'::jsonb) || to_jsonb(sage_id)),
                 updated_at = now()
            WHERE binding_id = $1 AND sage_business_id = $2 AND entity_type = $3 AND magento_entity_id = $4 AND currency = $5"#,
-        binding.0,
-        business,
-        entity,
-        id,
-        currency
+        key.binding.0,
+        key.business,
+        key.entity,
+        key.id,
+        key.currency
     )
     .execute(db)
     .await?;

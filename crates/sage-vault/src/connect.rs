@@ -428,7 +428,10 @@ async fn attach(
     if let [only] = choices.as_slice() {
         choose(state, binding, &only.id, Actor::Account(account.0))
             .await
-            .map_err(|p| failure(Some(binding), "internal", p.detail))?;
+            .map_err(|e| match e {
+                ChooseError::Database(e) => internal(&e),
+                other => failure(Some(binding), "internal", other.to_string()),
+            })?;
         return Ok(CallbackOutcome::Connected {
             binding_id: binding,
             business_name: only.name.clone(),
@@ -495,21 +498,22 @@ pub async fn confirm(
 }
 
 /// Picks the business for a connected binding; fetches its reference data.
-pub async fn choose(state: &AppState, binding: BindingId, business_id: &str, actor: Actor) -> Result<String, Problem> {
+pub async fn choose(
+    state: &AppState,
+    binding: BindingId,
+    business_id: &str,
+    actor: Actor,
+) -> Result<String, ChooseError> {
     let offered = sqlx::query_scalar!(
         "SELECT businesses FROM sage_connections WHERE binding_id = $1",
         binding.0
     )
     .fetch_optional(&state.db)
     .await?
-    .ok_or_else(|| Problem::conflict("sage_not_connected", "Connect Sage for this binding first."))?;
+    .ok_or(ChooseError::NotConnected)?;
     let choices: Vec<BusinessChoice> = serde_json::from_value(offered).unwrap_or_default();
     let Some(choice) = choices.iter().find(|c| c.id == business_id) else {
-        return Err(Problem::validation(vec![FieldError {
-            field: "business_id".into(),
-            code: "not_offered".into(),
-            message: "choose one of the businesses Sage listed for this connection".into(),
-        }]));
+        return Err(ChooseError::NotOffered);
     };
     let mut tx = state.db.begin().await?;
     let region = sqlx::query_scalar!(
@@ -553,6 +557,31 @@ pub async fn choose(state: &AppState, binding: BindingId, business_id: &str, act
         tracing::warn!(%binding, error = %err, "fetching Sage reference data after connect failed");
     }
     Ok(choice.name.clone())
+}
+
+/// Why a business could not be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum ChooseError {
+    #[error("Connect Sage for this binding first.")]
+    NotConnected,
+    #[error("choose one of the businesses Sage listed for this connection")]
+    NotOffered,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<ChooseError> for Problem {
+    fn from(e: ChooseError) -> Self {
+        match e {
+            ChooseError::NotConnected => Problem::conflict("sage_not_connected", e.to_string()),
+            ChooseError::NotOffered => Problem::validation(vec![FieldError {
+                field: "business_id".into(),
+                code: "not_offered".into(),
+                message: e.to_string(),
+            }]),
+            ChooseError::Database(e) => e.into(),
+        }
+    }
 }
 
 // ---- JSON twins ------------------------------------------------------------------

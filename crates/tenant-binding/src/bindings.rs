@@ -173,27 +173,33 @@ pub async fn load(db: &sqlx::PgPool, id: BindingId) -> Result<Option<Binding>, s
     }))
 }
 
-/// The decrypted api_key of a paired binding (to call its store).
-pub async fn api_key(state: &AppState, id: BindingId) -> Result<Secret<String>, Problem> {
-    let sealed = sqlx::query_scalar!("SELECT api_key FROM connector_bindings WHERE id = $1", id.0)
-        .fetch_optional(&state.db)
-        .await?
-        .flatten();
-    open_api_key(state, id, sealed.as_deref())
+/// Why a binding's api_key cannot be used to call its store.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiKeyError {
+    #[error("Binding {0} holds no api_key yet; pair the store.")]
+    NotPaired(BindingId),
+    /// Only the key's id is named, never key material.
+    #[error("binding {0}'s api_key cannot be opened: {1}")]
+    Unreadable(BindingId, ledger_core::crypto::CryptoError),
+}
+
+/// A binding's sealed api_key column (`None`: not paired, or no such binding).
+pub async fn sealed_api_key(db: &sqlx::PgPool, id: BindingId) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar!("SELECT api_key FROM connector_bindings WHERE id = $1", id.0)
+            .fetch_optional(db)
+            .await?
+            .flatten(),
+    )
 }
 
 /// Decrypts a binding's sealed api_key column read along with other columns.
-pub fn open_api_key(state: &AppState, id: BindingId, sealed: Option<&[u8]>) -> Result<Secret<String>, Problem> {
-    let sealed = sealed.ok_or_else(|| {
-        Problem::conflict(
-            "binding_not_paired",
-            format!("Binding {id} holds no api_key yet; pair the store."),
-        )
-    })?;
+pub fn open_api_key(state: &AppState, id: BindingId, sealed: Option<&[u8]>) -> Result<Secret<String>, ApiKeyError> {
+    let sealed = sealed.ok_or(ApiKeyError::NotPaired(id))?;
     state
         .keyring
         .open_string(sealed, &api_key_context(id))
-        .map_err(Problem::internal)
+        .map_err(|e| ApiKeyError::Unreadable(id, e))
 }
 
 /// A binding's keys, for working out which binding signed a request.

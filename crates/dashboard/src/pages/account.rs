@@ -19,13 +19,9 @@ pub struct AccountQuery {
 }
 
 pub async fn account_page(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    PageMerchant { merchant, .. }: PageMerchant<ForAccount>,
     Query(q): Query<AccountQuery>,
 ) -> Result<Response, Problem> {
-    let Some(merchant) = session_merchant(&state, &headers).await? else {
-        return Ok(signin_redirect("/dashboard/account"));
-    };
     Ok(render(&AccountPage {
         nav: Nav::of(&merchant),
         csrf_token: merchant.csrf_token().to_owned(),
@@ -43,16 +39,13 @@ pub struct PasswordForm {
     pub(super) current_password: String,
     pub(super) new_password: String,
 }
+csrf_forms!(PasswordForm, DisconnectForm);
 
 pub async fn account_submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Form(form): Form<PasswordForm>,
+    CsrfForm(PageMerchant { merchant, .. }, form): CsrfForm<PageMerchant<ForAccount>, PasswordForm>,
 ) -> Result<Response, Problem> {
-    let Some(merchant) = session_merchant(&state, &headers).await? else {
-        return Ok(signin_redirect("/dashboard/account"));
-    };
-    merchant.check_csrf(&form.csrf_token)?;
     match accounts::change_password(
         &state,
         merchant.account_id,
@@ -87,15 +80,16 @@ pub struct DisconnectForm {
 /// Disconnects a binding from the ledger side, as `POST /v1/bindings/{id}/disconnect`.
 pub async fn disconnect(
     State(state): State<AppState>,
-    PageOwner {
-        merchant,
-        binding_id,
-        tenant_id: tenant,
-        ..
-    }: PageOwner<ForOverview>,
-    Form(form): Form<DisconnectForm>,
+    CsrfForm(
+        PageOwner {
+            merchant,
+            binding_id,
+            tenant_id: tenant,
+            ..
+        },
+        form,
+    ): CsrfForm<PageOwner<ForOverview>, DisconnectForm>,
 ) -> Result<Response, Problem> {
-    merchant.check_csrf(&form.csrf_token)?;
     if form.confirm.is_none() {
         return Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}?confirm=1#disconnect")).into_response());
     }

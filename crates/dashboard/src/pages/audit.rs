@@ -18,10 +18,11 @@ pub(super) struct AuditPage {
     pub(super) rows: Vec<AuditRow>,
 }
 
-pub async fn audit_page(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
-    let Some(merchant) = session_merchant(&state, &headers).await? else {
-        return Ok(signin_redirect("/dashboard/audit"));
-    };
+pub async fn audit_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageMerchant { merchant, .. }: PageMerchant<ForAudit>,
+) -> Result<Response, Problem> {
     let tenant = current_tenant(&state, &headers, &merchant).await?;
     let rows = sqlx::query!(
         r#"SELECT a.at, a.actor, a.action, a.binding_id, a.details, acc.email AS "email?"

@@ -101,13 +101,8 @@ pub struct SwitchForm {
 
 pub async fn switch_tenant(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<SwitchForm>,
+    CsrfForm(PageMerchant { merchant, .. }, form): CsrfForm<PageMerchant<ForBindings>, SwitchForm>,
 ) -> Result<Response, Problem> {
-    let Some(merchant) = session_merchant(&state, &headers).await? else {
-        return Ok(signin_redirect("/dashboard"));
-    };
-    merchant.check_csrf(&form.csrf_token)?;
     let tenant = merchant.tenant(&state.db, Some(TenantId(form.tenant_id))).await?;
     let mut response = Redirect::to("/dashboard").into_response();
     response.headers_mut().insert(header::SET_COOKIE, tenant_cookie(tenant));
@@ -123,13 +118,8 @@ pub struct NewTenantForm {
 /// A new tenant (e.g. a second brand with its own stores and Sage businesses).
 pub async fn create_tenant(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<NewTenantForm>,
+    CsrfForm(PageMerchant { merchant, .. }, form): CsrfForm<PageMerchant<ForBindings>, NewTenantForm>,
 ) -> Result<Response, Problem> {
-    let Some(merchant) = session_merchant(&state, &headers).await? else {
-        return Ok(signin_redirect("/dashboard"));
-    };
-    merchant.check_csrf(&form.csrf_token)?;
     let id = ledger_tenant_binding::accounts::create_tenant(&state.db, merchant.account_id, &form.name).await?;
     let mut response = Redirect::to("/dashboard").into_response();
     response.headers_mut().insert(header::SET_COOKIE, tenant_cookie(id));
@@ -165,10 +155,11 @@ pub(super) async fn binding_rows(state: &AppState, tenant: TenantId) -> Result<V
         .collect())
 }
 
-pub async fn bindings_page(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
-    let Some(merchant) = session_merchant(&state, &headers).await? else {
-        return Ok(signin_redirect("/dashboard"));
-    };
+pub async fn bindings_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageMerchant { merchant, .. }: PageMerchant<ForBindings>,
+) -> Result<Response, Problem> {
     let tenant = current_tenant(&state, &headers, &merchant).await?;
     Ok(render(&BindingsPage {
         nav: Nav::of(&merchant),
@@ -188,17 +179,14 @@ pub struct MagentoConnectForm {
     pub(super) magento_base_url: String,
     pub(super) pairing_code: String,
 }
+csrf_forms!(SwitchForm, NewTenantForm, MagentoConnectForm);
 
 pub async fn magento_connect(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
-    Form(form): Form<MagentoConnectForm>,
+    CsrfForm(PageMerchant { merchant, .. }, form): CsrfForm<PageMerchant<ForBindings>, MagentoConnectForm>,
 ) -> Result<Response, Problem> {
-    let Some(merchant) = session_merchant(&state, &headers).await? else {
-        return Ok(signin_redirect("/dashboard"));
-    };
-    merchant.check_csrf(&form.csrf_token)?;
     let nav = Nav::of(&merchant);
     let csrf_token = merchant.csrf_token().to_owned();
     let tenant = current_tenant(&state, &headers, &merchant).await?;

@@ -195,41 +195,17 @@ pub(super) struct RunPage {
     pub(super) notice: Option<String>,
 }
 
-/// The run and the signed-in merchant allowed to see it (its owner, or an operator).
-pub(super) async fn run_access(
-    state: &AppState,
-    headers: &HeaderMap,
-    run: uuid::Uuid,
-    action: OperatorAction,
-) -> Result<Result<(Merchant, runs::RunDetail, Actor), Response>, Problem> {
-    let Some(merchant) = session_merchant(state, headers).await? else {
-        return Ok(Err(signin_redirect(&format!("/dashboard/runs/{run}"))));
-    };
-    let not_found = || Problem::not_found("run_not_found", "No such sync run.");
-    let detail = runs::detail(&state.db, run).await?.ok_or_else(not_found)?;
-    // Someone else's run is "no such run": nothing about its binding is named.
-    let access = merchant
-        .binding_access(&state.db, detail.run.binding_id, action)
-        .await
-        .map_err(|_| not_found())?;
-    Ok(Ok((merchant, detail, access.actor)))
-}
-
 #[derive(Deserialize)]
 pub struct RunQuery {
     pub(super) retried: Option<String>,
 }
 
 pub async fn run_page(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(run): Path<uuid::Uuid>,
+    RunAccess {
+        merchant, run: detail, ..
+    }: RunAccess<action::ViewRuns>,
     Query(q): Query<RunQuery>,
 ) -> Result<Response, Problem> {
-    let (merchant, detail, _) = match run_access(&state, &headers, run, OperatorAction::ViewRuns).await? {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
     let attempts = detail
         .attempts_detail
         .iter()
@@ -271,15 +247,9 @@ pub async fn run_page(
 
 pub async fn run_retry(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(run): Path<uuid::Uuid>,
-    Form(form): Form<CsrfForm>,
+    CsrfForm(RunAccess { actor, .. }, _): CsrfForm<RunAccess<action::RetryRuns>, Button>,
 ) -> Result<Response, Problem> {
-    let (merchant, _, actor) = match run_access(&state, &headers, run, OperatorAction::RetryRuns).await? {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
-    merchant.check_csrf(&form.csrf_token)?;
     if !runs::retry(&state, run, actor).await? {
         return Err(Problem::conflict(
             "run_not_retryable",
@@ -295,19 +265,14 @@ pub struct ResolveForm {
     /// `repost` or `accept`.
     pub(super) action: String,
 }
+csrf_forms!(ResolveForm);
 
 /// The held document's buttons: void and post again, or accept it as it is in Sage.
 pub async fn run_resolve(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(run): Path<uuid::Uuid>,
-    Form(form): Form<ResolveForm>,
+    CsrfForm(RunAccess { actor, .. }, form): CsrfForm<RunAccess<action::RetryRuns>, ResolveForm>,
 ) -> Result<Response, Problem> {
-    let (merchant, _, actor) = match run_access(&state, &headers, run, OperatorAction::RetryRuns).await? {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
-    merchant.check_csrf(&form.csrf_token)?;
     let resolution = match form.action.as_str() {
         "repost" => runs::Resolution::Repost,
         "accept" => runs::Resolution::Accept,
@@ -330,12 +295,13 @@ pub async fn run_resolve(
 
 pub async fn retry_dead(
     State(state): State<AppState>,
-    PageOwner {
-        merchant, binding_id, ..
-    }: PageOwner<ForHistory>,
-    Form(form): Form<CsrfForm>,
+    CsrfForm(
+        PageOwner {
+            merchant, binding_id, ..
+        },
+        _,
+    ): CsrfForm<PageOwner<ForHistory>, Button>,
 ) -> Result<Response, Problem> {
-    merchant.check_csrf(&form.csrf_token)?;
     let n = runs::retry_dead(&state, binding_id, Actor::Account(merchant.account_id.0)).await?;
     Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}/runs?retried={n}")).into_response())
 }

@@ -21,12 +21,18 @@ use ledger_sage_sync::{
 use ledger_sage_vault::reference::{self, Reference};
 use ledger_tenant_binding::{
     accounts,
-    auth::{Merchant, OperatorAction, session_merchant},
+    auth::{Merchant, action, session_merchant},
     bindings,
 };
 use serde::Deserialize;
 
-use crate::{ForHistory, ForOverview, ForSettings, PageOwner, render, signin_redirect};
+use crate::{
+    extract::{
+        Button, CsrfForm, CsrfToken, ForAccount, ForAudit, ForBindings, ForHistory, ForOverview, ForSettings,
+        PageMerchant, PageOwner, RunAccess, csrf_forms,
+    },
+    render,
+};
 
 /// "3 minutes ago", for freshness labels.
 pub(crate) fn ago(at: Option<DateTime<Utc>>) -> String {

@@ -141,13 +141,15 @@ pub(super) fn options(reference: &Reference, kind: &str, current: Option<&str>, 
 
 /// The store's payment methods, live; `None` when the store cannot be asked.
 pub(super) async fn store_methods(state: &AppState, binding: &bindings::Binding) -> Option<Vec<(String, String)>> {
-    let base = url::Url::parse(&binding.magento_base_url).ok()?;
-    let key = bindings::api_key(state, binding.binding_id).await.ok()?;
-    let policy = ledger_magento_api::UrlPolicy::from_settings(&state.settings);
-    let client = ledger_magento_api::MagentoClient::new(&base, &binding.tenant_id.to_string(), &key, &policy)
-        .await
-        .ok()?
-        .with_store_clock(binding.store_clock_skew);
+    let sealed = bindings::sealed_api_key(&state.db, binding.binding_id).await.ok()?;
+    let store = ledger_magento_callback::store::StoreRef {
+        binding_id: binding.binding_id,
+        tenant_id: binding.tenant_id,
+        base_url: &binding.magento_base_url,
+        sealed_api_key: sealed.as_deref(),
+        store_clock_skew: binding.store_clock_skew,
+    };
+    let client = ledger_magento_callback::store::store_client(state, store).await.ok()?;
     let methods = client.payment_methods().await.ok()??;
     Some(
         methods
@@ -440,16 +442,18 @@ pub struct RetryFixableForm {
     pub(super) csrf_token: String,
     pub(super) codes: String,
 }
+csrf_forms!(RetryFixableForm);
 
 /// "Retry them" after a settings change: the runs held back by the codes it addresses.
 pub async fn retry_fixable(
     State(state): State<AppState>,
-    PageOwner {
-        merchant, binding_id, ..
-    }: PageOwner<ForSettings>,
-    Form(form): Form<RetryFixableForm>,
+    CsrfForm(
+        PageOwner {
+            merchant, binding_id, ..
+        },
+        form,
+    ): CsrfForm<PageOwner<ForSettings>, RetryFixableForm>,
 ) -> Result<Response, Problem> {
-    merchant.check_csrf(&form.csrf_token)?;
     let codes: Vec<String> = form.codes.split(',').map(str::to_owned).collect();
     let codes = runs::known_fixable(&codes)?;
     let n = runs::retry_fixable(&state, binding_id, &codes, Actor::Account(merchant.account_id.0)).await?;
@@ -596,20 +600,16 @@ pub(super) fn form_errors(form: &[(String, String)]) -> Vec<FieldError> {
 
 pub async fn settings_submit(
     State(state): State<AppState>,
-    PageOwner {
-        merchant,
-        binding_id,
-        tenant_id: tenant,
-        ..
-    }: PageOwner<ForSettings>,
-    Form(form): Form<Vec<(String, String)>>,
+    CsrfForm(
+        PageOwner {
+            merchant,
+            binding_id,
+            tenant_id: tenant,
+            ..
+        },
+        form,
+    ): CsrfForm<PageOwner<ForSettings>, Vec<(String, String)>>,
 ) -> Result<Response, Problem> {
-    let csrf = form
-        .iter()
-        .find(|(k, _)| k == "csrf_token")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_default();
-    merchant.check_csrf(csrf)?;
     let binding = binding_of(&state, binding_id).await?;
     let before = policy::load(&state, binding_id).await?;
     let submitted = apply_form(before.clone(), &form);
@@ -659,12 +659,8 @@ pub async fn settings_submit(
 
 pub async fn reference_refresh(
     State(state): State<AppState>,
-    PageOwner {
-        merchant, binding_id, ..
-    }: PageOwner<ForSettings>,
-    Form(form): Form<CsrfForm>,
+    CsrfForm(PageOwner { binding_id, .. }, _): CsrfForm<PageOwner<ForSettings>, Button>,
 ) -> Result<Response, Problem> {
-    merchant.check_csrf(&form.csrf_token)?;
     reference::refresh(&state, binding_id).await.map_err(|e| {
         Problem::unavailable(
             "reference_refresh_failed",

@@ -74,11 +74,7 @@ pub(super) async fn ensure_contact(
             );
             xref::merge_extra(
                 &db,
-                binding,
-                &env.business,
-                "contact",
-                xid,
-                &currency,
+                &XrefKey::contact(binding, &env.business, xid, &currency),
                 &json!({ "payload_hash": hash }),
             )
             .await?;
@@ -187,11 +183,7 @@ pub(super) async fn ensure_contact(
     }
     xref::mark_posted(
         &db,
-        binding,
-        &env.business,
-        "contact",
-        xid,
-        &currency,
+        &XrefKey::contact(binding, &env.business, xid, &currency),
         &id,
         reference.as_deref(),
         &json!({ "payload_hash": hash }),

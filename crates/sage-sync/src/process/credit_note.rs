@@ -14,7 +14,11 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
         return Ok(skipped);
     }
     hold(env, &EntityKey::new("creditmemo", id)).await?;
-    let existing = xref::get(&env.state.db, env.run.binding, &env.business, "creditmemo", id, "").await?;
+    let existing = xref::get(
+        &env.state.db,
+        &XrefKey::document(env.run.binding, &env.business, "creditmemo", id),
+    )
+    .await?;
     // On the original invoice's contact (needed to allocate). A refund made from the
     // order names no invoice: the one it belongs to is found among the customer's
     // synced invoices when exactly one fits; otherwise it goes on the customer's contact
@@ -53,7 +57,11 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
             Some(Held::Repost) => {
                 let posted = posted.to_owned();
                 void_for_repost(env, "creditmemo", "/sales_credit_notes", &posted, &memo.increment_id).await?;
-                existing = xref::get(&env.state.db, env.run.binding, &env.business, "creditmemo", id, "").await?;
+                existing = xref::get(
+                    &env.state.db,
+                    &XrefKey::document(env.run.binding, &env.business, "creditmemo", id),
+                )
+                .await?;
             }
         }
     }
@@ -111,11 +119,7 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                 .map(str::to_owned);
             xref::mark_posted(
                 &env.state.db,
-                env.run.binding,
-                &env.business,
-                "creditmemo",
-                id,
-                "",
+                &XrefKey::document(env.run.binding, &env.business, "creditmemo", id),
                 &sage_id,
                 number.as_deref(),
                 &{
@@ -189,11 +193,7 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
         }
         xref::merge_extra(
             &env.state.db,
-            env.run.binding,
-            &env.business,
-            "creditmemo",
-            id,
-            "",
+            &XrefKey::document(env.run.binding, &env.business, "creditmemo", id),
             &json!({ "allocated": true }),
         )
         .await?;

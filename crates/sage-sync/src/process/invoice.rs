@@ -52,7 +52,11 @@ pub(super) async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
             Some(Held::Repost) => {
                 let sage_id = sage_id.to_owned();
                 void_for_repost(env, "invoice", "/sales_invoices", &sage_id, &inv.increment_id).await?;
-                previous = xref::get(&env.state.db, env.run.binding, &env.business, "invoice", id, "").await?;
+                previous = xref::get(
+                    &env.state.db,
+                    &XrefKey::document(env.run.binding, &env.business, "invoice", id),
+                )
+                .await?;
             }
         }
     }
@@ -99,11 +103,7 @@ pub(super) async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
     }
     xref::mark_posted(
         &env.state.db,
-        env.run.binding,
-        &env.business,
-        "invoice",
-        id,
-        "",
+        &XrefKey::document(env.run.binding, &env.business, "invoice", id),
         &sage_id,
         number.as_deref(),
         &extra,
@@ -208,11 +208,7 @@ pub(super) async fn cancel_posted_invoice(
     };
     xref::merge_extra(
         &db,
-        env.run.binding,
-        &env.business,
-        "invoice",
-        inv.magento_id,
-        "",
+        &XrefKey::document(env.run.binding, &env.business, "invoice", inv.magento_id),
         &json!({ "cancelled": done }),
     )
     .await?;

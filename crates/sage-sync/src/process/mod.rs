@@ -12,9 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ledger_core::{AppState, BindingId, TenantId};
 use ledger_jobs::EntityKey;
-use ledger_magento_api::{
-    MagentoClient, MagentoError, UrlPolicy, canonical::Contact, client::ErrorClass as MagentoClass, url::Url,
-};
+use ledger_magento_api::{MagentoClient, MagentoError, canonical::Contact, client::ErrorClass as MagentoClass};
+use ledger_magento_callback::store::{StoreError, StoreRef, store_client};
 use ledger_sage_api::SageError;
 use ledger_sage_vault::{
     session::{CallError, CallLog, Session},
@@ -28,7 +27,7 @@ use crate::{
     mapping::{self, ContactKey, Ctx, Mapped, cents},
     outcome::{ErrorClass, Failure, Outcome},
     policy::{self, Settings},
-    xref,
+    xref::{self, XrefKey},
 };
 
 /// Everything about the run being processed.
@@ -409,19 +408,18 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
             message: "Product sync is off in the binding's settings.".into(),
         });
     }
-    let key = bindings::open_api_key(state, run.binding, run.sealed_api_key.0.as_deref())
-        .map_err(|p| Failure::new(ErrorClass::Internal, "api_key", p.detail))?;
-    let base = Url::parse(&run.magento_base_url)
-        .map_err(|e| Failure::new(ErrorClass::Config, "magento_url", e.to_string()))?;
-    let magento = MagentoClient::new(
-        &base,
-        &run.tenant.to_string(),
-        &key,
-        &UrlPolicy::from_settings(&state.settings),
-    )
-    .await
-    .map_err(|e| from_magento(state, run.binding, e))?
-    .with_store_clock(run.store_clock_skew);
+    let store = StoreRef {
+        binding_id: run.binding,
+        tenant_id: run.tenant,
+        base_url: &run.magento_base_url,
+        sealed_api_key: run.sealed_api_key.0.as_deref(),
+        store_clock_skew: run.store_clock_skew,
+    };
+    let magento = store_client(state, store).await.map_err(|e| match e {
+        StoreError::ApiKey(e) => Failure::new(ErrorClass::Internal, "api_key", e.to_string()),
+        StoreError::BadUrl(url) => Failure::new(ErrorClass::Config, "magento_url", format!("`{url}` is not a URL")),
+        StoreError::Magento(e) => from_magento(state, run.binding, e),
+    })?;
     let region = run.region.as_deref().unwrap_or("uk");
     let facts = business_facts(&state.db, run.binding, region).await?;
     let time_zone = settings
@@ -481,19 +479,14 @@ fn busy(key: &EntityKey) -> Stop {
 /// [`hold`], then the entity's xref (one round trip).
 async fn hold_get(env: &Env<'_>, key: &EntityKey, entity: &str, id: i64, currency: &str) -> Step<Option<xref::Xref>> {
     let ttl = env.state.settings.job_lease;
-    match xref::lock_get(
-        &env.state.db,
-        env.run.binding,
-        &env.business,
-        key,
-        env.holder,
-        ttl,
+    let xref_key = XrefKey {
+        binding: env.run.binding,
+        business: &env.business,
         entity,
         id,
         currency,
-    )
-    .await?
-    {
+    };
+    match xref::lock_get(&env.state.db, key, env.holder, ttl, &xref_key).await? {
         Some(x) => Ok(x),
         None => Err(busy(key)),
     }

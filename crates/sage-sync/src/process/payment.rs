@@ -5,7 +5,11 @@ use super::*;
 
 /// When a document depends on the invoice: the invoice's xref, or how to wait/fail.
 pub(super) async fn require_invoice(env: &Env<'_>, invoice_id: i64) -> Step<xref::Xref> {
-    if let Some(x) = xref::get(&env.state.db, env.run.binding, &env.business, "invoice", invoice_id, "").await?
+    if let Some(x) = xref::get(
+        &env.state.db,
+        &XrefKey::document(env.run.binding, &env.business, "invoice", invoice_id),
+    )
+    .await?
         && x.posted().is_some()
     {
         return Ok(x);
@@ -168,11 +172,7 @@ pub(super) async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
     let sage_id = sage_id_of(&created, "payment")?;
     xref::mark_posted(
         &env.state.db,
-        env.run.binding,
-        &env.business,
-        "payment",
-        invoice_id,
-        "",
+        &XrefKey::document(env.run.binding, &env.business, "payment", invoice_id),
         &sage_id,
         Some(&reference),
         &json!({}),

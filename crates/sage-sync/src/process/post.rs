@@ -124,7 +124,11 @@ pub(super) async fn void_for_repost(
             .await
     );
     let db = env.state.db.clone();
-    xref::reset_for_repost(&db, env.run.binding, &env.business, entity, env.run.entity_id, "").await?;
+    xref::reset_for_repost(
+        &db,
+        &XrefKey::document(env.run.binding, &env.business, entity, env.run.entity_id),
+    )
+    .await?;
     Ok(())
 }
 
@@ -147,7 +151,7 @@ pub(super) async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -
     let db = env.state.db.clone();
     let binding = env.run.binding;
     let previous = doc.previous.clone();
-    if previous.as_ref().is_some_and(|x| x.state == "posting")
+    if previous.as_ref().is_some_and(|x| x.state == xref::XrefState::Posting)
         && let Some(found) = find_by_reference(env, &doc, &mapped.body).await?
     {
         return Ok(found);
@@ -156,9 +160,15 @@ pub(super) async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -
     let mut body = mapped.body;
     let idempotency = mapping::idempotency_id(&env.binding_text, doc.wrapper, &format!("{}:{generation}", doc.id));
     body["idempotency_id"] = json!(idempotency);
-    if !xref::mark_posting(&db, binding, &env.business, doc.entity, doc.id, "", &idempotency).await? {
+    if !xref::mark_posting(
+        &db,
+        &XrefKey::document(binding, &env.business, doc.entity, doc.id),
+        &idempotency,
+    )
+    .await?
+    {
         // Another attempt posted it meanwhile (its lease had lapsed): use that document.
-        let sage_id = xref::get(&db, binding, &env.business, doc.entity, doc.id, "")
+        let sage_id = xref::get(&db, &XrefKey::document(binding, &env.business, doc.entity, doc.id))
             .await?
             .and_then(|x| x.sage_id)
             .unwrap_or_default();
@@ -169,7 +179,7 @@ pub(super) async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -
     match env.session.post::<Value>(doc.path, &json!({ doc.wrapper: body })).await {
         Ok(created) => Ok(created),
         Err(CallError::Sage(e @ SageError::Rejected { .. })) => {
-            xref::mark_rejected(&db, binding, &env.business, doc.entity, doc.id, "").await?;
+            xref::mark_rejected(&db, &XrefKey::document(binding, &env.business, doc.entity, doc.id)).await?;
             Err(Stop::Failed(
                 from_sage(CallError::Sage(e)).unwrap_or_else(|_| Failure::new(ErrorClass::Internal, "x", "x")),
             ))
@@ -238,12 +248,7 @@ pub(super) async fn find_by_reference(env: &mut Env<'_>, doc: &Doc<'_>, body: &V
     )))
 }
 
+/// A query value, percent-encoded.
 pub(super) fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }

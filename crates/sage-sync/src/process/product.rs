@@ -28,7 +28,7 @@ pub(super) async fn product(env: &mut Env<'_>) -> Step<Outcome> {
         mut body,
     } = mapping::map_item(&p, kind, &env.settings)?;
     let db = env.state.db.clone();
-    let existing = xref::get(&db, env.run.binding, &env.business, "product", id, "").await?;
+    let existing = xref::get(&db, &XrefKey::document(env.run.binding, &env.business, "product", id)).await?;
     let sage_id = match existing.as_ref().and_then(|x| x.posted()) {
         Some(sage_id) => {
             let sage_id = sage_id.to_owned();
@@ -60,11 +60,7 @@ pub(super) async fn product(env: &mut Env<'_>) -> Step<Outcome> {
     };
     xref::mark_posted(
         &db,
-        env.run.binding,
-        &env.business,
-        "product",
-        id,
-        "",
+        &XrefKey::document(env.run.binding, &env.business, "product", id),
         &sage_id,
         Some(&p.sku),
         &json!({ "kind": kind }),

@@ -1240,13 +1240,7 @@ async fn admin_sync_page(State(store): State<Arc<Store>>) -> Response {
     };
     let ledger = store.ledger_base_url();
     let ledger = ledger.trim_end_matches('/');
-    let encoded: String = tenant
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let encoded = encode_segment(&tenant);
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sage Sync / Magento Admin</title></head>\
          <body><h1>Sage Sync</h1><iframe id=\"ledger-embed\" src=\"{ledger}/embed/{encoded}\" referrerpolicy=\"no-referrer\" \
