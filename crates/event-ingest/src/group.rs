@@ -15,6 +15,7 @@ use std::{
 };
 
 use ledger_core::BindingId;
+use ledger_jobs::EventName;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -31,7 +32,7 @@ const COMMITTERS: usize = 4;
 #[derive(Debug, Clone)]
 pub struct Incoming {
     pub binding_id: BindingId,
-    pub event_name: String,
+    pub event_name: EventName,
     pub idempotency_key: String,
     pub magento_entity_id: i64,
     pub website_id: i64,
@@ -110,7 +111,7 @@ struct Keys(HashSet<(BindingId, u8, String)>);
 
 impl Keys {
     fn of(e: &Incoming) -> [Option<(BindingId, u8, String)>; 3] {
-        let foldable = matches!(e.event_name.as_str(), "customer.upserted" | "product.upserted");
+        let foldable = e.event_name.folds();
         [
             Some((e.binding_id, 0, e.jti.clone())),
             Some((e.binding_id, 1, e.idempotency_key.clone())),

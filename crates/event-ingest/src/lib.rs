@@ -12,20 +12,12 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use ledger_core::{AppState, FieldError, Problem};
+use ledger_jobs::EventName;
 use ledger_tenant_binding::magento;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
-
-/// The events the module sends (contract §6.2).
-pub const EVENTS: &[&str] = &[
-    "invoice.created",
-    "invoice.paid",
-    "creditmemo.created",
-    "customer.upserted",
-    "product.upserted",
-];
 
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
@@ -181,12 +173,14 @@ pub async fn receive(
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    if !EVENTS.contains(&event_name.as_str()) {
+    let name = EventName::parse(&event_name);
+    if let EventName::Unknown(_) = name {
+        let handled: Vec<&str> = EventName::HANDLED.iter().map(EventName::as_str).collect();
         return Err(Problem::not_found(
             "unknown_event",
             format!(
                 "The ledger does not handle event `{event_name}`; it handles {}.",
-                EVENTS.join(", ")
+                handled.join(", ")
             ),
         ));
     }
@@ -210,7 +204,7 @@ pub async fn receive(
     let entity_id = event.magento_entity_id;
     let incoming = Incoming {
         binding_id: caller.binding_id,
-        event_name: event_name.clone(),
+        event_name: name,
         idempotency_key: key.to_owned(),
         magento_entity_id: event.magento_entity_id,
         website_id: event.website_id,

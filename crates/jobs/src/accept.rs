@@ -7,7 +7,7 @@ use serde_json::Value;
 #[derive(Debug, Clone, Copy)]
 pub struct Received<'a> {
     pub binding_id: BindingId,
-    pub event_name: &'a str,
+    pub event_name: &'a crate::EventName,
     pub idempotency_key: &'a str,
     pub magento_entity_id: i64,
     pub website_id: i64,
@@ -46,7 +46,7 @@ pub async fn accept(conn: &mut sqlx::PgConnection, events: &[Received<'_>]) -> R
         c.event_ids.push(uuid::Uuid::new_v4());
         c.run_ids.push(uuid::Uuid::new_v4());
         c.bindings.push(e.binding_id.0);
-        c.names.push(e.event_name.to_owned());
+        c.names.push(e.event_name.as_str().to_owned());
         c.keys.push(e.idempotency_key.to_owned());
         c.entities.push(e.magento_entity_id);
         c.websites.push(e.website_id);
@@ -55,14 +55,14 @@ pub async fn accept(conn: &mut sqlx::PgConnection, events: &[Received<'_>]) -> R
         c.bodies.push(e.body.clone());
         c.jtis.push(e.jti.to_owned());
         c.jti_expiries.push(e.jti_expires_at as f64);
-        c.entity_types
-            .push(e.event_name.split('.').next().unwrap_or_default().to_owned());
+        c.entity_types.push(e.event_name.entity_type().to_owned());
         c.shas.push(e.body_sha256.to_owned());
         c.request_ids.push(e.request_id.map(str::to_owned));
         c.traceparents.push(e.traceparent.map(str::to_owned));
         c.trace_ids
             .push(e.traceparent.and_then(ledger_core::trace::trace_id).map(str::to_owned));
     }
+    // The fold below names the events whose `EventName::folds` is true.
     let rows = sqlx::query!(
         r#"WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[],

@@ -61,6 +61,66 @@ impl std::fmt::Display for EntityKey {
     }
 }
 
+/// An event the module sends (contract §6.2): the webhook's last path segment and
+/// `sync_runs.event_name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventName {
+    InvoiceCreated,
+    InvoicePaid,
+    CreditmemoCreated,
+    CustomerUpserted,
+    ProductUpserted,
+    /// A name this build does not handle (the webhook refuses it; a run stored by a newer
+    /// build fails).
+    Unknown(String),
+}
+
+impl EventName {
+    /// The events the ledger accepts, in the contract's order.
+    pub const HANDLED: [EventName; 5] = [
+        Self::InvoiceCreated,
+        Self::InvoicePaid,
+        Self::CreditmemoCreated,
+        Self::CustomerUpserted,
+        Self::ProductUpserted,
+    ];
+
+    pub fn parse(name: &str) -> Self {
+        Self::HANDLED
+            .into_iter()
+            .find(|e| e.as_str() == name)
+            .unwrap_or_else(|| Self::Unknown(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::InvoiceCreated => "invoice.created",
+            Self::InvoicePaid => "invoice.paid",
+            Self::CreditmemoCreated => "creditmemo.created",
+            Self::CustomerUpserted => "customer.upserted",
+            Self::ProductUpserted => "product.upserted",
+            Self::Unknown(name) => name,
+        }
+    }
+
+    /// The Magento entity it is about (`sync_runs.entity_type`): the name's first part.
+    pub fn entity_type(&self) -> &str {
+        self.as_str().split('.').next().unwrap_or_default()
+    }
+
+    /// A later event for the same entity replaces this one while it waits: customer and
+    /// product updates carry the whole entity, documents are each their own.
+    pub fn folds(&self) -> bool {
+        matches!(self, Self::CustomerUpserted | Self::ProductUpserted)
+    }
+}
+
+impl std::fmt::Display for EventName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a job does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobKind {

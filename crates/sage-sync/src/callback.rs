@@ -16,6 +16,7 @@
 //! Delivery itself is `ledger_magento_callback::delivery`'s.
 
 use chrono::{DateTime, Utc};
+use ledger_jobs::EventName;
 use ledger_magento_api::canonical::{SyncState, mysql_timestamp};
 use ledger_magento_callback::delivery::{Retry, RetryKind};
 
@@ -23,18 +24,30 @@ use crate::outcome::{ErrorClass, Failure, Outcome};
 
 pub const PROVIDER: &str = "sage_accounting";
 
+/// A finished run, as its store callback tells it.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    pub event: &'a EventName,
+    /// `sync_runs.entity_type`: the chip's entity.
+    pub entity_type: &'a str,
+    pub entity_id: i64,
+    /// The run's status as stored (`synced`, `skipped_by_policy`, `failed`, `dead`).
+    pub status: &'a str,
+    pub outcome: &'a Outcome,
+    pub at: DateTime<Utc>,
+}
+
 /// The state to report for a finished run, or `None` when nothing should be sent.
-#[allow(clippy::too_many_arguments, reason = "the run's columns")]
-pub fn state_for(
-    event_name: &str,
-    entity_type: &str,
-    entity_id: i64,
-    status: &str,
-    outcome: &Outcome,
-    finished_at: DateTime<Utc>,
-    invoice_sage: Option<(String, Option<String>)>,
-    dead_class: Option<ErrorClass>,
-) -> Option<SyncState> {
+/// `invoice_sage` is a payment's invoice in Sage (id, reference): its chip is the invoice's.
+pub fn state_for(run: Finished<'_>, invoice_sage: Option<(String, Option<String>)>) -> Option<SyncState> {
+    let Finished {
+        event,
+        entity_type,
+        entity_id,
+        status,
+        outcome,
+        at: finished_at,
+    } = run;
     if !["invoice", "creditmemo", "customer", "product"].contains(&entity_type) || entity_id <= 0 {
         return None;
     }
@@ -49,7 +62,7 @@ pub fn state_for(
         error_code: None,
         last_sync_at: Some(mysql_timestamp(finished_at)),
     };
-    let is_payment = event_name == "invoice.paid";
+    let is_payment = *event == EventName::InvoicePaid;
     match (status, outcome) {
         ("synced", Outcome::Synced { sage_id, reference, .. }) => {
             state.sync_status = "synced".into();
@@ -71,7 +84,7 @@ pub fn state_for(
         }
         ("failed" | "dead", Outcome::Failed(Failure { class, .. })) if is_payment => {
             state.sync_status = "failed".into();
-            state.error_code = Some(format!("payment_{}", dead_class.unwrap_or(*class).magento_code()));
+            state.error_code = Some(format!("payment_{}", class.magento_code()));
         }
         _ if is_payment => return None,
         ("skipped_by_policy", Outcome::Skipped { reason, .. }) => {
@@ -80,7 +93,7 @@ pub fn state_for(
         }
         ("failed" | "dead", Outcome::Failed(Failure { class, .. })) => {
             state.sync_status = "failed".into();
-            state.error_code = Some(dead_class.unwrap_or(*class).magento_code().to_owned());
+            state.error_code = Some(class.magento_code().to_owned());
         }
         _ => return None,
     }
@@ -101,6 +114,23 @@ pub fn retry_failure(retry: &Retry) -> Failure {
 mod tests {
     use super::*;
 
+    fn finished<'a>(
+        event: &'a EventName,
+        entity_type: &'a str,
+        entity_id: i64,
+        status: &'a str,
+        outcome: &'a Outcome,
+    ) -> Finished<'a> {
+        Finished {
+            event,
+            entity_type,
+            entity_id,
+            status,
+            outcome,
+            at: at(),
+        }
+    }
+
     fn at() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-04-29T10:11:12Z")
             .unwrap()
@@ -114,7 +144,11 @@ mod tests {
             reference: Some("SI-27".into()),
             message: None,
         };
-        let s = state_for("invoice.created", "invoice", 42, "synced", &outcome, at(), None, None).unwrap();
+        let s = state_for(
+            finished(&EventName::InvoiceCreated, "invoice", 42, "synced", &outcome),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             (
                 s.sync_status.as_str(),
@@ -129,7 +163,7 @@ mod tests {
     #[test]
     fn a_payment_s_outcome_shows_on_its_invoice_chip() {
         let state = |status: &str, outcome: &Outcome| {
-            state_for("invoice.paid", "invoice", 42, status, outcome, at(), None, None)
+            state_for(finished(&EventName::InvoicePaid, "invoice", 42, status, outcome), None)
         };
         // The merchant's choice (method mapped to no bank account), zero value: unchanged.
         for reason in ["payment_left_unposted", "zero_value_payment", "unpaid_invoice"] {
@@ -165,14 +199,8 @@ mod tests {
             message: None,
         };
         let s = state_for(
-            "invoice.paid",
-            "invoice",
-            42,
-            "synced",
-            &synced,
-            at(),
+            finished(&EventName::InvoicePaid, "invoice", 42, "synced", &synced),
             Some(("inv".into(), Some("SI-9".into()))),
-            None,
         )
         .unwrap();
         assert_eq!(
@@ -185,7 +213,11 @@ mod tests {
     #[test]
     fn failures_use_the_modules_error_codes() {
         let failed = Outcome::Failed(Failure::new(ErrorClass::Transient, "x", "y"));
-        let s = state_for("creditmemo.created", "creditmemo", 7, "dead", &failed, at(), None, None).unwrap();
+        let s = state_for(
+            finished(&EventName::CreditmemoCreated, "creditmemo", 7, "dead", &failed),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             (s.sync_status.as_str(), s.error_code.as_deref()),
             ("failed", Some("provider"))
@@ -195,13 +227,7 @@ mod tests {
             message: String::new(),
         };
         let s = state_for(
-            "product.upserted",
-            "product",
-            3,
-            "skipped_by_policy",
-            &skipped,
-            at(),
-            None,
+            finished(&EventName::ProductUpserted, "product", 3, "skipped_by_policy", &skipped),
             None,
         )
         .unwrap();

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-use ledger_jobs::RunStatus;
+use ledger_jobs::{EventName, RunStatus};
 
 use crate::{
     callback,
@@ -95,7 +95,7 @@ pub async fn complete(
     let finished = next == Next::Done;
     // The store callback for a terminal outcome (the latest state replaces a queued one).
     let callback = if finished {
-        let invoice_sage = if run.event_name == "invoice.paid" {
+        let invoice_sage = if run.event_name == EventName::InvoicePaid {
             xref::get(
                 &state.db,
                 &XrefKey::document(run.binding, &run.business_id, "invoice", run.entity_id),
@@ -106,14 +106,15 @@ pub async fn complete(
             None
         };
         callback::state_for(
-            &run.event_name,
-            &run.entity_type,
-            run.entity_id,
-            status.as_str(),
-            outcome,
-            Utc::now(),
+            callback::Finished {
+                event: &run.event_name,
+                entity_type: &run.entity_type,
+                entity_id: run.entity_id,
+                status: status.as_str(),
+                outcome,
+                at: Utc::now(),
+            },
             invoice_sage,
-            None,
         )
         .map(|sync_state| {
             json!({
@@ -479,13 +480,14 @@ pub async fn skip(state: &AppState, run: uuid::Uuid, actor: Actor) -> Result<boo
         message: String::new(),
     };
     if let Some(s) = callback::state_for(
-        &row.event_name,
-        &row.entity_type,
-        row.magento_entity_id,
-        "skipped_by_policy",
-        &outcome,
-        Utc::now(),
-        None,
+        callback::Finished {
+            event: &EventName::parse(&row.event_name),
+            entity_type: &row.entity_type,
+            entity_id: row.magento_entity_id,
+            status: "skipped_by_policy",
+            outcome: &outcome,
+            at: Utc::now(),
+        },
         None,
     ) {
         let payload = json!({ "state": s, "run_id": run, "finished_at": Utc::now() });

@@ -1540,16 +1540,18 @@ fn book(name: &str, fixture: &Value, defs: &SageDefinitions) -> Value {
             let at = fixture["context"]["occurred_at"].as_str().unwrap();
             let rate = expect["exchange_rate"].as_str().map(|r| r.parse().unwrap());
             let body = mapping::map_payment(
-                payment.invoice_id,
-                &payment.invoice_increment_id,
-                "CONTACT",
-                "SAGEINVOICE",
-                "BA_1200",
-                payment.amount,
-                payment.amount,
-                &payment.currency,
-                rate,
-                &mapping::local_date(at, ctx.time_zone).unwrap(),
+                &mapping::Receipt {
+                    invoice_id: payment.invoice_id,
+                    increment_id: &payment.invoice_increment_id,
+                    contact_id: "CONTACT",
+                    sage_invoice_id: "SAGEINVOICE",
+                    bank_account_id: "BA_1200",
+                    amount: payment.amount,
+                    allocate: payment.amount,
+                    currency: &payment.currency,
+                    sage_rate: rate,
+                    date: &mapping::local_date(at, ctx.time_zone).unwrap(),
+                },
                 &ctx,
             )
             .unwrap();

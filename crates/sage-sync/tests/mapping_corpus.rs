@@ -236,16 +236,18 @@ fn the_other_writes_conform_to_sage_definitions() {
     let rates = rates();
     let ctx: Ctx<'_> = gb_ctx(&settings, &rates);
     let payment = mapping::map_payment(
-        311,
-        "000000123",
-        CONTACT_ID,
-        "5a1e5a1e5a1e5a1e5a1e5a1e5a1e5a1e",
-        "BA_1200",
-        "240.39".parse().unwrap(),
-        "240.39".parse().unwrap(),
-        "EUR",
-        Some("0.8547008547".parse().unwrap()),
-        "2026-04-29",
+        &mapping::Receipt {
+            invoice_id: 311,
+            increment_id: "000000123",
+            contact_id: CONTACT_ID,
+            sage_invoice_id: "5a1e5a1e5a1e5a1e5a1e5a1e5a1e5a1e",
+            bank_account_id: "BA_1200",
+            amount: "240.39".parse().unwrap(),
+            allocate: "240.39".parse().unwrap(),
+            currency: "EUR",
+            sage_rate: Some("0.8547008547".parse().unwrap()),
+            date: "2026-04-29",
+        },
         &ctx,
     )
     .unwrap();

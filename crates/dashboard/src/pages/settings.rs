@@ -163,16 +163,26 @@ pub(super) async fn store_methods(state: &AppState, binding: &bindings::Binding)
     )
 }
 
-#[allow(clippy::too_many_arguments, reason = "one page's worth of state")]
+/// What the form shows: the values, each field's error, and the page's notice or error.
+pub(super) struct Shown<'a> {
+    pub(super) settings: &'a Settings,
+    pub(super) errors: &'a [FieldError],
+    pub(super) notice: Option<String>,
+    pub(super) error: Option<String>,
+}
+
 pub(super) async fn settings_view(
     state: &AppState,
     merchant: &Merchant,
     binding: &bindings::Binding,
-    s: &Settings,
-    errors: &[FieldError],
-    notice: Option<String>,
-    error: Option<String>,
+    shown: Shown<'_>,
 ) -> Result<SettingsPage, Problem> {
+    let Shown {
+        settings: s,
+        errors,
+        notice,
+        error,
+    } = shown;
     let reference = reference::load(&state.db, binding.binding_id).await?;
     let fields = by_field(errors);
     let err = |name: &str| fields.get(name).cloned();
@@ -410,7 +420,13 @@ pub async fn settings_page(
         .saved
         .map(|_| "Settings saved. They apply to events that arrive from now on, and to every retry.".to_owned())
         .or(q.refreshed.map(|_| "Sage reference data refreshed.".to_owned()));
-    let mut view = settings_view(&state, &merchant, &binding, &settings, &[], notice, None).await?;
+    let shown = Shown {
+        settings: &settings,
+        errors: &[],
+        notice,
+        error: None,
+    };
+    let mut view = settings_view(&state, &merchant, &binding, shown).await?;
     let codes: Vec<String> = q
         .fix
         .as_deref()
@@ -639,16 +655,13 @@ pub async fn settings_submit(
         }
         Err(problem) if problem.status == StatusCode::UNPROCESSABLE_ENTITY => {
             // Nothing was saved: show the submitted values with each field's error.
-            let view = settings_view(
-                &state,
-                &merchant,
-                &binding,
-                &submitted,
-                &problem.errors,
-                None,
-                Some(format!("Nothing was saved. {}", problem.detail)),
-            )
-            .await?;
+            let shown = Shown {
+                settings: &submitted,
+                errors: &problem.errors,
+                notice: None,
+                error: Some(format!("Nothing was saved. {}", problem.detail)),
+            };
+            let view = settings_view(&state, &merchant, &binding, shown).await?;
             let mut response = render(&view);
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             Ok(response)

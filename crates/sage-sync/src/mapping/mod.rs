@@ -400,21 +400,39 @@ fn tax_treatment(country: &str, ctx: &Ctx<'_>) -> Value {
     json!({ "home_tax": home, "eu_tax_registered": false, "eu_not_tax_registered": eu, "rest_of_world_tax": !home && !eu })
 }
 
+/// A paid invoice's receipt: what Sage's `contact_payment` body is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt<'a> {
+    /// The Magento invoice (feeds the idempotency id: one receipt per invoice).
+    pub invoice_id: i64,
+    pub increment_id: &'a str,
+    pub contact_id: &'a str,
+    pub sage_invoice_id: &'a str,
+    pub bank_account_id: &'a str,
+    pub amount: Decimal,
+    /// How much of it goes to the invoice (what it still owes); the rest stays on account.
+    pub allocate: Decimal,
+    pub currency: &'a str,
+    /// The invoice's rate; none when Sage applied its own to the invoice.
+    pub sage_rate: Option<Decimal>,
+    /// The business's local date of the payment.
+    pub date: &'a str,
+}
+
 /// The payment body for a paid invoice, allocated to the Sage invoice.
-#[allow(clippy::too_many_arguments, reason = "every argument is one field of Sage's body")]
-pub fn map_payment(
-    invoice_id: i64,
-    increment_id: &str,
-    contact_id: &str,
-    sage_invoice_id: &str,
-    bank_account_id: &str,
-    amount: Decimal,
-    allocate: Decimal,
-    currency: &str,
-    sage_rate: Option<Decimal>,
-    date: &str,
-    ctx: &Ctx<'_>,
-) -> Result<Value, Failure> {
+pub fn map_payment(receipt: &Receipt<'_>, ctx: &Ctx<'_>) -> Result<Value, Failure> {
+    let &Receipt {
+        invoice_id,
+        increment_id,
+        contact_id,
+        sage_invoice_id,
+        bank_account_id,
+        amount,
+        allocate,
+        currency,
+        sage_rate,
+        date,
+    } = receipt;
     let amount = cents(amount);
     let allocate = cents(allocate).min(amount);
     let mut o = Map::new();

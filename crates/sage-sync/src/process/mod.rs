@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ledger_core::{AppState, BindingId, TenantId};
-use ledger_jobs::EntityKey;
+use ledger_jobs::{EntityKey, EventName};
 use ledger_magento_api::{MagentoClient, MagentoError, canonical::Contact, client::ErrorClass as MagentoClass};
 use ledger_magento_callback::store::{StoreError, StoreRef, store_client};
 use ledger_sage_api::SageError;
@@ -36,7 +36,7 @@ pub struct RunInfo {
     pub id: uuid::Uuid,
     pub binding: BindingId,
     pub tenant: TenantId,
-    pub event_name: String,
+    pub event_name: EventName,
     pub entity_type: String,
     pub entity_id: i64,
     pub created_at: DateTime<Utc>,
@@ -92,7 +92,7 @@ pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunIn
         id: r.id,
         binding: r.binding_id,
         tenant: r.tenant_id,
-        event_name: r.event_name,
+        event_name: EventName::parse(&r.event_name),
         entity_type: r.entity_type,
         entity_id: r.magento_entity_id,
         created_at: r.created_at,
@@ -402,7 +402,7 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
         _ => policy::load(state, run.binding).await?,
     };
     // Products need no Sage or store call when they are off.
-    if run.event_name == "product.upserted" && !settings.sync_products {
+    if run.event_name == EventName::ProductUpserted && !settings.sync_products {
         return Ok(Outcome::Skipped {
             reason: "products_not_synced".into(),
             message: "Product sync is off in the binding's settings.".into(),
@@ -441,13 +441,13 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
         binding_text: run.binding.to_string(),
         holder,
     };
-    match run.event_name.as_str() {
-        "invoice.created" => invoice_created(&mut env).await,
-        "invoice.paid" => invoice_paid(&mut env).await,
-        "creditmemo.created" => credit_memo(&mut env).await,
-        "customer.upserted" => customer(&mut env).await,
-        "product.upserted" => product(&mut env).await,
-        other => Ok(Outcome::Failed(Failure::new(
+    match &run.event_name {
+        EventName::InvoiceCreated => invoice_created(&mut env).await,
+        EventName::InvoicePaid => invoice_paid(&mut env).await,
+        EventName::CreditmemoCreated => credit_memo(&mut env).await,
+        EventName::CustomerUpserted => customer(&mut env).await,
+        EventName::ProductUpserted => product(&mut env).await,
+        EventName::Unknown(other) => Ok(Outcome::Failed(Failure::new(
             ErrorClass::Validation,
             "unknown_event",
             format!("No handler for {other}."),

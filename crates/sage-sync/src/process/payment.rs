@@ -135,16 +135,18 @@ pub(super) async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
     );
     let outstanding = amount(&current["outstanding_amount"]).unwrap_or_default();
     let body = mapping::map_payment(
-        invoice_id,
-        &payment.invoice_increment_id,
-        &contact_id,
-        &sage_invoice,
-        &bank,
-        payment.amount,
-        outstanding,
-        &payment.currency,
-        rate,
-        &date,
+        &mapping::Receipt {
+            invoice_id,
+            increment_id: &payment.invoice_increment_id,
+            contact_id: &contact_id,
+            sage_invoice_id: &sage_invoice,
+            bank_account_id: &bank,
+            amount: payment.amount,
+            allocate: outstanding,
+            currency: &payment.currency,
+            sage_rate: rate,
+            date: &date,
+        },
         &env.ctx(),
     )?;
     let on_account = cents(payment.amount) - outstanding.min(cents(payment.amount));
