@@ -54,3 +54,17 @@ pub async fn record(conn: &mut sqlx::PgConnection, entry: Entry<'_>) -> Result<(
     .await?;
     Ok(())
 }
+
+/// Retention: deletes up to `batch` entries older than `older_than_secs`, oldest first;
+/// how many went.
+pub async fn delete_older(db: &sqlx::PgPool, older_than_secs: f64, batch: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "DELETE FROM audit_log WHERE id IN (
+               SELECT id FROM audit_log WHERE at < now() - make_interval(secs => $1) ORDER BY at LIMIT $2)",
+        older_than_secs,
+        batch
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
+}

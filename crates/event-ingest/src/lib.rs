@@ -251,28 +251,14 @@ pub async fn receive(
             }),
         ));
     }
-    // The key was seen before: answer with the original run — its own, or the waiting
-    // run it was folded into (events folded before that was recorded: the entity's
-    // latest run, which read the store after the event).
-    let original = sqlx::query_scalar!(
-        r#"WITH e AS (
-             UPDATE received_events SET duplicates = duplicates + 1
-             WHERE binding_id = $1 AND idempotency_key = $2 AND body_sha256 = $3
-             RETURNING id, folded_into, event_name, magento_entity_id
-           )
-           SELECT COALESCE(
-             (SELECT r.id FROM sync_runs r JOIN e ON r.event_id = e.id ORDER BY r.created_at LIMIT 1),
-             (SELECT folded_into FROM e),
-             (SELECT r.id FROM sync_runs r JOIN e ON r.binding_id = $1 AND r.event_name = e.event_name
-                AND r.magento_entity_id = e.magento_entity_id ORDER BY r.created_at DESC LIMIT 1)
-           ) AS id FROM e"#,
-        caller.binding_id.0,
+    // The key was seen before: answer with the original run.
+    let original = ledger_jobs::repeat(
+        &state.db,
+        caller.binding_id,
         key,
         &ledger_core::crypto::sha256(&body)[..],
     )
-    .fetch_optional(&state.db)
     .await?
-    .flatten()
     .ok_or_else(|| Problem::internal(format!("event with key {key} has no sync run")))?;
     tracing::info!(binding_id = %caller.binding_id, event = %event_name, run_id = %original, "duplicate event absorbed");
     Ok((

@@ -177,3 +177,71 @@ struct Columns {
     traceparents: Vec<Option<String>>,
     trace_ids: Vec<Option<String>>,
 }
+
+/// A repeated event (the same key with the same bytes): counted on the stored event, and
+/// its original run — its own, or the waiting run it was folded into (events folded
+/// before that was recorded: the entity's latest run, which read the store after the
+/// event). `None` when no event has that key and body.
+pub async fn repeat(
+    db: &sqlx::PgPool,
+    binding_id: BindingId,
+    idempotency_key: &str,
+    body_sha256: &[u8],
+) -> Result<Option<uuid::Uuid>, sqlx::Error> {
+    Ok(sqlx::query_scalar!(
+        r#"WITH e AS (
+             UPDATE received_events SET duplicates = duplicates + 1
+             WHERE binding_id = $1 AND idempotency_key = $2 AND body_sha256 = $3
+             RETURNING id, folded_into, event_name, magento_entity_id
+           )
+           SELECT COALESCE(
+             (SELECT r.id FROM sync_runs r JOIN e ON r.event_id = e.id ORDER BY r.created_at LIMIT 1),
+             (SELECT folded_into FROM e),
+             (SELECT r.id FROM sync_runs r JOIN e ON r.binding_id = $1 AND r.event_name = e.event_name
+                AND r.magento_entity_id = e.magento_entity_id ORDER BY r.created_at DESC LIMIT 1)
+           ) AS id FROM e"#,
+        binding_id.0,
+        idempotency_key,
+        body_sha256,
+    )
+    .fetch_optional(db)
+    .await?
+    .flatten())
+}
+
+/// Retention: empties the bodies of up to `batch` events received more than
+/// `older_than_secs` ago (the event row, and so its idempotency key, stays).
+pub async fn forget_event_bodies(db: &sqlx::PgPool, older_than_secs: f64, batch: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "UPDATE received_events SET body = '{}'::jsonb
+             WHERE id IN (SELECT id FROM received_events
+                          WHERE body <> '{}'::jsonb AND received_at < now() - make_interval(secs => $1)
+                          LIMIT $2)",
+        older_than_secs,
+        batch
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Retention: deletes up to `batch` events older than `older_than_secs` that have no run
+/// of their own (folded into another, or whose run went first).
+pub async fn delete_events_without_run(
+    db: &sqlx::PgPool,
+    older_than_secs: f64,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "DELETE FROM received_events WHERE id IN (
+               SELECT e.id FROM received_events e
+               WHERE e.received_at < now() - make_interval(secs => $1)
+                 AND NOT EXISTS (SELECT 1 FROM sync_runs r WHERE r.event_id = e.id)
+               LIMIT $2)",
+        older_than_secs,
+        batch
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
+}

@@ -20,7 +20,7 @@ mod accept;
 mod claim;
 mod settle;
 
-pub use accept::{Persisted, Received, accept};
+pub use accept::{Persisted, Received, accept, delete_events_without_run, forget_event_bodies, repeat};
 pub use claim::{
     Job, Reclaimed, Turn, claim, claim_id, depth, enqueue_callback, finish, heartbeat, next_due_in, reclaim_expired,
     release,

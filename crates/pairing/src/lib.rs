@@ -210,35 +210,9 @@ async fn record_pending(
     attempt: uuid::Uuid,
 ) -> Result<(BindingId, bool), Problem> {
     let mut tx = state.db.begin().await?;
-    let existing = sqlx::query_scalar!(
-        r#"SELECT id AS "id: BindingId" FROM connector_bindings
-           WHERE tenant_id = $1 AND provider = 'sage_accounting' AND magento_base_url = $2 FOR UPDATE"#,
-        tenant_id.0,
-        base
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    let binding_id = existing.unwrap_or_else(BindingId::new);
-    let sealed = state
-        .keyring
-        .seal(api_key.expose().as_bytes(), &bindings::pending_key_context(binding_id));
-    sqlx::query!(
-        "INSERT INTO connector_bindings
-           (id, tenant_id, provider, magento_base_url, status, pending_api_key, pending_api_key_key_id, pending_attempt, pending_since)
-         VALUES ($1, $2, 'sage_accounting', $3, 'pairing', $4, $5, $6, now())
-         ON CONFLICT (id) DO UPDATE SET pending_api_key = $4, pending_api_key_key_id = $5, pending_attempt = $6,
-           pending_since = now(), updated_at = now()",
-        binding_id.0,
-        tenant_id.0,
-        base,
-        sealed,
-        state.keyring.active_id(),
-        attempt,
-    )
-    .execute(&mut *tx)
-    .await?;
+    let pending = bindings::record_pending_key(&mut tx, &state.keyring, tenant_id, base, api_key, attempt).await?;
     tx.commit().await?;
-    Ok((binding_id, existing.is_some()))
+    Ok(pending)
 }
 
 /// The store accepted: the pending key becomes the binding's key.
@@ -251,34 +225,8 @@ async fn confirm(
     attempt: uuid::Uuid,
     repaired: bool,
 ) -> Result<BindingStatus, Problem> {
-    let sealed = state
-        .keyring
-        .seal(api_key.expose().as_bytes(), &bindings::api_key_context(binding_id));
     let mut tx = state.db.begin().await?;
-    let status = sqlx::query_scalar!(
-        "UPDATE connector_bindings
-         SET api_key = $3, api_key_key_id = $4,
-             pending_api_key = NULL, pending_api_key_key_id = NULL, pending_attempt = NULL, pending_since = NULL,
-             -- The moves StorePaired / StorePairedSageConnected (bindings::Move), decided in
-             -- the statement: a store paired again to a binding whose Sage side is still
-             -- connected is live at once.
-             status = CASE WHEN status <> ALL($5) THEN status
-                      WHEN EXISTS (SELECT 1 FROM sage_connections c WHERE c.binding_id = connector_bindings.id AND c.status = 'connected')
-                      THEN $6 ELSE $7 END,
-             magento_connection_status = 'active', magento_status_at = now(),
-             paired_at = now(), revoked_at = NULL, updated_at = now()
-         WHERE id = $1 AND pending_attempt = $2
-         RETURNING status AS \"status: BindingStatus\"",
-        binding_id.0,
-        attempt,
-        sealed,
-        state.keyring.active_id(),
-        &bindings::Move::StorePaired.from_names(),
-        bindings::Move::StorePairedSageConnected.to().as_str(),
-        bindings::Move::StorePaired.to().as_str(),
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
+    let status = bindings::confirm_pending_key(&mut tx, &state.keyring, binding_id, api_key, attempt).await?;
     let Some(status) = status else {
         return Err(Problem::conflict(
             "pairing_superseded",
@@ -305,22 +253,7 @@ async fn confirm(
 /// The store refused (or never got) the key: forget it, and the binding if it never paired.
 async fn discard_pending(state: &AppState, binding_id: BindingId, attempt: uuid::Uuid) -> Result<(), Problem> {
     let mut tx = state.db.begin().await?;
-    sqlx::query!(
-        "DELETE FROM connector_bindings WHERE id = $1 AND pending_attempt = $2 AND status = 'pairing' AND api_key IS NULL",
-        binding_id.0,
-        attempt
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!(
-        "UPDATE connector_bindings
-         SET pending_api_key = NULL, pending_api_key_key_id = NULL, pending_attempt = NULL, pending_since = NULL
-         WHERE id = $1 AND pending_attempt = $2",
-        binding_id.0,
-        attempt
-    )
-    .execute(&mut *tx)
-    .await?;
+    bindings::discard_pending_key(&mut tx, binding_id, attempt).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -77,20 +77,7 @@ pub async fn run_pass(db: &PgPool, settings: &Settings) -> Result<Option<Pruned>
 /// Applies every rule (see the module docs), whoever leads.
 pub async fn prune(db: &PgPool, settings: &Settings) -> Result<Pruned, sqlx::Error> {
     let bodies = secs(settings.retain_event_bodies);
-    let event_bodies = batches(|| async {
-        Ok(sqlx::query!(
-            "UPDATE received_events SET body = '{}'::jsonb
-             WHERE id IN (SELECT id FROM received_events
-                          WHERE body <> '{}'::jsonb AND received_at < now() - make_interval(secs => $1)
-                          LIMIT $2)",
-            bodies,
-            BATCH
-        )
-        .execute(db)
-        .await?
-        .rows_affected())
-    })
-    .await?;
+    let event_bodies = batches(|| async { ledger_jobs::forget_event_bodies(db, bodies, BATCH).await }).await?;
 
     let runs_after = secs(settings.retain_sync_runs);
     let (mut runs, mut events) = (0, 0);
@@ -120,38 +107,13 @@ pub async fn prune(db: &PgPool, settings: &Settings) -> Result<Pruned, sqlx::Err
         tokio::task::yield_now().await;
     }
     // Events without a run of their own (folded into another, or whose run went first).
-    events += batches(|| async {
-        Ok(sqlx::query!(
-            "DELETE FROM received_events WHERE id IN (
-               SELECT e.id FROM received_events e
-               WHERE e.received_at < now() - make_interval(secs => $1)
-                 AND NOT EXISTS (SELECT 1 FROM sync_runs r WHERE r.event_id = e.id)
-               LIMIT $2)",
-            runs_after,
-            BATCH
-        )
-        .execute(db)
-        .await?
-        .rows_affected())
-    })
-    .await?;
+    events += batches(|| async { ledger_jobs::delete_events_without_run(db, runs_after, BATCH).await }).await?;
 
     let jobs_after = secs(settings.retain_finished_jobs);
     let jobs = batches(|| async { ledger_jobs::delete_finished(db, jobs_after, BATCH).await }).await?;
 
     let audit_after = secs(settings.retain_audit);
-    let audit = batches(|| async {
-        Ok(sqlx::query!(
-            "DELETE FROM audit_log WHERE id IN (
-               SELECT id FROM audit_log WHERE at < now() - make_interval(secs => $1) ORDER BY at LIMIT $2)",
-            audit_after,
-            BATCH
-        )
-        .execute(db)
-        .await?
-        .rows_affected())
-    })
-    .await?;
+    let audit = batches(|| async { ledger_core::audit::delete_older(db, audit_after, BATCH).await }).await?;
 
     Ok(Pruned {
         event_bodies,

@@ -526,14 +526,7 @@ pub async fn choose(
     )
     .fetch_one(&mut *tx)
     .await?;
-    let tenant = sqlx::query_scalar!(
-        r#"UPDATE connector_bindings SET region = $2, updated_at = now()
-           WHERE id = $1 RETURNING tenant_id AS "tenant_id: TenantId""#,
-        binding.0,
-        region
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    let tenant = ledger_tenant_binding::bindings::set_region(&mut tx, binding, &region).await?;
     ledger_tenant_binding::bindings::transition(&mut tx, binding, ledger_tenant_binding::bindings::Move::SageConnected)
         .await?;
     // Work held while the connection needed re-authorisation resumes.

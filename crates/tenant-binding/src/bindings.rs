@@ -202,6 +202,119 @@ pub fn open_api_key(state: &AppState, id: BindingId, sealed: Option<&[u8]>) -> R
         .map_err(|e| ApiKeyError::Unreadable(id, e))
 }
 
+/// A pairing attempt's key, sealed as pending on the store's binding (created in status
+/// `pairing` for a new store URL of the tenant); the binding and whether it existed.
+pub async fn record_pending_key(
+    conn: &mut sqlx::PgConnection,
+    keyring: &Keyring,
+    tenant_id: TenantId,
+    base: &str,
+    api_key: &Secret<String>,
+    attempt: uuid::Uuid,
+) -> Result<(BindingId, bool), sqlx::Error> {
+    let existing = sqlx::query_scalar!(
+        r#"SELECT id AS "id: BindingId" FROM connector_bindings
+           WHERE tenant_id = $1 AND provider = 'sage_accounting' AND magento_base_url = $2 FOR UPDATE"#,
+        tenant_id.0,
+        base
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let binding_id = existing.unwrap_or_else(BindingId::new);
+    let sealed = keyring.seal(api_key.expose().as_bytes(), &pending_key_context(binding_id));
+    sqlx::query!(
+        "INSERT INTO connector_bindings
+           (id, tenant_id, provider, magento_base_url, status, pending_api_key, pending_api_key_key_id, pending_attempt, pending_since)
+         VALUES ($1, $2, 'sage_accounting', $3, 'pairing', $4, $5, $6, now())
+         ON CONFLICT (id) DO UPDATE SET pending_api_key = $4, pending_api_key_key_id = $5, pending_attempt = $6,
+           pending_since = now(), updated_at = now()",
+        binding_id.0,
+        tenant_id.0,
+        base,
+        sealed,
+        keyring.active_id(),
+        attempt,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok((binding_id, existing.is_some()))
+}
+
+/// The store accepted attempt `attempt`: its pending key becomes the binding's key and the
+/// binding moves as the store pairing moves say. `None` when another attempt replaced it.
+pub async fn confirm_pending_key(
+    conn: &mut sqlx::PgConnection,
+    keyring: &Keyring,
+    binding_id: BindingId,
+    api_key: &Secret<String>,
+    attempt: uuid::Uuid,
+) -> Result<Option<BindingStatus>, sqlx::Error> {
+    let sealed = keyring.seal(api_key.expose().as_bytes(), &api_key_context(binding_id));
+    sqlx::query_scalar!(
+        "UPDATE connector_bindings
+         SET api_key = $3, api_key_key_id = $4,
+             pending_api_key = NULL, pending_api_key_key_id = NULL, pending_attempt = NULL, pending_since = NULL,
+             -- The moves StorePaired / StorePairedSageConnected (Move), decided in
+             -- the statement: a store paired again to a binding whose Sage side is still
+             -- connected is live at once.
+             status = CASE WHEN status <> ALL($5) THEN status
+                      WHEN EXISTS (SELECT 1 FROM sage_connections c WHERE c.binding_id = connector_bindings.id AND c.status = 'connected')
+                      THEN $6 ELSE $7 END,
+             magento_connection_status = 'active', magento_status_at = now(),
+             paired_at = now(), revoked_at = NULL, updated_at = now()
+         WHERE id = $1 AND pending_attempt = $2
+         RETURNING status AS \"status: BindingStatus\"",
+        binding_id.0,
+        attempt,
+        sealed,
+        keyring.active_id(),
+        &Move::StorePaired.from_names(),
+        Move::StorePairedSageConnected.to().as_str(),
+        Move::StorePaired.to().as_str(),
+    )
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// The store refused (or never got) attempt `attempt`'s key: forget it, and the binding
+/// if it never paired.
+pub async fn discard_pending_key(
+    conn: &mut sqlx::PgConnection,
+    binding_id: BindingId,
+    attempt: uuid::Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "DELETE FROM connector_bindings WHERE id = $1 AND pending_attempt = $2 AND status = 'pairing' AND api_key IS NULL",
+        binding_id.0,
+        attempt
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "UPDATE connector_bindings
+         SET pending_api_key = NULL, pending_api_key_key_id = NULL, pending_attempt = NULL, pending_since = NULL
+         WHERE id = $1 AND pending_attempt = $2",
+        binding_id.0,
+        attempt
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The region of the Sage connection a binding posts to, set when its business is
+/// chosen; the binding's tenant.
+pub async fn set_region(conn: &mut sqlx::PgConnection, id: BindingId, region: &str) -> Result<TenantId, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"UPDATE connector_bindings SET region = $2, updated_at = now()
+           WHERE id = $1 RETURNING tenant_id AS "tenant_id: TenantId""#,
+        id.0,
+        region
+    )
+    .fetch_one(conn)
+    .await
+}
+
 /// A binding's keys, for working out which binding signed a request.
 #[derive(Debug)]
 pub struct KeyCandidate {
