@@ -72,15 +72,12 @@ pub async fn deliver(state: &AppState, binding: BindingId, payload: &Value) -> D
         sealed_api_key: row.api_key.as_deref(),
         store_clock_skew: row.store_clock_skew_secs,
     };
-    let client = match store_client(state, store).await {
-        Ok(client) => Ok(client),
+    let result = match store_client(state, store).await {
+        Ok(client) => client.sync_state(&sync_state).await,
         Err(StoreError::ApiKey(e)) => return Delivery::Rejected(e.to_string()),
         Err(StoreError::BadUrl(_)) => return Delivery::Rejected("bad store URL".into()),
+        // The URL policy's refusal is answered like the store's own errors below.
         Err(StoreError::Magento(e)) => Err(e),
-    };
-    let result = match client {
-        Ok(client) => client.sync_state(&sync_state).await,
-        Err(e) => Err(e),
     };
     match result {
         Ok(()) => {
