@@ -24,6 +24,11 @@ pub struct UrlPolicy {
 }
 
 impl UrlPolicy {
+    /// The state's policy, read from its settings once.
+    pub fn of(state: &ledger_core::AppState) -> std::sync::Arc<Self> {
+        state.part(|s| Self::from_settings(&s.settings))
+    }
+
     pub fn from_settings(s: &ledger_core::Settings) -> Self {
         Self {
             allow_insecure: s.allow_insecure_magento,

@@ -32,12 +32,6 @@ pub enum StoreError {
 pub async fn store_client(state: &AppState, store: StoreRef<'_>) -> Result<MagentoClient, StoreError> {
     let key = bindings::open_api_key(state, store.binding_id, store.sealed_api_key)?;
     let base = Url::parse(store.base_url).map_err(|_| StoreError::BadUrl(store.base_url.to_owned()))?;
-    let client = MagentoClient::new(
-        &base,
-        &store.tenant_id.to_string(),
-        &key,
-        &UrlPolicy::from_settings(&state.settings),
-    )
-    .await?;
+    let client = MagentoClient::new(&base, &store.tenant_id.to_string(), &key, &UrlPolicy::of(state)).await?;
     Ok(client.with_store_clock(store.store_clock_skew))
 }

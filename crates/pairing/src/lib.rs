@@ -29,7 +29,7 @@ use ledger_magento_api::{
     url::{self, UrlPolicy},
 };
 use ledger_tenant_binding::{
-    auth::Merchant,
+    auth::{Merchant, TenantError},
     bindings::{self, BindingStatus},
 };
 use serde::{Deserialize, Serialize};
@@ -109,7 +109,7 @@ pub async fn connect_store(
     merchant: &Merchant,
     client: String,
     request: ConnectRequest,
-) -> Result<Connected, Problem> {
+) -> Result<Connected, ConnectError> {
     // Each connect makes the ledger call a URL the caller chose: bounded per account and
     // per client address, counted before any call.
     for (bucket, key, limit) in [
@@ -118,19 +118,12 @@ pub async fn connect_store(
     ] {
         let hit = ledger_core::rate::hit(&state.db, bucket, &key, CONNECT_WINDOW).await?;
         if hit.exceeds(limit) {
-            let mut problem = Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connects",
-                format!(
-                    "Too many store connections were tried in the last hour. Try again in {} minutes.",
-                    hit.retry_after().div_ceil(60)
-                ),
-            );
-            problem.retry_after = Some(hit.retry_after());
-            return Err(problem);
+            return Err(ConnectError::TooMany {
+                retry_after: hit.retry_after(),
+            });
         }
     }
-    let policy = UrlPolicy::from_settings(&state.settings);
+    let policy = UrlPolicy::of(state);
     let mut errors = Vec::new();
     let base = url::normalize_base_url(&request.magento_base_url, &policy)
         .map_err(|e| {
@@ -150,12 +143,12 @@ pub async fn connect_store(
         });
     }
     let Some(base) = base.filter(|_| errors.is_empty()) else {
-        return Err(Problem::validation(errors));
+        return Err(ConnectError::Invalid(errors));
     };
     let tenant_id = merchant.tenant(&state.db, request.tenant_id).await?;
     // Check the address before anything is stored, so a refused URL changes nothing.
     url::resolve(&base, &policy).await.map_err(|e| {
-        Problem::validation(vec![FieldError {
+        ConnectError::Invalid(vec![FieldError {
             field: "magento_base_url".into(),
             code: e.code().into(),
             message: e.to_string(),
@@ -195,7 +188,11 @@ pub async fn connect_store(
                 discard_pending(state, binding_id, attempt).await?;
             }
             tracing::warn!(%binding_id, error = %err, uncertain, "pairing failed");
-            Err(pairing_problem(&err, code, uncertain))
+            Err(ConnectError::Store {
+                error: err,
+                module_code: looks_like_module_code(code),
+                uncertain,
+            })
         }
     }
 }
@@ -208,7 +205,7 @@ async fn record_pending(
     base: &str,
     api_key: &Secret<String>,
     attempt: uuid::Uuid,
-) -> Result<(BindingId, bool), Problem> {
+) -> Result<(BindingId, bool), sqlx::Error> {
     let mut tx = state.db.begin().await?;
     let pending = bindings::record_pending_key(&mut tx, &state.keyring, tenant_id, base, api_key, attempt).await?;
     tx.commit().await?;
@@ -224,15 +221,11 @@ async fn confirm(
     api_key: &Secret<String>,
     attempt: uuid::Uuid,
     repaired: bool,
-) -> Result<BindingStatus, Problem> {
+) -> Result<BindingStatus, ConnectError> {
     let mut tx = state.db.begin().await?;
     let status = bindings::confirm_pending_key(&mut tx, &state.keyring, binding_id, api_key, attempt).await?;
     let Some(status) = status else {
-        return Err(Problem::conflict(
-            "pairing_superseded",
-            "Another connect for this store ran at the same time and replaced this one. \
-             Generate a new pairing code in the Magento admin and connect once.",
-        ));
+        return Err(ConnectError::Superseded);
     };
     audit::record(
         &mut tx,
@@ -251,14 +244,68 @@ async fn confirm(
 }
 
 /// The store refused (or never got) the key: forget it, and the binding if it never paired.
-async fn discard_pending(state: &AppState, binding_id: BindingId, attempt: uuid::Uuid) -> Result<(), Problem> {
+async fn discard_pending(state: &AppState, binding_id: BindingId, attempt: uuid::Uuid) -> Result<(), sqlx::Error> {
     let mut tx = state.db.begin().await?;
     bindings::discard_pending_key(&mut tx, binding_id, attempt).await?;
     tx.commit().await?;
     Ok(())
 }
 
-fn pairing_problem(err: &MagentoError, code: &str, uncertain: bool) -> Problem {
+/// Why a connect did not pair the store. Nothing is stored unless the store may have
+/// taken the code (`Store { uncertain: true, .. }`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Too many connects from this account or address; seconds until one is allowed.
+    #[error(
+        "Too many store connections were tried in the last hour. Try again in {} minutes.",
+        retry_after.div_ceil(60)
+    )]
+    TooMany { retry_after: u32 },
+    /// The URL or the code refused before the store is called.
+    #[error("the store URL or pairing code is refused: {0:?}")]
+    Invalid(Vec<FieldError>),
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    #[error(
+        "Another connect for this store ran at the same time and replaced this one. \
+         Generate a new pairing code in the Magento admin and connect once."
+    )]
+    Superseded,
+    /// The store refused the pairing or did not answer. `module_code`: the code has the
+    /// module's shape (the hint about pasting it is left out); `uncertain`: the store
+    /// may have taken the code.
+    #[error("pairing failed: {error}")]
+    Store {
+        error: MagentoError,
+        module_code: bool,
+        uncertain: bool,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<ConnectError> for Problem {
+    fn from(err: ConnectError) -> Self {
+        match err {
+            ConnectError::TooMany { retry_after } => {
+                let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connects", err.to_string());
+                problem.retry_after = Some(retry_after);
+                problem
+            }
+            ConnectError::Invalid(errors) => Problem::validation(errors),
+            ConnectError::Tenant(e) => e.into(),
+            ConnectError::Superseded => Problem::conflict("pairing_superseded", err.to_string()),
+            ConnectError::Store {
+                error,
+                module_code,
+                uncertain,
+            } => pairing_problem(&error, module_code, uncertain),
+            ConnectError::Database(e) => e.into(),
+        }
+    }
+}
+
+fn pairing_problem(err: &MagentoError, module_code: bool, uncertain: bool) -> Problem {
     let url_field = |code: &str, message: String| {
         Problem::validation(vec![FieldError {
             field: "magento_base_url".into(),
@@ -269,7 +316,7 @@ fn pairing_problem(err: &MagentoError, code: &str, uncertain: bool) -> Problem {
     match err {
         // Pairing carries no token, so a 401 is the code whatever the store's clock.
         MagentoError::Unauthorized { .. } | MagentoError::ClockSkew { .. } => {
-            let hint = if looks_like_module_code(code) {
+            let hint = if module_code {
                 ""
             } else {
                 " Pairing codes are 32 lower-case hexadecimal characters; paste the code exactly as shown."

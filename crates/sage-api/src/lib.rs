@@ -140,6 +140,12 @@ impl SageApi {
         }
     }
 
+    /// The state's client (`LEDGER_SAGE_API_BASE`, `LEDGER_SAGE_TIMEOUT`), built once so
+    /// that every session of the process shares its pool of connections to Sage.
+    pub fn of(state: &ledger_core::AppState) -> std::sync::Arc<Self> {
+        state.part(|s| Self::new(&s.settings.sage_api_base, s.settings.sage_timeout))
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

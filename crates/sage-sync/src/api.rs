@@ -163,7 +163,7 @@ pub async fn retry_fixable_runs(
     }: BindingAccess<action::RetryRuns>,
     ledger_core::extract::Json(body): ledger_core::extract::Json<FixableCodes>,
 ) -> Result<axum::Json<Retried>, Problem> {
-    let codes = known_fixable(&body.codes)?;
+    let codes = known_fixable(&body.codes).map_err(|e| Problem::validation(vec![e]))?;
     let retried = retry_fixable(&state, binding, &codes, access.actor).await?;
     Ok(axum::Json(Retried { retried }))
 }

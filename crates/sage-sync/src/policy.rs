@@ -629,6 +629,25 @@ async fn rebase(state: &AppState, binding: BindingId, old: Settings, business: &
     Ok(settings)
 }
 
+/// Why settings were not saved.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// The settings are refused field by field; nothing was saved.
+    #[error("invalid settings: {0:?}")]
+    Invalid(Vec<FieldError>),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<SaveError> for Problem {
+    fn from(err: SaveError) -> Self {
+        match err {
+            SaveError::Invalid(errors) => Problem::validation(errors),
+            SaveError::Database(e) => e.into(),
+        }
+    }
+}
+
 /// Validates and stores settings, recording the change in the audit trail.
 pub async fn save(
     state: &AppState,
@@ -636,10 +655,10 @@ pub async fn save(
     tenant: ledger_core::TenantId,
     settings: Settings,
     actor: Actor,
-) -> Result<Settings, Problem> {
+) -> Result<Settings, SaveError> {
     let reference = reference::load(&state.db, binding).await?;
     let before = load(state, binding).await?;
-    let mut settings = validate(settings, &reference).map_err(Problem::validation)?;
+    let mut settings = validate(settings, &reference).map_err(SaveError::Invalid)?;
     // Whose ids these are is the ledger's to say, not the form's.
     settings.sage_business_id.clone_from(&before.sage_business_id);
     let mut tx = state.db.begin().await?;

@@ -535,13 +535,13 @@ pub struct Fixable {
 }
 
 /// Checks codes against the ones a settings change can fix.
-pub fn known_fixable(codes: &[String]) -> Result<Vec<String>, Problem> {
+pub fn known_fixable(codes: &[String]) -> Result<Vec<String>, ledger_core::FieldError> {
     let unknown: Vec<&String> = codes
         .iter()
         .filter(|c| !crate::policy::FIXABLE_CODES.contains(&c.as_str()))
         .collect();
     if !unknown.is_empty() || codes.is_empty() {
-        return Err(Problem::validation(vec![ledger_core::FieldError {
+        return Err(ledger_core::FieldError {
             field: "codes".into(),
             code: "invalid".into(),
             message: format!(
@@ -556,7 +556,7 @@ pub fn known_fixable(codes: &[String]) -> Result<Vec<String>, Problem> {
                     )
                 }
             ),
-        }]));
+        });
     }
     Ok(codes.to_vec())
 }

@@ -93,7 +93,7 @@ pub async fn start(
         problem.retry_after = Some(STATE_TTL_SECS as u32);
         return Err(problem);
     }
-    let (url, csrf, verifier) = SageOAuth::from_settings(&state.settings).authorize_url(country);
+    let (url, csrf, verifier) = SageOAuth::of(state).authorize_url(country);
     let state_hash = crypto::sha256(csrf.expose().as_bytes()).to_vec();
     let sealed = state
         .keyring
@@ -295,7 +295,7 @@ pub async fn complete(
         .keyring
         .open_string(&pending.pkce_verifier, &verifier_context(&state_hash))
         .map_err(|e| internal(&e))?;
-    let tokens = SageOAuth::from_settings(&state.settings)
+    let tokens = SageOAuth::of(state)
         .exchange_code(code, &verifier)
         .await
         .map_err(|e| match e {
@@ -316,7 +316,7 @@ pub async fn complete(
             ),
         })?;
 
-    let api = SageApi::new(&state.settings.sage_api_base, state.settings.sage_timeout);
+    let api = SageApi::of(state);
     let businesses = api.businesses(&tokens.access_token).await.map_err(|e| {
         tracing::warn!(%binding, error = %e, "listing Sage businesses failed");
         failure(
@@ -475,7 +475,7 @@ pub async fn confirm(
         .open_string(&row.refresh_token, &grant_context("refresh_token", id))
         .map_err(|e| internal(&e))?;
     if !accept {
-        if let Err(err) = SageOAuth::from_settings(&state.settings).revoke(&refresh_token).await {
+        if let Err(err) = SageOAuth::of(state).revoke(&refresh_token).await {
             tracing::warn!(binding = %row.binding_id, error = %err, "revoking a declined Sage grant failed; it was deleted here anyway");
         }
         return Ok(None);
@@ -544,7 +544,7 @@ pub async fn choose(
     )
     .await?;
     tx.commit().await?;
-    tokens::TokenCache::global().forget(binding);
+    tokens::TokenCache::of(state).forget(binding);
     if let Err(err) = reference::refresh(state, binding).await {
         // The settings page offers a Refresh button; connecting does not fail for this.
         tracing::warn!(%binding, error = %err, "fetching Sage reference data after connect failed");

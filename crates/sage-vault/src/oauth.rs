@@ -138,6 +138,12 @@ pub struct SageOAuth {
 }
 
 impl SageOAuth {
+    /// The state's client, built once (its HTTP client holds the connection pool to
+    /// Sage's token endpoint).
+    pub fn of(state: &ledger_core::AppState) -> std::sync::Arc<Self> {
+        state.part(|s| Self::from_settings(&s.settings))
+    }
+
     pub fn from_settings(settings: &Settings) -> Self {
         ledger_core::install_crypto_provider();
         let redirect = format!("{}/sage/callback", settings.public_url);

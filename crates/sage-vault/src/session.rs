@@ -234,7 +234,7 @@ impl<'a> Session<'a> {
         Ok(Self {
             state,
             binding,
-            api: SageApi::new(&state.settings.sage_api_base, state.settings.sage_timeout),
+            api: SageApi::clone(&SageApi::of(state)),
             token,
             budget: Budget::from_settings(&state.settings),
             wait_for_budget: false,

@@ -10,7 +10,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -74,10 +74,9 @@ impl From<sqlx::Error> for VaultError {
 pub struct TokenCache(Mutex<HashMap<BindingId, AccessToken>>);
 
 impl TokenCache {
-    /// The process-wide cache.
-    pub fn global() -> &'static Self {
-        static CACHE: OnceLock<TokenCache> = OnceLock::new();
-        CACHE.get_or_init(Self::default)
+    /// The state's cache (one per [`AppState`], shared by its clones).
+    pub fn of(state: &AppState) -> Arc<Self> {
+        state.part(|_| Self::default())
     }
 
     fn get(&self, binding: BindingId, margin: Duration) -> Option<AccessToken> {
@@ -139,7 +138,7 @@ pub async fn store_tokens(
     )
     .execute(conn)
     .await?;
-    TokenCache::global().forget(binding);
+    TokenCache::of(state).forget(binding);
     Ok(())
 }
 
@@ -190,7 +189,7 @@ fn open(state: &AppState, binding: BindingId, row: &Row) -> Result<AccessToken, 
 
 /// A valid access token for `binding`, refreshing it when it is about to expire.
 pub async fn access_token(state: &AppState, binding: BindingId) -> Result<AccessToken, VaultError> {
-    access_token_with(state, TokenCache::global(), binding, None).await
+    access_token_with(state, &TokenCache::of(state), binding, None).await
 }
 
 /// [`access_token`], but a cached token of another version than `version` (when given)
@@ -200,7 +199,7 @@ pub async fn access_token_of_version(
     binding: BindingId,
     version: Option<i64>,
 ) -> Result<AccessToken, VaultError> {
-    let cache = TokenCache::global();
+    let cache = TokenCache::of(state);
     if let Some(version) = version
         && cache
             .get(binding, Duration::ZERO)
@@ -208,7 +207,7 @@ pub async fn access_token_of_version(
     {
         cache.forget(binding);
     }
-    access_token_with(state, cache, binding, None).await
+    access_token_with(state, &cache, binding, None).await
 }
 
 /// After Sage refused `seen` with a token 401: refresh unless another caller already did.
@@ -217,8 +216,9 @@ pub async fn after_unauthorized(
     binding: BindingId,
     seen: &AccessToken,
 ) -> Result<AccessToken, VaultError> {
-    TokenCache::global().forget(binding);
-    access_token_with(state, TokenCache::global(), binding, Some(seen.version)).await
+    let cache = TokenCache::of(state);
+    cache.forget(binding);
+    access_token_with(state, &cache, binding, Some(seen.version)).await
 }
 
 /// The refresh loop with an explicit cache (tests simulate many processes with many caches).
@@ -293,7 +293,7 @@ async fn refresh(state: &AppState, binding: BindingId, version: i64) -> Result<R
         .open_string(&sealed, &refresh_context(binding))
         .map_err(|e| VaultError::Internal(e.to_string()))?;
 
-    let oauth = SageOAuth::from_settings(&state.settings);
+    let oauth = SageOAuth::of(state);
     match oauth.refresh(&refresh_token).await {
         Ok(tokens) => {
             let keyring = &state.keyring;
@@ -389,7 +389,7 @@ async fn mark_needs_reauth(state: &AppState, binding: BindingId, lease: uuid::Uu
         tracing::warn!(%binding, "Sage refresh token refused; the connection needs re-authorisation");
     }
     tx.commit().await?;
-    TokenCache::global().forget(binding);
+    TokenCache::of(state).forget(binding);
     Ok(())
 }
 
@@ -443,7 +443,7 @@ pub async fn keep_alive(state: &AppState) -> Result<usize, sqlx::Error> {
     let mut refreshed = 0;
     for row in due {
         let binding = row.binding_id;
-        match access_token_with(state, TokenCache::global(), binding, Some(row.token_version)).await {
+        match access_token_with(state, &TokenCache::of(state), binding, Some(row.token_version)).await {
             Ok(_) => refreshed += 1,
             Err(err) => tracing::warn!(%binding, error = %err, "keep-alive refresh failed"),
         }
@@ -481,11 +481,11 @@ pub async fn disconnect(state: &AppState, binding: BindingId) -> Result<bool, sq
     sqlx::query!("DELETE FROM sage_reference WHERE binding_id = $1", binding.0)
         .execute(&state.db)
         .await?;
-    TokenCache::global().forget(binding);
+    TokenCache::of(state).forget(binding);
     let Some(row) = row else { return Ok(false) };
     if let Some(sealed) = row.refresh_token
         && let Ok(token) = state.keyring.open_string(&sealed, &refresh_context(binding))
-        && let Err(err) = SageOAuth::from_settings(&state.settings).revoke(&token).await
+        && let Err(err) = SageOAuth::of(state).revoke(&token).await
     {
         tracing::warn!(%binding, error = %err, "revoking the Sage refresh token failed; it was deleted here anyway");
     }

@@ -298,16 +298,34 @@ async fn insert_tenant(
     Ok(())
 }
 
+/// Why a tenant was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateTenantError {
+    #[error("{}: {}", .0.field, .0.message)]
+    Name(FieldError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<CreateTenantError> for Problem {
+    fn from(err: CreateTenantError) -> Self {
+        match err {
+            CreateTenantError::Name(field) => Problem::validation(vec![field]),
+            CreateTenantError::Database(e) => e.into(),
+        }
+    }
+}
+
 /// A further tenant of an account (e.g. a second brand with its own stores and Sage
 /// businesses), named by the merchant (1 to 80 characters); audited.
-pub async fn create_tenant(db: &sqlx::PgPool, account: AccountId, name: &str) -> Result<TenantId, Problem> {
+pub async fn create_tenant(db: &sqlx::PgPool, account: AccountId, name: &str) -> Result<TenantId, CreateTenantError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 80 {
-        return Err(Problem::validation(vec![FieldError {
+        return Err(CreateTenantError::Name(FieldError {
             field: "name".into(),
             code: "invalid_format".into(),
             message: "a name of 1 to 80 characters".into(),
-        }]));
+        }));
     }
     let id = TenantId(uuid::Uuid::new_v4());
     let mut tx = db.begin().await?;
@@ -472,21 +490,61 @@ pub async fn http_signup(
     email: &str,
     password: String,
     client_ip: &str,
-) -> Result<NewAccount, Problem> {
-    let hit = ledger_core::rate::hit(&state.db, "signup:address", client_ip, SIGNUP_WINDOW).await?;
+) -> Result<NewAccount, SignupError> {
+    let hit = ledger_core::rate::hit(&state.db, "signup:address", client_ip, SIGNUP_WINDOW)
+        .await
+        .map_err(CreateAccountError::from)?;
     if hit.exceeds(MAX_SIGNUPS_PER_ADDRESS) {
-        let mut problem = Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_signups",
-            format!(
-                "Too many accounts were created from your network in the last hour. Try again in {} minutes.",
-                hit.retry_after().div_ceil(60)
-            ),
-        );
-        problem.retry_after = Some(hit.retry_after());
-        return Err(problem);
+        return Err(SignupError::TooMany {
+            retry_after: hit.retry_after(),
+        });
     }
     Ok(create_account_within(&state.db, email, Some(Secret::new(password)), false, Hashing::of(state)).await?)
+}
+
+/// Why a sign-up from the web created no account.
+#[derive(Debug, thiserror::Error)]
+pub enum SignupError {
+    /// Too many sign-ups from the caller's address; seconds until one is allowed again.
+    #[error(
+        "Too many accounts were created from your network in the last hour. Try again in {} minutes.",
+        retry_after.div_ceil(60)
+    )]
+    TooMany { retry_after: u32 },
+    #[error(transparent)]
+    Create(#[from] CreateAccountError),
+}
+
+impl From<SignupError> for Problem {
+    fn from(err: SignupError) -> Self {
+        match err {
+            SignupError::TooMany { retry_after } => {
+                let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_signups", err.to_string());
+                problem.retry_after = Some(retry_after);
+                problem
+            }
+            SignupError::Create(e) => e.into(),
+        }
+    }
+}
+
+/// A password could not be checked or stored right now (the refusals themselves are
+/// answers, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordCheckError {
+    #[error(transparent)]
+    Busy(#[from] HashingBusy),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<PasswordCheckError> for Problem {
+    fn from(err: PasswordCheckError) -> Self {
+        match err {
+            PasswordCheckError::Busy(e) => e.into(),
+            PasswordCheckError::Database(e) => e.into(),
+        }
+    }
 }
 
 /// Sign in with email and password; sets the session cookie.
@@ -556,7 +614,7 @@ pub async fn password_signin(
     email: &str,
     password: String,
     client_ip: &str,
-) -> Result<Result<NewSession, SigninRefusal>, Problem> {
+) -> Result<Result<NewSession, SigninRefusal>, PasswordCheckError> {
     use ledger_core::rate;
     let email_key = email.trim().to_ascii_lowercase();
     let pair = format!("{email_key}\n{client_ip}");
@@ -651,7 +709,7 @@ pub async fn change_password(
     current: Secret<String>,
     new: Secret<String>,
     headers: &HeaderMap,
-) -> Result<Result<(), Vec<FieldError>>, Problem> {
+) -> Result<Result<(), Vec<FieldError>>, PasswordCheckError> {
     let db = &state.db;
     let slots = Hashing::of(state);
     let stored = sqlx::query_scalar!("SELECT password_hash FROM accounts WHERE id = $1", account.0)

@@ -210,7 +210,7 @@ impl Merchant {
 
     /// The tenant to act on: `requested` when this account owns it, else the account's
     /// first tenant. Someone else's tenant is "not found", never "forbidden".
-    pub async fn tenant(&self, db: &sqlx::PgPool, requested: Option<TenantId>) -> Result<TenantId, Problem> {
+    pub async fn tenant(&self, db: &sqlx::PgPool, requested: Option<TenantId>) -> Result<TenantId, TenantError> {
         let found = sqlx::query_scalar!(
             r#"SELECT id AS "id: TenantId" FROM tenants
                WHERE account_id = $1 AND ($2::uuid IS NULL OR id = $2)
@@ -220,13 +220,9 @@ impl Merchant {
         )
         .fetch_optional(db)
         .await?;
-        found.ok_or_else(|| match requested {
-            Some(t) => Problem::not_found("tenant_not_found", format!("You have no tenant {t}.")).with_field(
-                "tenant_id",
-                "not_found",
-                "not one of your tenants",
-            ),
-            None => Problem::not_found("tenant_not_found", "This account has no tenant yet."),
+        found.ok_or(match requested {
+            Some(t) => TenantError::NotYours(t),
+            None => TenantError::NoTenant,
         })
     }
 
@@ -399,6 +395,31 @@ impl<A: ForAction> FromRequestParts<AppState> for BindingAccess<A> {
             access,
             action: std::marker::PhantomData,
         })
+    }
+}
+
+/// Why [`Merchant::tenant`] found no tenant to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("You have no tenant {0}.")]
+    NotYours(TenantId),
+    #[error("This account has no tenant yet.")]
+    NoTenant,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<TenantError> for Problem {
+    fn from(err: TenantError) -> Self {
+        match err {
+            TenantError::NotYours(_) => Problem::not_found("tenant_not_found", err.to_string()).with_field(
+                "tenant_id",
+                "not_found",
+                "not one of your tenants",
+            ),
+            TenantError::NoTenant => Problem::not_found("tenant_not_found", err.to_string()),
+            TenantError::Database(e) => e.into(),
+        }
     }
 }
 

@@ -51,13 +51,14 @@ pub async fn current_tenant(state: &AppState, headers: &HeaderMap, merchant: &Me
     let chosen = ledger_tenant_binding::auth::cookie_value(headers, TENANT_COOKIE)
         .and_then(|v| v.parse::<uuid::Uuid>().ok())
         .map(TenantId);
-    match chosen {
+    let tenant = match chosen {
         Some(t) => match merchant.tenant(&state.db, Some(t)).await {
             Ok(t) => Ok(t),
             Err(_) => merchant.tenant(&state.db, None).await,
         },
         None => merchant.tenant(&state.db, None).await,
-    }
+    };
+    Ok(tenant?)
 }
 
 pub struct TenantOpt {
@@ -199,9 +200,13 @@ pub async fn magento_connect(
     let client = ledger_tenant_binding::accounts::client_address(&state, &headers, peer);
     match ledger_pairing::connect_store(&state, &merchant, client, request).await {
         Ok(connected) => Ok(Redirect::to(&format!("/dashboard/bindings/{}", connected.binding_id)).into_response()),
-        // The ledger's own failures are not the form's to show.
-        Err(problem) if problem.status == StatusCode::INTERNAL_SERVER_ERROR => Err(problem),
-        Err(problem) => {
+        Err(err) => {
+            // The refusal as the API would answer it: the page shows the same words.
+            let problem = Problem::from(err);
+            // The ledger's own failures are not the form's to show.
+            if problem.status == StatusCode::INTERNAL_SERVER_ERROR {
+                return Err(problem);
+            }
             let fields = by_field(&problem.errors);
             let mut response = render(&BindingsPage {
                 nav,

@@ -471,7 +471,7 @@ pub async fn retry_fixable(
     ): CsrfForm<PageOwner<ForSettings>, RetryFixableForm>,
 ) -> Result<Response, Problem> {
     let codes: Vec<String> = form.codes.split(',').map(str::to_owned).collect();
-    let codes = runs::known_fixable(&codes)?;
+    let codes = runs::known_fixable(&codes).map_err(|e| Problem::validation(vec![e]))?;
     let n = runs::retry_fixable(&state, binding_id, &codes, Actor::Account(merchant.account_id.0)).await?;
     Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}/runs?retried={n}")).into_response())
 }
@@ -640,7 +640,7 @@ pub async fn settings_submit(
         )
         .await
     } else {
-        Err(Problem::validation(format_errors))
+        Err(policy::SaveError::Invalid(format_errors))
     };
     match saved {
         Ok(after) => {
@@ -653,8 +653,10 @@ pub async fn settings_submit(
             };
             Ok(Redirect::to(&format!("/dashboard/bindings/{binding_id}/settings?saved=1{query}")).into_response())
         }
-        Err(problem) if problem.status == StatusCode::UNPROCESSABLE_ENTITY => {
-            // Nothing was saved: show the submitted values with each field's error.
+        Err(policy::SaveError::Invalid(errors)) => {
+            // Nothing was saved: show the submitted values with each field's error, in
+            // the API's words.
+            let problem = Problem::validation(errors);
             let shown = Shown {
                 settings: &submitted,
                 errors: &problem.errors,
@@ -666,7 +668,7 @@ pub async fn settings_submit(
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             Ok(response)
         }
-        Err(problem) => Err(problem),
+        Err(err) => Err(err.into()),
     }
 }
 

@@ -2,6 +2,7 @@
 
 // A part of the pages module: its helpers and imports are this file's too.
 use super::*;
+use ledger_tenant_binding::accounts::{CreateAccountError, SignupError};
 
 #[derive(Template)]
 #[template(path = "signup.html")]
@@ -44,10 +45,13 @@ pub async fn signup_submit(
                 .insert(header::SET_COOKIE, accounts::session_cookie(&cookie, &state));
             Ok(response)
         }
-        Err(problem) => {
-            if problem.status.is_server_error() {
-                return Err(problem);
-            }
+        // The ledger's own trouble is not the form's to show.
+        Err(SignupError::Create(err @ (CreateAccountError::Busy(_) | CreateAccountError::Database(_)))) => {
+            Err(err.into())
+        }
+        Err(refused) => {
+            // The refusal as the API would answer it: the page shows the same words.
+            let problem = Problem::from(refused);
             let fields = by_field(&problem.errors);
             let mut response = render(&SignupPage {
                 email: form.email,
