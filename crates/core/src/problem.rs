@@ -115,6 +115,14 @@ impl Problem {
         Self::new(StatusCode::CONFLICT, code, detail)
     }
 
+    /// 429: the caller is over a limit; it may try again after `retry_after` seconds.
+    pub fn too_many(code: impl Into<Cow<'static, str>>, detail: impl Into<String>, retry_after: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, detail)
+        }
+    }
+
     /// 503: a transient condition; the client should retry after `retry_after` seconds.
     pub fn unavailable(code: impl Into<Cow<'static, str>>, detail: impl Into<String>, retry_after: u32) -> Self {
         Self {

@@ -262,7 +262,7 @@ pub enum ConnectError {
     )]
     TooMany { retry_after: u32 },
     /// The URL or the code refused before the store is called.
-    #[error("the store URL or pairing code is refused: {0:?}")]
+    #[error("the store URL or pairing code is refused ({} field errors)", .0.len())]
     Invalid(Vec<FieldError>),
     #[error(transparent)]
     Tenant(#[from] TenantError),
@@ -288,9 +288,7 @@ impl From<ConnectError> for Problem {
     fn from(err: ConnectError) -> Self {
         match err {
             ConnectError::TooMany { retry_after } => {
-                let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connects", err.to_string());
-                problem.retry_after = Some(retry_after);
-                problem
+                Problem::too_many("too_many_connects", err.to_string(), retry_after)
             }
             ConnectError::Invalid(errors) => Problem::validation(errors),
             ConnectError::Tenant(e) => e.into(),

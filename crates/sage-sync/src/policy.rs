@@ -633,7 +633,7 @@ async fn rebase(state: &AppState, binding: BindingId, old: Settings, business: &
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
     /// The settings are refused field by field; nothing was saved.
-    #[error("invalid settings: {0:?}")]
+    #[error("the settings are refused ({} field errors)", .0.len())]
     Invalid(Vec<FieldError>),
     #[error(transparent)]
     Database(#[from] sqlx::Error),

@@ -85,13 +85,11 @@ pub async fn start(
     .fetch_one(&state.db)
     .await?;
     if open >= MAX_OPEN_FLOWS {
-        let mut problem = Problem::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
+        return Err(Problem::too_many(
             "too_many_connect_attempts",
             format!("This binding has {open} unfinished Sage sign-ins. Finish one, or wait 10 minutes and try again."),
-        );
-        problem.retry_after = Some(STATE_TTL_SECS as u32);
-        return Err(problem);
+            STATE_TTL_SECS as u32,
+        ));
     }
     let (url, csrf, verifier) = SageOAuth::of(state).authorize_url(country);
     let state_hash = crypto::sha256(csrf.expose().as_bytes()).to_vec();

@@ -518,11 +518,7 @@ pub enum SignupError {
 impl From<SignupError> for Problem {
     fn from(err: SignupError) -> Self {
         match err {
-            SignupError::TooMany { retry_after } => {
-                let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_signups", err.to_string());
-                problem.retry_after = Some(retry_after);
-                problem
-            }
+            SignupError::TooMany { retry_after } => Problem::too_many("too_many_signups", err.to_string(), retry_after),
             SignupError::Create(e) => e.into(),
         }
     }
@@ -580,11 +576,10 @@ pub async fn signin(
                 session_cookie(&session.cookie, &state),
             ))
         }
-        Err(refusal) if refusal.retry_after.is_some() => {
-            let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", refusal.message);
-            problem.retry_after = refusal.retry_after;
-            Err(problem)
-        }
+        Err(SigninRefusal {
+            retry_after: Some(seconds),
+            message,
+        }) => Err(Problem::too_many("too_many_attempts", message, seconds)),
         Err(refusal) => Err(Problem::unauthorized("invalid_credentials", refusal.message)),
     }
 }
