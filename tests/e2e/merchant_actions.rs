@@ -400,6 +400,82 @@ fn guest_reference(email: &str) -> String {
     format!("G{}", &hex[..9])
 }
 
+/// Each Sage call the attempts of `run` made, as "METHOD route".
+async fn calls_of(app: &TestApp, run: uuid::Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT (c->>'method') || ' ' || (c->>'route') FROM sync_attempts a, jsonb_array_elements(a.request->'sage_calls') c
+         WHERE a.sync_run_id = $1 ORDER BY a.started_at",
+    )
+    .bind(run)
+    .fetch_all(&app.state.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_customers_look_up_is_answered_by_the_contact_index_which_sees_contacts_made_by_hand() {
+    let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
+    let paired = app.connected_store().await;
+    let business = app.sage().businesses()[0].id.clone();
+    let _workers = app.start_workers();
+    let store = &paired.store.store;
+    // The first new customer loads the business's contact index (one list of its contacts).
+    let (_, first) = store.place_order(false);
+    store.drain_once().await;
+    let run = settled(&app, "invoice.created", first).await;
+    assert_eq!(run.status, "synced", "{:?}", run.message);
+    assert_eq!(
+        calls_of(&app, run.id).await,
+        ["GET /contacts", "POST /contacts", "POST /sales_invoices"]
+    );
+    let (_, first_email) = buyer_of(&paired, first);
+    // An order by someone else, whom the merchant has just keyed into Sage by hand (in
+    // both currencies the store sells in).
+    let next_new = |seen: Vec<String>| {
+        let mut invoices = Vec::new();
+        loop {
+            let (_, invoice) = store.place_order(false);
+            invoices.push(invoice);
+            let (_, email) = buyer_of(&paired, invoice);
+            if !seen.contains(&email) {
+                return (invoice, email, invoices);
+            }
+        }
+    };
+    let (second, second_email, _) = next_new(vec![first_email.clone()]);
+    let by_hand = [
+        plant_contact(&app, &business, "HAND1", &second_email, "GBP"),
+        plant_contact(&app, &business, "HAND2", &second_email, "EUR"),
+    ];
+    // A minute on, the look-up first reads what changed in Sage since the index was loaded.
+    sqlx::query("UPDATE sage_contact_index_state SET refreshed_at = now() - interval '2 minutes'")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    store.drain_once().await;
+    let run = settled(&app, "invoice.created", second).await;
+    assert_eq!(run.status, "synced", "{:?}", run.message);
+    assert_eq!(
+        calls_of(&app, run.id).await,
+        ["GET /contacts", "GET /contacts/{id}", "POST /sales_invoices"],
+        "found by the index's refresh, confirmed, and adopted: no contact created"
+    );
+    let books = ledger_e2e::books(&app, &business).await;
+    let invoice = books["sales_invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| !i["contact"]["id"].is_null() && by_hand.iter().any(|h| i["contact"]["id"] == h.as_str()))
+        .cloned();
+    assert!(invoice.is_some(), "the invoice is on the contact made by hand");
+    // Within the minute, a new customer costs the contact and the invoice: two calls.
+    let (third, _, _) = next_new(vec![first_email, second_email]);
+    store.drain_once().await;
+    let run = settled(&app, "invoice.created", third).await;
+    assert_eq!(run.status, "synced", "{:?}", run.message);
+    assert_eq!(calls_of(&app, run.id).await, ["POST /contacts", "POST /sales_invoices"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contacts_never_merge_different_customers() {
     let app = TestApp::builder().sage(SageConfig::default()).spawn().await;

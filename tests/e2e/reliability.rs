@@ -394,6 +394,133 @@ async fn an_uncertain_payment_is_found_without_reading_the_contacts_whole_histor
     assert_eq!(lookups, 1, "one narrow page, not the contact's 2,000 payments");
 }
 
+/// Each Sage call an attempt of `run` made, as "METHOD route".
+async fn sage_calls(app: &TestApp, run: uuid::Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT (c->>'method') || ' ' || (c->>'route') FROM sync_attempts a, jsonb_array_elements(a.request->'sage_calls') c
+         WHERE a.sync_run_id = $1 ORDER BY a.started_at",
+    )
+    .bind(run)
+    .fetch_all(&app.state.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_invoice_balance_is_known_from_what_the_ledger_booked_and_read_when_the_merchant_booked_by_hand() {
+    let app = TestApp::builder()
+        .sage(ledger_sandbox::sage::SageConfig::default())
+        .spawn()
+        .await;
+    let paired = app.connected_store().await;
+    let business = app.sage().businesses()[0].id.clone();
+    app.map_payments(&paired, &business).await;
+    let _workers = app.start_workers();
+    let store = &paired.store.store;
+    let drain = || async {
+        while paired.store.store.drain_once().await.sent > 0 {}
+        ledger_e2e::wait_for("the queue to drain", Duration::from_secs(60), async || {
+            ledger_e2e::end_backoffs(&app).await;
+            app.wait_idle(Duration::from_millis(500)).await
+        })
+        .await;
+    };
+    let run_of = |event: &'static str, id: i64| {
+        let app = &app;
+        async move {
+            ledger_e2e::runs(app)
+                .await
+                .into_iter()
+                .find(|r| r.event_name == event && r.magento_entity_id == id)
+                .unwrap_or_else(|| panic!("a run of {event} {id}"))
+        }
+    };
+    let invoice_in_sage = |increment: String| {
+        let app = &app;
+        let business = business.clone();
+        async move {
+            let books = ledger_e2e::books(app, &business).await;
+            books["sales_invoices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["reference"].as_str().is_some_and(|r| r.ends_with(&increment)))
+                .cloned()
+                .expect("the invoice in Sage")
+        }
+    };
+    let increment = |id: i64| store.with_catalogue(|c| c.invoice(id).expect("invoice").increment_id.clone());
+
+    // A refund then the payment: each allocates what the ledger knows the invoice still
+    // owes, in the call that books it — no read of the invoice first.
+    let (_, first) = store.place_order(false);
+    drain().await;
+    assert!(store.refund(first, true).is_some());
+    drain().await;
+    assert!(store.pay_invoice(first));
+    drain().await;
+    let memo = ledger_e2e::runs(&app)
+        .await
+        .into_iter()
+        .find(|r| r.event_name == "creditmemo.created")
+        .expect("a credit memo run");
+    assert_eq!(memo.status, "synced", "{memo:?}");
+    assert_eq!(
+        sage_calls(&app, memo.id).await,
+        ["POST /sales_credit_notes", "POST /contact_allocations"]
+    );
+    let paid = run_of("invoice.paid", first).await;
+    assert_eq!(paid.status, "synced", "{paid:?}");
+    assert_eq!(sage_calls(&app, paid.id).await, ["POST /contact_payments"]);
+    let sage_first = invoice_in_sage(increment(first)).await;
+    assert_eq!(sage_first["outstanding_amount"], "0.00", "{sage_first}");
+
+    // The merchant books 10.00 of the next invoice by hand in Sage: the payment's
+    // allocation of the full amount is refused, the invoice is read, and the payment
+    // is booked once with what it still owes; the rest is held on account.
+    let (_, second) = store.place_order(false);
+    drain().await;
+    let sage_second = invoice_in_sage(increment(second)).await;
+    let id = sage_second["id"].as_str().unwrap().to_owned();
+    app.sage().with_business_mut(&business, |b| {
+        let invoice = b
+            .books
+            .get_mut("sales_invoices")
+            .unwrap()
+            .iter_mut()
+            .find(|i| i["id"] == id.as_str())
+            .unwrap();
+        let open: rust_decimal::Decimal = invoice["outstanding_amount"].as_str().unwrap().parse().unwrap();
+        invoice["outstanding_amount"] = serde_json::json!(format!("{:.2}", open - rust_decimal::Decimal::TEN));
+        invoice["status"] = serde_json::json!({ "id": "PART_PAID" });
+    });
+    assert!(store.pay_invoice(second));
+    drain().await;
+    let paid = run_of("invoice.paid", second).await;
+    assert_eq!(paid.status, "synced", "{paid:?}");
+    assert_eq!(
+        paid.message.as_deref(),
+        Some("10.00 was more than the invoice still owed and is held on account.")
+    );
+    assert_eq!(
+        sage_calls(&app, paid.id).await,
+        [
+            "POST /contact_payments",
+            "GET /sales_invoices/{id}",
+            "POST /contact_payments"
+        ]
+    );
+    assert_eq!(invoice_in_sage(increment(second)).await["outstanding_amount"], "0.00");
+    let books = ledger_e2e::books(&app, &business).await;
+    let payments = books["contact_payments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["allocated_artefacts"][0]["artefact_id"] == id.as_str())
+        .count();
+    assert_eq!(payments, 1, "the refused payment was not booked");
+}
+
 #[tokio::test]
 async fn retention_empties_old_bodies_and_deletes_old_history_in_batches_led_by_one_worker() {
     let app = TestApp::spawn().await;

@@ -4,6 +4,7 @@
 //! `rejected` after a definite refusal (the next post uses a new idempotency id).
 
 use ledger_core::BindingId;
+use rust_decimal::Decimal;
 use serde_json::Value;
 
 /// Where an entity's post stands.
@@ -72,6 +73,57 @@ impl Xref {
     pub fn generation(&self) -> i64 {
         self.extra["generation"].as_i64().unwrap_or(0)
     }
+
+    /// What a posted invoice still owes as far as the ledger knows: Sage's total less
+    /// what the ledger allocated to it, leaving out `own`'s allocation (the document
+    /// asking, whose earlier attempt may have recorded one). `None` for an invoice posted
+    /// before the ledger kept balances. Something the merchant recorded in Sage by hand is
+    /// not known: Sage refuses an allocation above what is owed, and the refusal reads it.
+    pub fn known_open(&self, own: &str) -> Option<Decimal> {
+        let total = decimal(&self.extra["sage_total"])?;
+        let allocated: Decimal = self.extra["allocations"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.as_str() != own)
+            .filter_map(|(_, v)| decimal(v))
+            .sum();
+        Some((total - allocated).max(Decimal::ZERO))
+    }
+}
+
+fn decimal(v: &Value) -> Option<Decimal> {
+    match v {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.to_string().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Records what `by` (a payment, a credit note) allocated to a posted invoice, keyed by
+/// the allocating document so that recording it again after a retry changes nothing.
+pub async fn record_allocation(
+    db: &sqlx::PgPool,
+    invoice: &XrefKey<'_>,
+    by: &str,
+    amount: Decimal,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"UPDATE entity_xref
+           SET extra = extra || jsonb_build_object('allocations',
+                 COALESCE(extra->'allocations', '{}'::jsonb) || jsonb_build_object($5::text, $6::text)),
+               updated_at = now()
+           WHERE binding_id = $1 AND sage_business_id = $2 AND entity_type = $3 AND magento_entity_id = $4 AND currency = ''"#,
+        invoice.binding.0,
+        invoice.business,
+        invoice.entity,
+        invoice.id,
+        by,
+        format!("{:.2}", amount.round_dp(2)),
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 pub async fn get(db: &sqlx::PgPool, key: &XrefKey<'_>) -> Result<Option<Xref>, sqlx::Error> {
@@ -289,4 +341,38 @@ pub async fn reset_for_repost(db: &sqlx::PgPool, key: &XrefKey<'_>) -> Result<()
     .execute(db)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn invoice(extra: Value) -> Xref {
+        Xref {
+            state: XrefState::Posted,
+            sage_id: Some("si".into()),
+            sage_reference: None,
+            idempotency_id: None,
+            extra,
+        }
+    }
+
+    #[test]
+    fn known_open_is_the_total_less_other_documents_allocations() {
+        let x =
+            invoice(json!({ "sage_total": "120.00", "allocations": { "payment": "20.00", "creditmemo:7": "30.50" } }));
+        assert_eq!(x.known_open("creditmemo:9"), Some("69.50".parse().unwrap()));
+        // A document's own earlier allocation is left out: its retry computes the same amount.
+        assert_eq!(x.known_open("creditmemo:7"), Some("100.00".parse().unwrap()));
+        assert_eq!(x.known_open("payment"), Some("89.50".parse().unwrap()));
+        // Never below nothing; unknown for an invoice posted before balances were kept.
+        let over = invoice(json!({ "sage_total": "10.00", "allocations": { "payment": "20.00" } }));
+        assert_eq!(over.known_open("creditmemo:1"), Some(Decimal::ZERO));
+        assert_eq!(
+            invoice(json!({ "totals": { "total": "10.00" } })).known_open("payment"),
+            None
+        );
+    }
 }

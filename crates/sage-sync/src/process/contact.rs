@@ -42,19 +42,36 @@ pub(super) fn payload_hash(body: &Value) -> String {
     mapping::idempotency_id("", "hash", &body.to_string())
 }
 
+/// Where a contact's data comes from: the customer's own record (`customer.upserted`:
+/// its default addresses), or a document (its order's addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ContactSource {
+    Customer,
+    Document,
+}
+
 /// The Sage contact for a customer in a currency: from the xref, else adopted by
 /// reference or email, else created. An existing one is refreshed when the store's
-/// data changed (the module sends customer updates only once per 30 days).
+/// data changed (the module sends customer updates only once per 30 days) — from a
+/// document, all but the delivery address: an order shipped elsewhere (a gift) carries
+/// its address on the invoice and leaves the customer's default one in Sage alone.
 pub(super) async fn ensure_contact(
     env: &mut Env<'_>,
     contact: &Contact,
     currency: &str,
     grand_total: Decimal,
+    source: ContactSource,
 ) -> Step<String> {
     let key = contact_key(env, contact, grand_total).await?;
     let currency = currency.to_uppercase();
     let body = mapping::map_contact(contact, &key, &currency, &env.ctx());
-    let hash = payload_hash(&body);
+    let mut identity = body.clone();
+    let delivery = identity
+        .as_object_mut()
+        .and_then(|o| o.remove("delivery_address"))
+        .unwrap_or(Value::Null);
+    let hash = payload_hash(&identity);
+    let delivery_hash = payload_hash(&delivery);
     let db = env.state.db.clone();
     let binding = env.run.binding;
     let xid = key.xref_id();
@@ -62,8 +79,15 @@ pub(super) async fn ensure_contact(
         && let Some(id) = x.posted()
     {
         let id = id.to_owned();
-        if x.extra["payload_hash"].as_str() != Some(hash.as_str()) && key != ContactKey::WebSales {
-            let mut update = body.clone();
+        let identity_changed = x.extra["payload_hash"].as_str() != Some(hash.as_str());
+        let delivery_changed =
+            source == ContactSource::Customer && x.extra["delivery_hash"].as_str() != Some(delivery_hash.as_str());
+        if (identity_changed || delivery_changed) && key != ContactKey::WebSales {
+            let mut update = if source == ContactSource::Customer {
+                body.clone()
+            } else {
+                identity.clone()
+            };
             if let Some(o) = update.as_object_mut() {
                 o.remove("reference"); // references stay as created
             }
@@ -72,22 +96,22 @@ pub(super) async fn ensure_contact(
                     .put::<Value>(&format!("/contacts/{id}"), &json!({ "contact": update }))
                     .await
             );
-            xref::merge_extra(
-                &db,
-                &XrefKey::contact(binding, &env.business, xid, &currency),
-                &json!({ "payload_hash": hash }),
-            )
-            .await?;
+            let mut hashes = json!({ "payload_hash": hash });
+            if source == ContactSource::Customer {
+                hashes["delivery_hash"] = json!(delivery_hash);
+            }
+            xref::merge_extra(&db, &XrefKey::contact(binding, &env.business, xid, &currency), &hashes).await?;
         }
         return Ok(id);
     }
     // Adopt only a contact that is provably this customer (same currency, and same email
     // unless it is the configured web-sales contact); a reference Sage already has for
     // anyone else is taken, and the next candidate is tried.
+    let base_currency = env.facts.base_currency.clone();
     let same_customer = |c: &Value| {
         let currency_matches = c["currency"]["id"]
             .as_str()
-            .unwrap_or(env.facts.base_currency.as_str())
+            .unwrap_or(base_currency.as_str())
             .eq_ignore_ascii_case(&currency);
         let email_matches = c["email"]
             .as_str()
@@ -101,11 +125,31 @@ pub(super) async fn ensure_contact(
     // says so — no search by reference first (one Sage call fewer per new customer).
     let looked_up = key != ContactKey::WebSales && !contact.email.is_empty();
     if looked_up {
-        let by_email = sage!(
-            env.session
-                .list_all(&format!("/contacts?email={}&attributes=all", encode(&contact.email)))
-                .await
-        );
+        // Answered by the business's contact index when it is kept (no call when nobody
+        // has the email: a new customer); each contact it names is read to confirm it.
+        let by_email = match contacts_by_email(env, &contact.email, &currency).await? {
+            Some(ids) => {
+                let mut found = Vec::new();
+                for id in ids {
+                    match env.session.get::<Value>(&format!("/contacts/{id}")).await {
+                        Ok(c) if c["deleted_at"].is_null() => found.push(c),
+                        Ok(_) | Err(CallError::Sage(SageError::NotFound { .. })) => forget(env, &id).await?,
+                        Err(e) => {
+                            return match from_sage(e) {
+                                Ok(f) => Err(Stop::Failed(f)),
+                                Err(o) => Err(Stop::Outcome(o)),
+                            };
+                        }
+                    }
+                }
+                found
+            }
+            None => sage!(
+                env.session
+                    .list_all(&format!("/contacts?email={}&attributes=all", encode(&contact.email)))
+                    .await
+            ),
+        };
         found = match by_email.into_iter().find(|c| same_customer(c)) {
             Some(c) => Some((sage_id_of(&c, "contact")?, c["reference"].as_str().map(str::to_owned))),
             None => None,
@@ -186,9 +230,12 @@ pub(super) async fn ensure_contact(
         &XrefKey::contact(binding, &env.business, xid, &currency),
         &id,
         reference.as_deref(),
-        &json!({ "payload_hash": hash }),
+        &json!({ "payload_hash": hash, "delivery_hash": delivery_hash }),
     )
     .await?;
+    if looked_up {
+        remember(env, &contact.email, &currency, &id).await?;
+    }
     Ok(id)
 }
 
@@ -207,7 +254,7 @@ pub(super) async fn customer(env: &mut Env<'_>) -> Step<Outcome> {
     let mut last = String::new();
     for currency in currencies {
         // A large total forces an individual contact even with B2C consolidation on.
-        last = ensure_contact(env, &contact, &currency, Decimal::MAX).await?;
+        last = ensure_contact(env, &contact, &currency, Decimal::MAX, ContactSource::Customer).await?;
     }
     Ok(Outcome::Synced {
         sage_id: last,

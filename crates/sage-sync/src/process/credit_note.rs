@@ -90,7 +90,16 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
         None => {
             let contact_id = match invoice.as_ref().and_then(|x| x.extra["contact_id"].as_str()) {
                 Some(c) => c.to_owned(),
-                None => ensure_contact(env, &memo.customer, &memo.currency, memo.grand_total).await?,
+                None => {
+                    ensure_contact(
+                        env,
+                        &memo.customer,
+                        &memo.currency,
+                        memo.grand_total,
+                        ContactSource::Document,
+                    )
+                    .await?
+                }
             };
             let treatment: Option<mapping::Treatment> = invoice
                 .as_ref()
@@ -153,17 +162,16 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
         }
     };
     // Allocated against the invoice as far as both are still open. The invoice's balance
-    // is always read; the note's too unless this attempt posted it: an earlier attempt's
-    // allocation may have landed with its answer lost.
+    // is known from what the ledger posted and allocated (read from Sage for an invoice
+    // posted before balances were kept, or when Sage refuses the known figure). The
+    // note's is Sage's answer when this attempt posted it, else read: an earlier
+    // attempt's allocation may have landed with its answer lost.
     if let Some(invoice) = invoice
         && let Some(invoice_sage_id) = invoice.sage_id.as_deref()
+        && let Some(invoice_magento_id) = invoice_id
     {
         let contact_id = invoice.extra["contact_id"].as_str().unwrap_or_default().to_owned();
-        let current: Value = sage!(
-            env.session
-                .get(&format!("/sales_invoices/{invoice_sage_id}?mark_as_sent=false"))
-                .await
-        );
+        let own = format!("creditmemo:{id}");
         let note_open = match note_open {
             Some(open) => open,
             None => {
@@ -175,9 +183,16 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                 amount(&note["outstanding_amount"]).unwrap_or(total)
             }
         };
-        let invoice_open = amount(&current["outstanding_amount"]).unwrap_or_default();
-        let allocate = invoice_open.min(note_open);
-        if allocate > Decimal::ZERO {
+        let mut known = invoice.known_open(&own);
+        let mut next_open = Some(match known {
+            Some(open) => open,
+            None => invoice_open(env, invoice_sage_id).await?,
+        });
+        while let Some(open) = next_open.take() {
+            let allocate = cents(open.min(note_open));
+            if allocate <= Decimal::ZERO {
+                break;
+            }
             let date = mapping::date_of(&memo.created_at).unwrap_or_else(|| Utc::now().format("%Y-%m-%d").to_string());
             let body = mapping::map_allocation(
                 id,
@@ -188,7 +203,33 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                 allocate,
                 &env.binding_text,
             );
-            sage!(env.session.post::<Value>("/contact_allocations", &body).await);
+            match env.session.post::<Value>("/contact_allocations", &body).await {
+                Ok(_) => {}
+                Err(e) => {
+                    let failure = match from_sage(e) {
+                        Ok(f) => f,
+                        Err(o) => return Err(Stop::Outcome(o)),
+                    };
+                    if !(known.is_some() && refused(&failure)) {
+                        return Err(failure.into());
+                    }
+                    // The merchant paid or credited part of the invoice by hand in Sage.
+                    let actual = invoice_open(env, invoice_sage_id).await?;
+                    if actual == cents(open) {
+                        return Err(failure.into());
+                    }
+                    known = None;
+                    next_open = Some(actual);
+                    continue;
+                }
+            }
+            xref::record_allocation(
+                &env.state.db,
+                &XrefKey::document(env.run.binding, &env.business, "invoice", invoice_magento_id),
+                &own,
+                allocate,
+            )
+            .await?;
             message = Some(format!("Allocated {allocate} against the invoice."));
         }
         xref::merge_extra(

@@ -66,7 +66,14 @@ pub(super) async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
             "The invoice was cancelled in Magento before it reached Sage; nothing is posted.",
         ));
     }
-    let contact_id = ensure_contact(env, &inv.customer, &inv.currency, inv.grand_total).await?;
+    let contact_id = ensure_contact(
+        env,
+        &inv.customer,
+        &inv.currency,
+        inv.grand_total,
+        ContactSource::Document,
+    )
+    .await?;
     let mapped = mapping::map_invoice(&inv, &contact_id, &env.ctx())?;
     let reference = mapped.body["reference"].as_str().unwrap_or_default().to_owned();
     let created = post_once(
@@ -95,6 +102,9 @@ pub(super) async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
         "contact_id": contact_id, "currency": inv.currency.to_uppercase(), "exchange_rate": mapped.body.get("exchange_rate"),
         "totals": mapped.totals, "treatment": mapped.treatment, "customer": contact_of(&inv.customer).xref_id().to_string(),
         "skus": skus, "increment_id": inv.increment_id,
+        // Its balance as the ledger changes it (payments and credit notes read it from
+        // here instead of asking Sage): Sage's own total, nothing allocated yet.
+        "sage_total": amount(&created["total_amount"]).map(money_text), "allocations": {},
     });
     let mismatch = totals_mismatch(&created, &mapped, &sage_id);
     let mut extra = extra;
@@ -203,6 +213,13 @@ pub(super) async fn cancel_posted_invoice(
                 &env.binding_text,
             );
             sage!(env.session.post::<Value>("/contact_allocations", &allocation).await);
+            xref::record_allocation(
+                &db,
+                &XrefKey::document(env.run.binding, &env.business, "invoice", inv.magento_id),
+                "cancelled",
+                allocate,
+            )
+            .await?;
         }
         "credited"
     };

@@ -529,6 +529,7 @@ fn document_policy(s: &Settings, website: i64, store: Option<i64>, created_at: &
 
 // The handlers and what they share, by document (declared after `sage!` so they see it).
 mod contact;
+mod contact_index;
 mod credit_note;
 mod invoice;
 mod payment;
@@ -536,6 +537,7 @@ mod post;
 mod product;
 
 use contact::*;
+use contact_index::*;
 use credit_note::*;
 use invoice::*;
 use payment::*;

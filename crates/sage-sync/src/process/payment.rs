@@ -128,56 +128,95 @@ pub(super) async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
         .map(|t| t.with_timezone(&env.time_zone).format("%Y-%m-%d").to_string())
         .or_else(|| mapping::local_date(&payment.captured_at, env.time_zone))
         .unwrap_or_else(|| Utc::now().with_timezone(&env.time_zone).format("%Y-%m-%d").to_string());
-    let current: Value = sage!(
-        env.session
-            .get(&format!("/sales_invoices/{sage_invoice}?mark_as_sent=false"))
-            .await
-    );
-    let outstanding = amount(&current["outstanding_amount"]).unwrap_or_default();
-    let body = mapping::map_payment(
-        &mapping::Receipt {
-            invoice_id,
-            increment_id: &payment.invoice_increment_id,
-            contact_id: &contact_id,
-            sage_invoice_id: &sage_invoice,
-            bank_account_id: &bank,
-            amount: payment.amount,
-            allocate: outstanding,
-            currency: &payment.currency,
-            sage_rate: rate,
-            date: &date,
-        },
-        &env.ctx(),
-    )?;
-    let on_account = cents(payment.amount) - outstanding.min(cents(payment.amount));
-    let reference = body["reference"].as_str().unwrap_or_default().to_owned();
-    let mapped = Mapped {
-        body,
-        totals: Default::default(),
-        notes: Vec::new(),
-        treatment: None,
+    // What the invoice still owes: known from what the ledger posted and allocated (one
+    // Sage call per payment); read from Sage for an invoice posted before balances were
+    // kept, and after Sage refuses the known figure (the merchant paid or credited part
+    // of it by hand in Sage).
+    let mut open = invoice.known_open("payment").map(|o| (o, true));
+    let mut previous = previous;
+    let (created, allocate, reference) = loop {
+        let (outstanding, known) = match open.take() {
+            Some(o) => o,
+            None => (invoice_open(env, &sage_invoice).await?, false),
+        };
+        let body = mapping::map_payment(
+            &mapping::Receipt {
+                invoice_id,
+                increment_id: &payment.invoice_increment_id,
+                contact_id: &contact_id,
+                sage_invoice_id: &sage_invoice,
+                bank_account_id: &bank,
+                amount: payment.amount,
+                allocate: outstanding,
+                currency: &payment.currency,
+                sage_rate: rate,
+                date: &date,
+            },
+            &env.ctx(),
+        )?;
+        let reference = body["reference"].as_str().unwrap_or_default().to_owned();
+        let mapped = Mapped {
+            body,
+            totals: Default::default(),
+            notes: Vec::new(),
+            treatment: None,
+        };
+        let posted = post_once(
+            env,
+            Doc {
+                entity: "payment",
+                id: invoice_id,
+                path: "/contact_payments",
+                wrapper: "contact_payment",
+                reference: &reference,
+                contact_id: &contact_id,
+                previous: previous.clone(),
+            },
+            mapped,
+        )
+        .await;
+        match posted {
+            Ok(created) => break (created, cents(outstanding).min(cents(payment.amount)), reference),
+            Err(Stop::Failed(f)) if known && refused(&f) => {
+                let actual = invoice_open(env, &sage_invoice).await?;
+                if actual == cents(outstanding) {
+                    return Err(f.into()); // refused for another reason
+                }
+                open = Some((actual, false));
+                previous = xref::get(
+                    &env.state.db,
+                    &XrefKey::document(env.run.binding, &env.business, "payment", invoice_id),
+                )
+                .await?;
+            }
+            Err(e) => return Err(e),
+        }
     };
-    let created = post_once(
-        env,
-        Doc {
-            entity: "payment",
-            id: invoice_id,
-            path: "/contact_payments",
-            wrapper: "contact_payment",
-            reference: &reference,
-            contact_id: &contact_id,
-            previous,
-        },
-        mapped,
-    )
-    .await?;
     let sage_id = sage_id_of(&created, "payment")?;
+    // What Sage allocated (a payment an earlier attempt made, found by its reference, may
+    // have allocated another amount than this attempt computed).
+    let allocate = created["allocated_artefacts"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|a| a["artefact_id"].as_str() == Some(sage_invoice.as_str()))
+        })
+        .and_then(|a| amount(&a["amount"]))
+        .unwrap_or(allocate);
+    let on_account = cents(payment.amount) - allocate.min(cents(payment.amount));
     xref::mark_posted(
         &env.state.db,
         &XrefKey::document(env.run.binding, &env.business, "payment", invoice_id),
         &sage_id,
         Some(&reference),
         &json!({}),
+    )
+    .await?;
+    xref::record_allocation(
+        &env.state.db,
+        &XrefKey::document(env.run.binding, &env.business, "invoice", invoice_id),
+        "payment",
+        allocate,
     )
     .await?;
     let message = (on_account > Decimal::ZERO)
@@ -187,4 +226,19 @@ pub(super) async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
         reference: Some(reference),
         message,
     })
+}
+
+/// What a posted invoice still owes, as Sage has it (one call).
+pub(super) async fn invoice_open(env: &mut Env<'_>, sage_invoice: &str) -> Step<Decimal> {
+    let current: Value = sage!(
+        env.session
+            .get(&format!("/sales_invoices/{sage_invoice}?mark_as_sent=false"))
+            .await
+    );
+    Ok(cents(amount(&current["outstanding_amount"]).unwrap_or_default()))
+}
+
+/// Sage refused the data (a 422 and the like), as opposed to not having it or failing.
+pub(super) fn refused(f: &Failure) -> bool {
+    f.class == ErrorClass::Validation && f.code.starts_with("sage_") && f.code != "sage_not_found"
 }

@@ -61,6 +61,7 @@ pub(super) async fn put_contact(
     let Ok(body) = body_of(&payload, "contact") else {
         return invalid("contact", "contact is required");
     };
+    let now = sage.now();
     let mut inner = sage.lock();
     let b = inner.businesses.get_mut(&caller.business_id).expect("business");
     let Some(contact) = b
@@ -86,6 +87,7 @@ pub(super) async fn put_contact(
     if let Some(email) = body.get("main_contact_person").and_then(|p| p.get("email")) {
         contact["email"] = email.clone();
     }
+    contact["updated_at"] = json!(now);
     Json(contact.clone()).into_response()
 }
 
@@ -142,6 +144,7 @@ pub(super) async fn list_contacts(
                     q.get("email")
                         .is_none_or(|e| c["email"].as_str().is_some_and(|m| m.eq_ignore_ascii_case(e)))
                 })
+                .filter(|c| changed_since(c, &q))
                 .cloned()
                 .collect()
         })

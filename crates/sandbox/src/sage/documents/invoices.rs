@@ -248,15 +248,18 @@ pub(super) fn within_dates(d: &Value, q: &Params) -> bool {
     let date = d["date"].as_str().unwrap_or_default();
     let from = q.get("from_date").is_none_or(|f| date >= f.as_str());
     let to = q.get("to_date").is_none_or(|t| date <= t.as_str());
-    let since = q
-        .get("updated_or_created_since")
+    from && to && changed_since(d, q)
+}
+
+/// `updated_or_created_since` (RFC 3339, inclusive) on when a record last changed.
+pub(super) fn changed_since(d: &Value, q: &Params) -> bool {
+    q.get("updated_or_created_since")
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
         .is_none_or(|since| {
             stamp(&d["updated_at"])
                 .or_else(|| stamp(&d["created_at"]))
                 .is_none_or(|at| at >= since.timestamp())
-        });
-    from && to && since
+        })
 }
 
 pub(super) fn list_documents(
