@@ -59,12 +59,12 @@ fn drain_orders() -> usize {
 }
 
 /// Sage's window for its 200 calls, scaled down so the drain takes minutes, not hours
-/// (`BENCH_WINDOW_SECS`, 6): the ledger's budget and the sandbox's limit share it.
+/// (`BENCH_WINDOW_SECS`, 3): the ledger's budget and the sandbox's limit share it.
 fn window_secs() -> u64 {
     std::env::var("BENCH_WINDOW_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(6)
+        .unwrap_or(3)
 }
 
 fn main() {
@@ -206,7 +206,7 @@ async fn run() {
     for (kind, runs, n) in &rows {
         let per = *n as f64 / (*runs).max(1) as f64;
         println!(
-            "  {kind:<26} {runs:>5} documents  {per:>5.2} calls each  (goal {})  → {:>5.0} per budget-minute",
+            "  {kind:<28} {runs:>5} documents  {per:>5.2} calls each  (goal {})  → {:>5.0} per budget-minute",
             goal(kind),
             BUDGET_PER_MINUTE / per
         );
@@ -224,7 +224,7 @@ async fn run() {
     }
     let per = calls as f64 / documents.max(1) as f64;
     println!(
-        "  all documents              {documents:>5} documents  {per:>5.2} calls each          → {:>5.0} documents per budget-minute at {BUDGET_PER_MINUTE:.0} calls/min",
+        "  all documents                {documents:>5} documents  {per:>5.2} calls each          → {:>5.0} documents per budget-minute at {BUDGET_PER_MINUTE:.0} calls/min",
         BUDGET_PER_MINUTE / per
     );
     let report = serde_json::json!({ "kinds": json, "documents_per_budget_minute": (BUDGET_PER_MINUTE / per).round() });

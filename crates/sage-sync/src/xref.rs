@@ -287,6 +287,74 @@ pub async fn mark_posted(
     Ok(())
 }
 
+/// A payment posted, and what it allocated recorded on its invoice (the payment's row
+/// shares the invoice's id), in one statement.
+pub async fn mark_payment_posted(
+    db: &sqlx::PgPool,
+    payment: &XrefKey<'_>,
+    sage_id: &str,
+    reference: &str,
+    allocated: Decimal,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"WITH posted AS (
+             INSERT INTO entity_xref (binding_id, entity_type, magento_entity_id, currency, state, sage_id, sage_reference, sage_business_id)
+             VALUES ($1, 'payment', $2, '', 'posted', $3, $4, $5)
+             ON CONFLICT (binding_id, sage_business_id, entity_type, magento_entity_id, currency)
+             DO UPDATE SET state = 'posted', sage_id = $3, sage_reference = $4, updated_at = now()
+           )
+           UPDATE entity_xref
+           SET extra = extra || jsonb_build_object('allocations',
+                 COALESCE(extra->'allocations', '{}'::jsonb) || jsonb_build_object('payment', $6::text)),
+               updated_at = now()
+           WHERE binding_id = $1 AND sage_business_id = $5 AND entity_type = 'invoice' AND magento_entity_id = $2 AND currency = ''"#,
+        payment.binding.0,
+        payment.id,
+        sage_id,
+        reference,
+        payment.business,
+        format!("{:.2}", allocated.round_dp(2)),
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A contact posted (created or adopted) and, when the business's contact index is kept,
+/// indexed under the customer's email, in one statement.
+pub async fn mark_contact_posted(
+    db: &sqlx::PgPool,
+    key: &XrefKey<'_>,
+    sage_id: &str,
+    reference: Option<&str>,
+    extra: &Value,
+    email: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"WITH posted AS (
+             INSERT INTO entity_xref (binding_id, entity_type, magento_entity_id, currency, state, sage_id, sage_reference, sage_business_id, extra)
+             VALUES ($1, 'contact', $2, $3, 'posted', $4, $5, $6, $7)
+             ON CONFLICT (binding_id, sage_business_id, entity_type, magento_entity_id, currency)
+             DO UPDATE SET state = 'posted', sage_id = $4, sage_reference = $5, extra = entity_xref.extra || $7, updated_at = now()
+           )
+           INSERT INTO sage_contact_index (binding_id, sage_business_id, email, currency, contact_id)
+           SELECT binding_id, sage_business_id, $8, upper($3), $4 FROM sage_contact_index_state
+           WHERE binding_id = $1 AND sage_business_id = $6 AND complete AND NOT too_large AND $8 <> ''
+           ON CONFLICT DO NOTHING"#,
+        key.binding.0,
+        key.id,
+        key.currency,
+        sage_id,
+        reference,
+        key.business,
+        extra,
+        email.map(|e| e.trim().to_lowercase()).unwrap_or_default(),
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Sage refused the post for good: the next one uses a new idempotency id.
 pub async fn mark_rejected(db: &sqlx::PgPool, key: &XrefKey<'_>) -> Result<(), sqlx::Error> {
     sqlx::query!(

@@ -225,17 +225,15 @@ pub(super) async fn ensure_contact(
         )
         .into());
     }
-    xref::mark_posted(
+    xref::mark_contact_posted(
         &db,
         &XrefKey::contact(binding, &env.business, xid, &currency),
         &id,
         reference.as_deref(),
         &json!({ "payload_hash": hash, "delivery_hash": delivery_hash }),
+        looked_up.then_some(contact.email.as_str()),
     )
     .await?;
-    if looked_up {
-        remember(env, &contact.email, &currency, &id).await?;
-    }
     Ok(id)
 }
 

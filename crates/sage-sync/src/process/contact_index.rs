@@ -35,19 +35,27 @@ fn emails_of(contact: &Value) -> Vec<String> {
     emails
 }
 
-/// The ids of the contacts Sage holds with `email` in `currency`, from the index (made fresh first when
-/// stale); `None` when the index cannot answer now — another attempt is loading it, or
+/// The ids of the contacts Sage holds with `email` in `currency`, from the index (made
+/// fresh first when stale); `None` when the index cannot answer now — another attempt is loading it, or
 /// the business has too many contacts to index — and Sage must be asked.
 pub(super) async fn contacts_by_email(env: &mut Env<'_>, email: &str, currency: &str) -> Step<Option<Vec<String>>> {
     let db = env.state.db.clone();
     let binding = env.run.binding;
+    let email = email.trim().to_lowercase();
+    let currency = currency.to_uppercase();
+    // The index's state and its answer in one round trip (the answer is used when fresh).
     let state = sqlx::query!(
         r#"SELECT complete, too_large, changed_since,
-                  COALESCE(refreshed_at > now() - make_interval(secs => $3), false) AS "fresh!"
+                  COALESCE(refreshed_at > now() - make_interval(secs => $3), false) AS "fresh!",
+                  ARRAY(SELECT i.contact_id FROM sage_contact_index i
+                        WHERE i.binding_id = $1 AND i.sage_business_id = $2 AND i.email = $4 AND i.currency = $5
+                        ORDER BY i.contact_id) AS "ids!"
            FROM sage_contact_index_state WHERE binding_id = $1 AND sage_business_id = $2"#,
         binding.0,
         env.business,
-        FRESH_FOR_SECS
+        FRESH_FOR_SECS,
+        email,
+        currency
     )
     .fetch_optional(&db)
     .await?;
@@ -55,80 +63,83 @@ pub(super) async fn contacts_by_email(env: &mut Env<'_>, email: &str, currency: 
         return Ok(None);
     }
     let complete = state.as_ref().is_some_and(|s| s.complete);
-    if !(complete && state.as_ref().is_some_and(|s| s.fresh)) {
-        if !xref::lock(&db, binding, &lease(), env.holder, env.state.settings.job_lease).await? {
-            return Ok(None);
-        }
-        let started = Utc::now() - CLOCK_MARGIN;
-        let since = state.and_then(|s| s.changed_since).filter(|_| complete);
-        let Some(contacts) = read_contacts(env, since).await? else {
-            sqlx::query!(
-                "INSERT INTO sage_contact_index_state (binding_id, sage_business_id, too_large) VALUES ($1, $2, true)
-                 ON CONFLICT (binding_id, sage_business_id) DO UPDATE SET too_large = true",
-                binding.0,
-                env.business
-            )
-            .execute(&db)
-            .await?;
-            return Ok(None);
-        };
-        let (mut emails, mut currencies, mut ids, mut changed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for c in &contacts {
-            let Some(id) = c["id"].as_str() else { continue };
-            changed.push(id.to_owned());
-            // Sage leaves out the currency of a contact in the business's own.
-            let currency = c["currency"]["id"]
-                .as_str()
-                .unwrap_or(env.facts.base_currency.as_str())
-                .to_uppercase();
-            for e in emails_of(c) {
-                emails.push(e);
-                currencies.push(currency.clone());
-                ids.push(id.to_owned());
-            }
-        }
-        let mut tx = db.begin().await?;
-        // A changed contact's emails replace what the index held for it.
-        sqlx::query!(
-            "DELETE FROM sage_contact_index WHERE binding_id = $1 AND sage_business_id = $2 AND contact_id = ANY($3)",
-            binding.0,
-            env.business,
-            &changed
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "INSERT INTO sage_contact_index (binding_id, sage_business_id, email, currency, contact_id)
-             SELECT $1, $2, e, k, c FROM UNNEST($3::text[], $4::text[], $5::text[]) AS t(e, k, c)
-             ON CONFLICT DO NOTHING",
-            binding.0,
-            env.business,
-            &emails,
-            &currencies,
-            &ids
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "INSERT INTO sage_contact_index_state (binding_id, sage_business_id, complete, changed_since, refreshed_at)
-             VALUES ($1, $2, true, $3, now())
-             ON CONFLICT (binding_id, sage_business_id) DO UPDATE SET complete = true, changed_since = $3, refreshed_at = now()",
-            binding.0,
-            env.business,
-            started
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+    if let Some(s) = state.as_ref().filter(|s| s.complete && s.fresh) {
+        return Ok(Some(s.ids.clone()));
     }
+    // Stale or never loaded: read Sage (one attempt at a time).
+    if !xref::lock(&db, binding, &lease(), env.holder, env.state.settings.job_lease).await? {
+        return Ok(None);
+    }
+    let started = Utc::now() - CLOCK_MARGIN;
+    let since = state.and_then(|s| s.changed_since).filter(|_| complete);
+    let Some(contacts) = read_contacts(env, since).await? else {
+        sqlx::query!(
+            "INSERT INTO sage_contact_index_state (binding_id, sage_business_id, too_large) VALUES ($1, $2, true)
+             ON CONFLICT (binding_id, sage_business_id) DO UPDATE SET too_large = true",
+            binding.0,
+            env.business
+        )
+        .execute(&db)
+        .await?;
+        return Ok(None);
+    };
+    let (mut emails, mut currencies, mut ids, mut changed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for c in &contacts {
+        let Some(id) = c["id"].as_str() else { continue };
+        changed.push(id.to_owned());
+        // Sage leaves out the currency of a contact in the business's own.
+        let currency = c["currency"]["id"]
+            .as_str()
+            .unwrap_or(env.facts.base_currency.as_str())
+            .to_uppercase();
+        for e in emails_of(c) {
+            emails.push(e);
+            currencies.push(currency.clone());
+            ids.push(id.to_owned());
+        }
+    }
+    let mut tx = db.begin().await?;
+    // A changed contact's emails replace what the index held for it.
+    sqlx::query!(
+        "DELETE FROM sage_contact_index WHERE binding_id = $1 AND sage_business_id = $2 AND contact_id = ANY($3)",
+        binding.0,
+        env.business,
+        &changed
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO sage_contact_index (binding_id, sage_business_id, email, currency, contact_id)
+         SELECT $1, $2, e, k, c FROM UNNEST($3::text[], $4::text[], $5::text[]) AS t(e, k, c)
+         ON CONFLICT DO NOTHING",
+        binding.0,
+        env.business,
+        &emails,
+        &currencies,
+        &ids
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO sage_contact_index_state (binding_id, sage_business_id, complete, changed_since, refreshed_at)
+         VALUES ($1, $2, true, $3, now())
+         ON CONFLICT (binding_id, sage_business_id) DO UPDATE SET complete = true, changed_since = $3, refreshed_at = now()",
+        binding.0,
+        env.business,
+        started
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
     let ids = sqlx::query_scalar!(
         "SELECT contact_id FROM sage_contact_index
          WHERE binding_id = $1 AND sage_business_id = $2 AND email = $3 AND currency = $4
          ORDER BY contact_id",
         binding.0,
         env.business,
-        email.trim().to_lowercase(),
-        currency.to_uppercase()
+        email,
+        currency
     )
     .fetch_all(&db)
     .await?;
@@ -154,24 +165,6 @@ async fn read_contacts(env: &mut Env<'_>, since: Option<DateTime<Utc>>) -> Step<
         next = page.next.filter(|n| !n.is_empty());
     }
     Ok(Some(contacts))
-}
-
-/// A contact the ledger created or adopted, indexed at once (when the index is kept).
-pub(super) async fn remember(env: &Env<'_>, email: &str, currency: &str, contact_id: &str) -> Step<()> {
-    sqlx::query!(
-        "INSERT INTO sage_contact_index (binding_id, sage_business_id, email, currency, contact_id)
-         SELECT binding_id, sage_business_id, $3, $5, $4 FROM sage_contact_index_state
-         WHERE binding_id = $1 AND sage_business_id = $2 AND complete AND NOT too_large
-         ON CONFLICT DO NOTHING",
-        env.run.binding.0,
-        env.business,
-        email.trim().to_lowercase(),
-        contact_id,
-        currency.to_uppercase()
-    )
-    .execute(&env.state.db)
-    .await?;
-    Ok(())
 }
 
 /// A contact Sage no longer has (deleted since it was indexed).

@@ -204,18 +204,11 @@ pub(super) async fn invoice_paid(env: &mut Env<'_>) -> Step<Outcome> {
         .and_then(|a| amount(&a["amount"]))
         .unwrap_or(allocate);
     let on_account = cents(payment.amount) - allocate.min(cents(payment.amount));
-    xref::mark_posted(
+    xref::mark_payment_posted(
         &env.state.db,
         &XrefKey::document(env.run.binding, &env.business, "payment", invoice_id),
         &sage_id,
-        Some(&reference),
-        &json!({}),
-    )
-    .await?;
-    xref::record_allocation(
-        &env.state.db,
-        &XrefKey::document(env.run.binding, &env.business, "invoice", invoice_id),
-        "payment",
+        &reference,
         allocate,
     )
     .await?;
