@@ -76,8 +76,10 @@ async fn seed(db: &sqlx::PgPool, tenant: uuid::Uuid, active: i64) {
         .expect("analyze");
 }
 
-/// Runs `CONCURRENCY` loops of `step` until it reports no work; jobs/s.
-async fn drive<F, Fut>(step: F) -> f64
+/// Runs `CONCURRENCY` loops of `step` until it reports no work; jobs/s, and when each
+/// loop stopped (as a share of the run: a loop finding no job it may take while others
+/// still run leaves fewer loops for the rest).
+async fn drive<F, Fut>(step: F) -> (f64, Vec<f64>)
 where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -91,17 +93,21 @@ where
             while step().await {
                 done.fetch_add(1, Ordering::Relaxed);
             }
+            started.elapsed().as_secs_f64()
         }));
     }
+    let mut ends = Vec::new();
     for t in tasks {
-        t.await.expect("task");
+        ends.push(t.await.expect("task"));
     }
     let n = done.load(Ordering::Relaxed);
     assert_eq!(n, JOBS as u64, "every job was processed once");
-    n as f64 / started.elapsed().as_secs_f64()
+    let total = started.elapsed().as_secs_f64();
+    ends.sort_by(f64::total_cmp);
+    (n as f64 / total, ends.into_iter().map(|e| e / total).collect())
 }
 
-async fn bare(db: &sqlx::PgPool) -> f64 {
+async fn bare(db: &sqlx::PgPool) -> (f64, Vec<f64>) {
     // With the index that makes it fast (dropped before the ledger's turn).
     sqlx::query("CREATE INDEX bench_bare ON jobs (id) WHERE status = 'queued'")
         .execute(db)
@@ -135,7 +141,7 @@ async fn bare(db: &sqlx::PgPool) -> f64 {
     rate
 }
 
-async fn ledger(db: &sqlx::PgPool) -> f64 {
+async fn ledger(db: &sqlx::PgPool) -> (f64, Vec<f64>) {
     let lease = Duration::from_secs(60);
     // One process: its loops share the turn.
     let turn = Arc::new(ledger_jobs::Turn::default());
@@ -247,10 +253,21 @@ async fn run() {
             idle.push(serde_json::json!({ "bindings": bindings, "poll_us": poll.round(), "floor_us": floor.round(), "times_floor": (poll / floor * 10.0).round() / 10.0 }));
         }
         seed(&db, tenant, active).await;
-        let bare = bare(&db).await;
+        let (bare, bare_ends) = bare(&db).await;
         seed(&db, tenant, active).await;
-        let ledger = ledger(&db).await;
+        let (ledger, ledger_ends) = ledger(&db).await;
         let ratio = ledger / bare;
+        let ends = |e: &[f64]| {
+            e.iter()
+                .map(|x| format!("{:.0}%", x * 100.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "      loops stopped at (share of the run): bare {} · ledger {}",
+            ends(&bare_ends),
+            ends(&ledger_ends)
+        );
         let goal = if active == bindings { GOAL } else { GOAL_IDLE_TENANTS };
         println!(
             "  {bindings:>6} bindings, {active:>5} with work: bare SKIP LOCKED loop {bare:>6.0} jobs/s · ledger claim + complete {ledger:>6.0} jobs/s · ratio {ratio:.2} (goal ≥ {goal})"

@@ -320,6 +320,39 @@ pub async fn mark_payment_posted(
     Ok(())
 }
 
+/// A credit note's allocation done: the note marked allocated and, when it allocated
+/// something, the amount recorded on its invoice under `by`, in one statement.
+pub async fn mark_note_allocated(
+    db: &sqlx::PgPool,
+    note: &XrefKey<'_>,
+    invoice_id: i64,
+    by: &str,
+    allocated: Option<Decimal>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"WITH note AS (
+             UPDATE entity_xref SET extra = extra || '{"allocated": true}'::jsonb, updated_at = now()
+             WHERE binding_id = $1 AND sage_business_id = $2 AND entity_type = $3 AND magento_entity_id = $4 AND currency = ''
+           )
+           UPDATE entity_xref
+           SET extra = extra || jsonb_build_object('allocations',
+                 COALESCE(extra->'allocations', '{}'::jsonb) || jsonb_build_object($6::text, $7::text)),
+               updated_at = now()
+           WHERE binding_id = $1 AND sage_business_id = $2 AND entity_type = 'invoice' AND magento_entity_id = $5 AND currency = ''
+             AND $7::text IS NOT NULL"#,
+        note.binding.0,
+        note.business,
+        note.entity,
+        note.id,
+        invoice_id,
+        by,
+        allocated.map(|a| format!("{:.2}", a.round_dp(2))),
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// A contact posted (created or adopted) and, when the business's contact index is kept,
 /// indexed under the customer's email, in one statement.
 pub async fn mark_contact_posted(

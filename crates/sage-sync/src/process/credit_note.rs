@@ -188,6 +188,7 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
             Some(open) => open,
             None => invoice_open(env, invoice_sage_id).await?,
         });
+        let mut allocated = None;
         while let Some(open) = next_open.take() {
             let allocate = cents(open.min(note_open));
             if allocate <= Decimal::ZERO {
@@ -223,19 +224,15 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                     continue;
                 }
             }
-            xref::record_allocation(
-                &env.state.db,
-                &XrefKey::document(env.run.binding, &env.business, "invoice", invoice_magento_id),
-                &own,
-                allocate,
-            )
-            .await?;
+            allocated = Some(allocate);
             message = Some(format!("Allocated {allocate} against the invoice."));
         }
-        xref::merge_extra(
+        xref::mark_note_allocated(
             &env.state.db,
             &XrefKey::document(env.run.binding, &env.business, "creditmemo", id),
-            &json!({ "allocated": true }),
+            invoice_magento_id,
+            &own,
+            allocated,
         )
         .await?;
     }
