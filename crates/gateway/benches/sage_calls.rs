@@ -59,12 +59,12 @@ fn drain_orders() -> usize {
 }
 
 /// Sage's window for its 200 calls, scaled down so the drain takes minutes, not hours
-/// (`BENCH_WINDOW_SECS`, 3): the ledger's budget and the sandbox's limit share it.
+/// (`BENCH_WINDOW_SECS`, 6): the ledger's budget and the sandbox's limit share it.
 fn window_secs() -> u64 {
     std::env::var("BENCH_WINDOW_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(6)
 }
 
 fn main() {
