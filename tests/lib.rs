@@ -102,6 +102,18 @@ pub async fn runs(app: &TestApp) -> Vec<Run> {
     .expect("runs")
 }
 
+/// Each Sage call the attempts of `run` made, oldest first, as "METHOD route".
+pub async fn sage_calls(app: &TestApp, run: uuid::Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT (c->>'method') || ' ' || (c->>'route') FROM sync_attempts a, jsonb_array_elements(a.request->'sage_calls') c
+         WHERE a.sync_run_id = $1 ORDER BY a.started_at",
+    )
+    .bind(run)
+    .fetch_all(&app.state.db)
+    .await
+    .expect("sage calls")
+}
+
 /// The sandbox Sage's books for `business` (every document, deleted ones included).
 pub async fn books(app: &TestApp, business: &str) -> serde_json::Value {
     let sage = app.sage.as_ref().expect("the app runs a Sage sandbox");

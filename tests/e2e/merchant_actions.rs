@@ -400,18 +400,6 @@ fn guest_reference(email: &str) -> String {
     format!("G{}", &hex[..9])
 }
 
-/// Each Sage call the attempts of `run` made, as "METHOD route".
-async fn calls_of(app: &TestApp, run: uuid::Uuid) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT (c->>'method') || ' ' || (c->>'route') FROM sync_attempts a, jsonb_array_elements(a.request->'sage_calls') c
-         WHERE a.sync_run_id = $1 ORDER BY a.started_at",
-    )
-    .bind(run)
-    .fetch_all(&app.state.db)
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_customers_look_up_is_answered_by_the_contact_index_which_sees_contacts_made_by_hand() {
     let app = TestApp::builder().sage(SageConfig::default()).spawn().await;
@@ -425,7 +413,7 @@ async fn a_new_customers_look_up_is_answered_by_the_contact_index_which_sees_con
     let run = settled(&app, "invoice.created", first).await;
     assert_eq!(run.status, "synced", "{:?}", run.message);
     assert_eq!(
-        calls_of(&app, run.id).await,
+        ledger_e2e::sage_calls(&app, run.id).await,
         ["GET /contacts", "POST /contacts", "POST /sales_invoices"]
     );
     let (_, first_email) = buyer_of(&paired, first);
@@ -456,7 +444,7 @@ async fn a_new_customers_look_up_is_answered_by_the_contact_index_which_sees_con
     let run = settled(&app, "invoice.created", second).await;
     assert_eq!(run.status, "synced", "{:?}", run.message);
     assert_eq!(
-        calls_of(&app, run.id).await,
+        ledger_e2e::sage_calls(&app, run.id).await,
         ["GET /contacts", "GET /contacts/{id}", "POST /sales_invoices"],
         "found by the index's refresh, confirmed, and adopted: no contact created"
     );
@@ -473,7 +461,10 @@ async fn a_new_customers_look_up_is_answered_by_the_contact_index_which_sees_con
     store.drain_once().await;
     let run = settled(&app, "invoice.created", third).await;
     assert_eq!(run.status, "synced", "{:?}", run.message);
-    assert_eq!(calls_of(&app, run.id).await, ["POST /contacts", "POST /sales_invoices"]);
+    assert_eq!(
+        ledger_e2e::sage_calls(&app, run.id).await,
+        ["POST /contacts", "POST /sales_invoices"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

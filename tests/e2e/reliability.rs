@@ -394,18 +394,6 @@ async fn an_uncertain_payment_is_found_without_reading_the_contacts_whole_histor
     assert_eq!(lookups, 1, "one narrow page, not the contact's 2,000 payments");
 }
 
-/// Each Sage call an attempt of `run` made, as "METHOD route".
-async fn sage_calls(app: &TestApp, run: uuid::Uuid) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT (c->>'method') || ' ' || (c->>'route') FROM sync_attempts a, jsonb_array_elements(a.request->'sage_calls') c
-         WHERE a.sync_run_id = $1 ORDER BY a.started_at",
-    )
-    .bind(run)
-    .fetch_all(&app.state.db)
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn an_invoice_balance_is_known_from_what_the_ledger_booked_and_read_when_the_merchant_booked_by_hand() {
     let app = TestApp::builder()
@@ -466,12 +454,12 @@ async fn an_invoice_balance_is_known_from_what_the_ledger_booked_and_read_when_t
         .expect("a credit memo run");
     assert_eq!(memo.status, "synced", "{memo:?}");
     assert_eq!(
-        sage_calls(&app, memo.id).await,
+        ledger_e2e::sage_calls(&app, memo.id).await,
         ["POST /sales_credit_notes", "POST /contact_allocations"]
     );
     let paid = run_of("invoice.paid", first).await;
     assert_eq!(paid.status, "synced", "{paid:?}");
-    assert_eq!(sage_calls(&app, paid.id).await, ["POST /contact_payments"]);
+    assert_eq!(ledger_e2e::sage_calls(&app, paid.id).await, ["POST /contact_payments"]);
     let sage_first = invoice_in_sage(increment(first)).await;
     assert_eq!(sage_first["outstanding_amount"], "0.00", "{sage_first}");
 
@@ -503,7 +491,7 @@ async fn an_invoice_balance_is_known_from_what_the_ledger_booked_and_read_when_t
         Some("10.00 was more than the invoice still owed and is held on account.")
     );
     assert_eq!(
-        sage_calls(&app, paid.id).await,
+        ledger_e2e::sage_calls(&app, paid.id).await,
         [
             "POST /contact_payments",
             "GET /sales_invoices/{id}",

@@ -97,18 +97,7 @@ async fn drain() {
         })
         .spawn()
         .await;
-    let paired = app.connected_store().await;
-    let business = app.sage().businesses()[0].id.clone();
-    app.map_payments(&paired, &business).await;
-    let store = &paired.store.store;
-    store.simulate(drain_orders());
-    loop {
-        let report = store.drain_once().await;
-        assert_eq!(report.dead_lettered, 0, "{report:?}");
-        if report.sent == 0 {
-            break;
-        }
-    }
+    let (_paired, business) = backlog(&app, drain_orders()).await; // the store stays up
     let before = app.sage().with_business(&business, |b| b.accepted.len()).unwrap_or(0);
     let started = std::time::Instant::now();
     let workers = app.start_workers();
@@ -143,6 +132,25 @@ async fn drain() {
     );
 }
 
+/// A connected store with its payment methods mapped, `orders` of activity simulated and
+/// its outbox sent to the end (a batch per cron run, as the module does); the store and
+/// its Sage business.
+async fn backlog(app: &TestApp, orders: usize) -> (ledger_test_support::PairedStore, String) {
+    let paired = app.connected_store().await;
+    let business = app.sage().businesses()[0].id.clone();
+    app.map_payments(&paired, &business).await;
+    let store = &paired.store.store;
+    store.simulate(orders);
+    loop {
+        let report = store.drain_once().await;
+        assert_eq!(report.dead_lettered, 0, "{report:?}");
+        if report.sent == 0 {
+            break;
+        }
+    }
+    (paired, business)
+}
+
 async fn run() {
     // Calls are counted, not waited for: Sage's limit and the ledger's budget are lifted.
     let app = TestApp::builder()
@@ -157,20 +165,9 @@ async fn run() {
         })
         .spawn()
         .await;
-    let paired = app.connected_store().await;
-    let business = app.sage().businesses()[0].id.clone();
-    app.map_payments(&paired, &business).await;
     let workers = app.start_workers();
-    let store = &paired.store.store;
-    store.simulate(orders());
-    // The outbox sends a batch per cron run, as the module does: drain it to the end.
-    loop {
-        let report = store.drain_once().await;
-        assert_eq!(report.dead_lettered, 0, "{report:?}");
-        if report.sent == 0 {
-            break;
-        }
-    }
+    // Kept to the end: the store answers the workers' reads and callbacks.
+    let (_paired, _) = backlog(&app, orders()).await;
     assert!(app.wait_idle(Duration::from_secs(900)).await, "the queue drains");
     workers.stop().await;
 

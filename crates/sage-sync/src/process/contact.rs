@@ -134,12 +134,7 @@ pub(super) async fn ensure_contact(
                     match env.session.get::<Value>(&format!("/contacts/{id}")).await {
                         Ok(c) if c["deleted_at"].is_null() => found.push(c),
                         Ok(_) | Err(CallError::Sage(SageError::NotFound { .. })) => forget(env, &id).await?,
-                        Err(e) => {
-                            return match from_sage(e) {
-                                Ok(f) => Err(Stop::Failed(f)),
-                                Err(o) => Err(Stop::Outcome(o)),
-                            };
-                        }
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 found
@@ -209,12 +204,7 @@ pub(super) async fn ensure_contact(
             {
                 attempt += 1;
             }
-            Err(e) => {
-                return match from_sage(e) {
-                    Ok(f) => Err(Stop::Failed(f)),
-                    Err(o) => Err(Stop::Outcome(o)),
-                };
-            }
+            Err(e) => return Err(e.into()),
         }
     };
     if id.is_empty() {

@@ -183,7 +183,9 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                 amount(&note["outstanding_amount"]).unwrap_or(total)
             }
         };
-        let mut known = invoice.known_open(&own);
+        let known = invoice.known_open(&own);
+        // Whether the figure tried is the ledger's own (a refusal then reads Sage's).
+        let mut from_ledger = known.is_some();
         let mut next_open = Some(match known {
             Some(open) => open,
             None => invoice_open(env, invoice_sage_id).await?,
@@ -211,7 +213,7 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                         Ok(f) => f,
                         Err(o) => return Err(Stop::Outcome(o)),
                     };
-                    if !(known.is_some() && refused(&failure)) {
+                    if !(from_ledger && refused(&failure)) {
                         return Err(failure.into());
                     }
                     // The merchant paid or credited part of the invoice by hand in Sage.
@@ -219,7 +221,7 @@ pub(super) async fn credit_memo(env: &mut Env<'_>) -> Step<Outcome> {
                     if actual == cents(open) {
                         return Err(failure.into());
                     }
-                    known = None;
+                    from_ledger = false;
                     next_open = Some(actual);
                     continue;
                 }

@@ -228,12 +228,7 @@ macro_rules! sage {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(err) => {
-                return match from_sage(err) {
-                    Ok(failure) => Err(Stop::Failed(failure)),
-                    Err(outcome) => Err(Stop::Outcome(outcome)),
-                }
-            }
+            Err(err) => return Err(Stop::from(err)),
         }
     };
 }
@@ -260,6 +255,16 @@ enum Stop {
 impl From<Failure> for Stop {
     fn from(f: Failure) -> Self {
         Self::Failed(f)
+    }
+}
+
+/// A failed Sage call: a failure to record, or an outcome (waiting for the budget).
+impl From<CallError> for Stop {
+    fn from(e: CallError) -> Self {
+        match from_sage(e) {
+            Ok(f) => Self::Failed(f),
+            Err(o) => Self::Outcome(o),
+        }
     }
 }
 

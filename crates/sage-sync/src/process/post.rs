@@ -180,14 +180,9 @@ pub(super) async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -
         Ok(created) => Ok(created),
         Err(CallError::Sage(e @ SageError::Rejected { .. })) => {
             xref::mark_rejected(&db, &XrefKey::document(binding, &env.business, doc.entity, doc.id)).await?;
-            Err(Stop::Failed(
-                from_sage(CallError::Sage(e)).unwrap_or_else(|_| Failure::new(ErrorClass::Internal, "x", "x")),
-            ))
+            Err(CallError::Sage(e).into())
         }
-        Err(e) => match from_sage(e) {
-            Ok(f) => Err(Stop::Failed(f)),
-            Err(o) => Err(Stop::Outcome(o)),
-        },
+        Err(e) => Err(e.into()),
     }
 }
 
