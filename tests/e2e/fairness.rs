@@ -88,3 +88,56 @@ async fn a_fresh_event_overtakes_another_tenants_backlog_of_100k() {
     assert!(a_done < 100_000, "the backlog lasted the whole measurement");
     assert!(max < 1.0, "tenant B waited {max:.3} s behind the backlog");
 }
+
+/// Claims go round the bindings with work in id order, one job each, and after the last
+/// one start again from the first (in the same statement); a store callback waiting on
+/// a binding before the last one served is found the same way.
+#[tokio::test]
+async fn claims_go_round_the_bindings_and_wrap_after_the_last() {
+    let app = TestApp::spawn().await;
+    let merchant = app.merchant().await;
+    let db = &app.state.db;
+    let bindings: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO connector_bindings (id, tenant_id, magento_base_url, status)
+         SELECT gen_random_uuid(), $1, 'https://shop' || g || '.example', 'active' FROM generate_series(1, 3) g
+         RETURNING id",
+    )
+    .bind(merchant.tenant_id.0)
+    .fetch_all(db)
+    .await
+    .unwrap();
+    let mut in_order = bindings.clone();
+    in_order.sort();
+    // Two jobs on each binding.
+    sqlx::query("INSERT INTO jobs (binding_id, kind, payload) SELECT b, 'sync_event', '{}' FROM unnest($1::uuid[]) b, generate_series(1, 2)")
+        .bind(&bindings)
+        .execute(db)
+        .await
+        .unwrap();
+    let turn = ledger_jobs::Turn::default();
+    let lease = Duration::from_secs(60);
+    let mut served = Vec::new();
+    while let Some(job) = ledger_jobs::claim(db, &turn, 4, lease).await.unwrap() {
+        served.push(job.binding_id.0);
+    }
+    let round: Vec<uuid::Uuid> = in_order.iter().chain(&in_order).copied().collect();
+    assert_eq!(
+        served, round,
+        "one job per binding per round, in id order, then round again"
+    );
+
+    // Only a callback left, on the first binding: found by wrapping round from the last.
+    sqlx::query(
+        "INSERT INTO jobs (binding_id, kind, entity_key, payload) VALUES ($1, 'sync_state', 'invoice:1', '{}')",
+    )
+    .bind(in_order[0])
+    .execute(db)
+    .await
+    .unwrap();
+    let job = ledger_jobs::claim(db, &turn, 4, lease)
+        .await
+        .unwrap()
+        .expect("the callback");
+    assert_eq!((job.binding_id.0, job.kind.as_str()), (in_order[0], "sync_state"));
+    assert!(ledger_jobs::claim(db, &turn, 4, lease).await.unwrap().is_none());
+}

@@ -214,6 +214,19 @@ async fn idle_poll(db: &sqlx::PgPool) -> (f64, f64) {
         let _: i32 = sqlx::query_scalar("SELECT 1").fetch_one(db).await.expect("floor");
     })
     .await;
+    // Its parts, to see which one grows with the bindings.
+    let claim = median_us(|| async {
+        let job = ledger_jobs::claim(db, &turn, 2, Duration::from_secs(60))
+            .await
+            .expect("claim");
+        assert!(job.is_none());
+    })
+    .await;
+    let due = median_us(|| async {
+        assert!(ledger_jobs::next_due_in(db).await.expect("due").is_some());
+    })
+    .await;
+    println!("      of which the claim {claim:.0} µs, the next-due look-up {due:.0} µs");
     (poll, floor)
 }
 

@@ -71,11 +71,7 @@ pub async fn claim(
     binding_concurrency: u32,
     lease: Duration,
 ) -> Result<Option<Job>, sqlx::Error> {
-    let after = turn.last();
-    let mut job = claim_after(db, after, binding_concurrency, lease).await?;
-    if job.is_none() && !after.is_nil() {
-        job = claim_after(db, uuid::Uuid::nil(), binding_concurrency, lease).await?;
-    }
+    let job = claim_after(db, turn.last(), binding_concurrency, lease).await?;
     if let Some(j) = &job {
         turn.served(j.binding_id);
     }
@@ -105,10 +101,21 @@ async fn claim_after(
              SELECT n.binding_id, n.run_at FROM walk w CROSS JOIN LATERAL (
                SELECT j.binding_id, j.run_at FROM jobs j WHERE j.status = 'queued' AND j.binding_id > w.id
                ORDER BY j.binding_id, j.run_at, j.id LIMIT 1) n
+           ), wrapped(id, run_at) AS (
+             -- Then round again from the first binding up to the last one served: the
+             -- same statement, so a claim that finds nothing costs one round trip.
+             (SELECT j.binding_id, j.run_at FROM jobs j WHERE j.status = 'queued' AND j.binding_id <= $4
+              ORDER BY j.binding_id, j.run_at, j.id LIMIT 1)
+             UNION ALL
+             SELECT n.binding_id, n.run_at FROM wrapped w CROSS JOIN LATERAL (
+               SELECT j.binding_id, j.run_at FROM jobs j WHERE j.status = 'queued' AND j.binding_id > w.id AND j.binding_id <= $4
+               ORDER BY j.binding_id, j.run_at, j.id LIMIT 1) n
+           ), ring AS (
+             SELECT id, run_at FROM walk UNION ALL SELECT id, run_at FROM wrapped
            ), b AS (
-             -- Conditions as subqueries, checked binding by binding in the walk's order.
-             SELECT cb.id FROM walk JOIN connector_bindings cb ON cb.id = walk.id
-             WHERE walk.run_at <= now() AND cb.status = 'active'
+             -- Conditions as subqueries, checked binding by binding in the ring's order.
+             SELECT cb.id FROM ring JOIN connector_bindings cb ON cb.id = ring.id
+             WHERE ring.run_at <= now() AND cb.status = 'active'
                AND NOT EXISTS (SELECT 1 FROM sage_connections sc JOIN sage_budgets sb ON sb.business_id = sc.business_id
                                WHERE sc.binding_id = cb.id AND sb.blocked_until > now())
                AND (SELECT count(*) FROM jobs r WHERE r.binding_id = cb.id AND r.status = 'running') < $1
@@ -157,10 +164,20 @@ async fn claim_after(
              SELECT n.binding_id, n.run_at FROM walk w CROSS JOIN LATERAL (
                SELECT j.binding_id, j.run_at FROM jobs j WHERE j.status = 'queued' AND j.kind = 'sync_state' AND j.binding_id > w.id
                ORDER BY j.binding_id, j.run_at LIMIT 1) n
+           ), wrapped(id, run_at) AS (
+             (SELECT j.binding_id, j.run_at FROM jobs j WHERE j.status = 'queued' AND j.kind = 'sync_state' AND j.binding_id <= $4
+              ORDER BY j.binding_id, j.run_at LIMIT 1)
+             UNION ALL
+             SELECT n.binding_id, n.run_at FROM wrapped w CROSS JOIN LATERAL (
+               SELECT j.binding_id, j.run_at FROM jobs j WHERE j.status = 'queued' AND j.kind = 'sync_state' AND j.binding_id > w.id
+                 AND j.binding_id <= $4
+               ORDER BY j.binding_id, j.run_at LIMIT 1) n
+           ), ring AS (
+             SELECT id, run_at FROM walk UNION ALL SELECT id, run_at FROM wrapped
            ), b AS (
-             SELECT cb.id FROM walk JOIN connector_bindings cb ON cb.id = walk.id
+             SELECT cb.id FROM ring JOIN connector_bindings cb ON cb.id = ring.id
              -- Callbacks still go to stores whose Sage connection is held (needs_reauth, paused).
-             WHERE walk.run_at <= now() AND cb.status IN ('active', 'needs_reauth', 'paused')
+             WHERE ring.run_at <= now() AND cb.status IN ('active', 'needs_reauth', 'paused')
                AND (SELECT count(*) FROM jobs r WHERE r.binding_id = cb.id AND r.status = 'running') < $1
              LIMIT 1
              FOR NO KEY UPDATE OF cb SKIP LOCKED
