@@ -141,3 +141,43 @@ async fn claims_go_round_the_bindings_and_wrap_after_the_last() {
     assert_eq!((job.binding_id.0, job.kind.as_str()), (in_order[0], "sync_state"));
     assert!(ledger_jobs::claim(db, &turn, 4, lease).await.unwrap().is_none());
 }
+
+/// A binding whose Sage connection needs the merchant (needs_reauth) keeps its documents
+/// queued but still has its store callbacks claimed; a revoked one has neither.
+#[tokio::test]
+async fn a_held_binding_gets_its_callbacks_claimed_and_nothing_else() {
+    let app = TestApp::spawn().await;
+    let merchant = app.merchant().await;
+    let db = &app.state.db;
+    let held: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO connector_bindings (id, tenant_id, magento_base_url, status)
+         SELECT gen_random_uuid(), $1, 'https://shop' || g || '.example', s
+         FROM unnest(ARRAY['needs_reauth', 'revoked']) WITH ORDINALITY AS t(s, g) ORDER BY g RETURNING id",
+    )
+    .bind(merchant.tenant_id.0)
+    .fetch_all(db)
+    .await
+    .unwrap();
+    for b in &held {
+        sqlx::query(
+            "INSERT INTO jobs (binding_id, kind, entity_key, payload, run_at) VALUES
+               ($1, 'sync_event', NULL, '{}', now() - interval '1 minute'),
+               ($1, 'sync_state', 'invoice:7', '{}', now())",
+        )
+        .bind(b)
+        .execute(db)
+        .await
+        .unwrap();
+    }
+    let turn = ledger_jobs::Turn::default();
+    let lease = Duration::from_secs(60);
+    let job = ledger_jobs::claim(db, &turn, 4, lease)
+        .await
+        .unwrap()
+        .expect("the callback");
+    assert_eq!((job.binding_id.0, job.kind.as_str()), (held[0], "sync_state"));
+    assert!(
+        ledger_jobs::claim(db, &turn, 4, lease).await.unwrap().is_none(),
+        "the held binding's document and the revoked binding's jobs stay queued"
+    );
+}
