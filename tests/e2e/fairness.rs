@@ -95,17 +95,8 @@ async fn a_fresh_event_overtakes_another_tenants_backlog_of_100k() {
 #[tokio::test]
 async fn claims_go_round_the_bindings_and_wrap_after_the_last() {
     let app = TestApp::spawn().await;
-    let merchant = app.merchant().await;
     let db = &app.state.db;
-    let bindings: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "INSERT INTO connector_bindings (id, tenant_id, magento_base_url, status)
-         SELECT gen_random_uuid(), $1, 'https://shop' || g || '.example', 'active' FROM generate_series(1, 3) g
-         RETURNING id",
-    )
-    .bind(merchant.tenant_id.0)
-    .fetch_all(db)
-    .await
-    .unwrap();
+    let bindings = bindings(&app, &["active", "active", "active"]).await;
     let mut in_order = bindings.clone();
     in_order.sort();
     // Two jobs on each binding.
@@ -147,17 +138,8 @@ async fn claims_go_round_the_bindings_and_wrap_after_the_last() {
 #[tokio::test]
 async fn a_held_binding_gets_its_callbacks_claimed_and_nothing_else() {
     let app = TestApp::spawn().await;
-    let merchant = app.merchant().await;
     let db = &app.state.db;
-    let held: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "INSERT INTO connector_bindings (id, tenant_id, magento_base_url, status)
-         SELECT gen_random_uuid(), $1, 'https://shop' || g || '.example', s
-         FROM unnest(ARRAY['needs_reauth', 'revoked']) WITH ORDINALITY AS t(s, g) ORDER BY g RETURNING id",
-    )
-    .bind(merchant.tenant_id.0)
-    .fetch_all(db)
-    .await
-    .unwrap();
+    let held = bindings(&app, &["needs_reauth", "revoked"]).await;
     for b in &held {
         sqlx::query(
             "INSERT INTO jobs (binding_id, kind, entity_key, payload, run_at) VALUES
@@ -180,4 +162,26 @@ async fn a_held_binding_gets_its_callbacks_claimed_and_nothing_else() {
         ledger_jobs::claim(db, &turn, 4, lease).await.unwrap().is_none(),
         "the held binding's document and the revoked binding's jobs stay queued"
     );
+}
+
+/// Bindings of one new merchant with the given statuses (no store behind them: the
+/// claim reads only the queue), their ids in the same order.
+async fn bindings(app: &TestApp, statuses: &[&str]) -> Vec<uuid::Uuid> {
+    let merchant = app.merchant().await;
+    let mut ids = Vec::new();
+    for (n, status) in statuses.iter().enumerate() {
+        ids.push(
+            sqlx::query_scalar(
+                "INSERT INTO connector_bindings (id, tenant_id, magento_base_url, status)
+                 VALUES (gen_random_uuid(), $1, $2, $3) RETURNING id",
+            )
+            .bind(merchant.tenant_id.0)
+            .bind(format!("https://shop{n}.example"))
+            .bind(status)
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap(),
+        );
+    }
+    ids
 }
