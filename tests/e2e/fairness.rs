@@ -164,6 +164,66 @@ async fn a_held_binding_gets_its_callbacks_claimed_and_nothing_else() {
     );
 }
 
+/// A claim that finds nothing says how long until something queued falls due: a
+/// backoff on any binding (one at its concurrency limit included), or a business's
+/// budget freeing; a store callback due on a held binding is claimed instead.
+#[tokio::test]
+async fn an_idle_claim_says_when_the_next_job_falls_due() {
+    let app = TestApp::spawn().await;
+    let db = &app.state.db;
+    let b = bindings(&app, &["active", "active", "needs_reauth"]).await;
+    let turn = ledger_jobs::Turn::default();
+    let lease = Duration::from_secs(60);
+    let due_in = || async {
+        match ledger_jobs::claim_or_wait(db, &turn, 2, lease).await.unwrap() {
+            ledger_jobs::Claim::Idle { due_in } => due_in.map(|d| d.as_secs()),
+            ledger_jobs::Claim::Job(job) => panic!("claimed {job:?}"),
+        }
+    };
+    assert_eq!(due_in().await, None, "nothing queued");
+
+    let jobs = |sql: &'static str, binding: uuid::Uuid| async move {
+        sqlx::query(sql).bind(binding).execute(db).await.unwrap();
+    };
+    // A retry in an hour, and a held binding's document (never claimed, never due).
+    jobs("INSERT INTO jobs (binding_id, kind, payload, run_at) VALUES ($1, 'sync_event', '{}', now() + interval '1 hour')", b[0]).await;
+    jobs(
+        "INSERT INTO jobs (binding_id, kind, payload) VALUES ($1, 'sync_event', '{}')",
+        b[2],
+    )
+    .await;
+    assert!((3590..=3600).contains(&due_in().await.unwrap()), "the retry in an hour");
+    // A binding at its limit of 2 with a job due now and one in ten minutes.
+    jobs(
+        "INSERT INTO jobs (binding_id, kind, payload, status, run_at) VALUES
+           ($1, 'sync_event', '{}', 'running', now()), ($1, 'sync_event', '{}', 'running', now()),
+           ($1, 'sync_event', '{}', 'queued', now()), ($1, 'sync_event', '{}', 'queued', now() + interval '10 minutes')",
+        b[1],
+    )
+    .await;
+    assert!(
+        (590..=600).contains(&due_in().await.unwrap()),
+        "the busy binding's later job"
+    );
+    sqlx::query("INSERT INTO sage_budgets (business_id, blocked_until) VALUES ('biz', now() + interval '5 minutes')")
+        .execute(db)
+        .await
+        .unwrap();
+    assert!((290..=300).contains(&due_in().await.unwrap()), "the budget freeing");
+
+    // A store callback due on the held binding: claimed by the same call.
+    jobs(
+        "INSERT INTO jobs (binding_id, kind, entity_key, payload) VALUES ($1, 'sync_state', 'invoice:9', '{}')",
+        b[2],
+    )
+    .await;
+    match ledger_jobs::claim_or_wait(db, &turn, 2, lease).await.unwrap() {
+        ledger_jobs::Claim::Job(job) => assert_eq!((job.binding_id.0, job.kind.as_str()), (b[2], "sync_state")),
+        idle => panic!("the callback was not claimed: {idle:?}"),
+    }
+    assert!((290..=300).contains(&due_in().await.unwrap()), "idle again");
+}
+
 /// Bindings of one new merchant with the given statuses (no store behind them: the
 /// claim reads only the queue), their ids in the same order.
 async fn bindings(app: &TestApp, statuses: &[&str]) -> Vec<uuid::Uuid> {

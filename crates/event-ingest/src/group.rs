@@ -1,6 +1,6 @@
 //! Group commit for accepted webhooks: events arriving together share their writes —
-//! one quota statement and one insert statement for the whole group, each committed
-//! once — and each request is answered only after the commit that holds its event.
+//! one quota statement and one insert statement for the whole group, committed once
+//! together — and each request is answered only after the commit that holds its event.
 //!
 //! A group never holds two events that could affect each other (the same token, the
 //! same Idempotency-Key, or two foldable updates of one entity): the later one waits for
@@ -176,43 +176,21 @@ async fn gather(db: PgPool, window: Duration, mut queue: mpsc::Receiver<Pending>
 async fn commit(db: &PgPool, group: Vec<Pending>) {
     metrics::histogram!("ingest_group_size").record(group.len() as f64);
     let events: Vec<&Incoming> = group.iter().map(|p| &p.event).collect();
-    let over = match over_quota(db, &events).await {
-        Ok(over) => over,
-        Err(e) => return refuse_all(group.into_iter(), e),
-    };
-    let within: Vec<&Incoming> = events
-        .iter()
-        .zip(&over)
-        .filter(|(_, o)| o.is_none())
-        .map(|(e, _)| *e)
-        .collect();
-    let inserted = insert(db, &within).await;
-    drop((events, within));
-    let (over_quota, within): (Vec<_>, Vec<_>) = group.into_iter().zip(over).partition(|(_, o)| o.is_some());
-    for (p, o) in over_quota {
-        if let Some((hits, retry_after)) = o {
-            let _ = p.answer.send(Ok(Outcome::OverQuota { hits, retry_after }));
-        }
-    }
-    let within = within.into_iter().map(|(p, _)| p);
-    match inserted {
-        Ok(rows) => {
-            for (p, row) in within.zip(rows) {
-                let _ = p.answer.send(Ok(Outcome::Stored(row)));
+    let stored = store(db, &events).await;
+    drop(events);
+    match stored {
+        Ok(outcomes) => {
+            for (p, o) in group.into_iter().zip(outcomes) {
+                let _ = p.answer.send(Ok(o));
             }
         }
-        // Nothing was stored: every request is told to come back.
-        Err(e) if ledger_core::db::is_transient(&e) || within.len() == 1 => refuse_all(within, e),
-        // One event's fault: each on its own (its quota already counted), so only that
-        // one fails.
+        // Nothing was stored or counted: every request is told to come back.
+        Err(e) if ledger_core::db::is_transient(&e) || group.len() == 1 => refuse_all(group.into_iter(), e),
+        // One event's fault: each on its own, so only that one fails.
         Err(e) => {
-            tracing::warn!(error = %e, events = within.len(), "a group insert failed; storing its events one by one");
-            for p in within {
-                let r = insert(db, &[&p.event]).await.and_then(|mut rows| {
-                    rows.pop()
-                        .map(Outcome::Stored)
-                        .ok_or_else(|| sqlx::Error::Protocol("the insert answered no row".into()))
-                });
+            tracing::warn!(error = %e, events = group.len(), "a group insert failed; storing its events one by one");
+            for p in group {
+                let r = store_alone(db, &p.event).await;
                 let _ = p.answer.send(r);
             }
         }
@@ -231,21 +209,45 @@ fn refuse_all(group: impl Iterator<Item = Pending>, e: sqlx::Error) {
 
 /// Stores one event or refuses it over quota (`LEDGER_INGEST_COMMIT_WINDOW=0ms`).
 async fn store_alone(db: &PgPool, event: &Incoming) -> Result<Outcome, sqlx::Error> {
-    if let Some(Some((hits, retry_after))) = over_quota(db, &[event]).await?.pop() {
-        return Ok(Outcome::OverQuota { hits, retry_after });
-    }
-    insert(db, &[event])
+    store(db, &[event])
         .await?
         .pop()
-        .map(Outcome::Stored)
         .ok_or_else(|| sqlx::Error::Protocol("the insert answered no row".into()))
+}
+
+/// Counts the events on their quotas and stores those within them, in one transaction:
+/// one commit per group, and a group that fails counts nothing. (A binding's counter
+/// stays locked until that commit, so two groups of one binding commit in turn.)
+async fn store(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Outcome>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let over = over_quota(&mut *tx, events).await?;
+    let within: Vec<&Incoming> = events
+        .iter()
+        .zip(&over)
+        .filter(|(_, o)| o.is_none())
+        .map(|(e, _)| *e)
+        .collect();
+    let mut rows = insert(&mut *tx, &within).await?.into_iter();
+    tx.commit().await?;
+    over.into_iter()
+        .map(|o| match o {
+            Some((hits, retry_after)) => Ok(Outcome::OverQuota { hits, retry_after }),
+            None => rows
+                .next()
+                .map(Outcome::Stored)
+                .ok_or_else(|| sqlx::Error::Protocol("the insert answered too few rows".into())),
+        })
+        .collect()
 }
 
 /// Counts the events' hits on their bindings' quotas in one statement (one counter
 /// update per binding, locked only for that short statement), each event numbered in
 /// turn exactly as if they had come one by one; `Some((hits, retry_after))` for each
 /// event beyond its quota.
-async fn over_quota(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Option<(i64, u32)>>, sqlx::Error> {
+async fn over_quota(
+    conn: &mut sqlx::PgConnection,
+    events: &[&Incoming],
+) -> Result<Vec<Option<(i64, u32)>>, sqlx::Error> {
     let mut bindings: Vec<(BindingId, i64)> = Vec::new();
     for e in events.iter().filter(|e| e.quota_per_minute > 0) {
         match bindings.iter_mut().find(|(b, _)| *b == e.binding_id) {
@@ -255,7 +257,7 @@ async fn over_quota(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Option<(i64
     }
     let keys: Vec<String> = bindings.iter().map(|(b, _)| b.to_string()).collect();
     let counts: Vec<i64> = bindings.iter().map(|(_, n)| *n).collect();
-    let hits = ledger_core::rate::hit_many(db, "ingest:binding", &keys, &counts, Duration::from_secs(60)).await?;
+    let hits = ledger_core::rate::hit_many(conn, "ingest:binding", &keys, &counts, Duration::from_secs(60)).await?;
     let mut seen: Vec<i64> = vec![0; bindings.len()];
     Ok(events
         .iter()
@@ -268,9 +270,9 @@ async fn over_quota(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Option<(i64
         .collect())
 }
 
-/// Stores the events with their runs and jobs in one statement (one commit: all of
-/// them or none), one row back per event in order.
-async fn insert(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Persisted>, sqlx::Error> {
+/// Stores the events with their runs and jobs in one statement (all of them or none),
+/// one row back per event in order.
+async fn insert(conn: &mut sqlx::PgConnection, events: &[&Incoming]) -> Result<Vec<Persisted>, sqlx::Error> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -292,6 +294,5 @@ async fn insert(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Persisted>, sql
             traceparent: e.traceparent.as_deref(),
         })
         .collect();
-    let mut conn = db.acquire().await?;
-    ledger_jobs::accept(&mut conn, &received).await
+    ledger_jobs::accept(conn, &received).await
 }

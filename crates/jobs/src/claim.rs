@@ -63,6 +63,17 @@ impl Turn {
     }
 }
 
+/// What a worker's claim found.
+#[derive(Debug)]
+pub enum Claim {
+    Job(Job),
+    /// Nothing it may take now; how long until something queued falls due (a backoff
+    /// ends, a budget frees), when anything will.
+    Idle {
+        due_in: Option<Duration>,
+    },
+}
+
 /// Claims the next job: any kind for bindings with budget left, callbacks otherwise;
 /// from the binding after the last one served, wrapping round once.
 pub async fn claim(
@@ -71,11 +82,39 @@ pub async fn claim(
     binding_concurrency: u32,
     lease: Duration,
 ) -> Result<Option<Job>, sqlx::Error> {
-    let job = claim_after(db, turn.last(), binding_concurrency, lease).await?;
-    if let Some(j) = &job {
+    Ok(match claim_or_wait(db, turn, binding_concurrency, lease).await? {
+        Claim::Job(job) => Some(job),
+        Claim::Idle { .. } => None,
+    })
+}
+
+/// [`claim`], or when nothing can be claimed, how long to wait: an idle worker's poll
+/// in one statement, or two when store callbacks are due (they are claimed apart, as
+/// they run while a business waits for its budget).
+pub async fn claim_or_wait(
+    db: &PgPool,
+    turn: &Turn,
+    binding_concurrency: u32,
+    lease: Duration,
+) -> Result<Claim, sqlx::Error> {
+    let claim = claim_after(db, turn.last(), binding_concurrency, lease).await?;
+    if let Claim::Job(j) = &claim {
         turn.served(j.binding_id);
     }
-    Ok(job)
+    Ok(claim)
+}
+
+/// The main claim's one row: the job claimed, or (all NULL) none and what to do next.
+struct Polled {
+    id: Option<i64>,
+    binding_id: Option<BindingId>,
+    kind: Option<String>,
+    sync_run_id: Option<uuid::Uuid>,
+    attempts: Option<i32>,
+    payload: Option<Value>,
+    entity_key: Option<String>,
+    callbacks_due: Option<bool>,
+    due_in: Option<f64>,
 }
 
 async fn claim_after(
@@ -83,11 +122,11 @@ async fn claim_after(
     after: uuid::Uuid,
     binding_concurrency: u32,
     lease: Duration,
-) -> Result<Option<Job>, sqlx::Error> {
+) -> Result<Claim, sqlx::Error> {
     let lease_id = uuid::Uuid::new_v4();
     let (limit, secs) = (i64::from(binding_concurrency), lease.as_secs_f64());
-    let row = match sqlx::query_as!(
-        Claimed,
+    let polled = sqlx::query_as!(
+        Polled,
         r#"WITH RECURSIVE walk(id, run_at) AS (
              -- The bindings with queued jobs, in id order from after the last one served,
              -- with each one's earliest queued job: one index probe per binding (a loose
@@ -142,19 +181,66 @@ async fn claim_after(
              UPDATE sync_runs SET status = 'running', started_at = COALESCE(started_at, now()), updated_at = now()
              WHERE sync_runs.id = (SELECT sync_run_id FROM claimed) AND sync_runs.status = 'pending'
            )
-           SELECT id AS "id!", binding_id AS "binding_id!: BindingId", kind AS "kind!", sync_run_id, attempts AS "attempts!",
-                  payload AS "payload!", entity_key FROM claimed"#,
+           -- Always one row. When nothing was claimed, whether callbacks are due (claimed
+           -- apart, below) and when the next queued job falls due: the walk has already
+           -- visited every binding with queued work, so each costs an index probe per
+           -- binding whose earliest job is due (the others' next is that job). CASE
+           -- evaluates these only on a miss.
+           SELECT c.id AS "id?", c.binding_id AS "binding_id?: BindingId", c.kind AS "kind?", c.sync_run_id,
+                  c.attempts AS "attempts?", c.payload AS "payload?", c.entity_key,
+                  CASE WHEN c.id IS NULL THEN EXISTS (
+                    SELECT 1 FROM (SELECT id, run_at FROM walk UNION ALL SELECT id, run_at FROM wrapped) r
+                    CROSS JOIN LATERAL (
+                      SELECT 1 FROM jobs q WHERE q.binding_id = r.id AND q.status = 'queued' AND q.kind = 'sync_state'
+                        AND q.run_at <= now() LIMIT 1) q
+                    WHERE r.run_at <= now())
+                  END AS callbacks_due,
+                  CASE WHEN c.id IS NULL THEN EXTRACT(EPOCH FROM LEAST(
+                    (SELECT min(r.run_at) FROM (SELECT run_at FROM walk UNION ALL SELECT run_at FROM wrapped) r
+                     WHERE r.run_at > now()),
+                    (SELECT min(n.run_at) FROM (SELECT id, run_at FROM walk UNION ALL SELECT id, run_at FROM wrapped) r
+                     CROSS JOIN LATERAL (
+                       SELECT j.run_at FROM jobs j WHERE j.binding_id = r.id AND j.status = 'queued' AND j.run_at > now()
+                       ORDER BY j.run_at LIMIT 1) n
+                     WHERE r.run_at <= now()),
+                    (SELECT min(blocked_until) FROM sage_budgets WHERE blocked_until > now())
+                  ) - now())::float8 END AS due_in
+           FROM (VALUES (1)) one(x) LEFT JOIN claimed c ON true"#,
         limit,
         lease_id,
         secs,
         after,
     )
-    .fetch_optional(db)
-    .await?
+    .fetch_one(db)
+    .await?;
+    if let Polled {
+        id: Some(id),
+        binding_id: Some(binding_id),
+        kind: Some(kind),
+        attempts: Some(attempts),
+        payload: Some(payload),
+        ..
+    } = polled
     {
-        Some(row) => Some(row),
-        // Store callbacks need no Sage budget: they run while a business waits for it.
-        None => sqlx::query_as!(
+        return Ok(Claim::Job(
+            Claimed {
+                id,
+                binding_id,
+                kind,
+                sync_run_id: polled.sync_run_id,
+                attempts,
+                payload,
+                entity_key: polled.entity_key,
+            }
+            .into_job(lease_id),
+        ));
+    }
+    let due_in = polled.due_in.map(|s| Duration::from_secs_f64(s.max(0.0)));
+    if polled.callbacks_due != Some(true) {
+        return Ok(Claim::Idle { due_in });
+    }
+    // Store callbacks need no Sage budget: they run while a business waits for it.
+    let row = sqlx::query_as!(
             Claimed,
             r#"WITH RECURSIVE walk(id, run_at) AS (
              -- The bindings with queued callbacks, as above (index `jobs_callbacks`).
@@ -201,10 +287,12 @@ async fn claim_after(
             secs,
             after,
         )
-        .fetch_optional(db)
-        .await?,
-    };
-    Ok(row.map(|r| r.into_job(lease_id)))
+    .fetch_optional(db)
+    .await?;
+    Ok(match row {
+        Some(r) => Claim::Job(r.into_job(lease_id)),
+        None => Claim::Idle { due_in },
+    })
 }
 
 /// Claims one known queued job (the callback a worker has just queued, which it delivers
@@ -224,32 +312,6 @@ pub async fn claim_id(db: &PgPool, id: i64, lease: Duration) -> Result<Option<Jo
     .fetch_optional(db)
     .await?;
     Ok(row.map(|r| r.into_job(lease_id)))
-}
-
-/// How long until something queued falls due: the next job whose `run_at` is in the
-/// future, or the next business whose budget frees. Two index probes per binding with
-/// queued work and a tiny table, so idle workers can ask often. Jobs due now but not claimable (their binding
-/// is at its concurrency limit) are claimed by that binding's own workers.
-pub async fn next_due_in(db: &PgPool) -> Result<Option<Duration>, sqlx::Error> {
-    let secs = sqlx::query_scalar!(
-        r#"WITH RECURSIVE walk(id) AS (
-             -- The bindings with queued jobs only (see `claim_after`).
-             (SELECT j.binding_id FROM jobs j WHERE j.status = 'queued' ORDER BY j.binding_id, j.run_at, j.id LIMIT 1)
-             UNION ALL
-             SELECT n.binding_id FROM walk w CROSS JOIN LATERAL (
-               SELECT j.binding_id FROM jobs j WHERE j.status = 'queued' AND j.binding_id > w.id
-               ORDER BY j.binding_id, j.run_at, j.id LIMIT 1) n
-           )
-           SELECT EXTRACT(EPOCH FROM LEAST(
-                 (SELECT min(n.run_at) FROM walk CROSS JOIN LATERAL (
-                    SELECT j.run_at FROM jobs j WHERE j.binding_id = walk.id AND j.status = 'queued' AND j.run_at > now()
-                    ORDER BY j.run_at LIMIT 1) n),
-                 (SELECT min(blocked_until) FROM sage_budgets WHERE blocked_until > now())
-               ) - now())::float8"#
-    )
-    .fetch_one(db)
-    .await?;
-    Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
 
 /// Extends a running job's lease; false when the lease was lost (reclaimed).

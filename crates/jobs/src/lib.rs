@@ -22,8 +22,8 @@ mod settle;
 
 pub use accept::{Persisted, Received, accept, delete_events_without_run, forget_event_bodies, repeat};
 pub use claim::{
-    Job, Reclaimed, Turn, claim, claim_id, depth, enqueue_callback, finish, heartbeat, next_due_in, reclaim_expired,
-    release,
+    Claim, Job, Reclaimed, Turn, claim, claim_id, claim_or_wait, depth, enqueue_callback, finish, heartbeat,
+    reclaim_expired, release,
 };
 pub use settle::{Attempt, CallbackEnd, Finished, finish_attempt, finish_callback};
 

@@ -198,7 +198,7 @@ async fn work(
         }
         // Register for a wake-up before looking, so a notification in between is not lost.
         let notified = wake.notified();
-        let claimed = queue::claim(
+        let claimed = queue::claim_or_wait(
             &state.db,
             &turn,
             state.settings.binding_concurrency,
@@ -206,7 +206,7 @@ async fn work(
         )
         .await;
         match claimed {
-            Ok(Some(job)) => {
+            Ok(queue::Claim::Job(job)) => {
                 // A finished sync hands over its store callback, delivered at once.
                 let mut next = Some(job);
                 while let Some(job) = next.take() {
@@ -226,10 +226,9 @@ async fn work(
                     }
                 }
             }
-            Ok(None) => {
+            Ok(queue::Claim::Idle { due_in: due }) => {
                 // Sleep until the next job falls due (a backoff ends, a budget frees), a
                 // notification, or the polling fallback, whichever comes first.
-                let due = queue::next_due_in(&state.db).await.ok().flatten();
                 // A job due now that could not be claimed waits on a busy binding, whose
                 // own workers claim it when they finish: no need to spin.
                 let wait = match due {
