@@ -59,6 +59,9 @@ pub struct RunInfo {
     /// The store's clock skew as its requests last showed it (the ledger's tokens to it
     /// are dated by its clock).
     pub store_clock_skew: Option<i32>,
+    /// The business's tax rates and settings from the reference data, by kind (read
+    /// with the run: one round trip fewer).
+    pub reference: Value,
 }
 
 /// A sealed api_key; Debug never prints it, even encrypted.
@@ -79,7 +82,9 @@ pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunIn
                   b.magento_base_url, r.traceparent,
                   b.api_key, sc.region AS "region?", e.occurred_at AS "occurred_at?",
                   COALESCE(sc.business_id, '') AS "business_id!", sc.token_version AS "token_version?",
-                  b.store_clock_skew_secs
+                  b.store_clock_skew_secs,
+                  (SELECT jsonb_object_agg(s.kind, s.items) FROM sage_reference s WHERE s.binding_id = r.binding_id
+                     AND s.kind IN ('tax_rates', 'financial_settings', 'business_settings')) AS reference
            FROM sync_runs r JOIN connector_bindings b ON b.id = r.binding_id
            LEFT JOIN sage_connections sc ON sc.binding_id = r.binding_id
            LEFT JOIN received_events e ON e.id = r.event_id
@@ -105,6 +110,7 @@ pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunIn
         business_id: r.business_id,
         token_version: r.token_version,
         store_clock_skew: r.store_clock_skew_secs,
+        reference: r.reference.unwrap_or(Value::Null),
     }))
 }
 
@@ -298,7 +304,7 @@ fn business_locale(region: &str) -> (&'static str, &'static str) {
 
 /// What the mapping needs to know of the Sage business: its country, base currency,
 /// multi-currency flag (from `/financial_settings`) and tax rates, all from the
-/// reference cache (one read).
+/// reference cache, read with the run.
 struct Business {
     country: String,
     base_currency: String,
@@ -306,14 +312,7 @@ struct Business {
     rates: mapping::TaxRates,
 }
 
-async fn business_facts(db: &sqlx::PgPool, binding: BindingId, region: &str) -> Result<Business, sqlx::Error> {
-    let rows = sqlx::query!(
-        "SELECT kind, items FROM sage_reference WHERE binding_id = $1
-           AND kind IN ('tax_rates', 'financial_settings', 'business_settings')",
-        binding.0
-    )
-    .fetch_all(db)
-    .await?;
+fn business_facts(reference: &Value, region: &str) -> Business {
     let (country, base) = business_locale(region);
     let mut facts = Business {
         country: country.to_owned(),
@@ -321,11 +320,11 @@ async fn business_facts(db: &sqlx::PgPool, binding: BindingId, region: &str) -> 
         multi_currency: true,
         rates: mapping::TaxRates::default(),
     };
-    for row in rows {
-        let first = row.items.get(0).cloned().unwrap_or(Value::Null);
-        match row.kind.as_str() {
+    for (kind, items) in reference.as_object().into_iter().flatten() {
+        let first = items.get(0).cloned().unwrap_or(Value::Null);
+        match kind.as_str() {
             "tax_rates" => {
-                facts.rates = mapping::TaxRates::from_reference(row.items.as_array().map_or(&[][..], Vec::as_slice));
+                facts.rates = mapping::TaxRates::from_reference(items.as_array().map_or(&[][..], Vec::as_slice));
             }
             "financial_settings" => {
                 if let Some(code) = first["base_currency"]["id"].as_str() {
@@ -343,7 +342,7 @@ async fn business_facts(db: &sqlx::PgPool, binding: BindingId, region: &str) -> 
             _ => {}
         }
     }
-    Ok(facts)
+    facts
 }
 
 /// The per-run environment.
@@ -426,7 +425,7 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
         StoreError::Magento(e) => from_magento(state, run.binding, e),
     })?;
     let region = run.region.as_deref().unwrap_or("uk");
-    let facts = business_facts(&state.db, run.binding, region).await?;
+    let facts = business_facts(&run.reference, region);
     let time_zone = settings
         .time_zone
         .as_deref()
