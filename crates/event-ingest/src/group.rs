@@ -5,8 +5,8 @@
 //! A group never holds two events that could affect each other (the same token, the
 //! same Idempotency-Key, or two foldable updates of one entity): the later one waits for
 //! the next group, so every event is stored exactly as it would be alone. A group whose
-//! statement fails for a reason other than the database being unreachable is retried
-//! event by event, so one bad event cannot fail its neighbours.
+//! statement fails for a reason other than the database being unreachable is counted
+//! again and retried event by event, so one bad event cannot fail its neighbours.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -185,15 +185,34 @@ async fn commit(db: &PgPool, group: Vec<Pending>) {
             }
         }
         // Nothing was stored or counted: every request is told to come back.
-        Err(e) if ledger_core::db::is_transient(&e) || group.len() == 1 => refuse_all(group.into_iter(), e),
+        Err(e) if ledger_core::db::is_transient(&e) => refuse_all(group.into_iter(), e),
         // One event's fault: each on its own, so only that one fails.
         Err(e) => {
             tracing::warn!(error = %e, events = group.len(), "a group insert failed; storing its events one by one");
-            for p in group {
-                let r = store_alone(db, &p.event).await;
-                let _ = p.answer.send(r);
-            }
+            one_by_one(db, group).await;
         }
+    }
+}
+
+/// After a group failed (and counted nothing): counts the whole group's quota as it
+/// would have been counted, then stores each event within it on its own, so the quota
+/// decisions are the group's and a refused event still took its hit, as when alone.
+async fn one_by_one(db: &PgPool, group: Vec<Pending>) {
+    let events: Vec<&Incoming> = group.iter().map(|p| &p.event).collect();
+    let over = match count_alone(db, &events).await {
+        Ok(over) => over,
+        Err(e) => {
+            drop(events);
+            return refuse_all(group.into_iter(), e);
+        }
+    };
+    drop(events);
+    for (p, o) in group.into_iter().zip(over) {
+        let r = match o {
+            Some((hits, retry_after)) => Ok(Outcome::OverQuota { hits, retry_after }),
+            None => insert_alone(db, &p.event).await,
+        };
+        let _ = p.answer.send(r);
     }
 }
 
@@ -207,11 +226,28 @@ fn refuse_all(group: impl Iterator<Item = Pending>, e: sqlx::Error) {
     }
 }
 
-/// Stores one event or refuses it over quota (`LEDGER_INGEST_COMMIT_WINDOW=0ms`).
+/// Stores one event or refuses it over quota (`LEDGER_INGEST_COMMIT_WINDOW=0ms`): its
+/// hit is committed first, so an event the database refuses still counts.
 async fn store_alone(db: &PgPool, event: &Incoming) -> Result<Outcome, sqlx::Error> {
-    store(db, &[event])
+    if let Some(Some((hits, retry_after))) = count_alone(db, &[event]).await?.pop() {
+        return Ok(Outcome::OverQuota { hits, retry_after });
+    }
+    insert_alone(db, event).await
+}
+
+/// Counts the events' quota hits in a commit of their own.
+async fn count_alone(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Option<(i64, u32)>>, sqlx::Error> {
+    let mut conn = db.acquire().await?;
+    over_quota(&mut conn, events).await
+}
+
+/// Stores one event (its quota already counted) in a commit of its own.
+async fn insert_alone(db: &PgPool, event: &Incoming) -> Result<Outcome, sqlx::Error> {
+    let mut conn = db.acquire().await?;
+    insert(&mut conn, &[event])
         .await?
         .pop()
+        .map(Outcome::Stored)
         .ok_or_else(|| sqlx::Error::Protocol("the insert answered no row".into()))
 }
 
@@ -220,14 +256,14 @@ async fn store_alone(db: &PgPool, event: &Incoming) -> Result<Outcome, sqlx::Err
 /// stays locked until that commit, so two groups of one binding commit in turn.)
 async fn store(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let over = over_quota(&mut *tx, events).await?;
+    let over = over_quota(&mut tx, events).await?;
     let within: Vec<&Incoming> = events
         .iter()
         .zip(&over)
         .filter(|(_, o)| o.is_none())
         .map(|(e, _)| *e)
         .collect();
-    let mut rows = insert(&mut *tx, &within).await?.into_iter();
+    let mut rows = insert(&mut tx, &within).await?.into_iter();
     tx.commit().await?;
     over.into_iter()
         .map(|o| match o {

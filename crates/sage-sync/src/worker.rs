@@ -77,16 +77,25 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     let wake = Arc::new(Notify::new());
     let held = Arc::new(Held::default());
     let turn = Arc::new(queue::Turn::default());
+    let ticker = Arc::new(Ticker::default());
     let stop_claiming = shutdown.child_token();
     let background = TaskTracker::new();
     background.spawn(listen(state.clone(), wake.clone(), shutdown.clone()));
     background.spawn(housekeeping(state.clone(), wake.clone(), shutdown.clone()));
+    background.spawn(
+        ticker
+            .clone()
+            .run(state.settings.job_poll_interval, stop_claiming.clone()),
+    );
     let mut workers = tokio::task::JoinSet::new();
     for n in 0..state.settings.worker_concurrency {
         workers.spawn(work(
             state.clone(),
             n,
-            wake.clone(),
+            Wakes {
+                notified: wake.clone(),
+                ticker: ticker.clone(),
+            },
             held.clone(),
             turn.clone(),
             stop_claiming.clone(),
@@ -183,21 +192,76 @@ async fn housekeeping(state: AppState, wake: Arc<Notify>, shutdown: Cancellation
     }
 }
 
+/// When a process's idle workers look for work without being told of any: once per
+/// poll interval for the whole process (not once per worker), or sooner when an idle
+/// claim said a job falls due earlier. Each look wakes one idle worker; one that then
+/// finds a job passes the look on, so jobs falling due together are all taken.
+#[derive(Debug, Default)]
+struct Ticker {
+    look: Notify,
+    /// The earliest time an idle claim said something falls due.
+    due: Mutex<Option<tokio::time::Instant>>,
+    rearm: Notify,
+}
+
+impl Ticker {
+    fn due_at(&self, at: tokio::time::Instant) {
+        let mut due = self.due.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if due.is_none_or(|d| at < d) {
+            *due = Some(at);
+            self.rearm.notify_one();
+        }
+    }
+
+    async fn run(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        let mut next_look = tokio::time::Instant::now() + interval;
+        loop {
+            let due = *self.due.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let at = due.map_or(next_look, |d| d.min(next_look));
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.rearm.notified() => continue,
+                () = tokio::time::sleep_until(at) => {}
+            }
+            let now = tokio::time::Instant::now();
+            {
+                let mut due = self.due.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if due.is_some_and(|d| d <= now) {
+                    *due = None;
+                }
+            }
+            if at >= next_look {
+                next_look = now + interval;
+            }
+            self.look.notify_one();
+        }
+    }
+}
+
+/// What wakes an idle worker: a job queued anywhere (LISTEN), or the ticker's look.
+#[derive(Clone)]
+struct Wakes {
+    notified: Arc<Notify>,
+    ticker: Arc<Ticker>,
+}
+
 async fn work(
     state: AppState,
     n: usize,
-    wake: Arc<Notify>,
+    wakes: Wakes,
     held: Arc<Held>,
     turn: Arc<queue::Turn>,
     stop: CancellationToken,
 ) {
     let name = format!("{}-{n}", std::process::id());
+    // Whether this claim follows the ticker's look (rather than a notification).
+    let mut looking = false;
     loop {
         if stop.is_cancelled() {
             return;
         }
         // Register for a wake-up before looking, so a notification in between is not lost.
-        let notified = wake.notified();
+        let notified = wakes.notified.notified();
         let claimed = queue::claim_or_wait(
             &state.db,
             &turn,
@@ -207,6 +271,10 @@ async fn work(
         .await;
         match claimed {
             Ok(queue::Claim::Job(job)) => {
+                if std::mem::take(&mut looking) {
+                    // More may have fallen due at once: another idle worker looks too.
+                    wakes.ticker.look.notify_one();
+                }
                 // A finished sync hands over its store callback, delivered at once.
                 let mut next = Some(job);
                 while let Some(job) = next.take() {
@@ -226,22 +294,22 @@ async fn work(
                     }
                 }
             }
-            Ok(queue::Claim::Idle { due_in: due }) => {
-                // Sleep until the next job falls due (a backoff ends, a budget frees), a
-                // notification, or the polling fallback, whichever comes first.
-                // A job due now that could not be claimed waits on a busy binding, whose
-                // own workers claim it when they finish: no need to spin.
-                let wait = match due {
-                    Some(d) if d > Duration::from_millis(5) => {
-                        (d + Duration::from_millis(2)).min(state.settings.job_poll_interval)
-                    }
-                    _ => state.settings.job_poll_interval,
-                };
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = notified => {}
-                    () = tokio::time::sleep(wait) => {}
+            Ok(queue::Claim::Idle { due_in }) => {
+                // Sleep until a notification or the ticker's next look: at the next job's
+                // due time (a backoff ends, a budget frees) or the polling fallback,
+                // whichever comes first. A job due now that could not be claimed waits on
+                // a busy binding, whose own workers claim it when they finish: no need to
+                // spin.
+                if let Some(d) = due_in.filter(|d| *d > Duration::from_millis(5)) {
+                    wakes
+                        .ticker
+                        .due_at(tokio::time::Instant::now() + d + Duration::from_millis(2));
                 }
+                looking = tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = notified => false,
+                    () = wakes.ticker.look.notified() => true,
+                };
             }
             Err(e) => {
                 tracing::warn!(error = %e, "claiming a job failed");
@@ -444,6 +512,75 @@ async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Erro
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicU32, Ordering},
+        },
+        time::Duration,
+    };
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::Ticker;
+
+    /// Idle workers waiting for the ticker's looks: how many looks they got in `run_for`.
+    async fn looks(ticker: &Arc<Ticker>, workers: usize, run_for: Duration) -> u32 {
+        let woken = Arc::new(AtomicU32::new(0));
+        let stop = CancellationToken::new();
+        let mut waiting = Vec::new();
+        for _ in 0..workers {
+            let (ticker, woken, stop) = (ticker.clone(), woken.clone(), stop.clone());
+            waiting.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = ticker.look.notified() => { woken.fetch_add(1, Ordering::Relaxed); }
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(run_for).await;
+        stop.cancel();
+        for w in waiting {
+            w.await.unwrap();
+        }
+        woken.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn idle_workers_look_once_per_interval_between_them_not_once_each() {
+        let ticker = Arc::new(Ticker::default());
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(ticker.clone().run(Duration::from_millis(100), stop.clone()));
+        let n = looks(&ticker, 8, Duration::from_millis(1050)).await;
+        stop.cancel();
+        run.await.unwrap();
+        // Ten intervals: ten looks (fewer if the machine is slow), not eighty.
+        assert!((3..=11).contains(&n), "{n} looks");
+    }
+
+    #[tokio::test]
+    async fn a_job_falling_due_before_the_next_interval_gets_a_look_then() {
+        let ticker = Arc::new(Ticker::default());
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(ticker.clone().run(Duration::from_secs(60), stop.clone()));
+        assert_eq!(
+            looks(&ticker, 4, Duration::from_millis(200)).await,
+            0,
+            "no look before the interval"
+        );
+        ticker.due_at(tokio::time::Instant::now() + Duration::from_millis(100));
+        ticker.due_at(tokio::time::Instant::now() + Duration::from_secs(30)); // later: changes nothing
+        assert_eq!(
+            looks(&ticker, 4, Duration::from_millis(600)).await,
+            1,
+            "one look, when it fell due"
+        );
+        stop.cancel();
+        run.await.unwrap();
+    }
+
     #[test]
     fn the_default_pool_fits_the_default_concurrency_and_a_small_one_is_named() {
         let layers = ledger_core::config::Layers::collect(None, &|_| None).unwrap();
