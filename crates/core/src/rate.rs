@@ -57,13 +57,42 @@ pub async fn hit_many<'e>(
     counts: &[i64],
     window: Duration,
 ) -> Result<Vec<Hit>, sqlx::Error> {
+    count(db, bucket, keys, counts, window, true).await
+}
+
+/// [`hit_many`] in a commit of its own that does not wait for the WAL flush, so a hot
+/// counter row is locked for the statement only, not for a disk write: for counters
+/// that guard load rather than security (a Postgres crash may forget the last few
+/// hundred milliseconds of hits). Takes the pool, so it never joins a caller's
+/// transaction and makes that lazy too.
+pub async fn hit_many_unflushed(
+    db: &sqlx::PgPool,
+    bucket: &str,
+    keys: &[String],
+    counts: &[i64],
+    window: Duration,
+) -> Result<Vec<Hit>, sqlx::Error> {
+    count(db, bucket, keys, counts, window, false).await
+}
+
+async fn count<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    bucket: &str,
+    keys: &[String],
+    counts: &[i64],
+    window: Duration,
+    flush: bool,
+) -> Result<Vec<Hit>, sqlx::Error> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
     let hashed_keys: Vec<String> = keys.iter().map(|k| hashed(k)).collect();
     let rows = sqlx::query!(
         r#"INSERT INTO rate_counters AS c (bucket, key, window_start, hits, last_at)
-           SELECT $1, k, now(), n, now() FROM unnest($2::text[], $3::int8[]) AS t(k, n) ORDER BY k
+           SELECT $1, k, now(), n, now() FROM unnest($2::text[], $3::int8[]) AS t(k, n),
+             -- Local to this statement's own transaction (see hit_many_unflushed).
+             (SELECT CASE WHEN NOT $5::bool THEN set_config('synchronous_commit', 'off', true) END) AS lazy
+           ORDER BY k
            ON CONFLICT (bucket, key) DO UPDATE SET
              hits = CASE WHEN c.window_start <= now() - make_interval(secs => $4) THEN EXCLUDED.hits ELSE c.hits + EXCLUDED.hits END,
              window_start = CASE WHEN c.window_start <= now() - make_interval(secs => $4) THEN now() ELSE c.window_start END,
@@ -76,6 +105,7 @@ pub async fn hit_many<'e>(
         &hashed_keys,
         counts,
         window.as_secs_f64(),
+        flush,
     )
     .fetch_all(db)
     .await?;
