@@ -245,9 +245,9 @@ async fn insert_alone(db: &PgPool, event: &Incoming) -> Result<Outcome, sqlx::Er
 /// update per binding), each event numbered in turn exactly as if they had come one by
 /// one; `Some((hits, retry_after))` for each event beyond its quota. Its own commit,
 /// not waiting for the WAL flush: one binding's groups would otherwise queue on its
-/// counter row for a disk write each (in the insert's transaction, a busy store's
-/// webhooks at 1,000/s waited 80 ms), and a quota guards load, so a crash forgetting
-/// the last hits costs nothing that matters.
+/// counter row for a disk write each (counted in the insert's transaction, one store's
+/// webhooks at 1,000/s were answered at p50 84 ms, against 5 ms so), and a quota guards
+/// load, so a crash forgetting the last hits costs nothing that matters.
 async fn over_quota(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Option<(i64, u32)>>, sqlx::Error> {
     let mut bindings: Vec<(BindingId, i64)> = Vec::new();
     for e in events.iter().filter(|e| e.quota_per_minute > 0) {
