@@ -216,7 +216,9 @@ async fn run() {
         "  phases (ms, p50/p99): queued {:.0}/{:.0}  attempt {:.0}/{:.0}  callback queued+sent {:.0}/{:.0}  ({} runs took more than one attempt; waits {waits:?})",
         phases.0, phases.1, phases.2, phases.3, phases.4, phases.5, phases.6
     );
-    println!("  Postgres transactions per event (webhook to callback, idle polling included): {per_event:.1}");
+    println!(
+        "  Postgres transactions per event (webhook to callback, idle polling included): {per_event:.1} (goal ≤ 8)"
+    );
     let report = serde_json::json!({
         "bindings": BINDINGS, "rate": rate(), "secs": SECS, "workers": worker_count(), "p50_ms": p50, "p99_ms": p99, "max_ms": max,
         "measured": latencies.len(), "missing": missing, "failed_runs": failed,
