@@ -295,25 +295,6 @@ async fn claim_after(
     })
 }
 
-/// Claims one known queued job (the callback a worker has just queued, which it delivers
-/// at once instead of leaving it to the next claim).
-pub async fn claim_id(db: &PgPool, id: i64, lease: Duration) -> Result<Option<Job>, sqlx::Error> {
-    let lease_id = uuid::Uuid::new_v4();
-    let row = sqlx::query_as!(
-        Claimed,
-        r#"UPDATE jobs SET status = 'running', lease_id = $2, locked_until = now() + make_interval(secs => $3),
-                  attempts = attempts + 1, updated_at = now()
-           WHERE id = $1 AND status = 'queued' AND run_at <= now()
-           RETURNING id, binding_id AS "binding_id: BindingId", kind, sync_run_id, attempts, payload, entity_key"#,
-        id,
-        lease_id,
-        lease.as_secs_f64(),
-    )
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(|r| r.into_job(lease_id)))
-}
-
 /// Extends a running job's lease; false when the lease was lost (reclaimed).
 pub async fn heartbeat(db: &PgPool, job: &Job, lease: Duration) -> Result<bool, sqlx::Error> {
     let held = sqlx::query!(

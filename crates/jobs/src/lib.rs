@@ -22,10 +22,10 @@ mod settle;
 
 pub use accept::{Persisted, Received, accept, delete_events_without_run, forget_event_bodies, repeat};
 pub use claim::{
-    Claim, Job, Reclaimed, Turn, claim, claim_id, claim_or_wait, depth, enqueue_callback, finish, heartbeat,
-    reclaim_expired, release,
+    Claim, Job, Reclaimed, Turn, claim, claim_or_wait, depth, enqueue_callback, finish, heartbeat, reclaim_expired,
+    release,
 };
-pub use settle::{Attempt, CallbackEnd, Finished, finish_attempt, finish_callback};
+pub use settle::{Attempt, CallbackEnd, CallbackStore, Finished, finish_attempt, finish_callback};
 
 use ledger_core::BindingId;
 

@@ -42,6 +42,10 @@ pub struct Attempt<'a> {
     /// The store callback to queue for a terminal outcome, under the entity's key.
     pub callback_entity_key: &'a crate::EntityKey,
     pub callback: Option<Value>,
+    /// Hand the callback over to this attempt's worker, claimed under this lease, rather
+    /// than queue it (the worker delivers it at once: no claim of its own, no read of the
+    /// binding). A queued older state for the entity is dropped: the latest state wins.
+    pub callback_lease: Option<(uuid::Uuid, std::time::Duration)>,
     /// The attempt's last Sage call, answered by now.
     pub unsettled_call: Option<i64>,
     /// Wake jobs waiting on the entity leases this attempt held (not when it only waited).
@@ -50,12 +54,24 @@ pub struct Attempt<'a> {
 }
 
 /// What [`finish_attempt`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Finished {
     /// The attempt still held the job's lease (else nothing was written).
     pub held: bool,
-    /// The store callback queued, for the caller to deliver at once.
-    pub callback: Option<i64>,
+    /// The store callback handed over (claimed under `callback_lease`), with the binding
+    /// it goes to as the same statement read it; `None` when it was queued instead.
+    pub callback: Option<(Job, Option<CallbackStore>)>,
+}
+
+/// The binding columns a store callback is delivered with (absent: the binding is gone).
+#[derive(Debug, Clone)]
+pub struct CallbackStore {
+    pub tenant_id: ledger_core::TenantId,
+    pub magento_base_url: String,
+    pub status: String,
+    pub api_key: Option<Vec<u8>>,
+    pub magento_connection_status: String,
+    pub store_clock_skew_secs: Option<i32>,
 }
 
 /// Records an attempt and moves run and job on, in one statement, only while the job's
@@ -102,14 +118,35 @@ pub async fn finish_attempt(db: &sqlx::PgPool, a: &Attempt<'_>) -> Result<Finish
              UPDATE jobs SET run_at = now(), updated_at = now()
              WHERE $26::bool AND jobs.binding_id = $21 AND jobs.status = 'queued' AND jobs.waits_on IS NOT NULL
                AND jobs.waits_on IN (SELECT key FROM unlocked) AND jobs.run_at > now()
-           ), callback AS (
-             INSERT INTO jobs (binding_id, kind, entity_key, payload)
-             SELECT $21::uuid, 'sync_state', $22::text, $23::jsonb FROM fin WHERE $23::jsonb IS NOT NULL
+           ), replaced AS (
+             -- Handed over: a queued older state for the entity takes the new one and is
+             -- claimed under the worker's lease (the queue keeps one row per entity)...
+             UPDATE jobs SET payload = $23::jsonb, status = 'running', lease_id = $28::uuid,
+                    locked_until = now() + make_interval(secs => $29), attempts = 1, run_at = now(), updated_at = now()
+             WHERE $28::uuid IS NOT NULL AND $23::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM fin)
+               AND jobs.binding_id = $21 AND jobs.entity_key = $22 AND jobs.kind = 'sync_state' AND jobs.status = 'queued'
+             RETURNING id, attempts
+           ), inserted AS (
+             -- ...else it is inserted running, which the queued-callback index does not
+             -- cover. Not handed over: queued, replacing a queued older state.
+             INSERT INTO jobs (binding_id, kind, entity_key, payload, status, lease_id, locked_until, attempts)
+             SELECT $21::uuid, 'sync_state', $22::text, $23::jsonb,
+                    CASE WHEN $28::uuid IS NULL THEN 'queued' ELSE 'running' END, $28::uuid,
+                    CASE WHEN $28::uuid IS NOT NULL THEN now() + make_interval(secs => $29) END,
+                    CASE WHEN $28::uuid IS NULL THEN 0 ELSE 1 END
+             FROM fin WHERE $23::jsonb IS NOT NULL AND NOT EXISTS (SELECT 1 FROM replaced)
              ON CONFLICT (binding_id, entity_key) WHERE status = 'queued' AND kind = 'sync_state'
              DO UPDATE SET payload = EXCLUDED.payload, run_at = now(), attempts = 0, updated_at = now()
-             RETURNING id
+             RETURNING id, attempts
+           ), callback AS (
+             SELECT id, attempts FROM replaced UNION ALL SELECT id, attempts FROM inserted
            )
-           SELECT EXISTS (SELECT 1 FROM fin) AS "held!", (SELECT id FROM callback) AS callback_id"#,
+           SELECT EXISTS (SELECT 1 FROM fin) AS "held!", c.id AS "callback_id?", c.attempts AS "callback_attempts?",
+                  b.tenant_id AS "tenant_id?: ledger_core::TenantId", b.magento_base_url AS "magento_base_url?",
+                  b.status AS "binding_status?", b.api_key, b.magento_connection_status AS "magento_connection_status?",
+                  b.store_clock_skew_secs
+           FROM (VALUES (1)) one(x) LEFT JOIN callback c ON $28::uuid IS NOT NULL
+           LEFT JOIN connector_bindings b ON c.id IS NOT NULL AND b.id = $21"#,
         a.job.id,
         a.job.lease_id,
         a.finished,
@@ -137,12 +174,48 @@ pub async fn finish_attempt(db: &sqlx::PgPool, a: &Attempt<'_>) -> Result<Finish
         a.waits_on.map(crate::EntityKey::as_str),
         a.wake_waiters,
         a.policy,
+        a.callback_lease.map(|(lease, _)| lease),
+        a.callback_lease.map_or(0.0, |(_, ttl)| ttl.as_secs_f64()),
     )
     .fetch_one(db)
     .await?;
+    let callback = match (row.callback_id, a.callback_lease, &a.callback) {
+        (Some(id), Some((lease_id, _)), Some(payload)) => {
+            let store = match (
+                row.tenant_id,
+                row.magento_base_url,
+                row.binding_status,
+                row.magento_connection_status,
+            ) {
+                (Some(tenant_id), Some(magento_base_url), Some(status), Some(magento_connection_status)) => {
+                    Some(CallbackStore {
+                        tenant_id,
+                        magento_base_url,
+                        status,
+                        api_key: row.api_key,
+                        magento_connection_status,
+                        store_clock_skew_secs: row.store_clock_skew_secs,
+                    })
+                }
+                _ => None,
+            };
+            let job = Job {
+                id,
+                binding_id: a.binding,
+                kind: crate::JobKind::SyncState,
+                sync_run_id: None,
+                attempt: row.callback_attempts.unwrap_or(1),
+                lease_id,
+                payload: payload.clone(),
+                entity_key: Some(a.callback_entity_key.as_str().to_owned()),
+            };
+            Some((job, store))
+        }
+        _ => None,
+    };
     Ok(Finished {
         held: row.held,
-        callback: row.callback_id,
+        callback,
     })
 }
 

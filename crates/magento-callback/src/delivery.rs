@@ -2,6 +2,7 @@
 //! told to its store, and what the store's answer says about the binding recorded.
 
 use ledger_core::{AppState, BindingId, TenantId};
+use ledger_jobs::CallbackStore;
 use ledger_magento_api::{MagentoError, canonical::SyncState, client::ErrorClass};
 use ledger_tenant_binding::bindings;
 use serde_json::Value;
@@ -40,10 +41,8 @@ pub enum RetryKind {
 
 /// Sends a queued callback's state (the job's payload) to the binding's store.
 pub async fn deliver(state: &AppState, binding: BindingId, payload: &Value) -> Delivery {
-    let Ok(sync_state) = serde_json::from_value::<SyncState>(payload["state"].clone()) else {
-        return Delivery::Rejected("malformed callback payload".into());
-    };
-    let row = match sqlx::query!(
+    let row = match sqlx::query_as!(
+        CallbackStore,
         r#"SELECT tenant_id AS "tenant_id: TenantId", magento_base_url, status, api_key,
                   magento_connection_status, store_clock_skew_secs
            FROM connector_bindings WHERE id = $1"#,
@@ -52,8 +51,7 @@ pub async fn deliver(state: &AppState, binding: BindingId, payload: &Value) -> D
     .fetch_optional(&state.db)
     .await
     {
-        Ok(Some(r)) => r,
-        Ok(None) => return Delivery::Rejected("binding deleted".into()),
+        Ok(row) => row,
         Err(e) => {
             return Delivery::Retry(Retry {
                 kind: RetryKind::Database,
@@ -61,6 +59,22 @@ pub async fn deliver(state: &AppState, binding: BindingId, payload: &Value) -> D
                 message: e.to_string(),
             });
         }
+    };
+    deliver_to(state, binding, row.as_ref(), payload).await
+}
+
+/// [`deliver`] with the binding's columns already read (`None`: the binding is gone).
+pub async fn deliver_to(
+    state: &AppState,
+    binding: BindingId,
+    row: Option<&CallbackStore>,
+    payload: &Value,
+) -> Delivery {
+    let Ok(sync_state) = serde_json::from_value::<SyncState>(payload["state"].clone()) else {
+        return Delivery::Rejected("malformed callback payload".into());
+    };
+    let Some(row) = row else {
+        return Delivery::Rejected("binding deleted".into());
     };
     if row.status == "revoked" {
         return Delivery::Rejected("binding revoked".into());

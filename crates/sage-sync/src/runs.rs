@@ -22,8 +22,8 @@ use crate::{
 
 /// Records an attempt and moves run and job on, in one statement, only while the job's
 /// lease is still held; ends the attempt's entity leases and settles its last Sage call's
-/// budget entry. Queues the store callback for terminal outcomes and
-/// returns its job, for the caller to deliver at once.
+/// budget entry. Hands the store callback for a terminal outcome over to the caller,
+/// claimed and with its binding read, for delivery at once.
 pub async fn complete(
     state: &AppState,
     job: &ledger_jobs::Job,
@@ -32,7 +32,7 @@ pub async fn complete(
     started: DateTime<Utc>,
     calls: &[ledger_sage_vault::session::CallSummary],
     unsettled: Option<i64>,
-) -> Result<Option<i64>, sqlx::Error> {
+) -> Result<Option<(ledger_jobs::Job, Option<ledger_jobs::CallbackStore>)>, sqlx::Error> {
     let attempt = u32::try_from(job.attempt).unwrap_or(1);
     let next = crate::outcome::next(outcome, attempt, state.settings.job_max_attempts);
     let (status, class, code, message, sage_id, reference, skip_reason) = match outcome {
@@ -163,6 +163,7 @@ pub async fn complete(
             run_attempts: job.attempt - i32::from(!count),
             callback_entity_key: &ledger_jobs::EntityKey::new(&run.entity_type, run.entity_id),
             callback,
+            callback_lease: Some((uuid::Uuid::new_v4(), state.settings.job_lease)),
             unsettled_call: unsettled,
             wake_waiters: !matches!(outcome, Outcome::Blocked { .. }),
             policy: run.policy.as_ref(),

@@ -275,22 +275,22 @@ async fn work(
                     // More may have fallen due at once: another idle worker looks too.
                     wakes.ticker.look.notify_one();
                 }
-                // A finished sync hands over its store callback, delivered at once.
-                let mut next = Some(job);
-                while let Some(job) = next.take() {
+                // A finished sync hands over its store callback, claimed and with its
+                // binding read, delivered at once.
+                let mut next = Some((job, None));
+                while let Some((job, store)) = next.take() {
                     held.add(&job);
-                    let follow_up = execute(&state, &job, &name).await;
+                    let follow_up = execute(&state, &job, store, &name).await;
                     held.remove(&job);
-                    if let Some(id) = follow_up
-                        && !stop.is_cancelled()
-                    {
-                        // On failure the callback stays queued for any worker's next claim.
-                        next = queue::claim_id(&state.db, id, state.settings.job_lease)
-                            .await
-                            .unwrap_or_else(|e| {
-                                tracing::warn!(job = id, error = %e, "claiming the store callback failed");
-                                None
-                            });
+                    if let Some((callback, store)) = follow_up {
+                        if stop.is_cancelled() {
+                            // Back to the queue for whichever worker runs next.
+                            if let Err(e) = queue::release(&state.db, callback.id, callback.lease_id).await {
+                                tracing::warn!(job = callback.id, error = %e, "giving back a store callback failed; its lease expires");
+                            }
+                        } else {
+                            next = Some((callback, Some(store)));
+                        }
                     }
                 }
             }
@@ -320,8 +320,15 @@ async fn work(
 }
 
 /// Processes one job while a heartbeat keeps its lease; the store callback it queued, if
-/// any. A job whose lease is lost (another worker reclaimed it) is stopped at once.
-async fn execute(state: &AppState, job: &queue::Job, worker: &str) -> Option<i64> {
+/// any, handed over with its binding. `store`: a callback's binding, when already read
+/// (`Some(None)`: the binding is gone). A job whose lease is lost (another worker
+/// reclaimed it) is stopped at once.
+async fn execute(
+    state: &AppState,
+    job: &queue::Job,
+    store: Option<Option<queue::CallbackStore>>,
+    worker: &str,
+) -> Option<Handover> {
     let stop_beat = CancellationToken::new();
     let lost = CancellationToken::new();
     let beat = tokio::spawn(keep_lease(
@@ -334,7 +341,7 @@ async fn execute(state: &AppState, job: &queue::Job, worker: &str) -> Option<i64
     let work = async {
         match &job.kind {
             JobKind::SyncEvent => sync_event(state, job, worker).await,
-            JobKind::SyncState => sync_state(state, job).await.map(|()| None),
+            JobKind::SyncState => sync_state(state, job, store).await.map(|()| None),
             JobKind::Unknown(other) => {
                 tracing::error!(kind = other, "unknown job kind");
                 match state.db.acquire().await {
@@ -411,7 +418,10 @@ pub async fn keep_lease(
     }
 }
 
-async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<Option<i64>, sqlx::Error> {
+/// A store callback handed over by the attempt that queued it, with its binding.
+type Handover = (queue::Job, Option<queue::CallbackStore>);
+
+async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<Option<Handover>, sqlx::Error> {
     let started = Utc::now();
     let Some(run_id) = job.sync_run_id else {
         let mut conn = state.db.acquire().await?;
@@ -454,15 +464,22 @@ async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<
     .await
 }
 
-async fn sync_state(state: &AppState, job: &queue::Job) -> Result<(), sqlx::Error> {
+async fn sync_state(
+    state: &AppState,
+    job: &queue::Job,
+    store: Option<Option<queue::CallbackStore>>,
+) -> Result<(), sqlx::Error> {
+    use ledger_magento_callback::delivery;
     let span =
         tracing::info_span!("sync_state", otel.name = "sync-state callback", job = job.id, binding = %job.binding_id);
     ledger_core::trace::continue_from(&span, job.payload["traceparent"].as_str());
-    let delivery = tracing::Instrument::instrument(
-        ledger_magento_callback::delivery::deliver(state, job.binding_id, &job.payload),
-        span,
-    )
-    .await;
+    let delivering = async {
+        match store {
+            Some(store) => delivery::deliver_to(state, job.binding_id, store.as_ref(), &job.payload).await,
+            None => delivery::deliver(state, job.binding_id, &job.payload).await,
+        }
+    };
+    let delivery = tracing::Instrument::instrument(delivering, span).await;
     let run_id = job.payload["run_id"]
         .as_str()
         .and_then(|r| r.parse::<uuid::Uuid>().ok());
