@@ -259,6 +259,63 @@ pub async fn mark_posting(db: &sqlx::PgPool, key: &XrefKey<'_>, idempotency: &st
         == 1)
 }
 
+/// What [`mark_posting_spending`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Posting {
+    /// Marked `posting`, with the post's budget entry taken.
+    Marked { call: i64 },
+    /// Already posted (a concurrent attempt finished first): nothing marked; the entry
+    /// taken is for the look-up of what it posted.
+    Posted { call: i64 },
+    /// The business's budget is spent until then: nothing marked, nothing taken.
+    BudgetSpent(chrono::DateTime<chrono::Utc>),
+}
+
+/// [`mark_posting`] and the post's Sage budget entry (settling the previous call's) in
+/// one round trip: the entry first, and the mark only once it is taken, so a spent
+/// budget leaves no `posting` mark (that would cost a look-up before the next try).
+pub async fn mark_posting_spending(
+    db: &sqlx::PgPool,
+    key: &XrefKey<'_>,
+    idempotency: &str,
+    spend: &ledger_sage_vault::session::Spend,
+) -> Result<Posting, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"WITH taken AS MATERIALIZED (
+             SELECT call_id, free_at FROM ledger_budget_acquire($7, $8, $9, $10)
+           ), marked AS (
+             INSERT INTO entity_xref (binding_id, entity_type, magento_entity_id, currency, state, idempotency_id, sage_business_id)
+             SELECT $1, $2, $3, $4, 'posting', $5, $6 FROM taken WHERE taken.call_id IS NOT NULL
+             ON CONFLICT (binding_id, sage_business_id, entity_type, magento_entity_id, currency)
+             DO UPDATE SET state = 'posting', idempotency_id = $5, updated_at = now()
+             WHERE entity_xref.state <> 'posted'
+             RETURNING 1 AS one
+           )
+           -- Settling lets the commit skip the WAL flush; the mark must not: it is the
+           -- record that a post may be out, so the commit waits for the disk again.
+           SELECT t.call_id, t.free_at, EXISTS (SELECT 1 FROM marked) AS "marked!",
+                  set_config('synchronous_commit', s.reset_val, true) AS "durable!"
+           FROM taken t, pg_settings s WHERE s.name = 'synchronous_commit'"#,
+        key.binding.0,
+        key.entity,
+        key.id,
+        key.currency,
+        idempotency,
+        key.business,
+        spend.business,
+        spend.window_secs,
+        spend.limit,
+        spend.settle,
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(match (row.call_id, row.marked) {
+        (Some(call), true) => Posting::Marked { call },
+        (Some(call), false) => Posting::Posted { call },
+        (None, _) => Posting::BudgetSpent(row.free_at.unwrap_or_else(chrono::Utc::now)),
+    })
+}
+
 /// Records the Sage object a post created (or that a look-up found).
 pub async fn mark_posted(
     db: &sqlx::PgPool,

@@ -219,6 +219,21 @@ pub struct Session<'a> {
     /// While recording, a call's budget entry waits in the log: settled with the next
     /// acquire, or by the log's owner ([`CallLog::take_unsettled`]).
     log: Option<CallLog>,
+    /// A budget entry the caller took in its own statement ([`Session::spend_with`]),
+    /// used by the next call instead of taking one.
+    spent: Option<i64>,
+}
+
+/// What a caller needs to take a call's budget entry in a statement of its own, with a
+/// write that must precede the call (one round trip for both): see
+/// [`Session::spend_with`].
+#[derive(Debug, Clone)]
+pub struct Spend {
+    pub business: String,
+    pub window_secs: f64,
+    pub limit: i64,
+    /// The previous call's entry, to settle in the same statement.
+    pub settle: Option<i64>,
 }
 
 impl<'a> Session<'a> {
@@ -239,6 +254,7 @@ impl<'a> Session<'a> {
             budget: Budget::from_settings(&state.settings),
             wait_for_budget: false,
             log: None,
+            spent: None,
         })
     }
 
@@ -259,10 +275,33 @@ impl<'a> Session<'a> {
         self.token.business_id.as_deref()
     }
 
-    async fn spend(&self) -> Result<Option<i64>, CallError> {
+    /// For a caller that takes the next call's budget entry itself: the budget's terms
+    /// and the entry to settle (taken from the log). `None` when calls spend no budget
+    /// (no business yet) or the session waits for budget: take it the usual way.
+    pub fn spend_request(&self) -> Option<Spend> {
+        let business = self.token.business_id.clone().filter(|_| !self.wait_for_budget)?;
+        Some(Spend {
+            business,
+            window_secs: self.budget.window.as_secs_f64(),
+            limit: self.budget.limit,
+            settle: self.log.as_ref().and_then(CallLog::take_unsettled),
+        })
+    }
+
+    /// Hands the budget entry the caller took (on [`Session::spend_request`]'s terms) to
+    /// the next call.
+    pub fn spend_with(&mut self, call: i64) {
+        self.spent = Some(call);
+    }
+
+    async fn spend(&mut self) -> Result<Option<i64>, CallError> {
         let Some(business) = self.token.business_id.clone() else {
             return Ok(None);
         };
+        if let Some(call) = self.spent.take() {
+            metrics::counter!("sage_calls_total", "business" => business).increment(1);
+            return Ok(Some(call));
+        }
         loop {
             let settle = self.log.as_ref().and_then(CallLog::take_unsettled);
             match self.budget.acquire(&self.state.db, &business, settle).await? {

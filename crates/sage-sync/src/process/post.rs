@@ -160,18 +160,25 @@ pub(super) async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -
     let mut body = mapped.body;
     let idempotency = mapping::idempotency_id(&env.binding_text, doc.wrapper, &format!("{}:{generation}", doc.id));
     body["idempotency_id"] = json!(idempotency);
-    if !xref::mark_posting(
-        &db,
-        &XrefKey::document(binding, &env.business, doc.entity, doc.id),
-        &idempotency,
-    )
-    .await?
-    {
+    let key = XrefKey::document(binding, &env.business, doc.entity, doc.id);
+    // The mark and the post's budget entry in one round trip, when the session has a budget.
+    let marked = match env.session.spend_request() {
+        Some(spend) => match xref::mark_posting_spending(&db, &key, &idempotency, &spend).await? {
+            xref::Posting::Marked { call } => {
+                env.session.spend_with(call);
+                true
+            }
+            xref::Posting::Posted { call } => {
+                env.session.spend_with(call);
+                false
+            }
+            xref::Posting::BudgetSpent(until) => return Err(CallError::BudgetSpent(until).into()),
+        },
+        None => xref::mark_posting(&db, &key, &idempotency).await?,
+    };
+    if !marked {
         // Another attempt posted it meanwhile (its lease had lapsed): use that document.
-        let sage_id = xref::get(&db, &XrefKey::document(binding, &env.business, doc.entity, doc.id))
-            .await?
-            .and_then(|x| x.sage_id)
-            .unwrap_or_default();
+        let sage_id = xref::get(&db, &key).await?.and_then(|x| x.sage_id).unwrap_or_default();
         return Ok(sage!(
             env.session.get::<Value>(&format!("{}/{sage_id}", doc.path)).await
         ));
