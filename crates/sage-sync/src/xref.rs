@@ -190,9 +190,31 @@ pub async fn lock(
     .is_some())
 }
 
-/// [`lock`], then the entity's xref, in one round trip; `None` when another holder has
-/// the lease. The read shares the statement's snapshot, which can predate the previous
-/// holder's last write by the moment it took to release: a stale answer is harmless, as
+/// The contact index's state and its answer for one email in one currency, read with a
+/// contact's lease ([`lock_get`]).
+#[derive(Debug, Clone)]
+pub struct IndexRead {
+    pub complete: bool,
+    pub too_large: bool,
+    pub changed_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Refreshed within the freshness window asked for.
+    pub fresh: bool,
+    pub ids: Vec<String>,
+}
+
+/// What [`lock_get`] read with the lease: the entity's xref and, when asked for, the
+/// contact index's state (`None`: not asked for, or the index was never loaded).
+#[derive(Debug)]
+pub struct Held {
+    pub xref: Option<Xref>,
+    pub index: Option<IndexRead>,
+}
+
+/// [`lock`], then the entity's xref — and, given `index` (a lowercased email and a
+/// freshness window in seconds), the business's contact index for that email in the
+/// key's currency — in one round trip; `None` when another holder has the lease. The
+/// read shares the statement's snapshot, which can predate the previous holder's last
+/// write by the moment it took to release: a stale answer is harmless, as
 /// [`mark_posting`] refuses to re-post a posted entity and contacts are adopted by
 /// reference before any is created.
 pub async fn lock_get(
@@ -201,7 +223,9 @@ pub async fn lock_get(
     holder: uuid::Uuid,
     ttl: std::time::Duration,
     key: &XrefKey<'_>,
-) -> Result<Option<Option<Xref>>, sqlx::Error> {
+    index: Option<(&str, f64)>,
+) -> Result<Option<Held>, sqlx::Error> {
+    let (email, fresh_secs) = index.map_or((None, 0.0), |(e, f)| (Some(e), f));
     let row = sqlx::query!(
         r#"WITH l AS (
              INSERT INTO sync_locks (binding_id, key, holder, until) VALUES ($1, $2, $3, now() + make_interval(secs => $4))
@@ -210,10 +234,17 @@ pub async fn lock_get(
              RETURNING 1 AS one
            )
            SELECT EXISTS (SELECT 1 FROM l) AS "locked!", x.state AS "state?: XrefState", x.sage_id, x.sage_reference,
-                  x.idempotency_id, x.extra AS "extra?"
+                  x.idempotency_id, x.extra AS "extra?",
+                  s.binding_id IS NOT NULL AS "indexed!", s.complete AS "complete?", s.too_large AS "too_large?",
+                  s.changed_since, COALESCE(s.refreshed_at > now() - make_interval(secs => $10), false) AS "fresh!",
+                  CASE WHEN s.binding_id IS NOT NULL THEN ARRAY(
+                    SELECT i.contact_id FROM sage_contact_index i
+                    WHERE i.binding_id = $1 AND i.sage_business_id = $8 AND i.email = $9 AND i.currency = $7
+                    ORDER BY i.contact_id) END AS index_ids
            FROM (SELECT 1) one
            LEFT JOIN entity_xref x ON x.binding_id = $1 AND x.sage_business_id = $8 AND x.entity_type = $5
-             AND x.magento_entity_id = $6 AND x.currency = $7"#,
+             AND x.magento_entity_id = $6 AND x.currency = $7
+           LEFT JOIN sage_contact_index_state s ON $9::text IS NOT NULL AND s.binding_id = $1 AND s.sage_business_id = $8"#,
         key.binding.0,
         lease.as_str(),
         holder,
@@ -222,19 +253,31 @@ pub async fn lock_get(
         key.id,
         key.currency,
         key.business,
+        email,
+        fresh_secs,
     )
     .fetch_one(db)
     .await?;
     if !row.locked {
         return Ok(None);
     }
-    Ok(Some(row.state.map(|state| Xref {
-        state,
-        sage_id: row.sage_id,
-        sage_reference: row.sage_reference,
-        idempotency_id: row.idempotency_id,
-        extra: row.extra.unwrap_or(Value::Null),
-    })))
+    let index = row.indexed.then(|| IndexRead {
+        complete: row.complete.unwrap_or(false),
+        too_large: row.too_large.unwrap_or(false),
+        changed_since: row.changed_since,
+        fresh: row.fresh,
+        ids: row.index_ids.unwrap_or_default(),
+    });
+    Ok(Some(Held {
+        xref: row.state.map(|state| Xref {
+            state,
+            sage_id: row.sage_id,
+            sage_reference: row.sage_reference,
+            idempotency_id: row.idempotency_id,
+            extra: row.extra.unwrap_or(Value::Null),
+        }),
+        index,
+    }))
 }
 
 /// Records that a post is about to be sent; false when the entity is already posted (a

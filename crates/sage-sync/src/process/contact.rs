@@ -75,7 +75,22 @@ pub(super) async fn ensure_contact(
     let db = env.state.db.clone();
     let binding = env.run.binding;
     let xid = key.xref_id();
-    if let Some(x) = hold_get(env, &EntityKey::contact(xid, &currency), "contact", xid, &currency).await?
+    // With an email to look up, that look-up finds every contact that could be this
+    // customer: a reference Sage holds is then someone else's, and the create's refusal
+    // says so — no search by reference first (one Sage call fewer per new customer).
+    let looked_up = key != ContactKey::WebSales && !contact.email.is_empty();
+    // The contact index's answer is read with the lease, for a customer not yet in Sage.
+    let email = contact.email.trim().to_lowercase();
+    let held = hold_read(
+        env,
+        &EntityKey::contact(xid, &currency),
+        "contact",
+        xid,
+        &currency,
+        looked_up.then_some((email.as_str(), contact_index::FRESH_FOR_SECS)),
+    )
+    .await?;
+    if let Some(x) = held.xref
         && let Some(id) = x.posted()
     {
         let id = id.to_owned();
@@ -120,14 +135,10 @@ pub(super) async fn ensure_contact(
         currency_matches && (key == ContactKey::WebSales || email_matches)
     };
     let mut found = None;
-    // With an email to look up, that look-up finds every contact that could be this
-    // customer: a reference Sage holds is then someone else's, and the create's refusal
-    // says so — no search by reference first (one Sage call fewer per new customer).
-    let looked_up = key != ContactKey::WebSales && !contact.email.is_empty();
     if looked_up {
         // Answered by the business's contact index when it is kept (no call when nobody
         // has the email: a new customer); each contact it names is read to confirm it.
-        let by_email = match contacts_by_email(env, &contact.email, &currency).await? {
+        let by_email = match contacts_by_email(env, &contact.email, &currency, held.index).await? {
             Some(ids) => {
                 let mut found = Vec::new();
                 for id in ids {

@@ -9,7 +9,7 @@ use super::*;
 
 /// How old the index may be before a look-up first reads what changed in Sage: a contact
 /// made by hand in Sage within the last minute is the only one a look-up can miss.
-const FRESH_FOR_SECS: f64 = 60.0;
+pub(super) const FRESH_FOR_SECS: f64 = 60.0;
 
 /// `updated_or_created_since` is on Sage's clock: read back this far before the last look.
 const CLOCK_MARGIN: chrono::Duration = chrono::Duration::minutes(2);
@@ -37,28 +37,18 @@ fn emails_of(contact: &Value) -> Vec<String> {
 
 /// The ids of the contacts Sage holds with `email` in `currency`, from the index (made
 /// fresh first when stale); `None` when the index cannot answer now — another attempt is loading it, or
-/// the business has too many contacts to index — and Sage must be asked.
-pub(super) async fn contacts_by_email(env: &mut Env<'_>, email: &str, currency: &str) -> Step<Option<Vec<String>>> {
+/// the business has too many contacts to index — and Sage must be asked. `state`: the
+/// index as read with the contact's lease ([`xref::lock_get`]; `None`: never loaded).
+pub(super) async fn contacts_by_email(
+    env: &mut Env<'_>,
+    email: &str,
+    currency: &str,
+    state: Option<xref::IndexRead>,
+) -> Step<Option<Vec<String>>> {
     let db = env.state.db.clone();
     let binding = env.run.binding;
     let email = email.trim().to_lowercase();
     let currency = currency.to_uppercase();
-    // The index's state and its answer in one round trip (the answer is used when fresh).
-    let state = sqlx::query!(
-        r#"SELECT complete, too_large, changed_since,
-                  COALESCE(refreshed_at > now() - make_interval(secs => $3), false) AS "fresh!",
-                  ARRAY(SELECT i.contact_id FROM sage_contact_index i
-                        WHERE i.binding_id = $1 AND i.sage_business_id = $2 AND i.email = $4 AND i.currency = $5
-                        ORDER BY i.contact_id) AS "ids!"
-           FROM sage_contact_index_state WHERE binding_id = $1 AND sage_business_id = $2"#,
-        binding.0,
-        env.business,
-        FRESH_FOR_SECS,
-        email,
-        currency
-    )
-    .fetch_optional(&db)
-    .await?;
     if state.as_ref().is_some_and(|s| s.too_large) {
         return Ok(None);
     }

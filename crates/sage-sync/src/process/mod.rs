@@ -482,6 +482,18 @@ fn busy(key: &EntityKey) -> Stop {
 
 /// [`hold`], then the entity's xref (one round trip).
 async fn hold_get(env: &Env<'_>, key: &EntityKey, entity: &str, id: i64, currency: &str) -> Step<Option<xref::Xref>> {
+    Ok(hold_read(env, key, entity, id, currency, None).await?.xref)
+}
+
+/// [`hold_get`], with the contact index's answer for an email when `index` names one.
+async fn hold_read(
+    env: &Env<'_>,
+    key: &EntityKey,
+    entity: &str,
+    id: i64,
+    currency: &str,
+    index: Option<(&str, f64)>,
+) -> Step<xref::Held> {
     let ttl = env.state.settings.job_lease;
     let xref_key = XrefKey {
         binding: env.run.binding,
@@ -490,7 +502,7 @@ async fn hold_get(env: &Env<'_>, key: &EntityKey, entity: &str, id: i64, currenc
         id,
         currency,
     };
-    match xref::lock_get(&env.state.db, key, env.holder, ttl, &xref_key).await? {
+    match xref::lock_get(&env.state.db, key, env.holder, ttl, &xref_key, index).await? {
         Some(x) => Ok(x),
         None => Err(busy(key)),
     }
