@@ -25,7 +25,7 @@ pub use claim::{
     Claim, Job, Reclaimed, Turn, claim, claim_or_wait, depth, enqueue_callback, finish, heartbeat, reclaim_expired,
     release,
 };
-pub use settle::{Attempt, CallbackEnd, CallbackStore, Finished, finish_attempt, finish_callback};
+pub use settle::{Attempt, CallbackEnd, CallbackStore, Finished, Posted, finish_attempt, finish_callback};
 
 use ledger_core::BindingId;
 

@@ -51,6 +51,23 @@ pub struct Attempt<'a> {
     /// Wake jobs waiting on the entity leases this attempt held (not when it only waited).
     pub wake_waiters: bool,
     pub policy: Option<&'a Value>,
+    /// The document the attempt posted, recorded `posted` in its xref here rather than
+    /// in a commit of its own — whether or not the lease still holds: it is in Sage.
+    pub posted: Option<&'a Posted>,
+}
+
+/// A document an attempt posted, for its `entity_xref` row (business, kind, Magento id,
+/// currency): Sage's id and reference, and what its later documents need (`extra`,
+/// merged into the row's).
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub business: String,
+    pub entity: &'static str,
+    pub id: i64,
+    pub currency: String,
+    pub sage_id: String,
+    pub reference: Option<String>,
+    pub extra: Value,
 }
 
 /// What [`finish_attempt`] did.
@@ -140,6 +157,16 @@ pub async fn finish_attempt(db: &sqlx::PgPool, a: &Attempt<'_>) -> Result<Finish
              RETURNING id, attempts
            ), callback AS (
              SELECT id, attempts FROM replaced UNION ALL SELECT id, attempts FROM inserted
+           ), posted AS (
+             -- Not gated on the lease: the document is in Sage either way. Committed with
+             -- the release of the entity's lease, so its next holder sees it posted.
+             INSERT INTO entity_xref (binding_id, entity_type, magento_entity_id, currency, state, sage_id, sage_reference,
+                                      sage_business_id, extra)
+             SELECT $21, $30::text, $31::bigint, $32::text, 'posted', $33::text, $34::text, $35::text, $36::jsonb
+             WHERE $30::text IS NOT NULL
+             ON CONFLICT (binding_id, sage_business_id, entity_type, magento_entity_id, currency)
+             DO UPDATE SET state = 'posted', sage_id = EXCLUDED.sage_id, sage_reference = EXCLUDED.sage_reference,
+                           extra = entity_xref.extra || EXCLUDED.extra, updated_at = now()
            )
            SELECT EXISTS (SELECT 1 FROM fin) AS "held!", c.id AS "callback_id?", c.attempts AS "callback_attempts?",
                   b.tenant_id AS "tenant_id?: ledger_core::TenantId", b.magento_base_url AS "magento_base_url?",
@@ -176,6 +203,13 @@ pub async fn finish_attempt(db: &sqlx::PgPool, a: &Attempt<'_>) -> Result<Finish
         a.policy,
         a.callback_lease.map(|(lease, _)| lease),
         a.callback_lease.map_or(0.0, |(_, ttl)| ttl.as_secs_f64()),
+        a.posted.map(|p| p.entity),
+        a.posted.map(|p| p.id),
+        a.posted.map(|p| p.currency.as_str()),
+        a.posted.map(|p| p.sage_id.as_str()),
+        a.posted.and_then(|p| p.reference.as_deref()),
+        a.posted.map(|p| p.business.as_str()),
+        a.posted.map(|p| &p.extra),
     )
     .fetch_one(db)
     .await?;

@@ -24,15 +24,31 @@ use crate::{
 /// lease is still held; ends the attempt's entity leases and settles its last Sage call's
 /// budget entry. Hands the store callback for a terminal outcome over to the caller,
 /// claimed and with its binding read, for delivery at once.
+/// How an attempt ended, for [`complete`].
+#[derive(Debug)]
+pub struct Ended<'a> {
+    pub outcome: &'a Outcome,
+    /// The document it posted, recorded `posted` with the attempt.
+    pub posted: Option<&'a ledger_jobs::Posted>,
+    pub started: DateTime<Utc>,
+    pub calls: &'a [ledger_sage_vault::session::CallSummary],
+    /// Its last Sage call's budget entry, settled with the attempt.
+    pub unsettled: Option<i64>,
+}
+
 pub async fn complete(
     state: &AppState,
     job: &ledger_jobs::Job,
     run: &RunInfo,
-    outcome: &Outcome,
-    started: DateTime<Utc>,
-    calls: &[ledger_sage_vault::session::CallSummary],
-    unsettled: Option<i64>,
+    ended: Ended<'_>,
 ) -> Result<Option<(ledger_jobs::Job, Option<ledger_jobs::CallbackStore>)>, sqlx::Error> {
+    let Ended {
+        outcome,
+        posted,
+        started,
+        calls,
+        unsettled,
+    } = ended;
     let attempt = u32::try_from(job.attempt).unwrap_or(1);
     let next = crate::outcome::next(outcome, attempt, state.settings.job_max_attempts);
     let (status, class, code, message, sage_id, reference, skip_reason) = match outcome {
@@ -167,6 +183,7 @@ pub async fn complete(
             unsettled_call: unsettled,
             wake_waiters: !matches!(outcome, Outcome::Blocked { .. }),
             policy: run.policy.as_ref(),
+            posted,
         },
     )
     .await?;

@@ -447,7 +447,7 @@ async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<
     );
     ledger_core::trace::continue_from(&span, run.traceparent.as_deref());
     let log = ledger_sage_vault::session::CallLog::default();
-    let outcome =
+    let process::Attempted { outcome, posted } =
         tracing::Instrument::instrument(process::sync_event(state, &run, &log, job.lease_id), span.clone()).await;
     match &outcome {
         Outcome::Failed(f) => {
@@ -458,7 +458,18 @@ async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<
     }
     // Entity leases end with the attempt (or expire with the job's lease if this fails).
     tracing::Instrument::instrument(
-        runs::complete(state, job, &run, &outcome, started, &log.take(), log.take_unsettled()),
+        runs::complete(
+            state,
+            job,
+            &run,
+            runs::Ended {
+                outcome: &outcome,
+                posted: posted.as_ref(),
+                started,
+                calls: &log.take(),
+                unsettled: log.take_unsettled(),
+            },
+        ),
         span,
     )
     .await

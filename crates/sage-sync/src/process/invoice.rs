@@ -111,14 +111,16 @@ pub(super) async fn invoice_created(env: &mut Env<'_>) -> Step<Outcome> {
     if let Some(m) = &mismatch {
         extra["mismatch"] = m.clone();
     }
-    xref::mark_posted(
-        &env.state.db,
-        &XrefKey::document(env.run.binding, &env.business, "invoice", id),
-        &sage_id,
-        number.as_deref(),
-        &extra,
-    )
-    .await?;
+    // Recorded with the attempt: nothing else is written before it ends.
+    env.posted = Some(ledger_jobs::Posted {
+        business: env.business.clone(),
+        entity: "invoice",
+        id,
+        currency: String::new(),
+        sage_id: sage_id.clone(),
+        reference: number.clone(),
+        extra,
+    });
     if let Some(m) = &mismatch {
         return Err(mismatch_failure(m).into());
     }

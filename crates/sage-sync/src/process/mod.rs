@@ -358,6 +358,18 @@ struct Env<'a> {
     binding_text: String,
     /// This attempt's job lease: the holder of the entity leases it takes.
     holder: uuid::Uuid,
+    /// The document posted, recorded with the attempt (see [`Attempted::posted`]).
+    posted: Option<ledger_jobs::Posted>,
+}
+
+/// What an attempt did: its outcome and the document it posted, whose xref the caller
+/// records `posted` in the attempt's own statement (one commit fewer). Should that
+/// statement never run (a crash), the xref stays `posting` and the next attempt looks
+/// the document up before posting anything.
+#[derive(Debug)]
+pub struct Attempted {
+    pub outcome: Outcome,
+    pub posted: Option<ledger_jobs::Posted>,
 }
 
 impl Env<'_> {
@@ -375,14 +387,22 @@ impl Env<'_> {
 }
 
 /// Runs one sync event to an outcome.
-pub async fn sync_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid::Uuid) -> Outcome {
-    match run_event(state, run, log, holder).await {
+pub async fn sync_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid::Uuid) -> Attempted {
+    let mut posted = None;
+    let outcome = match run_event(state, run, log, holder, &mut posted).await {
         Ok(outcome) | Err(Stop::Outcome(outcome)) => outcome,
         Err(Stop::Failed(failure)) => Outcome::Failed(failure),
-    }
+    };
+    Attempted { outcome, posted }
 }
 
-async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid::Uuid) -> Step<Outcome> {
+async fn run_event(
+    state: &AppState,
+    run: &RunInfo,
+    log: &CallLog,
+    holder: uuid::Uuid,
+    posted: &mut Option<ledger_jobs::Posted>,
+) -> Step<Outcome> {
     // A snapshot that does not read as settings fails the run: posting with the defaults
     // instead (another tax mode, no mapped accounts) would book it wrong.
     let snapshot: Option<Settings> = match run.policy.as_ref() {
@@ -444,8 +464,9 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
         time_zone,
         binding_text: run.binding.to_string(),
         holder,
+        posted: None,
     };
-    match &run.event_name {
+    let outcome = match &run.event_name {
         EventName::InvoiceCreated => invoice_created(&mut env).await,
         EventName::InvoicePaid => invoice_paid(&mut env).await,
         EventName::CreditmemoCreated => credit_memo(&mut env).await,
@@ -456,7 +477,9 @@ async fn run_event(state: &AppState, run: &RunInfo, log: &CallLog, holder: uuid:
             "unknown_event",
             format!("No handler for {other}."),
         ))),
-    }
+    };
+    *posted = env.posted.take();
+    outcome
 }
 
 /// Leases a Magento entity for this attempt (released when the attempt is recorded), or
