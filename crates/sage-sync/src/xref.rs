@@ -322,6 +322,7 @@ pub async fn mark_posting_spending(
     key: &XrefKey<'_>,
     idempotency: &str,
     spend: &ledger_sage_vault::session::Spend,
+    contact: Option<&ContactMark>,
 ) -> Result<Posting, sqlx::Error> {
     let row = sqlx::query!(
         r#"WITH taken AS MATERIALIZED (
@@ -333,6 +334,18 @@ pub async fn mark_posting_spending(
              DO UPDATE SET state = 'posting', idempotency_id = $5, updated_at = now()
              WHERE entity_xref.state <> 'posted'
              RETURNING 1 AS one
+           ), contact AS (
+             -- The document's contact, created just before it (see mark_contact_posted):
+             -- recorded whatever the budget says, as it is in Sage.
+             INSERT INTO entity_xref (binding_id, entity_type, magento_entity_id, currency, state, sage_id, sage_reference, sage_business_id, extra)
+             SELECT $1, 'contact', $11, $12, 'posted', $13, $14, $6, $15 WHERE $13::text IS NOT NULL
+             ON CONFLICT (binding_id, sage_business_id, entity_type, magento_entity_id, currency)
+             DO UPDATE SET state = 'posted', sage_id = $13, sage_reference = $14, extra = entity_xref.extra || $15, updated_at = now()
+           ), indexed AS (
+             INSERT INTO sage_contact_index (binding_id, sage_business_id, email, currency, contact_id)
+             SELECT binding_id, sage_business_id, $16, upper($12), $13 FROM sage_contact_index_state
+             WHERE binding_id = $1 AND sage_business_id = $6 AND complete AND NOT too_large AND $16 <> '' AND $13::text IS NOT NULL
+             ON CONFLICT DO NOTHING
            )
            -- Settling lets the commit skip the WAL flush; the mark must not: it is the
            -- record that a post may be out, so the commit waits for the disk again.
@@ -349,6 +362,12 @@ pub async fn mark_posting_spending(
         spend.window_secs,
         spend.limit,
         spend.settle,
+        contact.map(|c| c.id),
+        contact.map(|c| c.currency.as_str()),
+        contact.map(|c| c.sage_id.as_str()),
+        contact.and_then(|c| c.reference.as_deref()),
+        contact.map(|c| &c.extra),
+        contact.and_then(|c| c.email.as_deref()).map(|e| e.trim().to_lowercase()).unwrap_or_default(),
     )
     .fetch_one(db)
     .await?;
@@ -453,15 +472,27 @@ pub async fn mark_note_allocated(
     Ok(())
 }
 
-/// A contact posted (created or adopted) and, when the business's contact index is kept,
-/// indexed under the customer's email, in one statement.
+/// A contact created or adopted, to record `posted` (with the next document's posting
+/// mark when one follows: [`mark_posting_spending`]).
+#[derive(Debug, Clone)]
+pub struct ContactMark {
+    /// The contact's xref id (a customer's id, or a guest's or the web-sales key).
+    pub id: i64,
+    pub currency: String,
+    pub sage_id: String,
+    pub reference: Option<String>,
+    pub extra: Value,
+    /// The email it was looked up by, added to the business's contact index when kept.
+    pub email: Option<String>,
+}
+
+/// Records a contact posted (created or adopted) and, when the business's contact index
+/// is kept, indexes it under the customer's email, in one statement.
 pub async fn mark_contact_posted(
     db: &sqlx::PgPool,
-    key: &XrefKey<'_>,
-    sage_id: &str,
-    reference: Option<&str>,
-    extra: &Value,
-    email: Option<&str>,
+    binding: BindingId,
+    business: &str,
+    mark: &ContactMark,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"WITH posted AS (
@@ -474,14 +505,14 @@ pub async fn mark_contact_posted(
            SELECT binding_id, sage_business_id, $8, upper($3), $4 FROM sage_contact_index_state
            WHERE binding_id = $1 AND sage_business_id = $6 AND complete AND NOT too_large AND $8 <> ''
            ON CONFLICT DO NOTHING"#,
-        key.binding.0,
-        key.id,
-        key.currency,
-        sage_id,
-        reference,
-        key.business,
-        extra,
-        email.map(|e| e.trim().to_lowercase()).unwrap_or_default(),
+        binding.0,
+        mark.id,
+        mark.currency,
+        mark.sage_id,
+        mark.reference,
+        business,
+        mark.extra,
+        mark.email.as_deref().map(|e| e.trim().to_lowercase()).unwrap_or_default(),
     )
     .execute(db)
     .await?;

@@ -226,16 +226,37 @@ pub(super) async fn ensure_contact(
         )
         .into());
     }
-    xref::mark_contact_posted(
-        &db,
-        &XrefKey::contact(binding, &env.business, xid, &currency),
-        &id,
-        reference.as_deref(),
-        &json!({ "payload_hash": hash, "delivery_hash": delivery_hash }),
-        looked_up.then_some(contact.email.as_str()),
+    // Recorded with the document that follows, if one does (one commit fewer).
+    defer_contact(
+        env,
+        xref::ContactMark {
+            id: xid,
+            currency,
+            sage_id: id.clone(),
+            reference,
+            extra: json!({ "payload_hash": hash, "delivery_hash": delivery_hash }),
+            email: looked_up.then(|| contact.email.clone()),
+        },
     )
     .await?;
     Ok(id)
+}
+
+/// Holds a created contact's mark for the next document's posting statement; one still
+/// held (two contacts in one attempt) is written now.
+async fn defer_contact(env: &mut Env<'_>, mark: xref::ContactMark) -> Step<()> {
+    if let Some(held) = env.contact_posted.replace(mark) {
+        xref::mark_contact_posted(&env.state.db, env.run.binding, &env.business, &held).await?;
+    }
+    Ok(())
+}
+
+/// Writes a created contact's mark still held (no document took it).
+pub(super) async fn record_contact(env: &mut Env<'_>) -> Result<(), sqlx::Error> {
+    if let Some(held) = env.contact_posted.take() {
+        xref::mark_contact_posted(&env.state.db, env.run.binding, &env.business, &held).await?;
+    }
+    Ok(())
 }
 
 pub(super) async fn customer(env: &mut Env<'_>) -> Step<Outcome> {

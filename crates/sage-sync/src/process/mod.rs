@@ -360,6 +360,9 @@ struct Env<'a> {
     holder: uuid::Uuid,
     /// The document posted, recorded with the attempt (see [`Attempted::posted`]).
     posted: Option<ledger_jobs::Posted>,
+    /// A contact created for the document, recorded with its posting mark (or, when no
+    /// document takes it, at the attempt's end).
+    contact_posted: Option<xref::ContactMark>,
 }
 
 /// What an attempt did: its outcome and the document it posted, whose xref the caller
@@ -465,6 +468,7 @@ async fn run_event(
         binding_text: run.binding.to_string(),
         holder,
         posted: None,
+        contact_posted: None,
     };
     let outcome = match &run.event_name {
         EventName::InvoiceCreated => invoice_created(&mut env).await,
@@ -479,6 +483,8 @@ async fn run_event(
         ))),
     };
     *posted = env.posted.take();
+    // Before any outcome counts: the contact is in Sage.
+    contact::record_contact(&mut env).await?;
     outcome
 }
 

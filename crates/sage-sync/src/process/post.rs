@@ -151,6 +151,10 @@ pub(super) async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -
     let db = env.state.db.clone();
     let binding = env.run.binding;
     let previous = doc.previous.clone();
+    if previous.as_ref().is_some_and(|x| x.state == xref::XrefState::Posting) {
+        // The look-up may end the post here: the new contact's mark goes first.
+        contact::record_contact(env).await?;
+    }
     if previous.as_ref().is_some_and(|x| x.state == xref::XrefState::Posting)
         && let Some(found) = find_by_reference(env, &doc, &mapped.body).await?
     {
@@ -162,8 +166,9 @@ pub(super) async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -
     body["idempotency_id"] = json!(idempotency);
     let key = XrefKey::document(binding, &env.business, doc.entity, doc.id);
     // The mark and the post's budget entry in one round trip, when the session has a budget.
+    let contact = env.contact_posted.take();
     let marked = match env.session.spend_request() {
-        Some(spend) => match xref::mark_posting_spending(&db, &key, &idempotency, &spend).await? {
+        Some(spend) => match xref::mark_posting_spending(&db, &key, &idempotency, &spend, contact.as_ref()).await? {
             xref::Posting::Marked { call } => {
                 env.session.spend_with(call);
                 true
@@ -174,7 +179,12 @@ pub(super) async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -
             }
             xref::Posting::BudgetSpent(until) => return Err(CallError::BudgetSpent(until).into()),
         },
-        None => xref::mark_posting(&db, &key, &idempotency).await?,
+        None => {
+            if let Some(c) = &contact {
+                xref::mark_contact_posted(&db, binding, &env.business, c).await?;
+            }
+            xref::mark_posting(&db, &key, &idempotency).await?
+        }
     };
     if !marked {
         // Another attempt posted it meanwhile (its lease had lapsed): use that document.
