@@ -20,6 +20,41 @@ pub struct Job {
     pub lease_id: uuid::Uuid,
     pub payload: Value,
     pub entity_key: Option<String>,
+    /// A sync job's run as the claim read it (what the attempt needs of it, its binding
+    /// and Sage connection): no read of its own before the attempt starts.
+    pub run: Option<Box<ClaimedRun>>,
+}
+
+/// A claimed job's run, with its binding's and Sage connection's columns the attempt
+/// needs (see `ledger_sage_sync::process::RunInfo`).
+#[derive(Clone)]
+pub struct ClaimedRun {
+    pub tenant_id: ledger_core::TenantId,
+    pub event_name: String,
+    pub entity_type: String,
+    pub magento_entity_id: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub policy: Option<Value>,
+    pub magento_base_url: String,
+    pub traceparent: Option<String>,
+    /// The store's api_key, sealed (never printed).
+    pub api_key: Option<Vec<u8>>,
+    pub region: Option<String>,
+    pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub business_id: String,
+    pub token_version: Option<i64>,
+    pub store_clock_skew_secs: Option<i32>,
+    pub reference: Option<Value>,
+}
+
+impl std::fmt::Debug for ClaimedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimedRun")
+            .field("event_name", &self.event_name)
+            .field("entity_type", &self.entity_type)
+            .field("magento_entity_id", &self.magento_entity_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One claimed row.
@@ -44,6 +79,7 @@ impl Claimed {
             lease_id,
             payload: self.payload,
             entity_key: self.entity_key,
+            run: None,
         }
     }
 }
@@ -115,6 +151,21 @@ struct Polled {
     entity_key: Option<String>,
     callbacks_due: Option<bool>,
     due_in: Option<f64>,
+    run_tenant_id: Option<ledger_core::TenantId>,
+    run_event_name: Option<String>,
+    run_entity_type: Option<String>,
+    run_entity_id: Option<i64>,
+    run_created_at: Option<chrono::DateTime<chrono::Utc>>,
+    run_policy: Option<Value>,
+    run_base_url: Option<String>,
+    run_traceparent: Option<String>,
+    run_api_key: Option<Vec<u8>>,
+    run_region: Option<String>,
+    run_occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+    run_business_id: Option<String>,
+    run_token_version: Option<i64>,
+    run_clock_skew: Option<i32>,
+    run_reference: Option<Value>,
 }
 
 async fn claim_after(
@@ -204,8 +255,25 @@ async fn claim_after(
                        ORDER BY j.run_at LIMIT 1) n
                      WHERE r.run_at <= now()),
                     (SELECT min(blocked_until) FROM sage_budgets WHERE blocked_until > now())
-                  ) - now())::float8 END AS due_in
-           FROM (VALUES (1)) one(x) LEFT JOIN claimed c ON true"#,
+                  ) - now())::float8 END AS due_in,
+                  -- A sync job's run, as the attempt needs it (its own read saved).
+                  rb.tenant_id AS "run_tenant_id?: ledger_core::TenantId", r.event_name AS "run_event_name?",
+                  r.entity_type AS "run_entity_type?", r.magento_entity_id AS "run_entity_id?",
+                  r.created_at AS "run_created_at?",
+                  CASE WHEN r.id IS NOT NULL THEN
+                    COALESCE(r.policy, (SELECT s.settings FROM binding_settings s WHERE s.binding_id = r.binding_id)) END AS run_policy,
+                  rb.magento_base_url AS "run_base_url?", r.traceparent AS run_traceparent, rb.api_key AS run_api_key,
+                  sc.region AS "run_region?", e.occurred_at AS "run_occurred_at?",
+                  CASE WHEN r.id IS NOT NULL THEN COALESCE(sc.business_id, '') END AS run_business_id,
+                  sc.token_version AS "run_token_version?", rb.store_clock_skew_secs AS run_clock_skew,
+                  CASE WHEN r.id IS NOT NULL THEN
+                    (SELECT jsonb_object_agg(s.kind, s.items) FROM sage_reference s WHERE s.binding_id = r.binding_id
+                       AND s.kind IN ('tax_rates', 'financial_settings', 'business_settings')) END AS run_reference
+           FROM (VALUES (1)) one(x) LEFT JOIN claimed c ON true
+           LEFT JOIN sync_runs r ON r.id = c.sync_run_id
+           LEFT JOIN connector_bindings rb ON rb.id = r.binding_id
+           LEFT JOIN sage_connections sc ON sc.binding_id = r.binding_id
+           LEFT JOIN received_events e ON e.id = r.event_id"#,
         limit,
         lease_id,
         secs,
@@ -222,18 +290,52 @@ async fn claim_after(
         ..
     } = polled
     {
-        return Ok(Claim::Job(
-            Claimed {
-                id,
-                binding_id,
-                kind,
-                sync_run_id: polled.sync_run_id,
-                attempts,
-                payload,
-                entity_key: polled.entity_key,
-            }
-            .into_job(lease_id),
-        ));
+        let run = match (
+            polled.run_tenant_id,
+            polled.run_event_name,
+            polled.run_entity_type,
+            polled.run_entity_id,
+            polled.run_created_at,
+            polled.run_base_url,
+        ) {
+            (
+                Some(tenant_id),
+                Some(event_name),
+                Some(entity_type),
+                Some(magento_entity_id),
+                Some(created_at),
+                Some(magento_base_url),
+            ) => Some(Box::new(ClaimedRun {
+                tenant_id,
+                event_name,
+                entity_type,
+                magento_entity_id,
+                created_at,
+                policy: polled.run_policy,
+                magento_base_url,
+                traceparent: polled.run_traceparent,
+                api_key: polled.run_api_key,
+                region: polled.run_region,
+                occurred_at: polled.run_occurred_at,
+                business_id: polled.run_business_id.unwrap_or_default(),
+                token_version: polled.run_token_version,
+                store_clock_skew_secs: polled.run_clock_skew,
+                reference: polled.run_reference,
+            })),
+            _ => None,
+        };
+        let mut job = Claimed {
+            id,
+            binding_id,
+            kind,
+            sync_run_id: polled.sync_run_id,
+            attempts,
+            payload,
+            entity_key: polled.entity_key,
+        }
+        .into_job(lease_id);
+        job.run = run;
+        return Ok(Claim::Job(job));
     }
     let due_in = polled.due_in.map(|s| Duration::from_secs_f64(s.max(0.0)));
     if polled.callbacks_due != Some(true) {

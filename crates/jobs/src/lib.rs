@@ -22,8 +22,8 @@ mod settle;
 
 pub use accept::{Persisted, Received, accept, delete_events_without_run, forget_event_bodies, repeat};
 pub use claim::{
-    Claim, Job, Reclaimed, Turn, claim, claim_or_wait, depth, enqueue_callback, finish, heartbeat, reclaim_expired,
-    release,
+    Claim, ClaimedRun, Job, Reclaimed, Turn, claim, claim_or_wait, depth, enqueue_callback, finish, heartbeat,
+    reclaim_expired, release,
 };
 pub use settle::{Attempt, CallbackEnd, CallbackStore, Finished, Posted, finish_attempt, finish_callback};
 

@@ -242,6 +242,7 @@ pub async fn finish_attempt(db: &sqlx::PgPool, a: &Attempt<'_>) -> Result<Finish
                 lease_id,
                 payload: payload.clone(),
                 entity_key: Some(a.callback_entity_key.as_str().to_owned()),
+                run: None,
             };
             Some((job, store))
         }

@@ -429,7 +429,12 @@ async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<
             .await
             .map(|_| None);
     };
-    let Some(run) = process::load_run(&state.db, run_id).await? else {
+    // Read by the claim, unless the job came another way.
+    let run = match job.run.as_deref() {
+        Some(claimed) => Some(process::RunInfo::claimed(run_id, job.binding_id, claimed)),
+        None => process::load_run(&state.db, run_id).await?,
+    };
+    let Some(run) = run else {
         let mut conn = state.db.acquire().await?;
         return queue::finish(&mut conn, job, JobStatus::Dead, Some("sync run deleted"))
             .await

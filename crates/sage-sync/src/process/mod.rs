@@ -114,6 +114,31 @@ pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunIn
     }))
 }
 
+impl RunInfo {
+    /// The run as the claim that took its job read it ([`load_run`]'s columns).
+    pub fn claimed(id: uuid::Uuid, binding: BindingId, r: &ledger_jobs::ClaimedRun) -> Self {
+        Self {
+            id,
+            binding,
+            tenant: r.tenant_id,
+            event_name: EventName::parse(&r.event_name),
+            entity_type: r.entity_type.clone(),
+            entity_id: r.magento_entity_id,
+            created_at: r.created_at,
+            policy: r.policy.clone(),
+            magento_base_url: r.magento_base_url.clone(),
+            traceparent: r.traceparent.clone(),
+            sealed_api_key: SealedKey(r.api_key.clone()),
+            region: r.region.clone(),
+            occurred_at: r.occurred_at,
+            business_id: r.business_id.clone(),
+            token_version: r.token_version,
+            store_clock_skew: r.store_clock_skew_secs,
+            reference: r.reference.clone().unwrap_or(Value::Null),
+        }
+    }
+}
+
 fn from_magento(state: &AppState, binding: BindingId, err: MagentoError) -> Failure {
     let message = err.to_string();
     if let MagentoError::ClockSkew { store_ahead_secs, .. } = err {
