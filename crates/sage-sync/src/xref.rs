@@ -208,43 +208,74 @@ pub struct IndexRead {
 pub struct Held {
     pub xref: Option<Xref>,
     pub index: Option<IndexRead>,
+    /// The budget entry taken for a contact's create that follows for certain (see
+    /// [`lock_get`]); `Err`: the budget is spent until then.
+    pub spent: Option<Result<i64, chrono::DateTime<chrono::Utc>>>,
 }
 
-/// [`lock`], then the entity's xref — and, given `index` (a lowercased email and a
-/// freshness window in seconds), the business's contact index for that email in the
-/// key's currency — in one round trip; `None` when another holder has the lease. The
-/// read shares the statement's snapshot, which can predate the previous holder's last
-/// write by the moment it took to release: a stale answer is harmless, as
-/// [`mark_posting`] refuses to re-post a posted entity and contacts are adopted by
-/// reference before any is created.
+/// What [`lock_get`] reads with a contact's lease: the business's contact index for a
+/// (lowercased) email, fresh within `fresh_secs`; and, on `spend`'s terms, the budget
+/// entry for the contact's create when that follows for certain — no contact posted
+/// for the customer, and a complete, fresh index that knows nobody with the email.
+#[derive(Debug, Clone, Copy)]
+pub struct ContactRead<'a> {
+    pub email: &'a str,
+    pub fresh_secs: f64,
+    pub spend: Option<&'a ledger_sage_vault::session::Spend>,
+}
+
+/// [`lock`], then the entity's xref — and, for a contact, what [`ContactRead`] asks —
+/// in one round trip; `None` when another holder has the lease. The read shares the
+/// statement's snapshot, which can predate the previous holder's last write by the
+/// moment it took to release: a stale answer is harmless, as [`mark_posting`] refuses
+/// to re-post a posted entity and contacts are adopted by reference before any is
+/// created.
 pub async fn lock_get(
     db: &sqlx::PgPool,
     lease: &ledger_jobs::EntityKey,
     holder: uuid::Uuid,
     ttl: std::time::Duration,
     key: &XrefKey<'_>,
-    index: Option<(&str, f64)>,
+    contact: Option<ContactRead<'_>>,
 ) -> Result<Option<Held>, sqlx::Error> {
-    let (email, fresh_secs) = index.map_or((None, 0.0), |(e, f)| (Some(e), f));
+    let email = contact.map(|c| c.email);
+    let fresh_secs = contact.map_or(0.0, |c| c.fresh_secs);
+    let spend = contact.and_then(|c| c.spend);
     let row = sqlx::query!(
         r#"WITH l AS (
              INSERT INTO sync_locks (binding_id, key, holder, until) VALUES ($1, $2, $3, now() + make_interval(secs => $4))
              ON CONFLICT (binding_id, key) DO UPDATE SET holder = $3, until = EXCLUDED.until
              WHERE sync_locks.holder = $3 OR sync_locks.until < now()
              RETURNING 1 AS one
+           ), got AS MATERIALIZED (
+             SELECT EXISTS (SELECT 1 FROM l) AS locked, x.state, x.sage_id, x.sage_reference, x.idempotency_id, x.extra,
+                    s.binding_id IS NOT NULL AS indexed, s.complete, s.too_large, s.changed_since,
+                    COALESCE(s.refreshed_at > now() - make_interval(secs => $10), false) AS fresh,
+                    CASE WHEN s.binding_id IS NOT NULL THEN ARRAY(
+                      SELECT i.contact_id FROM sage_contact_index i
+                      WHERE i.binding_id = $1 AND i.sage_business_id = $8 AND i.email = $9 AND i.currency = $7
+                      ORDER BY i.contact_id) END AS index_ids
+             FROM (SELECT 1) one
+             LEFT JOIN entity_xref x ON x.binding_id = $1 AND x.sage_business_id = $8 AND x.entity_type = $5
+               AND x.magento_entity_id = $6 AND x.currency = $7
+             LEFT JOIN sage_contact_index_state s ON $9::text IS NOT NULL AND s.binding_id = $1 AND s.sage_business_id = $8
+           ), settled AS (
+             UPDATE sage_calls SET at = clock_timestamp() WHERE id = $14
+           ), taken AS MATERIALIZED (
+             -- Only when the create follows for certain (else no entry is taken).
+             SELECT a.call_id, a.free_at FROM ledger_budget_acquire($11, $12, $13) a
+             WHERE $11::text IS NOT NULL AND (
+               SELECT g.locked AND g.state IS DISTINCT FROM 'posted' AND g.indexed AND g.complete AND NOT g.too_large
+                      AND g.fresh AND cardinality(g.index_ids) = 0
+               FROM got g)
            )
-           SELECT EXISTS (SELECT 1 FROM l) AS "locked!", x.state AS "state?: XrefState", x.sage_id, x.sage_reference,
-                  x.idempotency_id, x.extra AS "extra?",
-                  s.binding_id IS NOT NULL AS "indexed!", s.complete AS "complete?", s.too_large AS "too_large?",
-                  s.changed_since, COALESCE(s.refreshed_at > now() - make_interval(secs => $10), false) AS "fresh!",
-                  CASE WHEN s.binding_id IS NOT NULL THEN ARRAY(
-                    SELECT i.contact_id FROM sage_contact_index i
-                    WHERE i.binding_id = $1 AND i.sage_business_id = $8 AND i.email = $9 AND i.currency = $7
-                    ORDER BY i.contact_id) END AS index_ids
-           FROM (SELECT 1) one
-           LEFT JOIN entity_xref x ON x.binding_id = $1 AND x.sage_business_id = $8 AND x.entity_type = $5
-             AND x.magento_entity_id = $6 AND x.currency = $7
-           LEFT JOIN sage_contact_index_state s ON $9::text IS NOT NULL AND s.binding_id = $1 AND s.sage_business_id = $8"#,
+           SELECT g.locked AS "locked!", g.state AS "state?: XrefState", g.sage_id AS "sage_id?",
+                  g.sage_reference AS "sage_reference?", g.idempotency_id AS "idempotency_id?", g.extra AS "extra?",
+                  g.indexed AS "indexed!", g.complete AS "complete?", g.too_large AS "too_large?",
+                  g.changed_since AS "changed_since?", g.fresh AS "fresh!", g.index_ids AS "index_ids?",
+                  EXISTS (SELECT 1 FROM taken) AS "asked!", (SELECT call_id FROM taken) AS call_id,
+                  (SELECT free_at FROM taken) AS free_at
+           FROM got g"#,
         key.binding.0,
         lease.as_str(),
         holder,
@@ -255,6 +286,10 @@ pub async fn lock_get(
         key.business,
         email,
         fresh_secs,
+        spend.map(|s| s.business.as_str()),
+        spend.map_or(0.0, |s| s.window_secs),
+        spend.map_or(0, |s| s.limit),
+        spend.and_then(|s| s.settle),
     )
     .fetch_one(db)
     .await?;
@@ -268,6 +303,9 @@ pub async fn lock_get(
         fresh: row.fresh,
         ids: row.index_ids.unwrap_or_default(),
     });
+    let spent = row
+        .asked
+        .then(|| row.call_id.ok_or_else(|| row.free_at.unwrap_or_else(chrono::Utc::now)));
     Ok(Some(Held {
         xref: row.state.map(|state| Xref {
             state,
@@ -277,6 +315,7 @@ pub async fn lock_get(
             extra: row.extra.unwrap_or(Value::Null),
         }),
         index,
+        spent,
     }))
 }
 

@@ -79,17 +79,28 @@ pub(super) async fn ensure_contact(
     // customer: a reference Sage holds is then someone else's, and the create's refusal
     // says so — no search by reference first (one Sage call fewer per new customer).
     let looked_up = key != ContactKey::WebSales && !contact.email.is_empty();
-    // The contact index's answer is read with the lease, for a customer not yet in Sage.
+    // The contact index's answer is read with the lease, for a customer not yet in Sage,
+    // and the create's budget entry taken when the create follows for certain.
     let email = contact.email.trim().to_lowercase();
+    let spend = if looked_up { env.session.spend_request() } else { None };
     let held = hold_read(
         env,
         &EntityKey::contact(xid, &currency),
         "contact",
         xid,
         &currency,
-        looked_up.then_some((email.as_str(), contact_index::FRESH_FOR_SECS)),
+        looked_up.then_some(xref::ContactRead {
+            email: &email,
+            fresh_secs: contact_index::FRESH_FOR_SECS,
+            spend: spend.as_ref(),
+        }),
     )
     .await?;
+    match held.spent {
+        Some(Ok(call)) => env.session.spend_with(call),
+        Some(Err(until)) => return Err(CallError::BudgetSpent(until).into()),
+        None => {}
+    }
     if let Some(x) = held.xref
         && let Some(id) = x.posted()
     {

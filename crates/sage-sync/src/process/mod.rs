@@ -539,14 +539,14 @@ async fn hold_get(env: &Env<'_>, key: &EntityKey, entity: &str, id: i64, currenc
     Ok(hold_read(env, key, entity, id, currency, None).await?.xref)
 }
 
-/// [`hold_get`], with the contact index's answer for an email when `index` names one.
+/// [`hold_get`], with what `contact` asks of a contact's lease (see [`xref::ContactRead`]).
 async fn hold_read(
     env: &Env<'_>,
     key: &EntityKey,
     entity: &str,
     id: i64,
     currency: &str,
-    index: Option<(&str, f64)>,
+    contact: Option<xref::ContactRead<'_>>,
 ) -> Step<xref::Held> {
     let ttl = env.state.settings.job_lease;
     let xref_key = XrefKey {
@@ -556,7 +556,7 @@ async fn hold_read(
         id,
         currency,
     };
-    match xref::lock_get(&env.state.db, key, env.holder, ttl, &xref_key, index).await? {
+    match xref::lock_get(&env.state.db, key, env.holder, ttl, &xref_key, contact).await? {
         Some(x) => Ok(x),
         None => Err(busy(key)),
     }
