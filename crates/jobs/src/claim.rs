@@ -23,6 +23,9 @@ pub struct Job {
     /// A sync job's run as the claim read it (what the attempt needs of it, its binding
     /// and Sage connection): no read of its own before the attempt starts.
     pub run: Option<Box<ClaimedRun>>,
+    /// When claimed, more was due (another job of the binding, or another binding with
+    /// due work): the worker claims again when done, else it waits to be told.
+    pub more_due: bool,
 }
 
 /// A claimed job's run, with its binding's and Sage connection's columns the attempt
@@ -80,6 +83,8 @@ impl Claimed {
             payload: self.payload,
             entity_key: self.entity_key,
             run: None,
+            // Unknown: claim again when done.
+            more_due: true,
         }
     }
 }
@@ -166,6 +171,7 @@ struct Polled {
     run_token_version: Option<i64>,
     run_clock_skew: Option<i32>,
     run_reference: Option<Value>,
+    more_due: Option<bool>,
 }
 
 async fn claim_after(
@@ -268,7 +274,15 @@ async fn claim_after(
                   sc.token_version AS "run_token_version?", rb.store_clock_skew_secs AS run_clock_skew,
                   CASE WHEN r.id IS NOT NULL THEN
                     (SELECT jsonb_object_agg(s.kind, s.items) FROM sage_reference s WHERE s.binding_id = r.binding_id
-                       AND s.kind IN ('tax_rates', 'financial_settings', 'business_settings')) END AS run_reference
+                       AND s.kind IN ('tax_rates', 'financial_settings', 'business_settings')) END AS run_reference,
+                  -- Whether more was due: another of the binding's jobs, or a second binding
+                  -- on the ring (one more probe of its walk). (The claimed row still reads
+                  -- as queued here.)
+                  CASE WHEN c.id IS NOT NULL THEN
+                    EXISTS (SELECT 1 FROM jobs q WHERE q.binding_id = c.binding_id AND q.status = 'queued'
+                              AND q.run_at <= now() AND q.id <> c.id)
+                    OR (SELECT count(*) FROM (SELECT 1 FROM ring WHERE ring.run_at <= now() LIMIT 2) two) > 1
+                  END AS more_due
            FROM (VALUES (1)) one(x) LEFT JOIN claimed c ON true
            LEFT JOIN sync_runs r ON r.id = c.sync_run_id
            LEFT JOIN connector_bindings rb ON rb.id = r.binding_id
@@ -335,6 +349,7 @@ async fn claim_after(
         }
         .into_job(lease_id);
         job.run = run;
+        job.more_due = polled.more_due.unwrap_or(true);
         return Ok(Claim::Job(job));
     }
     let due_in = polled.due_in.map(|s| Duration::from_secs_f64(s.max(0.0)));

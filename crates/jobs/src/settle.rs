@@ -75,6 +75,8 @@ pub struct Posted {
 pub struct Finished {
     /// The attempt still held the job's lease (else nothing was written).
     pub held: bool,
+    /// Jobs waiting on its leases were made due (the caller claims again).
+    pub woke: bool,
     /// The store callback handed over (claimed under `callback_lease`), with the binding
     /// it goes to as the same statement read it; `None` when it was queued instead.
     pub callback: Option<(Job, Option<CallbackStore>)>,
@@ -135,6 +137,7 @@ pub async fn finish_attempt(db: &sqlx::PgPool, a: &Attempt<'_>) -> Result<Finish
              UPDATE jobs SET run_at = now(), updated_at = now()
              WHERE $26::bool AND jobs.binding_id = $21 AND jobs.status = 'queued' AND jobs.waits_on IS NOT NULL
                AND jobs.waits_on IN (SELECT key FROM unlocked) AND jobs.run_at > now()
+             RETURNING 1 AS one
            ), replaced AS (
              -- Handed over: a queued older state for the entity takes the new one and is
              -- claimed under the worker's lease (the queue keeps one row per entity)...
@@ -168,7 +171,7 @@ pub async fn finish_attempt(db: &sqlx::PgPool, a: &Attempt<'_>) -> Result<Finish
              DO UPDATE SET state = 'posted', sage_id = EXCLUDED.sage_id, sage_reference = EXCLUDED.sage_reference,
                            extra = entity_xref.extra || EXCLUDED.extra, updated_at = now()
            )
-           SELECT EXISTS (SELECT 1 FROM fin) AS "held!", c.id AS "callback_id?", c.attempts AS "callback_attempts?",
+           SELECT EXISTS (SELECT 1 FROM fin) AS "held!", EXISTS (SELECT 1 FROM woken) AS "woke!", c.id AS "callback_id?", c.attempts AS "callback_attempts?",
                   b.tenant_id AS "tenant_id?: ledger_core::TenantId", b.magento_base_url AS "magento_base_url?",
                   b.status AS "binding_status?", b.api_key, b.magento_connection_status AS "magento_connection_status?",
                   b.store_clock_skew_secs
@@ -243,6 +246,7 @@ pub async fn finish_attempt(db: &sqlx::PgPool, a: &Attempt<'_>) -> Result<Finish
                 payload: payload.clone(),
                 entity_key: Some(a.callback_entity_key.as_str().to_owned()),
                 run: None,
+                more_due: false,
             };
             Some((job, store))
         }
@@ -250,6 +254,7 @@ pub async fn finish_attempt(db: &sqlx::PgPool, a: &Attempt<'_>) -> Result<Finish
     };
     Ok(Finished {
         held: row.held,
+        woke: row.woke,
         callback,
     })
 }

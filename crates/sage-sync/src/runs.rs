@@ -36,12 +36,23 @@ pub struct Ended<'a> {
     pub unsettled: Option<i64>,
 }
 
+/// What [`complete`] leaves the worker to do.
+#[derive(Debug, Default)]
+pub struct Completed {
+    /// The store callback handed over, claimed, with the binding it goes to.
+    pub callback: Option<(ledger_jobs::Job, Option<ledger_jobs::CallbackStore>)>,
+    /// The job is queued again after this long (a wait or a retry).
+    pub retry_in: Option<std::time::Duration>,
+    /// Jobs waiting on the attempt's leases are due now.
+    pub woke: bool,
+}
+
 pub async fn complete(
     state: &AppState,
     job: &ledger_jobs::Job,
     run: &RunInfo,
     ended: Ended<'_>,
-) -> Result<Option<(ledger_jobs::Job, Option<ledger_jobs::CallbackStore>)>, sqlx::Error> {
+) -> Result<Completed, sqlx::Error> {
     let Ended {
         outcome,
         posted,
@@ -190,10 +201,17 @@ pub async fn complete(
     if !row.held {
         // The lease expired and another worker owns the job now: its result counts.
         tracing::warn!(job = job.id, "lease lost before completing; result discarded");
-        return Ok(None);
+        return Ok(Completed::default());
     }
     metrics::counter!("sync_runs_total", "status" => status.as_str(), "class" => class.unwrap_or("none")).increment(1);
-    Ok(row.callback)
+    Ok(Completed {
+        callback: row.callback,
+        retry_in: match next {
+            Next::Retry { after, .. } => Some(after),
+            Next::Done => None,
+        },
+        woke: row.woke,
+    })
 }
 
 // ---- API ----------------------------------------------------------------------

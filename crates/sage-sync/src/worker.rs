@@ -75,12 +75,13 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         tracing::warn!("{warning}");
     }
     let wake = Arc::new(Notify::new());
+    let hints = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let held = Arc::new(Held::default());
     let turn = Arc::new(queue::Turn::default());
     let ticker = Arc::new(Ticker::default());
     let stop_claiming = shutdown.child_token();
     let background = TaskTracker::new();
-    background.spawn(listen(state.clone(), wake.clone(), shutdown.clone()));
+    background.spawn(listen(state.clone(), wake.clone(), hints.clone(), shutdown.clone()));
     background.spawn(housekeeping(state.clone(), wake.clone(), shutdown.clone()));
     background.spawn(
         ticker
@@ -95,6 +96,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             Wakes {
                 notified: wake.clone(),
                 ticker: ticker.clone(),
+                hints: hints.clone(),
             },
             held.clone(),
             turn.clone(),
@@ -126,7 +128,12 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 }
 
 /// Wakes idle workers when a job is queued anywhere (any process).
-async fn listen(state: AppState, wake: Arc<Notify>, shutdown: CancellationToken) {
+async fn listen(
+    state: AppState,
+    wake: Arc<Notify>,
+    hints: Arc<std::sync::atomic::AtomicUsize>,
+    shutdown: CancellationToken,
+) {
     loop {
         let listener = async {
             let mut l = PgListener::connect_with(&state.db).await?;
@@ -145,7 +152,10 @@ async fn listen(state: AppState, wake: Arc<Notify>, shutdown: CancellationToken)
                 () = shutdown.cancelled() => return,
                 n = listener.recv() => match n {
                     // One notification, one worker: no herd of idle workers racing to claim.
-                    Ok(_) => wake.notify_one(),
+                    Ok(_) => {
+                        hints.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        wake.notify_one();
+                    }
                     Err(e) => { tracing::warn!(error = %e, "LISTEN connection lost"); break; }
                 },
             }
@@ -239,10 +249,26 @@ impl Ticker {
 }
 
 /// What wakes an idle worker: a job queued anywhere (LISTEN), or the ticker's look.
-#[derive(Clone)]
 struct Wakes {
     notified: Arc<Notify>,
     ticker: Arc<Ticker>,
+    /// Jobs notified and not yet looked for: a worker finishing a job claims again while
+    /// any are left (notifications that came while every worker was busy), or when its
+    /// claim said more was due; else it waits to be told instead of asking in vain.
+    hints: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Wakes {
+    /// Takes one hint, if any is left.
+    fn take_hint(&self) -> bool {
+        self.hints
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |h| h.checked_sub(1),
+            )
+            .is_ok()
+    }
 }
 
 async fn work(
@@ -262,6 +288,7 @@ async fn work(
         }
         // Register for a wake-up before looking, so a notification in between is not lost.
         let notified = wakes.notified.notified();
+        wakes.take_hint();
         let claimed = queue::claim_or_wait(
             &state.db,
             &turn,
@@ -275,14 +302,22 @@ async fn work(
                     // More may have fallen due at once: another idle worker looks too.
                     wakes.ticker.look.notify_one();
                 }
+                let mut more = job.more_due;
                 // A finished sync hands over its store callback, claimed and with its
                 // binding read, delivered at once.
                 let mut next = Some((job, None));
                 while let Some((job, store)) = next.take() {
                     held.add(&job);
-                    let follow_up = execute(&state, &job, store, &name).await;
+                    let done = execute(&state, &job, store, &name).await;
                     held.remove(&job);
-                    if let Some((callback, store)) = follow_up {
+                    more |= done.woke;
+                    if let Some(d) = done.retry_in {
+                        // Its own backoff: looked at when it ends, not at the next poll.
+                        wakes
+                            .ticker
+                            .due_at(tokio::time::Instant::now() + d + Duration::from_millis(2));
+                    }
+                    if let Some((callback, store)) = done.callback {
                         if stop.is_cancelled() {
                             // Back to the queue for whichever worker runs next.
                             if let Err(e) = queue::release(&state.db, callback.id, callback.lease_id).await {
@@ -293,8 +328,21 @@ async fn work(
                         }
                     }
                 }
+                if !more && wakes.hints.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    // Nothing was due besides this job, and nothing was queued since that
+                    // another worker has not looked for: wait to be told (a stored
+                    // notification or look ends this at once).
+                    let notified = wakes.notified.notified();
+                    looking = tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = notified => false,
+                        () = wakes.ticker.look.notified() => true,
+                    };
+                }
             }
             Ok(queue::Claim::Idle { due_in }) => {
+                // What was hinted is taken (by another process, or not due yet).
+                wakes.hints.store(0, std::sync::atomic::Ordering::Release);
                 // Sleep until a notification or the ticker's next look: at the next job's
                 // due time (a backoff ends, a budget frees) or the polling fallback,
                 // whichever comes first. A job due now that could not be claimed waits on
@@ -328,7 +376,7 @@ async fn execute(
     job: &queue::Job,
     store: Option<Option<queue::CallbackStore>>,
     worker: &str,
-) -> Option<Handover> {
+) -> runs::Completed {
     let stop_beat = CancellationToken::new();
     let lost = CancellationToken::new();
     let beat = tokio::spawn(keep_lease(
@@ -341,13 +389,16 @@ async fn execute(
     let work = async {
         match &job.kind {
             JobKind::SyncEvent => sync_event(state, job, worker).await,
-            JobKind::SyncState => sync_state(state, job, store).await.map(|()| None),
+            JobKind::SyncState => sync_state(state, job, store).await.map(|retry_in| runs::Completed {
+                retry_in,
+                ..Default::default()
+            }),
             JobKind::Unknown(other) => {
                 tracing::error!(kind = other, "unknown job kind");
                 match state.db.acquire().await {
                     Ok(mut conn) => queue::finish(&mut conn, job, JobStatus::Dead, Some("unknown job kind"))
                         .await
-                        .map(|_| None),
+                        .map(|_| runs::Completed::default()),
                     Err(e) => Err(e),
                 }
             }
@@ -365,12 +416,12 @@ async fn execute(
             job = job.id,
             "the job's lease was lost; stopped it (its new holder runs it)"
         );
-        return None;
+        return runs::Completed::default();
     };
     result.unwrap_or_else(|e| {
         // The lease expires and another worker retries the job.
         tracing::warn!(job = job.id, error = %e, "recording a job's result failed");
-        None
+        runs::Completed::default()
     })
 }
 
@@ -418,16 +469,13 @@ pub async fn keep_lease(
     }
 }
 
-/// A store callback handed over by the attempt that queued it, with its binding.
-type Handover = (queue::Job, Option<queue::CallbackStore>);
-
-async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<Option<Handover>, sqlx::Error> {
+async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<runs::Completed, sqlx::Error> {
     let started = Utc::now();
     let Some(run_id) = job.sync_run_id else {
         let mut conn = state.db.acquire().await?;
         return queue::finish(&mut conn, job, JobStatus::Dead, Some("no sync run"))
             .await
-            .map(|_| None);
+            .map(|_| runs::Completed::default());
     };
     // Read by the claim, unless the job came another way.
     let run = match job.run.as_deref() {
@@ -438,7 +486,7 @@ async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<
         let mut conn = state.db.acquire().await?;
         return queue::finish(&mut conn, job, JobStatus::Dead, Some("sync run deleted"))
             .await
-            .map(|_| None);
+            .map(|_| runs::Completed::default());
     };
     // (The claim has marked the run running.)
     let span = tracing::info_span!(
@@ -484,7 +532,7 @@ async fn sync_state(
     state: &AppState,
     job: &queue::Job,
     store: Option<Option<queue::CallbackStore>>,
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<Duration>, sqlx::Error> {
     use ledger_magento_callback::delivery;
     let span =
         tracing::info_span!("sync_state", otel.name = "sync-state callback", job = job.id, binding = %job.binding_id);
@@ -540,7 +588,7 @@ async fn sync_state(
         let lag = (Utc::now() - finished.with_timezone(&Utc)).to_std().unwrap_or_default();
         metrics::histogram!("callback_lag_seconds").record(lag.as_secs_f64());
     }
-    Ok(())
+    Ok((job_status == JobStatus::Queued).then(|| Duration::from_secs_f64(after)))
 }
 
 #[cfg(test)]
