@@ -277,10 +277,12 @@ async fn claim_after(
                        AND s.kind IN ('tax_rates', 'financial_settings', 'business_settings')) END AS run_reference,
                   -- Whether more was due: another of the binding's jobs, or a second binding
                   -- on the ring (one more probe of its walk). (The claimed row still reads
-                  -- as queued here.)
+                  -- as queued here.) Scalar ids and a LIMIT, not EXISTS, so the partial
+                  -- index serves it: an EXISTS here was planned as a sequential scan.
                   CASE WHEN c.id IS NOT NULL THEN
-                    EXISTS (SELECT 1 FROM jobs q WHERE q.binding_id = c.binding_id AND q.status = 'queued'
-                              AND q.run_at <= now() AND q.id <> c.id)
+                    (SELECT q.id FROM jobs q WHERE q.binding_id = (SELECT binding_id FROM claimed) AND q.status = 'queued'
+                       AND q.run_at <= now() AND q.id <> (SELECT id FROM claimed)
+                     ORDER BY q.run_at, q.id LIMIT 1) IS NOT NULL
                     OR (SELECT count(*) FROM (SELECT 1 FROM ring WHERE ring.run_at <= now() LIMIT 2) two) > 1
                   END AS more_due
            FROM (VALUES (1)) one(x) LEFT JOIN claimed c ON true
