@@ -83,7 +83,7 @@ pub struct Finished {
 }
 
 /// The binding columns a store callback is delivered with (absent: the binding is gone).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CallbackStore {
     pub tenant_id: ledger_core::TenantId,
     pub magento_base_url: String,
@@ -91,6 +91,17 @@ pub struct CallbackStore {
     pub api_key: Option<Vec<u8>>,
     pub magento_connection_status: String,
     pub store_clock_skew_secs: Option<i32>,
+}
+
+impl std::fmt::Debug for CallbackStore {
+    // The sealed api_key is never printed, even encrypted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackStore")
+            .field("tenant_id", &self.tenant_id)
+            .field("magento_base_url", &self.magento_base_url)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Records an attempt and moves run and job on, in one statement, only while the job's

@@ -20,10 +20,6 @@ use crate::{
     xref::{self, XrefKey},
 };
 
-/// Records an attempt and moves run and job on, in one statement, only while the job's
-/// lease is still held; ends the attempt's entity leases and settles its last Sage call's
-/// budget entry. Hands the store callback for a terminal outcome over to the caller,
-/// claimed and with its binding read, for delivery at once.
 /// How an attempt ended, for [`complete`].
 #[derive(Debug)]
 pub struct Ended<'a> {
@@ -47,6 +43,10 @@ pub struct Completed {
     pub woke: bool,
 }
 
+/// Records an attempt and moves run and job on, in one statement, only while the job's
+/// lease is still held; ends the attempt's entity leases and settles its last Sage call's
+/// budget entry. Hands the store callback for a terminal outcome over to the caller,
+/// claimed and with its binding read, for delivery at once.
 pub async fn complete(
     state: &AppState,
     job: &ledger_jobs::Job,

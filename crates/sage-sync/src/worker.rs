@@ -477,12 +477,12 @@ async fn sync_event(state: &AppState, job: &queue::Job, worker: &str) -> Result<
             .await
             .map(|_| runs::Completed::default());
     };
-    // Read by the claim, unless the job came another way.
-    let run = match job.run.as_deref() {
-        Some(claimed) => Some(process::RunInfo::claimed(run_id, job.binding_id, claimed)),
-        None => process::load_run(&state.db, run_id).await?,
-    };
-    let Some(run) = run else {
+    // Read by the claim (nothing there: the run is gone).
+    let Some(run) = job
+        .run
+        .as_deref()
+        .map(|claimed| process::RunInfo::claimed(run_id, job.binding_id, claimed))
+    else {
         let mut conn = state.db.acquire().await?;
         return queue::finish(&mut conn, job, JobStatus::Dead, Some("sync run deleted"))
             .await

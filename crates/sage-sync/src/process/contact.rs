@@ -256,9 +256,8 @@ pub(super) async fn ensure_contact(
 /// Holds a created contact's mark for the next document's posting statement; one still
 /// held (two contacts in one attempt) is written now.
 async fn defer_contact(env: &mut Env<'_>, mark: xref::ContactMark) -> Step<()> {
-    if let Some(held) = env.contact_posted.replace(mark) {
-        xref::mark_contact_posted(&env.state.db, env.run.binding, &env.business, &held).await?;
-    }
+    record_contact(env).await?;
+    env.contact_posted = Some(mark);
     Ok(())
 }
 

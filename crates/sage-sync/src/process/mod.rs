@@ -74,48 +74,9 @@ impl std::fmt::Debug for SealedKey {
     }
 }
 
-pub async fn load_run(db: &sqlx::PgPool, run: uuid::Uuid) -> Result<Option<RunInfo>, sqlx::Error> {
-    let row = sqlx::query!(
-        r#"SELECT r.id, r.binding_id AS "binding_id: BindingId", b.tenant_id AS "tenant_id: TenantId", r.event_name,
-                  r.entity_type, r.magento_entity_id, r.created_at,
-                  COALESCE(r.policy, (SELECT s.settings FROM binding_settings s WHERE s.binding_id = r.binding_id)) AS policy,
-                  b.magento_base_url, r.traceparent,
-                  b.api_key, sc.region AS "region?", e.occurred_at AS "occurred_at?",
-                  COALESCE(sc.business_id, '') AS "business_id!", sc.token_version AS "token_version?",
-                  b.store_clock_skew_secs,
-                  (SELECT jsonb_object_agg(s.kind, s.items) FROM sage_reference s WHERE s.binding_id = r.binding_id
-                     AND s.kind IN ('tax_rates', 'financial_settings', 'business_settings')) AS reference
-           FROM sync_runs r JOIN connector_bindings b ON b.id = r.binding_id
-           LEFT JOIN sage_connections sc ON sc.binding_id = r.binding_id
-           LEFT JOIN received_events e ON e.id = r.event_id
-           WHERE r.id = $1"#,
-        run
-    )
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(|r| RunInfo {
-        id: r.id,
-        binding: r.binding_id,
-        tenant: r.tenant_id,
-        event_name: EventName::parse(&r.event_name),
-        entity_type: r.entity_type,
-        entity_id: r.magento_entity_id,
-        created_at: r.created_at,
-        policy: r.policy,
-        magento_base_url: r.magento_base_url,
-        traceparent: r.traceparent,
-        sealed_api_key: SealedKey(r.api_key),
-        region: r.region,
-        occurred_at: r.occurred_at,
-        business_id: r.business_id,
-        token_version: r.token_version,
-        store_clock_skew: r.store_clock_skew_secs,
-        reference: r.reference.unwrap_or(Value::Null),
-    }))
-}
-
 impl RunInfo {
-    /// The run as the claim that took its job read it ([`load_run`]'s columns).
+    /// The run as the claim that took its job read it (the only read of it an attempt
+    /// makes).
     pub fn claimed(id: uuid::Uuid, binding: BindingId, r: &ledger_jobs::ClaimedRun) -> Self {
         Self {
             id,

@@ -154,11 +154,9 @@ pub(super) async fn post_once(env: &mut Env<'_>, doc: Doc<'_>, mapped: Mapped) -
     if previous.as_ref().is_some_and(|x| x.state == xref::XrefState::Posting) {
         // The look-up may end the post here: the new contact's mark goes first.
         contact::record_contact(env).await?;
-    }
-    if previous.as_ref().is_some_and(|x| x.state == xref::XrefState::Posting)
-        && let Some(found) = find_by_reference(env, &doc, &mapped.body).await?
-    {
-        return Ok(found);
+        if let Some(found) = find_by_reference(env, &doc, &mapped.body).await? {
+            return Ok(found);
+        }
     }
     let generation = previous.as_ref().map_or(0, xref::Xref::generation);
     let mut body = mapped.body;
