@@ -231,65 +231,47 @@ async fn claim_after(
              UPDATE jobs SET status = 'running', lease_id = $2, locked_until = now() + make_interval(secs => $3),
                     attempts = attempts + 1, updated_at = now()
              FROM picked WHERE jobs.id = picked.id
-             RETURNING jobs.id, jobs.binding_id, jobs.kind, jobs.sync_run_id, jobs.attempts, jobs.payload, jobs.entity_key
+             RETURNING jobs.id, jobs.binding_id, jobs.kind, jobs.sync_run_id, jobs.attempts, jobs.payload, jobs.entity_key,
+                       jobs.run_at
            ), started AS (
              -- The run shows as running from the claim on (one commit fewer per attempt).
              -- A scalar id, so the primary key finds the run whatever the statistics say.
              UPDATE sync_runs SET status = 'running', started_at = COALESCE(started_at, now()), updated_at = now()
              WHERE sync_runs.id = (SELECT sync_run_id FROM claimed) AND sync_runs.status = 'pending'
            )
-           -- Always one row. When nothing was claimed, whether callbacks are due (claimed
-           -- apart, below) and when the next queued job falls due: the walk has already
-           -- visited every binding with queued work, so each costs an index probe per
-           -- binding whose earliest job is due (the others' next is that job). CASE
-           -- evaluates these only on a miss.
+           -- Always one row. What only some claims need is called, not joined: a plan's
+           -- every node is set up on each run, called or not (migration
+           -- 20261205000001). When nothing was claimed, whether callbacks are due
+           -- (claimed apart, below) and when the next queued job falls due, from the
+           -- bindings the walk has already visited.
            SELECT c.id AS "id?", c.binding_id AS "binding_id?: BindingId", c.kind AS "kind?", c.sync_run_id,
                   c.attempts AS "attempts?", c.payload AS "payload?", c.entity_key,
-                  CASE WHEN c.id IS NULL THEN EXISTS (
-                    SELECT 1 FROM (SELECT id, run_at FROM walk UNION ALL SELECT id, run_at FROM wrapped) r
-                    CROSS JOIN LATERAL (
-                      SELECT 1 FROM jobs q WHERE q.binding_id = r.id AND q.status = 'queued' AND q.kind = 'sync_state'
-                        AND q.run_at <= now() LIMIT 1) q
-                    WHERE r.run_at <= now())
-                  END AS callbacks_due,
-                  CASE WHEN c.id IS NULL THEN EXTRACT(EPOCH FROM LEAST(
-                    (SELECT min(r.run_at) FROM (SELECT run_at FROM walk UNION ALL SELECT run_at FROM wrapped) r
-                     WHERE r.run_at > now()),
-                    (SELECT min(n.run_at) FROM (SELECT id, run_at FROM walk UNION ALL SELECT id, run_at FROM wrapped) r
-                     CROSS JOIN LATERAL (
-                       SELECT j.run_at FROM jobs j WHERE j.binding_id = r.id AND j.status = 'queued' AND j.run_at > now()
-                       ORDER BY j.run_at LIMIT 1) n
-                     WHERE r.run_at <= now()),
-                    (SELECT min(blocked_until) FROM sage_budgets WHERE blocked_until > now())
-                  ) - now())::float8 END AS due_in,
+                  i.callbacks_due, i.due_in,
                   -- A sync job's run, as the attempt needs it (its own read saved).
-                  rb.tenant_id AS "run_tenant_id?: ledger_core::TenantId", r.event_name AS "run_event_name?",
+                  r.tenant_id AS "run_tenant_id?: ledger_core::TenantId", r.event_name AS "run_event_name?",
                   r.entity_type AS "run_entity_type?", r.magento_entity_id AS "run_entity_id?",
-                  r.created_at AS "run_created_at?",
-                  CASE WHEN r.id IS NOT NULL THEN
-                    COALESCE(r.policy, (SELECT s.settings FROM binding_settings s WHERE s.binding_id = r.binding_id)) END AS run_policy,
-                  rb.magento_base_url AS "run_base_url?", r.traceparent AS run_traceparent, rb.api_key AS run_api_key,
-                  sc.region AS "run_region?", e.occurred_at AS "run_occurred_at?",
-                  CASE WHEN r.id IS NOT NULL THEN COALESCE(sc.business_id, '') END AS run_business_id,
-                  sc.token_version AS "run_token_version?", rb.store_clock_skew_secs AS run_clock_skew,
-                  CASE WHEN r.id IS NOT NULL THEN
-                    (SELECT jsonb_object_agg(s.kind, s.items) FROM sage_reference s WHERE s.binding_id = r.binding_id
-                       AND s.kind IN ('tax_rates', 'financial_settings', 'business_settings')) END AS run_reference,
-                  -- Whether more was due: another of the binding's jobs, or a second binding
-                  -- on the ring (one more probe of its walk). (The claimed row still reads
-                  -- as queued here.) Scalar ids and a LIMIT, not EXISTS, so the partial
+                  r.created_at AS "run_created_at?", r.policy AS run_policy, r.magento_base_url AS "run_base_url?",
+                  r.traceparent AS run_traceparent, r.api_key AS run_api_key, r.region AS "run_region?",
+                  r.occurred_at AS "run_occurred_at?", r.business_id AS run_business_id,
+                  r.token_version AS "run_token_version?", r.store_clock_skew_secs AS run_clock_skew,
+                  r.reference AS run_reference,
+                  -- Whether more was due: another of the binding's jobs after the one
+                  -- claimed (a row bound, so the probe starts past it, not at the
+                  -- binding's finished jobs), or a second binding on the ring (one more
+                  -- probe of its walk). Scalar ids and a LIMIT, not EXISTS, so the partial
                   -- index serves it: an EXISTS here was planned as a sequential scan.
                   CASE WHEN c.id IS NOT NULL THEN
                     (SELECT q.id FROM jobs q WHERE q.binding_id = (SELECT binding_id FROM claimed) AND q.status = 'queued'
-                       AND q.run_at <= now() AND q.id <> (SELECT id FROM claimed)
+                       AND q.run_at <= now() AND (q.run_at, q.id) > (SELECT run_at, id FROM claimed)
                      ORDER BY q.run_at, q.id LIMIT 1) IS NOT NULL
                     OR (SELECT count(*) FROM (SELECT 1 FROM ring WHERE ring.run_at <= now() LIMIT 2) two) > 1
                   END AS more_due
            FROM (VALUES (1)) one(x) LEFT JOIN claimed c ON true
-           LEFT JOIN sync_runs r ON r.id = c.sync_run_id
-           LEFT JOIN connector_bindings rb ON rb.id = r.binding_id
-           LEFT JOIN sage_connections sc ON sc.binding_id = r.binding_id
-           LEFT JOIN received_events e ON e.id = r.event_id"#,
+           LEFT JOIN LATERAL ledger_claimed_run(c.sync_run_id) r ON true
+           LEFT JOIN LATERAL (
+             SELECT * FROM ledger_claim_idle(
+               (SELECT array_agg(ring.id) FROM ring), (SELECT array_agg(ring.run_at) FROM ring))
+             WHERE c.id IS NULL) i ON true"#,
         limit,
         lease_id,
         secs,
