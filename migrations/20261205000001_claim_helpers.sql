@@ -33,10 +33,11 @@ $$;
 -- earliest queued job's due time): whether store callbacks are due (claimed apart), and
 -- in how many seconds the next queued job falls due — the earliest not yet due, a later
 -- job of a binding whose earliest is due (one index probe each), or a business's budget
--- freeing. NULL when nothing will.
+-- freeing. NULL when nothing will. STRICT: a claim that took a job passes NULLs and
+-- never calls it.
 CREATE FUNCTION ledger_claim_idle(p_bindings UUID[], p_due TIMESTAMPTZ[],
     OUT callbacks_due BOOLEAN, OUT due_in FLOAT8)
-LANGUAGE plpgsql AS $$
+STRICT LANGUAGE plpgsql AS $$
 BEGIN
     SELECT EXISTS (
              SELECT 1 FROM unnest(p_bindings, p_due) r(id, run_at)

@@ -268,10 +268,11 @@ async fn claim_after(
                   END AS more_due
            FROM (VALUES (1)) one(x) LEFT JOIN claimed c ON true
            LEFT JOIN LATERAL ledger_claimed_run(c.sync_run_id) r ON true
-           LEFT JOIN LATERAL (
-             SELECT * FROM ledger_claim_idle(
-               (SELECT array_agg(ring.id) FROM ring), (SELECT array_agg(ring.run_at) FROM ring))
-             WHERE c.id IS NULL) i ON true"#,
+           -- The ring's arrays inside CASE, so a claim that took a job neither walks the
+           -- whole ring to build them nor calls the (STRICT) function.
+           LEFT JOIN LATERAL ledger_claim_idle(
+             CASE WHEN c.id IS NULL THEN COALESCE((SELECT array_agg(ring.id) FROM ring), '{}') END,
+             CASE WHEN c.id IS NULL THEN COALESCE((SELECT array_agg(ring.run_at) FROM ring), '{}') END) i ON true"#,
         limit,
         lease_id,
         secs,
