@@ -714,3 +714,83 @@ async fn a_group_retried_one_by_one_still_refuses_what_was_over_its_quota() {
         "only what was answered 202 is held"
     );
 }
+
+/// A webhook verified with a key this process cached is stored only if the binding still
+/// holds that key and is not revoked — checked in the statement that stores it — so a
+/// re-pairing or a disconnect made through another process counts at once.
+#[tokio::test]
+async fn a_cached_key_is_checked_again_by_the_statement_that_stores_the_event() {
+    let app = TestApp::spawn().await;
+    let paired = app.paired_store().await;
+    let tenant = paired.tenant();
+    let old_key = paired.api_key();
+    assert_eq!(
+        send_valid(&app, &paired, "invoice.created", 1).await.status(),
+        202,
+        "verified from a read; fills the cache"
+    );
+    assert_eq!(send_valid(&app, &paired, "invoice.created", 2).await.status(), 202);
+
+    // Another process re-pairs the store: the binding now holds a new key.
+    let new_key = "byte8_lk_rotated_by_another_process";
+    let sealed = app.state.keyring.seal(
+        new_key.as_bytes(),
+        &ledger_tenant_binding::bindings::api_key_context(paired.binding_id),
+    );
+    sqlx::query("UPDATE connector_bindings SET api_key = $2 WHERE id = $1")
+        .bind(paired.binding_id.0)
+        .bind(&sealed)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let post = |key: &str, id: i64| {
+        let token = module_token(key, &tenant);
+        let (app, tenant) = (&app, tenant.clone());
+        async move {
+            let res = post_event(
+                app,
+                &tenant,
+                "invoice.created",
+                Some(&token),
+                Some(&format!("invoice.created:{id}")),
+                &event_body(id),
+            )
+            .await;
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap_or_default();
+            (status, body["code"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    assert_eq!(
+        post(&old_key, 3).await,
+        (401, "token_signature_invalid".to_owned()),
+        "the old key verifies against the cache, but the binding no longer holds it"
+    );
+    assert_eq!(post(new_key, 4).await.0, 202, "the new key is read and accepted");
+    assert_eq!(post(new_key, 5).await.0, 202, "and then served from the cache");
+
+    // Another process disconnects the store.
+    sqlx::query("UPDATE connector_bindings SET status = 'revoked' WHERE id = $1")
+        .bind(paired.binding_id.0)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(post(new_key, 6).await, (401, "binding_revoked".to_owned()));
+    assert_eq!(post(new_key, 7).await, (401, "binding_revoked".to_owned()));
+
+    let keys: Vec<(String,)> = sqlx::query_as("SELECT idempotency_key FROM received_events ORDER BY idempotency_key")
+        .fetch_all(&app.state.db)
+        .await
+        .unwrap();
+    let keys: Vec<&str> = keys.iter().map(|(k,)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "invoice.created:1",
+            "invoice.created:2",
+            "invoice.created:4",
+            "invoice.created:5"
+        ]
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM jobs").await, 4);
+}

@@ -34,6 +34,12 @@ fn hashed(key: &str) -> String {
     hex::encode(crate::crypto::sha256(key.as_bytes()))
 }
 
+/// `key` as `rate_counters.key` stores it, for a hot-path statement that counts hits
+/// along with its own writes (the ingest's, `ledger_jobs::accept`).
+pub fn stored_key(key: &str) -> String {
+    hashed(key)
+}
+
 /// Counts one hit on `bucket`/`key` in a window of `window`.
 pub async fn hit<'e>(
     db: impl sqlx::PgExecutor<'e>,

@@ -168,7 +168,7 @@ pub async fn receive(
     body: Bytes,
 ) -> Result<(StatusCode, axum::Json<Accepted>), Problem> {
     // Authenticate before saying anything about the request.
-    let caller = magento::authenticate(&state, &headers, Some(&tenant_id), false).await?;
+    let mut caller = magento::authenticate_with(&state, &headers, Some(&tenant_id), magento::Accept::WEBHOOK).await?;
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -202,38 +202,58 @@ pub async fn receive(
     let (event, document) = parse_body(&body)?;
     let traceparent = ledger_core::trace::traceparent(&tracing::Span::current());
     let entity_id = event.magento_entity_id;
-    let incoming = Incoming {
-        binding_id: caller.binding_id,
-        event_name: name,
-        idempotency_key: key.to_owned(),
-        magento_entity_id: event.magento_entity_id,
-        website_id: event.website_id,
-        store_id: event.store_id,
-        occurred_at: event.occurred_at,
-        body: document,
-        jti: caller.claims.jti.clone(),
-        jti_expires_at: caller.jti_expires_at,
-        body_sha256: ledger_core::crypto::sha256(&body).to_vec(),
-        request_id,
-        traceparent,
-        // A per-binding quota, so one store (or a stolen key) cannot flood the shared
-        // queue; counted with the event, in its group's commit.
-        quota_per_minute: i64::from(state.settings.binding_ingest_per_minute),
-    };
-    let row = match ingest.submit(incoming).await? {
-        Outcome::Stored(row) => row,
-        // 503, not 429: the module dead-letters every 4xx but retries 5xx (contract §7).
-        Outcome::OverQuota { hits, retry_after } => {
-            tracing::warn!(binding_id = %caller.binding_id, hits, "ingest quota reached");
-            return Err(Problem::unavailable(
-                "ingest_quota_reached",
-                format!(
-                    "This store sent more than {} events in a minute; the ledger takes the rest after a pause.",
-                    state.settings.binding_ingest_per_minute
-                ),
-                retry_after,
-            ));
+    let body_sha256 = ledger_core::crypto::sha256(&body).to_vec();
+    let mut document = Some(document);
+    let row = loop {
+        let incoming = Incoming {
+            binding_id: caller.binding_id,
+            event_name: name.clone(),
+            idempotency_key: key.to_owned(),
+            magento_entity_id: event.magento_entity_id,
+            website_id: event.website_id,
+            store_id: event.store_id,
+            occurred_at: event.occurred_at,
+            // Parsed again only for the rare second try below.
+            body: match document.take() {
+                Some(d) => d,
+                None => parse_body(&body)?.1,
+            },
+            jti: caller.claims.jti.clone(),
+            jti_expires_at: caller.jti_expires_at,
+            body_sha256: body_sha256.clone(),
+            request_id: request_id.clone(),
+            traceparent: traceparent.clone(),
+            // A per-binding quota, so one store (or a stolen key) cannot flood the shared
+            // queue; counted with the event, in its group's commit.
+            quota_per_minute: i64::from(state.settings.binding_ingest_per_minute),
+            key_check: caller.key_check.clone(),
+        };
+        let row = match ingest.submit(incoming).await? {
+            Outcome::Stored(row) => row,
+            // 503, not 429: the module dead-letters every 4xx but retries 5xx (contract §7).
+            Outcome::OverQuota { hits, retry_after } => {
+                tracing::warn!(binding_id = %caller.binding_id, hits, "ingest quota reached");
+                return Err(Problem::unavailable(
+                    "ingest_quota_reached",
+                    format!(
+                        "This store sent more than {} events in a minute; the ledger takes the rest after a pause.",
+                        state.settings.binding_ingest_per_minute
+                    ),
+                    retry_after,
+                ));
+            }
+        };
+        if row.key_current || caller.key_check.is_none() {
+            break row;
         }
+        // The cached key is no longer the binding's (re-paired, revoked): nothing was
+        // stored; verify against the binding as it is now, which answers as it would have.
+        magento::KeyCache::of(&state).forget(caller.tenant_id);
+        let fresh = magento::Accept {
+            cached: false,
+            ..magento::Accept::WEBHOOK
+        };
+        caller = magento::authenticate_with(&state, &headers, Some(&tenant_id), fresh).await?;
     };
     if !row.fresh_token {
         return Err(Problem::unauthorized(
@@ -252,14 +272,9 @@ pub async fn receive(
         ));
     }
     // The key was seen before: answer with the original run.
-    let original = ledger_jobs::repeat(
-        &state.db,
-        caller.binding_id,
-        key,
-        &ledger_core::crypto::sha256(&body)[..],
-    )
-    .await?
-    .ok_or_else(|| Problem::internal(format!("event with key {key} has no sync run")))?;
+    let original = ledger_jobs::repeat(&state.db, caller.binding_id, key, &body_sha256)
+        .await?
+        .ok_or_else(|| Problem::internal(format!("event with key {key} has no sync run")))?;
     tracing::info!(binding_id = %caller.binding_id, event = %event_name, run_id = %original, "duplicate event absorbed");
     Ok((
         StatusCode::ACCEPTED,

@@ -1,6 +1,13 @@
 //! Accepting received events: the event, its run and its job in one statement.
 
+use std::time::Duration;
+
 use ledger_core::BindingId;
+
+/// The `rate_counters` bucket of the per-binding ingest quota (keyed by binding id).
+pub const INGEST_QUOTA_BUCKET: &str = "ingest:binding";
+/// The ingest quota's window.
+pub const INGEST_QUOTA_WINDOW: Duration = Duration::from_secs(60);
 use serde_json::Value;
 
 /// One verified event to store, as the webhook received it.
@@ -20,17 +27,29 @@ pub struct Received<'a> {
     pub body_sha256: &'a [u8],
     pub request_id: Option<&'a str>,
     pub traceparent: Option<&'a str>,
+    /// The token was verified with a cached key: the sealed api_key the binding must
+    /// still hold, not revoked, for the event to be stored (`None`: read for this request).
+    pub key_check: Option<&'a [u8]>,
+    /// Counts the event on its binding's ingest quota in this statement, refusing it
+    /// beyond this many a minute (0: counted elsewhere or not at all).
+    pub quota_per_minute: i64,
 }
 
 /// What storing one event did.
 #[derive(Debug)]
 pub struct Persisted {
+    /// False when [`Received::key_check`] no longer holds: nothing was written (verify
+    /// the request against the binding as it is now).
+    pub key_current: bool,
     /// False when the token's jti was used before (nothing else was written).
     pub fresh_token: bool,
     /// The new run (or the waiting run it was folded into); `None` for a repeat.
     pub run_id: Option<uuid::Uuid>,
     /// Folded into a run not yet started (a repeated customer or product update).
     pub folded: bool,
+    /// Beyond [`Received::quota_per_minute`]: (the event's hit, seconds until the window
+    /// ends); nothing was written but the hit.
+    pub over_quota: Option<(i64, u32)>,
 }
 
 /// Stores events with their sync runs and jobs, consuming each token's jti and waking
@@ -61,19 +80,54 @@ pub async fn accept(conn: &mut sqlx::PgConnection, events: &[Received<'_>]) -> R
         c.traceparents.push(e.traceparent.map(str::to_owned));
         c.trace_ids
             .push(e.traceparent.and_then(ledger_core::trace::trace_id).map(str::to_owned));
+        c.key_checks.push(e.key_check.map(<[u8]>::to_vec));
+        c.quota_keys
+            .push((e.quota_per_minute > 0).then(|| ledger_core::rate::stored_key(&e.binding_id.to_string())));
+        c.quota_limits.push(e.quota_per_minute);
     }
     // The fold below names the events whose `EventName::folds` is true.
     let rows = sqlx::query!(
         r#"WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[],
                                   $8::timestamptz[], $9::jsonb[], $10::uuid[], $11::text[], $12::float8[], $13::text[],
-                                  $14::bytea[], $15::text[], $16::text[], $17::text[])
+                                  $14::bytea[], $15::text[], $16::text[], $17::text[], $18::bytea[], $19::text[],
+                                  $20::int8[])
                WITH ORDINALITY AS t(event_id, binding_id, event_name, idempotency_key, entity_id, website_id, store_id,
                                     occurred_at, body, run_id, jti, jti_expires_at, entity_type, sha, request_id,
-                                    traceparent, trace_id, n)
+                                    traceparent, trace_id, key_check, quota_key, quota_limit, n)
+           ), current_key AS (
+             -- A token verified with a cached key counts only if the binding still holds
+             -- that key and is not revoked, checked here with the event's own writes.
+             SELECT i.* FROM input i
+             WHERE i.key_check IS NULL
+                OR EXISTS (SELECT 1 FROM connector_bindings b
+                           WHERE b.id = i.binding_id AND b.api_key = i.key_check AND b.status <> 'revoked')
+           ), quota_in AS (
+             SELECT quota_key AS k, count(*)::int4 AS n FROM current_key WHERE quota_key IS NOT NULL GROUP BY quota_key
+           ), counted AS (
+             -- rate::hit_many's upsert (core owns the table; the hot path counts here so
+             -- the quota costs no commit of its own). Rows locked in key order.
+             INSERT INTO rate_counters AS c (bucket, key, window_start, hits, last_at)
+             SELECT $21, k, now(), n, now() FROM quota_in ORDER BY k
+             ON CONFLICT (bucket, key) DO UPDATE SET
+               hits = CASE WHEN c.window_start <= now() - make_interval(secs => $22) THEN EXCLUDED.hits ELSE c.hits + EXCLUDED.hits END,
+               window_start = CASE WHEN c.window_start <= now() - make_interval(secs => $22) THEN now() ELSE c.window_start END,
+               previous_at = c.last_at,
+               last_at = now()
+             RETURNING key, hits,
+               GREATEST(EXTRACT(EPOCH FROM window_start + make_interval(secs => $22) - now()), 0)::float8 AS window_left
+           ), numbered AS (
+             -- Each event's hit, numbered in turn as if they had come one by one.
+             SELECT c.n, q.hits - qi.n + row_number() OVER (PARTITION BY c.quota_key ORDER BY c.n) AS nth,
+                    c.quota_limit, q.window_left
+             FROM current_key c JOIN counted q ON q.key = c.quota_key JOIN quota_in qi ON qi.k = c.quota_key
+           ), over_quota AS (
+             SELECT n, nth, GREATEST(ceil(window_left), 1)::int8 AS retry_after FROM numbered WHERE nth > quota_limit
+           ), admitted AS (
+             SELECT c.* FROM current_key c WHERE NOT EXISTS (SELECT 1 FROM over_quota o WHERE o.n = c.n)
            ), j AS (
              INSERT INTO magento_jti (binding_id, jti, expires_at)
-             SELECT binding_id, jti, to_timestamp(jti_expires_at) FROM input ORDER BY n
+             SELECT binding_id, jti, to_timestamp(jti_expires_at) FROM admitted ORDER BY n
              ON CONFLICT DO NOTHING RETURNING binding_id, jti
            ), fresh AS (
              SELECT i.* FROM input i WHERE EXISTS (SELECT 1 FROM j WHERE j.binding_id = i.binding_id AND j.jti = i.jti)
@@ -113,6 +167,9 @@ pub async fn accept(conn: &mut sqlx::PgConnection, events: &[Received<'_>]) -> R
              SELECT count(*) AS n FROM (SELECT pg_notify('ledger_jobs', binding_id::text || ':' || id) FROM job) x
            )
            SELECT i.n AS "n!",
+                  EXISTS (SELECT 1 FROM current_key c WHERE c.n = i.n) AS "key_current!",
+                  (SELECT o.nth FROM over_quota o WHERE o.n = i.n) AS over_hits,
+                  (SELECT o.retry_after FROM over_quota o WHERE o.n = i.n) AS over_retry_after,
                   EXISTS (SELECT 1 FROM j WHERE j.binding_id = i.binding_id AND j.jti = i.jti) AS "fresh_token!",
                   COALESCE((SELECT r.id FROM run r WHERE r.id = i.run_id),
                            (SELECT w.id FROM waiting w JOIN ev ON ev.id = i.event_id WHERE w.n = i.n)) AS run_id,
@@ -136,6 +193,11 @@ pub async fn accept(conn: &mut sqlx::PgConnection, events: &[Received<'_>]) -> R
         &c.request_ids as &[Option<String>],
         &c.traceparents as &[Option<String>],
         &c.trace_ids as &[Option<String>],
+        &c.key_checks as &[Option<Vec<u8>>],
+        &c.quota_keys as &[Option<String>],
+        &c.quota_limits,
+        INGEST_QUOTA_BUCKET,
+        INGEST_QUOTA_WINDOW.as_secs_f64(),
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -149,6 +211,13 @@ pub async fn accept(conn: &mut sqlx::PgConnection, events: &[Received<'_>]) -> R
     Ok(rows
         .into_iter()
         .map(|r| Persisted {
+            key_current: r.key_current,
+            over_quota: r.over_hits.map(|hits| {
+                (
+                    hits,
+                    r.over_retry_after.and_then(|s| u32::try_from(s).ok()).unwrap_or(1),
+                )
+            }),
             fresh_token: r.fresh_token,
             run_id: r.run_id,
             folded: r.folded,
@@ -176,6 +245,9 @@ struct Columns {
     request_ids: Vec<Option<String>>,
     traceparents: Vec<Option<String>>,
     trace_ids: Vec<Option<String>>,
+    key_checks: Vec<Option<Vec<u8>>>,
+    quota_keys: Vec<Option<String>>,
+    quota_limits: Vec<i64>,
 }
 
 /// A repeated event (the same key with the same bytes): counted on the stored event, and

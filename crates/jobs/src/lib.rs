@@ -20,7 +20,10 @@ mod accept;
 mod claim;
 mod settle;
 
-pub use accept::{Persisted, Received, accept, delete_events_without_run, forget_event_bodies, repeat};
+pub use accept::{
+    INGEST_QUOTA_BUCKET, INGEST_QUOTA_WINDOW, Persisted, Received, accept, delete_events_without_run,
+    forget_event_bodies, repeat,
+};
 pub use claim::{
     Claim, ClaimedRun, Job, Reclaimed, Turn, claim, claim_or_wait, depth, enqueue_callback, finish, heartbeat,
     reclaim_expired, release,

@@ -316,7 +316,7 @@ pub async fn set_region(conn: &mut sqlx::PgConnection, id: BindingId, region: &s
 }
 
 /// A binding's keys, for working out which binding signed a request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct KeyCandidate {
     pub binding_id: BindingId,
     pub status: BindingStatus,

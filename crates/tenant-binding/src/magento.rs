@@ -5,8 +5,14 @@
 //! the binding whose outbound subkey verifies the signature. Only then are the claims
 //! checked, and the `jti` is consumed in the shared Postgres replay store.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
 use axum::http::{HeaderMap, header};
-use ledger_core::{AppState, BindingId, Problem, TenantId};
+use ledger_core::{AppState, BindingId, Problem, Secret, TenantId};
 use ledger_magento_api::auth::{self, Claims, JwtError, Subkeys};
 
 use crate::bindings::{self, BindingStatus};
@@ -22,6 +28,10 @@ pub struct MagentoCaller {
     pub jti_expires_at: i64,
     /// The store's clock minus the ledger's as this token shows it (`iat − now`).
     pub store_clock_skew: i64,
+    /// Verified with a key from [`KeyCache`], not read for this request: the sealed
+    /// api_key the binding must still hold, and the binding still not be revoked, when
+    /// the request's effect is committed (the ingest statement checks both).
+    pub key_check: Option<Arc<[u8]>>,
 }
 
 /// What a request may be and still be accepted.
@@ -32,13 +42,115 @@ pub struct Accept {
     /// Seconds of clock skew accepted beyond the configured leeway. Only for requests
     /// that change nothing (the tile), so a skewed store can still be told it is.
     pub extra_clock_tolerance: i64,
+    /// May verify with a cached key ([`KeyCache`]); the caller then commits its effect
+    /// only if [`MagentoCaller::key_check`] still holds.
+    pub cached: bool,
 }
 
 impl Accept {
+    /// The webhook: its effect is the ingest statement, which re-checks a cached key.
     pub const WEBHOOK: Self = Self {
         revoked: false,
         extra_clock_tolerance: 0,
+        cached: true,
     };
+}
+
+/// How long a tenant's keys are used without reading them again. Safety does not rest
+/// on it (a cached key is re-checked where the request's effect is committed); it
+/// bounds how stale the binding's status and recorded clock skew may be on a hit.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Tenants held at most; past it, expired entries are dropped (and, if all are fresh,
+/// the whole map: a miss costs one read).
+const KEY_CACHE_TENANTS: usize = 10_000;
+
+/// The outbound subkeys of recently seen tenants' current api_keys, so a busy store's
+/// webhook is verified without a read of its binding and without opening its sealed key
+/// again. Pending keys are never cached (their first use promotes them, a write).
+#[derive(Debug, Default)]
+pub struct KeyCache(Mutex<HashMap<TenantId, CachedTenant>>);
+
+#[derive(Debug)]
+struct CachedTenant {
+    read_at: Instant,
+    keys: Vec<CachedKey>,
+}
+
+#[derive(Debug)]
+struct CachedKey {
+    binding_id: BindingId,
+    status: BindingStatus,
+    sealed: Arc<[u8]>,
+    outbound: Secret<[u8; 32]>,
+    store_clock_skew: Option<i32>,
+}
+
+/// A cached key that verified a token.
+struct CacheHit {
+    binding_id: BindingId,
+    status: BindingStatus,
+    sealed: Arc<[u8]>,
+    store_clock_skew: Option<i32>,
+}
+
+impl KeyCache {
+    pub fn of(state: &AppState) -> Arc<Self> {
+        state.part(|_| Self::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, CachedTenant>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached key of `tenant` that verifies `parsed`, if the tenant was read lately.
+    fn verify(&self, tenant: TenantId, parsed: &auth::Parsed<'_>) -> Option<CacheHit> {
+        let map = self.lock();
+        let entry = map.get(&tenant).filter(|e| e.read_at.elapsed() < KEY_CACHE_TTL)?;
+        entry
+            .keys
+            .iter()
+            .find(|k| parsed.verify_signature(k.outbound.expose()))
+            .map(|k| CacheHit {
+                binding_id: k.binding_id,
+                status: k.status,
+                sealed: k.sealed.clone(),
+                store_clock_skew: k.store_clock_skew,
+            })
+    }
+
+    fn store(&self, tenant: TenantId, keys: Vec<CachedKey>) {
+        let mut map = self.lock();
+        if map.len() >= KEY_CACHE_TENANTS && !map.contains_key(&tenant) {
+            map.retain(|_, e| e.read_at.elapsed() < KEY_CACHE_TTL);
+            if map.len() >= KEY_CACHE_TENANTS {
+                map.clear();
+            }
+        }
+        map.insert(
+            tenant,
+            CachedTenant {
+                read_at: Instant::now(),
+                keys,
+            },
+        );
+    }
+
+    /// What the binding now records of the store's clock (after [`note_store_clock`]
+    /// wrote it), so later hits compare with it.
+    fn note_skew(&self, tenant: TenantId, binding: BindingId, skew: Option<i32>) {
+        if let Some(key) = self
+            .lock()
+            .get_mut(&tenant)
+            .and_then(|e| e.keys.iter_mut().find(|k| k.binding_id == binding))
+        {
+            key.store_clock_skew = skew;
+        }
+    }
+
+    /// Forgets `tenant`'s keys: a request verified with one found its binding changed.
+    pub fn forget(&self, tenant: TenantId) {
+        self.lock().remove(&tenant);
+    }
 }
 
 /// Skews below this are a request's transit time and clock jitter: not recorded.
@@ -76,7 +188,8 @@ pub async fn authenticate(
 ) -> Result<MagentoCaller, Problem> {
     let accept = Accept {
         revoked: allow_revoked,
-        ..Accept::WEBHOOK
+        extra_clock_tolerance: 0,
+        cached: false,
     };
     authenticate_with(state, headers, path_tenant, accept).await
 }
@@ -123,50 +236,24 @@ pub async fn authenticate_with(
         )
     })?;
 
-    let candidates = bindings::key_candidates(&state.db, tenant_id).await?;
-    if candidates.is_empty() {
-        return Err(refused(
-            "unknown_tenant",
-            format!(
-                "The ledger has no paired store for tenant {tenant_id}. Pair the store again from the ledger dashboard."
-            ),
-        ));
-    }
-    let mut matched = None;
-    for candidate in &candidates {
-        let keys = [
+    let cache = accept.cached.then(|| KeyCache::of(state));
+    // A cached key of a revoked binding is read again: the answer must be current.
+    let hit = cache
+        .as_ref()
+        .and_then(|c| c.verify(tenant_id, &parsed))
+        .filter(|h| accept.revoked || h.status != BindingStatus::Revoked);
+    let (binding_id, mut status, recorded_skew, pending, key_check) = match hit {
+        Some(h) => (h.binding_id, h.status, h.store_clock_skew, None, Some(h.sealed)),
+        None => {
+            let (candidate, pending) = verify_read(state, tenant_id, &parsed, cache.as_deref()).await?;
             (
-                candidate.api_key.as_deref(),
-                bindings::api_key_context(candidate.binding_id),
-                false,
-            ),
-            (
-                candidate.pending_api_key.as_deref(),
-                bindings::pending_key_context(candidate.binding_id),
-                true,
-            ),
-        ];
-        for (sealed, context, pending) in keys {
-            let Some(sealed) = sealed else { continue };
-            let api_key = state.keyring.open_string(sealed, &context).map_err(Problem::internal)?;
-            if parsed.verify_signature(Subkeys::derive(api_key.expose()).outbound.expose()) {
-                matched = Some((candidate, pending.then(|| sealed.to_vec())));
-                break;
-            }
+                candidate.binding_id,
+                candidate.status,
+                candidate.store_clock_skew,
+                pending,
+                None,
+            )
         }
-        if matched.is_some() {
-            break;
-        }
-    }
-    let Some((candidate, pending)) = matched else {
-        return Err(refused(
-            "token_signature_invalid",
-            format!(
-                "The request's signature does not verify with any key the ledger issued for tenant {tenant_id}: \
-                 the store's api_key is not current. Pair the store again (Generate pairing code in the Magento admin, \
-                 then connect it in the ledger dashboard)."
-            ),
-        ));
     };
 
     let leeway = i64::try_from(state.settings.magento_clock_leeway.as_secs()).unwrap_or(30);
@@ -185,8 +272,8 @@ pub async fn authenticate_with(
         Ok(claims) => claims,
         Err(e @ (JwtError::Expired(_) | JwtError::NotYetValid(_))) => {
             let skew = skew.unwrap_or_default();
-            note_store_clock(state, candidate.binding_id, candidate.store_clock_skew, skew).await;
-            tracing::warn!(binding_id = %candidate.binding_id, skew_secs = skew, "a correctly signed token outside its validity: the store's clock is off");
+            note_store_clock(state, cache.as_deref(), tenant_id, binding_id, recorded_skew, skew).await;
+            tracing::warn!(%binding_id, skew_secs = skew, "a correctly signed token outside its validity: the store's clock is off");
             return Err(Problem::unavailable(
                 "store_clock_skew",
                 format!(
@@ -201,11 +288,10 @@ pub async fn authenticate_with(
         Err(e) => return Err(jwt_problem(&e)),
     };
     let skew = skew.unwrap_or_default();
-    note_store_clock(state, candidate.binding_id, candidate.store_clock_skew, skew).await;
+    note_store_clock(state, cache.as_deref(), tenant_id, binding_id, recorded_skew, skew).await;
 
-    let mut status = candidate.status;
     if let Some(sealed_pending) = pending {
-        bindings::promote_pending_key(&state.db, &state.keyring, candidate.binding_id, &sealed_pending).await?;
+        bindings::promote_pending_key(&state.db, &state.keyring, binding_id, &sealed_pending).await?;
         if matches!(status, BindingStatus::Pairing | BindingStatus::Revoked) {
             status = BindingStatus::Paired;
         }
@@ -219,19 +305,96 @@ pub async fn authenticate_with(
     }
     Ok(MagentoCaller {
         tenant_id,
-        binding_id: candidate.binding_id,
+        binding_id,
         status,
         // A token accepted from a store ahead of us is kept until its own expiry.
         jti_expires_at: claims.exp.max(now) + leeway + accept.extra_clock_tolerance,
         store_clock_skew: skew,
         claims,
+        key_check,
     })
+}
+
+/// Reads `tenant`'s keys and finds the one that verifies `parsed` (and the sealed pending
+/// key, when that is the one); fills `cache` with the current keys.
+async fn verify_read(
+    state: &AppState,
+    tenant_id: TenantId,
+    parsed: &auth::Parsed<'_>,
+    cache: Option<&KeyCache>,
+) -> Result<(bindings::KeyCandidate, Option<Vec<u8>>), Problem> {
+    let candidates = bindings::key_candidates(&state.db, tenant_id).await?;
+    if candidates.is_empty() {
+        return Err(refused(
+            "unknown_tenant",
+            format!(
+                "The ledger has no paired store for tenant {tenant_id}. Pair the store again from the ledger dashboard."
+            ),
+        ));
+    }
+    let mut matched = None;
+    let mut cached = Vec::new();
+    for candidate in &candidates {
+        let keys = [
+            (
+                candidate.api_key.as_deref(),
+                bindings::api_key_context(candidate.binding_id),
+                false,
+            ),
+            (
+                candidate.pending_api_key.as_deref(),
+                bindings::pending_key_context(candidate.binding_id),
+                true,
+            ),
+        ];
+        for (sealed, context, pending) in keys {
+            let Some(sealed) = sealed else { continue };
+            if matched.is_some() && (pending || cache.is_none()) {
+                continue;
+            }
+            let api_key = state.keyring.open_string(sealed, &context).map_err(Problem::internal)?;
+            let outbound = Subkeys::derive(api_key.expose()).outbound;
+            if matched.is_none() && parsed.verify_signature(outbound.expose()) {
+                matched = Some((candidate, pending.then(|| sealed.to_vec())));
+            }
+            if !pending && cache.is_some() {
+                cached.push(CachedKey {
+                    binding_id: candidate.binding_id,
+                    status: candidate.status,
+                    sealed: sealed.into(),
+                    outbound,
+                    store_clock_skew: candidate.store_clock_skew,
+                });
+            }
+        }
+    }
+    if let Some(cache) = cache {
+        cache.store(tenant_id, cached);
+    }
+    let Some((candidate, pending)) = matched else {
+        return Err(refused(
+            "token_signature_invalid",
+            format!(
+                "The request's signature does not verify with any key the ledger issued for tenant {tenant_id}: \
+                 the store's api_key is not current. Pair the store again (Generate pairing code in the Magento admin, \
+                 then connect it in the ledger dashboard)."
+            ),
+        ));
+    };
+    Ok((candidate.clone(), pending))
 }
 
 /// Records the store's clock skew when it differs from what the binding holds by more
 /// than jitter (a write only when the picture changes), and clears it once the store is
 /// back in time. Best effort: a failed write must not refuse the request.
-async fn note_store_clock(state: &AppState, binding: BindingId, recorded: Option<i32>, skew: i64) {
+async fn note_store_clock(
+    state: &AppState,
+    cache: Option<&KeyCache>,
+    tenant: TenantId,
+    binding: BindingId,
+    recorded: Option<i32>,
+    skew: i64,
+) {
     let worth = skew.abs() >= SKEW_WORTH_RECORDING_SECS;
     let new = worth.then(|| i32::try_from(skew.clamp(-86_400 * 365, 86_400 * 365)).unwrap_or_default());
     let changed = match (recorded, new) {
@@ -239,8 +402,16 @@ async fn note_store_clock(state: &AppState, binding: BindingId, recorded: Option
         (Some(old), Some(new)) => (i64::from(old) - i64::from(new)).abs() >= 5,
         _ => true,
     };
-    if changed && let Err(err) = bindings::record_store_clock(&state.db, binding, new).await {
-        tracing::warn!(binding_id = %binding, error = %err, "recording the store's clock skew failed");
+    if !changed {
+        return;
+    }
+    match bindings::record_store_clock(&state.db, binding, new).await {
+        Ok(()) => {
+            if let Some(cache) = cache {
+                cache.note_skew(tenant, binding, new);
+            }
+        }
+        Err(err) => tracing::warn!(binding_id = %binding, error = %err, "recording the store's clock skew failed"),
     }
 }
 

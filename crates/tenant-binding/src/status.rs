@@ -93,6 +93,7 @@ pub async fn tile_health(State(state): State<AppState>, headers: HeaderMap) -> R
     let accept = magento::Accept {
         revoked: true,
         extra_clock_tolerance: TILE_EXTRA_CLOCK_TOLERANCE_SECS,
+        cached: false,
     };
     let caller = verified(&state, &headers, accept).await?;
     let binding = bindings::load(&state.db, caller.binding_id)
