@@ -794,3 +794,60 @@ async fn a_cached_key_is_checked_again_by_the_statement_that_stores_the_event() 
     );
     assert_eq!(count(&app, "SELECT count(*) FROM jobs").await, 4);
 }
+
+/// A quiet binding's group counts its quota in the statement that stores it: the events
+/// within it are stored, those beyond it are answered 503 and store nothing, and every
+/// one is counted, as one by one.
+#[tokio::test]
+async fn a_quiet_bindings_group_counts_its_quota_where_it_is_stored() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            // Long enough that the requests below share one group.
+            s.ingest_commit_window = std::time::Duration::from_millis(300);
+            s.binding_ingest_per_minute = 3;
+        })
+        .spawn()
+        .await;
+    let paired = app.paired_store().await;
+    let (key, tenant) = (paired.api_key(), paired.tenant());
+    // One event first (its key is then cached), and a pause: the binding is quiet again.
+    assert_eq!(send_valid(&app, &paired, "invoice.created", 39).await.status(), 202);
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let jti_before = count(&app, "SELECT count(*) FROM magento_jti").await;
+    let requests: Vec<_> = (40..44)
+        .map(|id| {
+            (
+                "invoice.created".to_owned(),
+                format!("invoice.created:{id}"),
+                module_token(&key, &tenant),
+                event_body(id),
+            )
+        })
+        .collect();
+    let answers = all_at_once(&app, &tenant, requests).await;
+    let of = |status: u16| answers.iter().filter(|(s, _)| *s == status).count();
+    assert_eq!((of(202), of(503)), (2, 2), "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .filter(|(s, _)| *s == 503)
+            .all(|(_, b)| b["code"] == "ingest_quota_reached"),
+        "{answers:?}"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM received_events").await, 3);
+    assert_eq!(count(&app, "SELECT count(*) FROM jobs").await, 3);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM magento_jti").await - jti_before,
+        2,
+        "a refused event's token is not consumed: its retry is a new request anyway"
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COALESCE(sum(hits), 0)::int8 FROM rate_counters WHERE bucket = 'ingest:binding'"
+        )
+        .await,
+        5,
+        "every event counted, the refused ones too"
+    );
+}

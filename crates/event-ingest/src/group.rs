@@ -2,8 +2,8 @@
 //! one statement for the whole group, committed once — and each request is answered
 //! only after the commit that holds its event.
 //!
-//! The ingest quota is counted in that statement, unless another group of one of its
-//! bindings is still committing: a counter row counted in the insert's transaction stays
+//! The ingest quota is counted in that statement, unless one of its bindings is busy (a
+//! group of it committing or ended within a second): a counter row counted in the insert's transaction stays
 //! locked until that commit's WAL flush, so one busy store's groups would queue on it
 //! for a disk write each (one store's webhooks at 1,000/s were answered at p50 84 ms,
 //! against 5 ms so). Those groups count their quota first, in a commit of its own that
@@ -18,7 +18,7 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, OnceLock, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ledger_core::BindingId;
@@ -138,29 +138,41 @@ impl Keys {
     }
 }
 
-/// Groups being committed, per binding.
+/// A binding whose last group ended this recently counts its quota apart: it is busy,
+/// and its next groups would queue on its counter row behind a commit's WAL flush.
+const QUIET_FOR: Duration = Duration::from_secs(1);
+/// Bindings remembered at most; past it, those quiet for [`QUIET_FOR`] are forgotten.
+const REMEMBERED: usize = 10_000;
+
+/// Per binding: groups being committed, and when the last one ended.
 #[derive(Default)]
-struct InFlight(Mutex<HashMap<BindingId, usize>>);
+struct InFlight(Mutex<HashMap<BindingId, (usize, Option<Instant>)>>);
 
 impl InFlight {
-    /// Registers `group`'s bindings; true when none of them had a group in flight.
+    /// Registers `group`'s bindings; true when none of them has a group in flight or
+    /// had one end within [`QUIET_FOR`] (the group may then count its quota in its insert).
     fn enter(&self, group: &[Pending]) -> bool {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let alone = group.iter().all(|p| !map.contains_key(&p.event.binding_id));
-        for p in group {
-            *map.entry(p.event.binding_id).or_default() += 1;
+        if map.len() > REMEMBERED {
+            map.retain(|_, (n, ended)| *n > 0 || ended.is_some_and(|e| e.elapsed() < QUIET_FOR));
         }
-        alone
+        let quiet = group.iter().all(|p| {
+            map.get(&p.event.binding_id)
+                .is_none_or(|(n, ended)| *n == 0 && ended.is_none_or(|e| e.elapsed() >= QUIET_FOR))
+        });
+        for p in group {
+            map.entry(p.event.binding_id).or_default().0 += 1;
+        }
+        quiet
     }
 
     fn leave(&self, bindings: &[BindingId]) {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
         for b in bindings {
-            if let Some(n) = map.get_mut(b) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(b);
-                }
+            if let Some((n, ended)) = map.get_mut(b) {
+                *n = n.saturating_sub(1);
+                *ended = Some(now);
             }
         }
     }
