@@ -207,6 +207,8 @@ pub struct IndexRead {
 #[derive(Debug)]
 pub struct Held {
     pub xref: Option<Xref>,
+    /// The xref of the entity leased first ([`lock_get`]'s `first`), when one was.
+    pub first_xref: Option<Xref>,
     pub index: Option<IndexRead>,
     /// The budget entry taken for a contact's create that follows for certain (see
     /// [`lock_get`]); `Err`: the budget is spent until then.
@@ -224,8 +226,18 @@ pub struct ContactRead<'a> {
     pub spend: Option<&'a ledger_sage_vault::session::Spend>,
 }
 
+/// Which lease of [`lock_get`] another holder has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    First,
+    Entity,
+}
+
 /// [`lock`], then the entity's xref — and, for a contact, what [`ContactRead`] asks —
-/// in one round trip; `None` when another holder has the lease. The read shares the
+/// in one round trip; `Err(Busy)` when another holder has the lease. With `first`, that
+/// entity is leased first and its xref read too (a document and its contact); the
+/// entity's lease is then taken only if `first`'s was, and a contact's create budget only
+/// when `first`'s xref is not posted (a posted document needs no contact). The read shares the
 /// statement's snapshot, which can predate the previous holder's last write by the
 /// moment it took to release: a stale answer is harmless, as [`mark_posting`] refuses
 /// to re-post a posted entity and contacts are adopted by reference before any is
@@ -237,18 +249,31 @@ pub async fn lock_get(
     ttl: std::time::Duration,
     key: &XrefKey<'_>,
     contact: Option<ContactRead<'_>>,
-) -> Result<Option<Held>, sqlx::Error> {
+    first: Option<(&ledger_jobs::EntityKey, &XrefKey<'_>)>,
+) -> Result<Result<Held, Busy>, sqlx::Error> {
     let email = contact.map(|c| c.email);
     let fresh_secs = contact.map_or(0.0, |c| c.fresh_secs);
     let spend = contact.and_then(|c| c.spend);
     let row = sqlx::query!(
-        r#"WITH l AS (
-             INSERT INTO sync_locks (binding_id, key, holder, until) VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+        r#"WITH l0 AS (
+             INSERT INTO sync_locks (binding_id, key, holder, until)
+             SELECT $1, $15, $3, now() + make_interval(secs => $4) WHERE $15::text IS NOT NULL
+             ON CONFLICT (binding_id, key) DO UPDATE SET holder = $3, until = EXCLUDED.until
+             WHERE sync_locks.holder = $3 OR sync_locks.until < now()
+             RETURNING 1 AS one
+           ), first_locked AS MATERIALIZED (
+             SELECT $15::text IS NULL OR EXISTS (SELECT 1 FROM l0) AS ok
+           ), l AS (
+             INSERT INTO sync_locks (binding_id, key, holder, until)
+             SELECT $1, $2, $3, now() + make_interval(secs => $4) FROM first_locked WHERE ok
              ON CONFLICT (binding_id, key) DO UPDATE SET holder = $3, until = EXCLUDED.until
              WHERE sync_locks.holder = $3 OR sync_locks.until < now()
              RETURNING 1 AS one
            ), got AS MATERIALIZED (
-             SELECT EXISTS (SELECT 1 FROM l) AS locked, x.state, x.sage_id, x.sage_reference, x.idempotency_id, x.extra,
+             SELECT (SELECT ok FROM first_locked) AS first_locked, EXISTS (SELECT 1 FROM l) AS locked,
+                    x0.state AS first_state, x0.sage_id AS first_sage_id, x0.sage_reference AS first_reference,
+                    x0.idempotency_id AS first_idempotency_id, x0.extra AS first_extra,
+                    x.state, x.sage_id, x.sage_reference, x.idempotency_id, x.extra,
                     s.binding_id IS NOT NULL AS indexed, s.complete, s.too_large, s.changed_since,
                     COALESCE(s.refreshed_at > now() - make_interval(secs => $10), false) AS fresh,
                     CASE WHEN s.binding_id IS NOT NULL THEN ARRAY(
@@ -259,17 +284,24 @@ pub async fn lock_get(
              LEFT JOIN entity_xref x ON x.binding_id = $1 AND x.sage_business_id = $8 AND x.entity_type = $5
                AND x.magento_entity_id = $6 AND x.currency = $7
              LEFT JOIN sage_contact_index_state s ON $9::text IS NOT NULL AND s.binding_id = $1 AND s.sage_business_id = $8
+             LEFT JOIN entity_xref x0 ON $15::text IS NOT NULL AND x0.binding_id = $1 AND x0.sage_business_id = $8
+               AND x0.entity_type = $16 AND x0.magento_entity_id = $17 AND x0.currency = $18
            ), settled AS (
              UPDATE sage_calls SET at = clock_timestamp() WHERE id = $14
            ), taken AS MATERIALIZED (
              -- Only when the create follows for certain (else no entry is taken).
              SELECT a.call_id, a.free_at FROM ledger_budget_acquire($11, $12, $13) a
              WHERE $11::text IS NOT NULL AND (
-               SELECT g.locked AND g.state IS DISTINCT FROM 'posted' AND g.indexed AND g.complete AND NOT g.too_large
+               SELECT g.locked AND g.state IS DISTINCT FROM 'posted' AND g.first_state IS DISTINCT FROM 'posted'
+                      AND g.indexed AND g.complete AND NOT g.too_large
                       AND g.fresh AND cardinality(g.index_ids) = 0
                FROM got g)
            )
-           SELECT g.locked AS "locked!", g.state AS "state?: XrefState", g.sage_id AS "sage_id?",
+           SELECT g.first_locked AS "first_locked!", g.locked AS "locked!",
+                  g.first_state AS "first_state?: XrefState", g.first_sage_id AS "first_sage_id?",
+                  g.first_reference AS "first_reference?", g.first_idempotency_id AS "first_idempotency_id?",
+                  g.first_extra AS "first_extra?",
+                  g.state AS "state?: XrefState", g.sage_id AS "sage_id?",
                   g.sage_reference AS "sage_reference?", g.idempotency_id AS "idempotency_id?", g.extra AS "extra?",
                   g.indexed AS "indexed!", g.complete AS "complete?", g.too_large AS "too_large?",
                   g.changed_since AS "changed_since?", g.fresh AS "fresh!", g.index_ids AS "index_ids?",
@@ -290,11 +322,18 @@ pub async fn lock_get(
         spend.map_or(0.0, |s| s.window_secs),
         spend.map_or(0, |s| s.limit),
         spend.and_then(|s| s.settle),
+        first.map(|(lease, _)| lease.as_str()),
+        first.map(|(_, k)| k.entity),
+        first.map_or(0, |(_, k)| k.id),
+        first.map(|(_, k)| k.currency),
     )
     .fetch_one(db)
     .await?;
+    if !row.first_locked {
+        return Ok(Err(Busy::First));
+    }
     if !row.locked {
-        return Ok(None);
+        return Ok(Err(Busy::Entity));
     }
     let index = row.indexed.then(|| IndexRead {
         complete: row.complete.unwrap_or(false),
@@ -306,7 +345,14 @@ pub async fn lock_get(
     let spent = row
         .asked
         .then(|| row.call_id.ok_or_else(|| row.free_at.unwrap_or_else(chrono::Utc::now)));
-    Ok(Some(Held {
+    Ok(Ok(Held {
+        first_xref: row.first_state.map(|state| Xref {
+            state,
+            sage_id: row.first_sage_id,
+            sage_reference: row.first_reference,
+            idempotency_id: row.first_idempotency_id,
+            extra: row.first_extra.unwrap_or(Value::Null),
+        }),
         xref: row.state.map(|state| Xref {
             state,
             sage_id: row.sage_id,

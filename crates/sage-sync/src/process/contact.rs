@@ -62,6 +62,33 @@ pub(super) async fn ensure_contact(
     grand_total: Decimal,
     source: ContactSource,
 ) -> Step<String> {
+    let plan = plan_contact(env, contact, currency, grand_total).await?;
+    let held = hold_contact(env, &plan, None).await?;
+    ensure_held(env, contact, plan, held, source).await
+}
+
+/// What a contact's lease asks and what follows it needs, worked out before the lease is
+/// taken (so a document can take its own lease in the same statement).
+pub(super) struct ContactPlan {
+    key: ContactKey,
+    currency: String,
+    body: Value,
+    identity: Value,
+    hash: String,
+    delivery_hash: String,
+    xid: i64,
+    looked_up: bool,
+    email: String,
+    /// The budget request for a create that follows for certain (see [`xref::ContactRead`]).
+    pub(super) spend: Option<ledger_sage_vault::session::Spend>,
+}
+
+pub(super) async fn plan_contact(
+    env: &Env<'_>,
+    contact: &Contact,
+    currency: &str,
+    grand_total: Decimal,
+) -> Step<ContactPlan> {
     let key = contact_key(env, contact, grand_total).await?;
     let currency = currency.to_uppercase();
     let body = mapping::map_contact(contact, &key, &currency, &env.ctx());
@@ -72,8 +99,6 @@ pub(super) async fn ensure_contact(
         .unwrap_or(Value::Null);
     let hash = payload_hash(&identity);
     let delivery_hash = payload_hash(&delivery);
-    let db = env.state.db.clone();
-    let binding = env.run.binding;
     let xid = key.xref_id();
     // With an email to look up, that look-up finds every contact that could be this
     // customer: a reference Sage holds is then someone else's, and the create's refusal
@@ -83,19 +108,64 @@ pub(super) async fn ensure_contact(
     // and the create's budget entry taken when the create follows for certain.
     let email = contact.email.trim().to_lowercase();
     let spend = if looked_up { env.session.spend_request() } else { None };
-    let held = hold_read(
-        env,
-        &EntityKey::contact(xid, &currency),
-        "contact",
+    Ok(ContactPlan {
+        key,
+        currency,
+        body,
+        identity,
+        hash,
+        delivery_hash,
         xid,
-        &currency,
-        looked_up.then_some(xref::ContactRead {
-            email: &email,
+        looked_up,
+        email,
+        spend,
+    })
+}
+
+/// Takes the contact's lease with what it reads — after `first`'s, a document's, in the
+/// same round trip when given (see [`xref::lock_get`]).
+pub(super) async fn hold_contact(
+    env: &Env<'_>,
+    plan: &ContactPlan,
+    first: Option<(&EntityKey, &str, i64)>,
+) -> Step<xref::Held> {
+    hold_read(
+        env,
+        &EntityKey::contact(plan.xid, &plan.currency),
+        "contact",
+        plan.xid,
+        &plan.currency,
+        plan.looked_up.then_some(xref::ContactRead {
+            email: &plan.email,
             fresh_secs: contact_index::FRESH_FOR_SECS,
-            spend: spend.as_ref(),
+            spend: plan.spend.as_ref(),
         }),
+        first,
     )
-    .await?;
+    .await
+}
+
+/// [`ensure_contact`] once the contact's lease is held.
+pub(super) async fn ensure_held(
+    env: &mut Env<'_>,
+    contact: &Contact,
+    plan: ContactPlan,
+    held: xref::Held,
+    source: ContactSource,
+) -> Step<String> {
+    let ContactPlan {
+        key,
+        currency,
+        body,
+        identity,
+        hash,
+        delivery_hash,
+        xid,
+        looked_up,
+        ..
+    } = plan;
+    let db = env.state.db.clone();
+    let binding = env.run.binding;
     match held.spent {
         Some(Ok(call)) => env.session.spend_with(call),
         Some(Err(until)) => return Err(CallError::BudgetSpent(until).into()),

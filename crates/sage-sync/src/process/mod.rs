@@ -497,10 +497,12 @@ fn busy(key: &EntityKey) -> Stop {
 
 /// [`hold`], then the entity's xref (one round trip).
 async fn hold_get(env: &Env<'_>, key: &EntityKey, entity: &str, id: i64, currency: &str) -> Step<Option<xref::Xref>> {
-    Ok(hold_read(env, key, entity, id, currency, None).await?.xref)
+    Ok(hold_read(env, key, entity, id, currency, None, None).await?.xref)
 }
 
-/// [`hold_get`], with what `contact` asks of a contact's lease (see [`xref::ContactRead`]).
+/// [`hold_get`], with what `contact` asks of a contact's lease (see [`xref::ContactRead`]);
+/// with `first`, a document's lease (key, entity, id) taken first and its xref read in
+/// the same round trip.
 async fn hold_read(
     env: &Env<'_>,
     key: &EntityKey,
@@ -508,6 +510,7 @@ async fn hold_read(
     id: i64,
     currency: &str,
     contact: Option<xref::ContactRead<'_>>,
+    first: Option<(&EntityKey, &str, i64)>,
 ) -> Step<xref::Held> {
     let ttl = env.state.settings.job_lease;
     let xref_key = XrefKey {
@@ -517,9 +520,13 @@ async fn hold_read(
         id,
         currency,
     };
-    match xref::lock_get(&env.state.db, key, env.holder, ttl, &xref_key, contact).await? {
-        Some(x) => Ok(x),
-        None => Err(busy(key)),
+    let first_key = first.map(|(_, entity, id)| XrefKey::document(env.run.binding, &env.business, entity, id));
+    let first_lease = first.map(|(lease, _, _)| lease);
+    let both = first_lease.zip(first_key.as_ref());
+    match xref::lock_get(&env.state.db, key, env.holder, ttl, &xref_key, contact, both).await? {
+        Ok(x) => Ok(x),
+        Err(xref::Busy::First) => Err(busy(first_lease.unwrap_or(key))),
+        Err(xref::Busy::Entity) => Err(busy(key)),
     }
 }
 
