@@ -3,7 +3,7 @@
 //! only after the commit that holds its event.
 //!
 //! The ingest quota is counted in that statement, unless one of its bindings is busy (a
-//! group of it committing or ended within a second): a counter row counted in the insert's transaction stays
+//! group of it committing or ended within 100 ms): a counter row counted in the insert's transaction stays
 //! locked until that commit's WAL flush, so one busy store's groups would queue on it
 //! for a disk write each (one store's webhooks at 1,000/s were answered at p50 84 ms,
 //! against 5 ms so). Those groups count their quota first, in a commit of its own that
@@ -139,8 +139,9 @@ impl Keys {
 }
 
 /// A binding whose last group ended this recently counts its quota apart: it is busy,
-/// and its next groups would queue on its counter row behind a commit's WAL flush.
-const QUIET_FOR: Duration = Duration::from_secs(1);
+/// and its next groups would queue on its counter row behind a commit's WAL flush. (A
+/// second was too long: a store sending one event a second never counted in its insert.)
+const QUIET_FOR: Duration = Duration::from_millis(100);
 /// Bindings remembered at most; past it, those quiet for [`QUIET_FOR`] are forgotten.
 const REMEMBERED: usize = 10_000;
 
