@@ -486,6 +486,19 @@ async fn the_health_ping_records_a_store_that_stopped_accepting_our_key() {
 }
 
 /// Sends every `(event, key, token, body)` at once; the answers in the same order.
+/// `invoice.created` requests for `ids`, each with its own token.
+fn invoice_requests(key: &str, tenant: &str, ids: impl Iterator<Item = i64>) -> Vec<(String, String, String, String)> {
+    ids.map(|id| {
+        (
+            "invoice.created".to_owned(),
+            format!("invoice.created:{id}"),
+            module_token(key, tenant),
+            event_body(id),
+        )
+    })
+    .collect()
+}
+
 async fn all_at_once(
     app: &TestApp,
     tenant: &str,
@@ -638,16 +651,7 @@ async fn a_group_counts_the_quota_as_one_by_one_and_one_bad_event_fails_alone() 
     .execute(&app.state.db)
     .await
     .unwrap();
-    let requests: Vec<_> = (10..=15)
-        .map(|id| {
-            (
-                "invoice.created".to_owned(),
-                format!("invoice.created:{id}"),
-                module_token(&key, &tenant),
-                event_body(id),
-            )
-        })
-        .collect();
+    let requests = invoice_requests(&key, &tenant, 10..=15);
     let answers = all_at_once(&app, &tenant, requests).await;
     let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
     assert_eq!(statuses, [202, 202, 202, 500, 202, 202], "{answers:?}");
@@ -655,16 +659,7 @@ async fn a_group_counts_the_quota_as_one_by_one_and_one_bad_event_fails_alone() 
 
     // 6 hits counted so far (the refused event's too, as when alone); 2 left of 8,
     // taken in turn within the next group.
-    let requests: Vec<_> = (20..25)
-        .map(|id| {
-            (
-                "invoice.created".to_owned(),
-                format!("invoice.created:{id}"),
-                module_token(&key, &tenant),
-                event_body(id),
-            )
-        })
-        .collect();
+    let requests = invoice_requests(&key, &tenant, 20..25);
     let answers = all_at_once(&app, &tenant, requests).await;
     let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
     let refused: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
@@ -692,16 +687,7 @@ async fn a_group_retried_one_by_one_still_refuses_what_was_over_its_quota() {
     .execute(&app.state.db)
     .await
     .unwrap();
-    let requests: Vec<_> = (30..35)
-        .map(|id| {
-            (
-                "invoice.created".to_owned(),
-                format!("invoice.created:{id}"),
-                module_token(&key, &tenant),
-                event_body(id),
-            )
-        })
-        .collect();
+    let requests = invoice_requests(&key, &tenant, 30..35);
     let answers = all_at_once(&app, &tenant, requests).await;
     let of = |status: u16| answers.iter().filter(|(s, _)| *s == status).count();
     // Three within the quota (the refused one among them, or not), two beyond it.
@@ -814,16 +800,7 @@ async fn a_quiet_bindings_group_counts_its_quota_where_it_is_stored() {
     assert_eq!(send_valid(&app, &paired, "invoice.created", 39).await.status(), 202);
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
     let jti_before = count(&app, "SELECT count(*) FROM magento_jti").await;
-    let requests: Vec<_> = (40..44)
-        .map(|id| {
-            (
-                "invoice.created".to_owned(),
-                format!("invoice.created:{id}"),
-                module_token(&key, &tenant),
-                event_body(id),
-            )
-        })
-        .collect();
+    let requests = invoice_requests(&key, &tenant, 40..44);
     let answers = all_at_once(&app, &tenant, requests).await;
     let of = |status: u16| answers.iter().filter(|(s, _)| *s == status).count();
     assert_eq!((of(202), of(503)), (2, 2), "{answers:?}");
@@ -850,4 +827,44 @@ async fn a_quiet_bindings_group_counts_its_quota_where_it_is_stored() {
         5,
         "every event counted, the refused ones too"
     );
+}
+
+/// Every stored event wakes the workers once, whether its group notified in its own
+/// transaction (alone in flight) or after its commit (beside another group): a burst
+/// from two stores at once, heard by a listener of its own.
+#[tokio::test]
+async fn every_stored_event_wakes_the_workers_whichever_way_its_group_committed() {
+    let app = TestApp::builder()
+        .configure(|s| s.binding_ingest_per_minute = 1_000)
+        .spawn()
+        .await;
+    let (first, second) = (app.paired_store().await, app.paired_store().await);
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.state.db).await.unwrap();
+    listener.listen(ledger_jobs::CHANNEL).await.unwrap();
+    let burst = |paired: &ledger_test_support::PairedStore, from: i64| {
+        let (key, tenant) = (paired.api_key(), paired.tenant());
+        let requests = invoice_requests(&key, &tenant, from..from + 24);
+        (tenant, requests)
+    };
+    let ((t1, r1), (t2, r2)) = (burst(&first, 100), burst(&second, 200));
+    let (a1, a2) = tokio::join!(all_at_once(&app, &t1, r1), all_at_once(&app, &t2, r2));
+    assert!(a1.iter().chain(&a2).all(|(s, _)| *s == 202), "{a1:?} {a2:?}");
+    let jobs = count(&app, "SELECT count(*) FROM jobs WHERE kind = 'sync_event'").await;
+    assert_eq!(jobs, 48);
+    let mut heard = std::collections::HashSet::new();
+    while heard.len() < 48 {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 48 wake-ups arrived", heard.len()))
+            .unwrap();
+        heard.insert(n.payload().to_owned());
+    }
+    let ids: std::collections::HashSet<String> =
+        sqlx::query_scalar::<_, String>("SELECT binding_id::text || ':' || id FROM jobs WHERE kind = 'sync_event'")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(heard, ids, "one wake-up per job, naming it");
 }

@@ -50,13 +50,31 @@ pub struct Persisted {
     /// Beyond [`Received::quota_per_minute`]: (the event's hit, seconds until the window
     /// ends); nothing was written but the hit.
     pub over_quota: Option<(i64, u32)>,
+    /// The wake-up for the event's new job, when [`accept`] was told not to send it:
+    /// [`notify_unflushed`] sends it once the statement has committed.
+    pub wake: Option<String>,
+}
+
+/// Whether [`accept`] wakes the workers in its own transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// NOTIFY in the statement's transaction: no extra statement, but Postgres
+    /// serialises notifying commits through their WAL flush (a global lock taken at
+    /// commit), so concurrent groups that notify cannot share a flush.
+    InTransaction,
+    /// Leave it to the caller ([`Persisted::wake`], [`notify_unflushed`]) after the commit.
+    AfterCommit,
 }
 
 /// Stores events with their sync runs and jobs, consuming each token's jti and waking
 /// workers — one statement for the whole group, one row back per event in order. The
 /// events must not share a token, an Idempotency-Key or a foldable entity (the ingest's
 /// grouping sees to it): each is then stored exactly as it would be alone.
-pub async fn accept(conn: &mut sqlx::PgConnection, events: &[Received<'_>]) -> Result<Vec<Persisted>, sqlx::Error> {
+pub async fn accept(
+    conn: &mut sqlx::PgConnection,
+    events: &[Received<'_>],
+    wake: Wake,
+) -> Result<Vec<Persisted>, sqlx::Error> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -161,10 +179,10 @@ pub async fn accept(conn: &mut sqlx::PgConnection, events: &[Received<'_>]) -> R
              RETURNING sync_runs.id
            ), job AS (
              INSERT INTO jobs (binding_id, kind, sync_run_id) SELECT binding_id, 'sync_event', id FROM run
-             RETURNING id, binding_id
+             RETURNING id, binding_id, sync_run_id, binding_id::text || ':' || id AS wake
            ), notified AS (
              -- One wake-up per job (identical notifications in a transaction are merged).
-             SELECT count(*) AS n FROM (SELECT pg_notify('ledger_jobs', binding_id::text || ':' || id) FROM job) x
+             SELECT count(*) AS n FROM (SELECT pg_notify('ledger_jobs', wake) FROM job WHERE $23) x
            )
            SELECT i.n AS "n!",
                   EXISTS (SELECT 1 FROM current_key c WHERE c.n = i.n) AS "key_current!",
@@ -174,6 +192,7 @@ pub async fn accept(conn: &mut sqlx::PgConnection, events: &[Received<'_>]) -> R
                   COALESCE((SELECT r.id FROM run r WHERE r.id = i.run_id),
                            (SELECT w.id FROM waiting w JOIN ev ON ev.id = i.event_id WHERE w.n = i.n)) AS run_id,
                   EXISTS (SELECT 1 FROM waiting w JOIN ev ON ev.id = i.event_id WHERE w.n = i.n AND w.id IS NOT NULL) AS "folded!",
+                  (SELECT jb.wake FROM job jb WHERE jb.sync_run_id = i.run_id AND NOT $23) AS wake,
                   (SELECT n FROM notified) AS "notified!"
            FROM input i ORDER BY i.n"#,
         &c.event_ids,
@@ -198,6 +217,7 @@ pub async fn accept(conn: &mut sqlx::PgConnection, events: &[Received<'_>]) -> R
         &c.quota_limits,
         INGEST_QUOTA_BUCKET,
         INGEST_QUOTA_WINDOW.as_secs_f64(),
+        wake == Wake::InTransaction,
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -221,8 +241,26 @@ pub async fn accept(conn: &mut sqlx::PgConnection, events: &[Received<'_>]) -> R
             fresh_token: r.fresh_token,
             run_id: r.run_id,
             folded: r.folded,
+            wake: r.wake,
         })
         .collect())
+}
+
+/// Sends the wake-ups [`accept`] left to its caller, in a transaction of their own that
+/// does not wait for the WAL flush (a wake-up is a hint; the jobs are already durable),
+/// so it holds Postgres's notify lock for microseconds rather than a disk write.
+pub async fn notify_unflushed(db: &sqlx::PgPool, wakes: &[String]) -> Result<(), sqlx::Error> {
+    if wakes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r#"SELECT set_config('synchronous_commit', 'off', true) AS lazy,
+                  (SELECT count(pg_notify('ledger_jobs', w)) FROM unnest($1::text[]) AS t(w)) AS n"#,
+        wakes
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(())
 }
 
 /// The group's columns, one array each.

@@ -21,8 +21,8 @@ mod claim;
 mod settle;
 
 pub use accept::{
-    INGEST_QUOTA_BUCKET, INGEST_QUOTA_WINDOW, Persisted, Received, accept, delete_events_without_run,
-    forget_event_bodies, repeat,
+    INGEST_QUOTA_BUCKET, INGEST_QUOTA_WINDOW, Persisted, Received, Wake, accept, delete_events_without_run,
+    forget_event_bodies, notify_unflushed, repeat,
 };
 pub use claim::{
     Claim, ClaimedRun, Job, Reclaimed, Turn, claim, claim_or_wait, depth, enqueue_callback, finish, heartbeat,
