@@ -162,8 +162,7 @@ struct Entered {
     quiet: bool,
     /// Alone in flight, the group may NOTIFY in its own transaction; beside another,
     /// its wake-ups go after its commit, or the two commits would queue on Postgres's
-    /// notify lock for each other's WAL flush (saturated ingest was a tenth of a bare
-    /// insert: 20 events a commit, 50 commits a second).
+    /// notify lock for each other's WAL flush (seen as `Lock:object` waits).
     wake: Wake,
 }
 

@@ -51,7 +51,7 @@ pub struct Persisted {
     /// ends); nothing was written but the hit.
     pub over_quota: Option<(i64, u32)>,
     /// The wake-up for the event's new job, when [`accept`] was told not to send it:
-    /// [`notify_unflushed`] sends it once the statement has committed.
+    /// [`crate::notify_unflushed`] sends it once the statement has committed.
     pub wake: Option<String>,
 }
 
@@ -62,7 +62,7 @@ pub enum Wake {
     /// serialises notifying commits through their WAL flush (a global lock taken at
     /// commit), so concurrent groups that notify cannot share a flush.
     InTransaction,
-    /// Leave it to the caller ([`Persisted::wake`], [`notify_unflushed`]) after the commit.
+    /// Leave it to the caller ([`Persisted::wake`], [`crate::notify_unflushed`]) after the commit.
     AfterCommit,
 }
 
@@ -182,7 +182,7 @@ pub async fn accept(
              RETURNING id, binding_id, sync_run_id, binding_id::text || ':' || id AS wake
            ), notified AS (
              -- One wake-up per job (identical notifications in a transaction are merged).
-             SELECT count(*) AS n FROM (SELECT pg_notify('ledger_jobs', wake) FROM job WHERE $23) x
+             SELECT count(*) AS n FROM (SELECT pg_notify($24, wake) FROM job WHERE $23) x
            )
            SELECT i.n AS "n!",
                   EXISTS (SELECT 1 FROM current_key c WHERE c.n = i.n) AS "key_current!",
@@ -218,6 +218,7 @@ pub async fn accept(
         INGEST_QUOTA_BUCKET,
         INGEST_QUOTA_WINDOW.as_secs_f64(),
         wake == Wake::InTransaction,
+        crate::CHANNEL,
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -244,23 +245,6 @@ pub async fn accept(
             wake: r.wake,
         })
         .collect())
-}
-
-/// Sends the wake-ups [`accept`] left to its caller, in a transaction of their own that
-/// does not wait for the WAL flush (a wake-up is a hint; the jobs are already durable),
-/// so it holds Postgres's notify lock for microseconds rather than a disk write.
-pub async fn notify_unflushed(db: &sqlx::PgPool, wakes: &[String]) -> Result<(), sqlx::Error> {
-    if wakes.is_empty() {
-        return Ok(());
-    }
-    sqlx::query!(
-        r#"SELECT set_config('synchronous_commit', 'off', true) AS lazy,
-                  (SELECT count(pg_notify('ledger_jobs', w)) FROM unnest($1::text[]) AS t(w)) AS n"#,
-        wakes
-    )
-    .fetch_one(db)
-    .await?;
-    Ok(())
 }
 
 /// The group's columns, one array each.

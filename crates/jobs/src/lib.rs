@@ -22,7 +22,7 @@ mod settle;
 
 pub use accept::{
     INGEST_QUOTA_BUCKET, INGEST_QUOTA_WINDOW, Persisted, Received, Wake, accept, delete_events_without_run,
-    forget_event_bodies, notify_unflushed, repeat,
+    forget_event_bodies, repeat,
 };
 pub use claim::{
     Claim, ClaimedRun, Job, Reclaimed, Turn, claim, claim_or_wait, depth, enqueue_callback, finish, heartbeat,
@@ -211,9 +211,27 @@ impl RunStatus {
 
 /// Wakes idle workers (delivered at commit when called in a transaction).
 pub async fn notify(conn: &mut sqlx::PgConnection, payload: &str) -> Result<(), sqlx::Error> {
-    sqlx::query!("SELECT pg_notify('ledger_jobs', $1)", payload)
+    sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, payload)
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// Sends wake-ups in a transaction of their own that does not wait for the WAL flush
+/// (a wake-up is a hint; the jobs it names are durable already), so it holds Postgres's
+/// notify lock for microseconds rather than a disk write ([`Wake::AfterCommit`]).
+pub async fn notify_unflushed(db: &sqlx::PgPool, payloads: &[String]) -> Result<(), sqlx::Error> {
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r#"SELECT set_config('synchronous_commit', 'off', true) AS lazy,
+                  (SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) AS t(p)) AS n"#,
+        CHANNEL,
+        payloads
+    )
+    .fetch_one(db)
+    .await?;
     Ok(())
 }
 
