@@ -31,8 +31,9 @@ use ledger_jobs::{Persisted, Received, Wake};
 
 /// Events in one group at most. Small enough that a burst is split over several
 /// statements running at once: one group's statement runs on one core, and with 64 a
-/// saturated store's 32 webhooks went through one at a time (`--bench webhook`: 4,300
-/// ev/s, p50 7.3 ms, against 5,000 ev/s, p50 6.1 ms, with 16; 24 gave 4,700).
+/// saturated store's 32 webhooks all went into one statement while the other core idled
+/// (`--bench webhook`: 4,300 ev/s, p50 7.3 ms, against 5,000 ev/s, p50 6.1 ms, with 16;
+/// 24 gave 4,700). The queue in front holds four rounds of groups, as before.
 const MAX_GROUP: usize = 16;
 /// Groups committing at once: enough to keep the database busy while the next group
 /// gathers, few enough to leave connections to everything else.
