@@ -133,6 +133,57 @@ async fn claims_go_round_the_bindings_and_wrap_after_the_last() {
     assert!(ledger_jobs::claim(db, &turn, 4, lease).await.unwrap().is_none());
 }
 
+/// A claim never comes back empty while it could have taken a job: a binding whose last
+/// job was claimed by another worker between this claim's snapshot and its lock on the
+/// binding (most likely when workers share a turn and each binding has one job) is a
+/// lost race, and the claim looks again rather than reporting the queue idle.
+#[tokio::test]
+async fn a_claim_that_loses_a_race_looks_again() {
+    const WORKERS: usize = 8;
+    let app = TestApp::spawn().await;
+    let db = &app.state.db;
+    let ids = bindings(&app, &["active"; 100]).await;
+    sqlx::query("INSERT INTO jobs (binding_id, kind, payload) SELECT b, 'bench', '{}' FROM unnest($1::uuid[]) b")
+        .bind(&ids)
+        .execute(db)
+        .await
+        .unwrap();
+    let turn = std::sync::Arc::new(ledger_jobs::Turn::default());
+    let lease = Duration::from_secs(60);
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let (db, turn) = (db.clone(), turn.clone());
+        workers.push(tokio::spawn(async move {
+            let mut claimed = 0;
+            while let Some(job) = ledger_jobs::claim(&db, &turn, 2, lease).await.unwrap() {
+                let mut conn = db.acquire().await.unwrap();
+                assert!(
+                    ledger_jobs::finish(&mut conn, &job, ledger_jobs::JobStatus::Done, None)
+                        .await
+                        .unwrap()
+                );
+                claimed += 1;
+            }
+            // Idle: what is still queued can only be jobs other workers are claiming now.
+            let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'queued'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            (claimed, queued)
+        }));
+    }
+    let mut total = 0;
+    for w in workers {
+        let (claimed, queued) = w.await.unwrap();
+        assert!(
+            queued < WORKERS as i64,
+            "a worker found nothing to claim while {queued} jobs were queued"
+        );
+        total += claimed;
+    }
+    assert_eq!(total, 100, "every job claimed once");
+}
+
 /// A binding whose Sage connection needs the merchant (needs_reauth) keeps its documents
 /// queued but still has its store callbacks claimed; a revoked one has neither.
 #[tokio::test]

@@ -172,17 +172,21 @@ struct Polled {
     run_clock_skew: Option<i32>,
     run_reference: Option<Value>,
     more_due: Option<bool>,
+    raced: bool,
 }
 
-async fn claim_after(
+/// Claims after a lost race before deciding nothing can be claimed (each a statement).
+const RACE_TRIES: u32 = 4;
+
+/// The main claim, one statement: a job claimed, or what to do next.
+async fn claim_statement(
     db: &PgPool,
     after: uuid::Uuid,
-    binding_concurrency: u32,
-    lease: Duration,
-) -> Result<Claim, sqlx::Error> {
-    let lease_id = uuid::Uuid::new_v4();
-    let (limit, secs) = (i64::from(binding_concurrency), lease.as_secs_f64());
-    let polled = sqlx::query_as!(
+    limit: i64,
+    lease_id: uuid::Uuid,
+    secs: f64,
+) -> Result<Polled, sqlx::Error> {
+    sqlx::query_as!(
         Polled,
         r#"WITH RECURSIVE walk(id, run_at) AS (
              -- The bindings with queued jobs, in id order from after the last one served,
@@ -265,7 +269,11 @@ async fn claim_after(
                        AND q.run_at <= now() AND (q.run_at, q.id) > (SELECT run_at, id FROM claimed)
                      ORDER BY q.run_at, q.id LIMIT 1) IS NOT NULL
                     OR (SELECT count(*) FROM (SELECT 1 FROM ring WHERE ring.run_at <= now() LIMIT 2) two) > 1
-                  END AS more_due
+                  END AS more_due,
+                  -- A lost race: the binding locked had no due job left, its last ones
+                  -- claimed by claims that committed after this statement's snapshot (the
+                  -- walk's) and before its lock. Other bindings may well have work.
+                  c.id IS NULL AND (SELECT id FROM b) IS NOT NULL AS "raced!"
            FROM (VALUES (1)) one(x) LEFT JOIN claimed c ON true
            LEFT JOIN LATERAL ledger_claimed_run(c.sync_run_id) r ON true
            -- The ring's arrays inside CASE, so a claim that took a job neither walks the
@@ -279,7 +287,26 @@ async fn claim_after(
         after,
     )
     .fetch_one(db)
-    .await?;
+    .await
+}
+
+async fn claim_after(
+    db: &PgPool,
+    after: uuid::Uuid,
+    binding_concurrency: u32,
+    lease: Duration,
+) -> Result<Claim, sqlx::Error> {
+    let lease_id = uuid::Uuid::new_v4();
+    let (limit, secs) = (i64::from(binding_concurrency), lease.as_secs_f64());
+    let mut tries = 0;
+    let polled = loop {
+        tries += 1;
+        let polled = claim_statement(db, after, limit, lease_id, secs).await?;
+        // A lost race is no sign of idleness: look again at once, with a fresh snapshot.
+        if !polled.raced || tries == RACE_TRIES {
+            break polled;
+        }
+    };
     if let Polled {
         id: Some(id),
         binding_id: Some(binding_id),
