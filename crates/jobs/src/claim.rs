@@ -1,8 +1,13 @@
 //! Claiming, renewing and ending jobs.
 
-use std::time::Duration;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use ledger_core::BindingId;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{JobKind, JobStatus};
 use serde_json::Value;
@@ -89,18 +94,51 @@ impl Claimed {
     }
 }
 
-/// Where a process's claims go round its bindings: the last binding served. Claims walk
-/// bindings in id order from just after it, so every binding with work is served once
-/// per round however deep another's backlog, and nothing is written to take a turn.
+/// Where a process's claims go round its bindings, and the claims its workers are
+/// waiting on. Claims walk bindings in id order from just after the last one served, so
+/// every binding with work is served once per round however deep another's backlog, and
+/// nothing is written to take a turn. Workers claiming at the same moment share one
+/// statement — one walk and one commit for several jobs, each from its own binding —
+/// made by a task of the process's own, so a worker that stops waiting loses nothing (a
+/// job claimed for it goes back to the queue).
 #[derive(Debug, Default)]
-pub struct Turn(std::sync::Mutex<uuid::Uuid>);
+pub struct Turn {
+    last: Arc<Mutex<uuid::Uuid>>,
+    claims: Mutex<Option<mpsc::UnboundedSender<Request>>>,
+}
+
+/// One worker's claim, waiting for a statement.
+struct Request {
+    binding_concurrency: u32,
+    lease: Duration,
+    answer: oneshot::Sender<Result<Claim, sqlx::Error>>,
+}
+
+/// Claims one statement makes at most.
+const MAX_BATCH: usize = 16;
+
+/// Statements in a row that lost a race and claimed nothing before the claims waiting
+/// are told nothing can be claimed.
+const RACE_TRIES: u32 = 4;
 
 impl Turn {
-    fn last(&self) -> uuid::Uuid {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-    fn served(&self, binding: BindingId) {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = binding.0;
+    /// Hands `request` to the process's claim task, starting it if it is not running.
+    fn submit(&self, db: &PgPool, request: Request) -> Result<(), sqlx::Error> {
+        let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
+        let request = match claims.as_ref() {
+            Some(tx) => match tx.send(request) {
+                Ok(()) => return Ok(()),
+                // The task ended (it panicked): start another.
+                Err(mpsc::error::SendError(request)) => request,
+            },
+            None => request,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(gather(db.clone(), self.last.clone(), rx));
+        tx.send(request)
+            .map_err(|_| sqlx::Error::Protocol("the claim task stopped at once".into()))?;
+        *claims = Some(tx);
+        Ok(())
     }
 }
 
@@ -138,14 +176,138 @@ pub async fn claim_or_wait(
     binding_concurrency: u32,
     lease: Duration,
 ) -> Result<Claim, sqlx::Error> {
-    let claim = claim_after(db, turn.last(), binding_concurrency, lease).await?;
-    if let Claim::Job(j) = &claim {
-        turn.served(j.binding_id);
-    }
-    Ok(claim)
+    let (answer, answered) = oneshot::channel();
+    turn.submit(
+        db,
+        Request {
+            binding_concurrency,
+            lease,
+            answer,
+        },
+    )?;
+    answered
+        .await
+        .map_err(|_| sqlx::Error::Protocol("the claim task dropped the claim".into()))?
 }
 
-/// The main claim's one row: the job claimed, or (all NULL) none and what to do next.
+/// The process's claim task: takes the claims waiting (all that came while its last
+/// statement ran, up to [`MAX_BATCH`]) and makes them in one statement. Claims left
+/// over when the statement took jobs and says more is due (a binding with a second
+/// free slot, a binding another process held) go into the next statement rather than
+/// being told to wait; so do all of them after a lost race.
+async fn gather(db: PgPool, last: Arc<Mutex<uuid::Uuid>>, mut rx: mpsc::UnboundedReceiver<Request>) {
+    let mut waiting: VecDeque<Request> = VecDeque::new();
+    let mut races = 0;
+    loop {
+        if waiting.is_empty() {
+            match rx.recv().await {
+                Some(r) => waiting.push_back(r),
+                None => return,
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            waiting.push_back(r);
+        }
+        // A worker that stopped waiting (shut down) is not claimed for.
+        waiting.retain(|r| !r.answer.is_closed());
+        let Some(first) = waiting.front() else { continue };
+        let (concurrency, lease) = (first.binding_concurrency, first.lease);
+        let mut batch = Vec::new();
+        while batch.len() < MAX_BATCH
+            && let Some(r) = waiting.pop_front_if(|r| (r.binding_concurrency, r.lease) == (concurrency, lease))
+        {
+            batch.push(r);
+        }
+        let after = *last.lock().unwrap_or_else(PoisonError::into_inner);
+        let made = match claim_batch(&db, after, concurrency, lease, batch.len()).await {
+            Ok(made) => made,
+            Err(e) => {
+                let shown = e.to_string();
+                let mut error = Some(e);
+                for r in batch {
+                    let e = error.take().unwrap_or_else(|| sqlx::Error::Protocol(shown.clone()));
+                    let _ = r.answer.send(Err(e));
+                }
+                continue;
+            }
+        };
+        if let Some(served) = made.served(after) {
+            *last.lock().unwrap_or_else(PoisonError::into_inner) = served;
+        }
+        let more = made.jobs.iter().any(|j| j.more_due);
+        let mut batch = batch.into_iter();
+        for job in made.jobs {
+            hand_over(&db, batch.next(), job).await;
+        }
+        let left: Vec<Request> = batch.collect();
+        if left.is_empty() {
+            races = 0;
+            continue;
+        }
+        races = if made.raced { races + 1 } else { 0 };
+        if (made.taken > 0 && more) || (made.raced && races < RACE_TRIES) {
+            // Claimed next, before anything that came since.
+            for r in left.into_iter().rev() {
+                waiting.push_front(r);
+            }
+            continue;
+        }
+        races = 0;
+        let mut left = left.into_iter();
+        if made.callbacks_due
+            && let Some(r) = left.next()
+        {
+            let claimed = claim_callback(&db, after, concurrency, lease).await;
+            if let Ok(Some(job)) = claimed {
+                *last.lock().unwrap_or_else(PoisonError::into_inner) = job.binding_id.0;
+                hand_over(&db, Some(r), job).await;
+            } else {
+                let _ = r.answer.send(claimed.map(|_| Claim::Idle { due_in: made.due_in }));
+            }
+        }
+        for r in left {
+            let _ = r.answer.send(Ok(Claim::Idle { due_in: made.due_in }));
+        }
+    }
+}
+
+/// Gives `job` to the worker that asked; back to the queue when none is waiting for it.
+async fn hand_over(db: &PgPool, to: Option<Request>, job: Job) {
+    let (id, lease) = (job.id, job.lease_id);
+    let unclaimed = match to {
+        Some(r) => r.answer.send(Ok(Claim::Job(job))).is_err(),
+        None => true,
+    };
+    if unclaimed {
+        // Should this fail too, its lease expires and it is reclaimed then.
+        let _ = release(db, id, lease).await;
+    }
+}
+
+/// What one claim statement did.
+struct Batch {
+    jobs: Vec<Job>,
+    /// Bindings locked that had no due job left (claimed by a statement that committed
+    /// after this one's snapshot): a lost race, not a sign that nothing is due.
+    raced: bool,
+    taken: usize,
+    /// When fewer jobs were taken than asked for: whether store callbacks are due
+    /// (claimed apart), and when the next queued job falls due.
+    callbacks_due: bool,
+    due_in: Option<Duration>,
+}
+
+impl Batch {
+    /// The binding the turn moves to: the last one served in the walk's order (bindings
+    /// after `after` first, then those wrapped round to).
+    fn served(&self, after: uuid::Uuid) -> Option<uuid::Uuid> {
+        let ids = self.jobs.iter().map(|j| j.binding_id.0);
+        ids.clone().filter(|id| *id > after).max().or_else(|| ids.max())
+    }
+}
+
+/// A claim statement's row: a job claimed (all NULL when none was), with what the
+/// statement as a whole found.
 struct Polled {
     id: Option<i64>,
     binding_id: Option<BindingId>,
@@ -154,6 +316,8 @@ struct Polled {
     attempts: Option<i32>,
     payload: Option<Value>,
     entity_key: Option<String>,
+    locked: i64,
+    taken: i64,
     callbacks_due: Option<bool>,
     due_in: Option<f64>,
     run_tenant_id: Option<ledger_core::TenantId>,
@@ -172,29 +336,88 @@ struct Polled {
     run_clock_skew: Option<i32>,
     run_reference: Option<Value>,
     more_due: Option<bool>,
-    raced: bool,
 }
 
-/// Claims after a lost race before deciding nothing can be claimed (each a statement).
-const RACE_TRIES: u32 = 4;
+impl Polled {
+    fn into_job(self, lease_id: uuid::Uuid) -> Option<Job> {
+        let (Some(id), Some(binding_id), Some(kind), Some(attempts), Some(payload)) =
+            (self.id, self.binding_id, self.kind, self.attempts, self.payload)
+        else {
+            return None;
+        };
+        let run = match (
+            self.run_tenant_id,
+            self.run_event_name,
+            self.run_entity_type,
+            self.run_entity_id,
+            self.run_created_at,
+            self.run_base_url,
+        ) {
+            (
+                Some(tenant_id),
+                Some(event_name),
+                Some(entity_type),
+                Some(magento_entity_id),
+                Some(created_at),
+                Some(magento_base_url),
+            ) => Some(Box::new(ClaimedRun {
+                tenant_id,
+                event_name,
+                entity_type,
+                magento_entity_id,
+                created_at,
+                policy: self.run_policy,
+                magento_base_url,
+                traceparent: self.run_traceparent,
+                api_key: self.run_api_key,
+                region: self.run_region,
+                occurred_at: self.run_occurred_at,
+                business_id: self.run_business_id.unwrap_or_default(),
+                token_version: self.run_token_version,
+                store_clock_skew_secs: self.run_clock_skew,
+                reference: self.run_reference,
+            })),
+            _ => None,
+        };
+        let mut job = Claimed {
+            id,
+            binding_id,
+            kind,
+            sync_run_id: self.sync_run_id,
+            attempts,
+            payload,
+            entity_key: self.entity_key,
+        }
+        .into_job(lease_id);
+        job.run = run;
+        job.more_due = self.more_due.unwrap_or(true);
+        Some(job)
+    }
+}
 
-/// The main claim, one statement: a job claimed, or what to do next.
-async fn claim_statement(
+/// Claims up to `wanted` jobs, one per binding, in one statement: from the bindings with
+/// due work in turn after `after`, each under its concurrency limit and with budget
+/// left, its earliest due job.
+async fn claim_batch(
     db: &PgPool,
     after: uuid::Uuid,
-    limit: i64,
-    lease_id: uuid::Uuid,
-    secs: f64,
-) -> Result<Polled, sqlx::Error> {
-    sqlx::query_as!(
+    binding_concurrency: u32,
+    lease: Duration,
+    wanted: usize,
+) -> Result<Batch, sqlx::Error> {
+    let lease_id = uuid::Uuid::new_v4();
+    let (limit, secs) = (i64::from(binding_concurrency), lease.as_secs_f64());
+    let wanted = i64::try_from(wanted).unwrap_or(1);
+    let rows = sqlx::query_as!(
         Polled,
         r#"WITH RECURSIVE walk(id, run_at) AS (
              -- The bindings with queued jobs, in id order from after the last one served,
              -- with each one's earliest queued job: one index probe per binding (a loose
              -- index scan), so bindings with nothing queued — most tenants, most of the
-             -- time — are never visited. Evaluated lazily: the first eligible binding
-             -- ends the walk. (Ordered as the partial index `jobs_ready_per_binding`, so
-             -- that index serves it, not `jobs_binding` with its finished jobs.)
+             -- time — are never visited. Evaluated lazily: the walk ends once enough
+             -- eligible bindings are found. (Ordered as the partial index
+             -- `jobs_ready_per_binding`, so that index serves it, not `jobs_binding` with
+             -- its finished jobs.)
              (SELECT j.binding_id, j.run_at FROM jobs j WHERE j.status = 'queued' AND j.binding_id > $4
               ORDER BY j.binding_id, j.run_at, j.id LIMIT 1)
              UNION ALL
@@ -219,18 +442,20 @@ async fn claim_statement(
                AND NOT EXISTS (SELECT 1 FROM sage_connections sc JOIN sage_budgets sb ON sb.business_id = sc.business_id
                                WHERE sc.binding_id = cb.id AND sb.blocked_until > now())
                AND (SELECT count(*) FROM jobs r WHERE r.binding_id = cb.id AND r.status = 'running') < $1
-             LIMIT 1
-             -- The lock serialises the concurrency count per binding. NO KEY: a plain FOR
-             -- UPDATE would skip every binding whose rows are being inserted (foreign keys
-             -- take KEY SHARE on it) and block those inserts.
+             LIMIT $5
+             -- The lock keeps two claims from counting one binding's running jobs at
+             -- once. NO KEY: a plain FOR UPDATE would skip every binding whose rows are
+             -- being inserted (foreign keys take KEY SHARE on it) and block those inserts.
              FOR NO KEY UPDATE OF cb SKIP LOCKED
            ), picked AS (
-             -- A scalar binding id, so the partial index serves the order.
-             SELECT j.id FROM jobs j
-             WHERE j.binding_id = (SELECT id FROM b) AND j.status = 'queued' AND j.run_at <= now()
-             ORDER BY j.run_at, j.id
-             LIMIT 1
-             FOR UPDATE OF j SKIP LOCKED
+             -- Each binding's earliest due job (the binding id a lateral outer value, so
+             -- the partial index serves the order).
+             SELECT p.id FROM b CROSS JOIN LATERAL (
+               SELECT j.id FROM jobs j
+               WHERE j.binding_id = b.id AND j.status = 'queued' AND j.run_at <= now()
+               ORDER BY j.run_at, j.id
+               LIMIT 1
+               FOR UPDATE OF j SKIP LOCKED) p
            ), claimed AS (
              UPDATE jobs SET status = 'running', lease_id = $2, locked_until = now() + make_interval(secs => $3),
                     attempts = attempts + 1, updated_at = now()
@@ -239,18 +464,21 @@ async fn claim_statement(
                        jobs.run_at
            ), started AS (
              -- The run shows as running from the claim on (one commit fewer per attempt).
-             -- A scalar id, so the primary key finds the run whatever the statistics say.
+             -- An array of ids, so the primary key finds the runs whatever the statistics say.
              UPDATE sync_runs SET status = 'running', started_at = COALESCE(started_at, now()), updated_at = now()
-             WHERE sync_runs.id = (SELECT sync_run_id FROM claimed) AND sync_runs.status = 'pending'
+             WHERE sync_runs.id = ANY (ARRAY(SELECT sync_run_id FROM claimed)) AND sync_runs.status = 'pending'
+           ), tally AS (
+             SELECT (SELECT count(*) FROM b) AS locked, (SELECT count(*) FROM claimed) AS taken
            )
-           -- Always one row. What only some claims need is called, not joined: a plan's
-           -- every node is set up on each run, called or not (migration
-           -- 20261205000001). When nothing was claimed, whether callbacks are due
-           -- (claimed apart, below) and when the next queued job falls due, from the
-           -- bindings the walk has already visited.
+           -- At least one row (all job columns NULL when nothing was claimed). What only
+           -- some claims need is called, not joined: a plan's every node is set up on each
+           -- run, called or not (migration 20261205000001). When fewer jobs were taken
+           -- than asked for (and no race was lost), whether callbacks are due (claimed
+           -- apart) and when the next queued job falls due, from the bindings the walk
+           -- has already visited.
            SELECT c.id AS "id?", c.binding_id AS "binding_id?: BindingId", c.kind AS "kind?", c.sync_run_id,
                   c.attempts AS "attempts?", c.payload AS "payload?", c.entity_key,
-                  i.callbacks_due, i.due_in,
+                  t.locked AS "locked!", t.taken AS "taken!", i.callbacks_due, i.due_in,
                   -- A sync job's run, as the attempt needs it (its own read saved).
                   r.tenant_id AS "run_tenant_id?: ledger_core::TenantId", r.event_name AS "run_event_name?",
                   r.entity_type AS "run_entity_type?", r.magento_entity_id AS "run_entity_id?",
@@ -259,116 +487,59 @@ async fn claim_statement(
                   r.occurred_at AS "run_occurred_at?", r.business_id AS run_business_id,
                   r.token_version AS "run_token_version?", r.store_clock_skew_secs AS run_clock_skew,
                   r.reference AS run_reference,
-                  -- Whether more was due: another of the binding's jobs after the one
-                  -- claimed (a row bound, so the probe starts past it, not at the
-                  -- binding's finished jobs), or a second binding on the ring (one more
-                  -- probe of its walk). Scalar ids and a LIMIT, not EXISTS, so the partial
+                  -- Whether more was due: a binding with due work on the ring beyond those
+                  -- served, or another of the job's binding's jobs after the one claimed
+                  -- (a row bound, so the probe starts past it, not at the binding's
+                  -- finished jobs). Scalar ids and a LIMIT, not EXISTS, so the partial
                   -- index serves it: an EXISTS here was planned as a sequential scan.
                   CASE WHEN c.id IS NOT NULL THEN
-                    (SELECT q.id FROM jobs q WHERE q.binding_id = (SELECT binding_id FROM claimed) AND q.status = 'queued'
-                       AND q.run_at <= now() AND (q.run_at, q.id) > (SELECT run_at, id FROM claimed)
-                     ORDER BY q.run_at, q.id LIMIT 1) IS NOT NULL
-                    OR (SELECT count(*) FROM (SELECT 1 FROM ring WHERE ring.run_at <= now() LIMIT 2) two) > 1
-                  END AS more_due,
-                  -- A lost race: the binding locked had no due job left, its last ones
-                  -- claimed by claims that committed after this statement's snapshot (the
-                  -- walk's) and before its lock. Other bindings may well have work.
-                  c.id IS NULL AND (SELECT id FROM b) IS NOT NULL AS "raced!"
-           FROM (VALUES (1)) one(x) LEFT JOIN claimed c ON true
-           LEFT JOIN LATERAL ledger_claimed_run(c.sync_run_id) r ON true
-           -- The ring's arrays inside CASE, so a claim that took a job neither walks the
-           -- whole ring to build them nor calls the (STRICT) function.
-           LEFT JOIN LATERAL ledger_claim_idle(
-             CASE WHEN c.id IS NULL THEN COALESCE((SELECT array_agg(ring.id) FROM ring), '{}') END,
-             CASE WHEN c.id IS NULL THEN COALESCE((SELECT array_agg(ring.run_at) FROM ring), '{}') END) i ON true"#,
+                    (SELECT count(*) FROM (SELECT 1 FROM ring WHERE ring.run_at <= now() LIMIT $5 + 1) due) > t.taken
+                    OR (SELECT q.id FROM jobs q WHERE q.binding_id = c.binding_id AND q.status = 'queued'
+                          AND q.run_at <= now() AND (q.run_at, q.id) > (c.run_at, c.id)
+                        ORDER BY q.run_at, q.id LIMIT 1) IS NOT NULL
+                  END AS more_due
+           FROM tally t
+           -- The ring's arrays inside CASE, so a claim that took what it asked for neither
+           -- walks the whole ring to build them nor calls the (STRICT) function.
+           CROSS JOIN LATERAL ledger_claim_idle(
+             CASE WHEN t.taken < $5 AND t.taken = t.locked THEN COALESCE((SELECT array_agg(ring.id) FROM ring), '{}') END,
+             CASE WHEN t.taken < $5 AND t.taken = t.locked THEN COALESCE((SELECT array_agg(ring.run_at) FROM ring), '{}') END) i
+           LEFT JOIN claimed c ON true
+           LEFT JOIN LATERAL ledger_claimed_run(c.sync_run_id) r ON true"#,
         limit,
         lease_id,
         secs,
         after,
+        wanted,
     )
-    .fetch_one(db)
-    .await
+    .fetch_all(db)
+    .await?;
+    let Some(first) = rows.first() else {
+        return Err(sqlx::Error::RowNotFound);
+    };
+    let (locked, taken) = (first.locked, first.taken);
+    let callbacks_due = first.callbacks_due == Some(true);
+    let due_in = first.due_in.map(|s| Duration::from_secs_f64(s.max(0.0)));
+    let jobs: Vec<Job> = rows.into_iter().filter_map(|r| r.into_job(lease_id)).collect();
+    Ok(Batch {
+        raced: locked > taken,
+        taken: usize::try_from(taken).unwrap_or_default(),
+        callbacks_due,
+        due_in,
+        jobs,
+    })
 }
 
-async fn claim_after(
+/// Claims a store callback: they need no Sage budget, so they run while a business
+/// waits for it, and on bindings held for the merchant.
+async fn claim_callback(
     db: &PgPool,
     after: uuid::Uuid,
     binding_concurrency: u32,
     lease: Duration,
-) -> Result<Claim, sqlx::Error> {
+) -> Result<Option<Job>, sqlx::Error> {
     let lease_id = uuid::Uuid::new_v4();
     let (limit, secs) = (i64::from(binding_concurrency), lease.as_secs_f64());
-    let mut tries = 0;
-    let polled = loop {
-        tries += 1;
-        let polled = claim_statement(db, after, limit, lease_id, secs).await?;
-        // A lost race is no sign of idleness: look again at once, with a fresh snapshot.
-        if !polled.raced || tries == RACE_TRIES {
-            break polled;
-        }
-    };
-    if let Polled {
-        id: Some(id),
-        binding_id: Some(binding_id),
-        kind: Some(kind),
-        attempts: Some(attempts),
-        payload: Some(payload),
-        ..
-    } = polled
-    {
-        let run = match (
-            polled.run_tenant_id,
-            polled.run_event_name,
-            polled.run_entity_type,
-            polled.run_entity_id,
-            polled.run_created_at,
-            polled.run_base_url,
-        ) {
-            (
-                Some(tenant_id),
-                Some(event_name),
-                Some(entity_type),
-                Some(magento_entity_id),
-                Some(created_at),
-                Some(magento_base_url),
-            ) => Some(Box::new(ClaimedRun {
-                tenant_id,
-                event_name,
-                entity_type,
-                magento_entity_id,
-                created_at,
-                policy: polled.run_policy,
-                magento_base_url,
-                traceparent: polled.run_traceparent,
-                api_key: polled.run_api_key,
-                region: polled.run_region,
-                occurred_at: polled.run_occurred_at,
-                business_id: polled.run_business_id.unwrap_or_default(),
-                token_version: polled.run_token_version,
-                store_clock_skew_secs: polled.run_clock_skew,
-                reference: polled.run_reference,
-            })),
-            _ => None,
-        };
-        let mut job = Claimed {
-            id,
-            binding_id,
-            kind,
-            sync_run_id: polled.sync_run_id,
-            attempts,
-            payload,
-            entity_key: polled.entity_key,
-        }
-        .into_job(lease_id);
-        job.run = run;
-        job.more_due = polled.more_due.unwrap_or(true);
-        return Ok(Claim::Job(job));
-    }
-    let due_in = polled.due_in.map(|s| Duration::from_secs_f64(s.max(0.0)));
-    if polled.callbacks_due != Some(true) {
-        return Ok(Claim::Idle { due_in });
-    }
-    // Store callbacks need no Sage budget: they run while a business waits for it.
     let row = sqlx::query_as!(
             Claimed,
             r#"WITH RECURSIVE walk(id, run_at) AS (
@@ -418,10 +589,7 @@ async fn claim_after(
         )
     .fetch_optional(db)
     .await?;
-    Ok(match row {
-        Some(r) => Claim::Job(r.into_job(lease_id)),
-        None => Claim::Idle { due_in },
-    })
+    Ok(row.map(|r| r.into_job(lease_id)))
 }
 
 /// Extends a running job's lease; false when the lease was lost (reclaimed).

@@ -11,7 +11,8 @@
 //!
 //! Claiming takes a lease (`lease_id`, `locked_until`) in one short transaction and
 //! commits it before any outbound call; no transaction is ever held across the
-//! network. Bindings are served round-robin (each process's [`Turn`]), each with at most
+//! network. Bindings are served round-robin (each process's [`Turn`], whose task makes
+//! the claims its workers wait on together, one statement for several), each with at most
 //! `binding_concurrency` jobs running across all processes, and a binding whose Sage
 //! business has spent its call budget is skipped until the budget frees (its
 //! callbacks to Magento still run). Expired leases are reclaimed by any worker.
