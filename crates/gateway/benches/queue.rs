@@ -5,6 +5,10 @@
 //! finding nothing, which says when the next job falls due) at 100 and at 10,000
 //! bindings, against a bare `SELECT 1`.
 //!
+//! The bare loop runs each worker on a connection of its own: through sqlx's pool, each
+//! checkout and each return pings the connection (a round trip each), which is not the
+//! statement's cost; that pooled loop is printed beside it for comparison.
+//!
 //! `cargo bench -p ledger-gateway --bench queue`. The ledger's claim does more than the
 //! bare loop: it takes the next binding in turn after the last one served (fairness), checks the
 //! binding's concurrency limit and its Sage business's budget, takes a lease and
@@ -81,16 +85,16 @@ async fn seed(db: &sqlx::PgPool, tenant: uuid::Uuid, active: i64) {
 /// still run leaves fewer loops for the rest).
 async fn drive<F, Fut>(step: F) -> (f64, Vec<f64>)
 where
-    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
+    for i in 0..CONCURRENCY {
         let (step, done) = (step.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
-            while step().await {
+            while step(i).await {
                 done.fetch_add(1, Ordering::Relaxed);
             }
             started.elapsed().as_secs_f64()
@@ -107,32 +111,57 @@ where
     (n as f64 / total, ends.into_iter().map(|e| e / total).collect())
 }
 
-async fn bare(db: &sqlx::PgPool) -> (f64, Vec<f64>) {
+const BARE_CLAIM: &str = "UPDATE jobs SET status = 'running' WHERE id = (
+       SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+     ) RETURNING id";
+const BARE_DONE: &str = "UPDATE jobs SET status = 'done' WHERE id = $1";
+
+/// The bare loop's claim and completion of one job on `conn`, or through the pool (a
+/// checkout each, as the ledger's statements take); false when none is left.
+async fn bare_step(db: &sqlx::PgPool, conn: Option<&mut sqlx::PgConnection>) -> bool {
+    let claim = sqlx::query_scalar::<_, i64>(BARE_CLAIM);
+    let Some(conn) = conn else {
+        let Some(id) = claim.fetch_optional(db).await.expect("claim") else {
+            return false;
+        };
+        sqlx::query(BARE_DONE).bind(id).execute(db).await.expect("done");
+        return true;
+    };
+    let Some(id) = claim.fetch_optional(&mut *conn).await.expect("claim") else {
+        return false;
+    };
+    sqlx::query(BARE_DONE).bind(id).execute(&mut *conn).await.expect("done");
+    true
+}
+
+/// The bare loop, each worker on a connection of its own (the floor), or through the
+/// pool (sqlx pings a connection at each checkout and return: two round trips more a
+/// statement).
+async fn bare_loop(db: &sqlx::PgPool, pooled: bool) -> (f64, Vec<f64>) {
     // With the index that makes it fast (dropped before the ledger's turn).
     sqlx::query("CREATE INDEX bench_bare ON jobs (id) WHERE status = 'queued'")
         .execute(db)
         .await
         .expect("index");
+    let mut own = Vec::new();
+    if !pooled {
+        for _ in 0..CONCURRENCY {
+            let conn = sqlx::ConnectOptions::connect(&*db.connect_options())
+                .await
+                .expect("connection");
+            own.push(tokio::sync::Mutex::new(conn));
+        }
+    }
+    let own = Arc::new(own);
     let rate = drive({
         let db = db.clone();
-        move || {
-            let db = db.clone();
+        move |i| {
+            let (db, own) = (db.clone(), own.clone());
             async move {
-                let id: Option<i64> = sqlx::query_scalar(
-                    "UPDATE jobs SET status = 'running' WHERE id = (
-                       SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
-                     ) RETURNING id",
-                )
-                .fetch_optional(&db)
-                .await
-                .expect("claim");
-                let Some(id) = id else { return false };
-                sqlx::query("UPDATE jobs SET status = 'done' WHERE id = $1")
-                    .bind(id)
-                    .execute(&db)
-                    .await
-                    .expect("done");
-                true
+                match own.get(i) {
+                    Some(conn) => bare_step(&db, Some(&mut *conn.lock().await)).await,
+                    None => bare_step(&db, None).await,
+                }
             }
         }
     })
@@ -147,7 +176,7 @@ async fn ledger(db: &sqlx::PgPool) -> (f64, Vec<f64>) {
     let turn = Arc::new(ledger_jobs::Turn::default());
     drive({
         let db = db.clone();
-        move || {
+        move |_| {
             let (db, turn) = (db.clone(), turn.clone());
             async move {
                 let Some(job) = ledger_jobs::claim(&db, &turn, 2, lease).await.expect("claim") else {
@@ -254,7 +283,9 @@ async fn run() {
             idle.push(serde_json::json!({ "bindings": bindings, "poll_us": poll.round(), "floor_us": floor.round(), "times_floor": (poll / floor * 10.0).round() / 10.0 }));
         }
         seed(&db, tenant, active).await;
-        let (bare, bare_ends) = bare(&db).await;
+        let (bare, bare_ends) = bare_loop(&db, false).await;
+        seed(&db, tenant, active).await;
+        let (pooled, _) = bare_loop(&db, true).await;
         seed(&db, tenant, active).await;
         let (ledger, ledger_ends) = ledger(&db).await;
         let ratio = ledger / bare;
@@ -271,11 +302,16 @@ async fn run() {
         );
         let goal = if active == bindings { GOAL } else { GOAL_IDLE_TENANTS };
         println!(
+            "      the bare loop through the pool: {pooled:>6.0} jobs/s (the ledger {:.2} of it)",
+            ledger / pooled
+        );
+        println!(
             "  {bindings:>6} bindings, {active:>5} with work: bare SKIP LOCKED loop {bare:>6.0} jobs/s · ledger claim + complete {ledger:>6.0} jobs/s · ratio {ratio:.2} (goal ≥ {goal})"
         );
         cases.push(serde_json::json!({
             "bindings": bindings, "active": active, "bare_jobs_per_s": bare.round(), "ledger_jobs_per_s": ledger.round(),
             "ratio": (ratio * 100.0).round() / 100.0, "goal": goal,
+            "bare_pooled_jobs_per_s": pooled.round(), "ratio_to_pooled": (ledger / pooled * 100.0).round() / 100.0,
         }));
     }
     let report = serde_json::json!({ "jobs": JOBS, "concurrency": CONCURRENCY, "cases": cases, "idle_poll": idle });

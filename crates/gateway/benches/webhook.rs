@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p ledger-gateway --bench webhook` prints, in one run:
 //! 1. the floor: a bare durable single-row `INSERT` of the same event row, one commit
-//!    each, on a pool of the same size with the same concurrency;
+//!    each, `CONCURRENCY` clients each on a connection of its own; and the same through
+//!    the app's pool, where sqlx's ping at each checkout and return adds two round trips;
 //! 2. saturation: signed webhooks over HTTP as fast as `CONCURRENCY` clients can send,
 //!    with group commit (`LEDGER_INGEST_COMMIT_WINDOW=1ms`) and with each event alone;
 //! 3. a steady 1,000 events/s for `STEADY_SECS` seconds, both ways, with percentiles.
@@ -136,36 +137,55 @@ async fn app_with(window: Duration) -> (TestApp, Signer, ledger_core::BindingId)
     (app, signer, binding)
 }
 
+/// Stores one event row, bare: one statement, its own commit.
+async fn insert_event<'e>(db: impl sqlx::PgExecutor<'e>, binding: ledger_core::BindingId, n: u64) {
+    let body = serde_json::json!({"magento_entity_id": n, "website_id": 1, "store_id": 1,
+        "occurred_at": "2026-11-26T12:00:00Z", "payload": {"increment_id": format!("{n:09}"), "paid": false}});
+    let key = format!("invoice.created:{n}");
+    sqlx::query(
+        "INSERT INTO received_events (id, binding_id, event_name, idempotency_key, magento_entity_id, website_id, store_id, occurred_at, body, body_sha256)
+         VALUES ($1, $2, 'invoice.created', $3, $4, 1, 1, now(), $5, $6)",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(binding.0)
+    .bind(&key)
+    .bind(n as i64)
+    .bind(&body)
+    .bind(&ledger_core::crypto::sha256(key.as_bytes())[..])
+    .execute(db)
+    .await
+    .expect("insert");
+}
+
 /// The floor: one bare durable `INSERT` of the same event row per transaction, prepared,
-/// `CONCURRENCY` clients on a pool of the same size; events/s.
-async fn floor(pool: &sqlx::PgPool, binding: ledger_core::BindingId) -> f64 {
-    let counter = Arc::new(AtomicU64::new(1_000_000));
+/// `CONCURRENCY` clients each on a connection of its own (`pooled`: through the app's
+/// pool, where sqlx pings a connection at each checkout and return — two round trips
+/// that are not the insert's); events/s.
+async fn floor(pool: &sqlx::PgPool, binding: ledger_core::BindingId, pooled: bool, first: u64) -> f64 {
+    let counter = Arc::new(AtomicU64::new(first));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
         let (pool, counter) = (pool.clone(), counter.clone());
+        let mut own = if pooled {
+            None
+        } else {
+            Some(
+                sqlx::ConnectOptions::connect(&*pool.connect_options())
+                    .await
+                    .expect("connection"),
+            )
+        };
         tasks.push(tokio::spawn(async move {
             loop {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                if n >= 1_000_000 + FLOOR_EVENTS {
+                if n >= first + FLOOR_EVENTS {
                     return;
                 }
-                let body = serde_json::json!({"magento_entity_id": n, "website_id": 1, "store_id": 1,
-                    "occurred_at": "2026-11-26T12:00:00Z", "payload": {"increment_id": format!("{n:09}"), "paid": false}});
-                let key = format!("invoice.created:{n}");
-                sqlx::query(
-                    "INSERT INTO received_events (id, binding_id, event_name, idempotency_key, magento_entity_id, website_id, store_id, occurred_at, body, body_sha256)
-                     VALUES ($1, $2, 'invoice.created', $3, $4, 1, 1, now(), $5, $6)",
-                )
-                .bind(uuid::Uuid::new_v4())
-                .bind(binding.0)
-                .bind(&key)
-                .bind(n as i64)
-                .bind(&body)
-                .bind(&ledger_core::crypto::sha256(key.as_bytes())[..])
-                .execute(&pool)
-                .await
-                .expect("insert");
+                match own.as_mut() {
+                    Some(conn) => insert_event(&mut *conn, binding, n).await,
+                    None => insert_event(&pool, binding, n).await,
+                }
             }
         }));
     }
@@ -292,9 +312,13 @@ async fn run() {
     println!(
         "webhook ingest benchmark ({CONCURRENCY} concurrent clients, pool of 20, client and server on one machine)"
     );
-    let floor_rate = floor(&app.state.db, binding).await;
+    let floor_rate = floor(&app.state.db, binding, false, 1_000_000).await;
     println!(
-        "  floor: bare durable single-row INSERT of the event   {floor_rate:>7.0} events/s ({FLOOR_EVENTS} events, one commit each)"
+        "  floor: bare durable single-row INSERT of the event   {floor_rate:>7.0} events/s ({FLOOR_EVENTS} events, one commit each, a connection per client)"
+    );
+    let pooled_rate = floor(&app.state.db, binding, true, 2_000_000).await;
+    println!(
+        "  the same through the app's pool of 20                {pooled_rate:>7.0} events/s (sqlx pings at each checkout and return)"
     );
     let (grouped_rate, grouped) = saturate(&app, &signer, &http).await;
     line(
@@ -311,8 +335,9 @@ async fn run() {
     .unwrap_or(0);
     let ratio = grouped_rate / floor_rate;
     println!(
-        "  saturated group commit: {SATURATION_EVENTS} events in {groups} commits ({:.1} per commit); goal ≥ 1.00 of the floor: {ratio:.2}",
-        SATURATION_EVENTS as f64 / groups.max(1) as f64
+        "  saturated group commit: {SATURATION_EVENTS} events in {groups} commits ({:.1} per commit); goal ≥ 1.00 of the floor: {ratio:.2} ({:.2} of the pooled insert)",
+        SATURATION_EVENTS as f64 / groups.max(1) as f64,
+        grouped_rate / pooled_rate
     );
     let (alone_rate, alone_latencies) = saturate(&alone, &alone_signer, &http).await;
     line(
@@ -336,6 +361,7 @@ async fn run() {
 
     let report = serde_json::json!({
         "floor_events_per_s": floor_rate.round(),
+        "floor_pooled_events_per_s": pooled_rate.round(),
         "saturated_events_per_s": grouped_rate.round(),
         "saturated_p50_ms": ms(percentile(&grouped, 0.50)),
         "saturated_p99_ms": ms(percentile(&grouped, 0.99)),
