@@ -5,9 +5,12 @@
 //! finding nothing, which says when the next job falls due) at 100 and at 10,000
 //! bindings, against a bare `SELECT 1`.
 //!
-//! The bare loop runs each worker on a connection of its own: through sqlx's pool, each
-//! checkout and each return pings the connection (a round trip each), which is not the
-//! statement's cost; that pooled loop is printed beside it for comparison.
+//! Each worker runs on a connection of its own — the bare loop's statements, the
+//! ledger's finish (its claims go through the process's claim task, which keeps a
+//! connection while claims keep coming): through sqlx's pool, each checkout and each
+//! return pings the connection (a round trip each), which is not the statement's cost.
+//! Both loops through the pool are printed beside them, comparable with figures from
+//! before 2026-12-07.
 //!
 //! `cargo bench -p ledger-gateway --bench queue`. The ledger's claim does more than the
 //! bare loop: it takes the next binding in turn after the last one served (fairness), checks the
@@ -134,15 +137,8 @@ async fn bare_step(db: &sqlx::PgPool, conn: Option<&mut sqlx::PgConnection>) -> 
     true
 }
 
-/// The bare loop, each worker on a connection of its own (the floor), or through the
-/// pool (sqlx pings a connection at each checkout and return: two round trips more a
-/// statement).
-async fn bare_loop(db: &sqlx::PgPool, pooled: bool) -> (f64, Vec<f64>) {
-    // With the index that makes it fast (dropped before the ledger's turn).
-    sqlx::query("CREATE INDEX bench_bare ON jobs (id) WHERE status = 'queued'")
-        .execute(db)
-        .await
-        .expect("index");
+/// A connection of its own for each worker (none when `pooled`).
+async fn own_connections(db: &sqlx::PgPool, pooled: bool) -> Vec<tokio::sync::Mutex<sqlx::PgConnection>> {
     let mut own = Vec::new();
     if !pooled {
         for _ in 0..CONCURRENCY {
@@ -152,7 +148,19 @@ async fn bare_loop(db: &sqlx::PgPool, pooled: bool) -> (f64, Vec<f64>) {
             own.push(tokio::sync::Mutex::new(conn));
         }
     }
-    let own = Arc::new(own);
+    own
+}
+
+/// The bare loop, each worker on a connection of its own (the floor), or through the
+/// pool (sqlx pings a connection at each checkout and return: two round trips more a
+/// statement).
+async fn bare_loop(db: &sqlx::PgPool, pooled: bool) -> (f64, Vec<f64>) {
+    // With the index that makes it fast (dropped before the ledger's turn).
+    sqlx::query("CREATE INDEX bench_bare ON jobs (id) WHERE status = 'queued'")
+        .execute(db)
+        .await
+        .expect("index");
+    let own = Arc::new(own_connections(db, pooled).await);
     let rate = drive({
         let db = db.clone();
         move |i| {
@@ -170,24 +178,27 @@ async fn bare_loop(db: &sqlx::PgPool, pooled: bool) -> (f64, Vec<f64>) {
     rate
 }
 
-async fn ledger(db: &sqlx::PgPool) -> (f64, Vec<f64>) {
+/// The ledger's claim (through the process's claim task) and finish, each worker
+/// finishing on a connection of its own as the bare loop does, or through the pool.
+async fn ledger_loop(db: &sqlx::PgPool, pooled: bool) -> (f64, Vec<f64>) {
     let lease = Duration::from_secs(60);
     // One process: its loops share the turn.
     let turn = Arc::new(ledger_jobs::Turn::default());
+    let own = Arc::new(own_connections(db, pooled).await);
     drive({
         let db = db.clone();
-        move |_| {
-            let (db, turn) = (db.clone(), turn.clone());
+        move |i| {
+            let (db, turn, own) = (db.clone(), turn.clone(), own.clone());
             async move {
                 let Some(job) = ledger_jobs::claim(&db, &turn, 2, lease).await.expect("claim") else {
                     return false;
                 };
-                let mut conn = db.acquire().await.expect("connection");
-                assert!(
-                    ledger_jobs::finish(&mut conn, &job, ledger_jobs::JobStatus::Done, None)
-                        .await
-                        .expect("finish")
-                );
+                let done = ledger_jobs::JobStatus::Done;
+                let finished = match own.get(i) {
+                    Some(conn) => ledger_jobs::finish(&mut *conn.lock().await, &job, done, None).await,
+                    None => ledger_jobs::finish(&mut db.acquire().await.expect("connection"), &job, done, None).await,
+                };
+                assert!(finished.expect("finish"));
                 true
             }
         }
@@ -287,7 +298,9 @@ async fn run() {
         seed(&db, tenant, active).await;
         let (pooled, _) = bare_loop(&db, true).await;
         seed(&db, tenant, active).await;
-        let (ledger, ledger_ends) = ledger(&db).await;
+        let (ledger, ledger_ends) = ledger_loop(&db, false).await;
+        seed(&db, tenant, active).await;
+        let (ledger_pooled, _) = ledger_loop(&db, true).await;
         let ratio = ledger / bare;
         let ends = |e: &[f64]| {
             e.iter()
@@ -302,8 +315,8 @@ async fn run() {
         );
         let goal = if active == bindings { GOAL } else { GOAL_IDLE_TENANTS };
         println!(
-            "      the bare loop through the pool: {pooled:>6.0} jobs/s (the ledger {:.2} of it)",
-            ledger / pooled
+            "      through the pool (a checkout a statement): bare {pooled:>6.0} jobs/s · ledger {ledger_pooled:>6.0} jobs/s · ratio {:.2}",
+            ledger_pooled / pooled
         );
         println!(
             "  {bindings:>6} bindings, {active:>5} with work: bare SKIP LOCKED loop {bare:>6.0} jobs/s · ledger claim + complete {ledger:>6.0} jobs/s · ratio {ratio:.2} (goal ≥ {goal})"
@@ -311,7 +324,8 @@ async fn run() {
         cases.push(serde_json::json!({
             "bindings": bindings, "active": active, "bare_jobs_per_s": bare.round(), "ledger_jobs_per_s": ledger.round(),
             "ratio": (ratio * 100.0).round() / 100.0, "goal": goal,
-            "bare_pooled_jobs_per_s": pooled.round(), "ratio_to_pooled": (ledger / pooled * 100.0).round() / 100.0,
+            "bare_pooled_jobs_per_s": pooled.round(), "ledger_pooled_jobs_per_s": ledger_pooled.round(),
+            "pooled_ratio": (ledger_pooled / pooled * 100.0).round() / 100.0,
         }));
     }
     let report = serde_json::json!({ "jobs": JOBS, "concurrency": CONCURRENCY, "cases": cases, "idle_poll": idle });
