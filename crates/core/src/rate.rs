@@ -71,8 +71,8 @@ pub async fn hit_many<'e>(
 /// that guard load rather than security (a Postgres crash may forget the last few
 /// hundred milliseconds of hits). Takes the pool, so it never joins a caller's
 /// transaction and makes that lazy too.
-pub async fn hit_many_unflushed(
-    db: &sqlx::PgPool,
+pub async fn hit_many_unflushed<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     bucket: &str,
     keys: &[String],
     counts: &[i64],

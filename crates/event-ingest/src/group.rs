@@ -24,7 +24,7 @@ use std::{
 use ledger_core::BindingId;
 use ledger_jobs::EventName;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool, Postgres, pool::PoolConnection};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use ledger_jobs::{Persisted, Received, Wake};
@@ -212,18 +212,48 @@ impl InFlight {
     }
 }
 
+/// How long the committers keep their connections with no event arriving. A pool
+/// checkout costs two round trips besides the statements (sqlx pings the connection
+/// when it is taken and when it is returned): while events keep coming, each committer
+/// keeps one connection for its groups' statements.
+const HOLD: Duration = Duration::from_millis(100);
+
+/// The committers' connections between groups.
+#[derive(Default)]
+struct Held(Mutex<Vec<PoolConnection<Postgres>>>);
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PoolConnection<Postgres>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn take(&self, db: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let kept = self.lock().pop();
+        match kept {
+            Some(conn) => Ok(conn),
+            None => db.acquire().await,
+        }
+    }
+}
+
 async fn gather(db: PgPool, window: Duration, mut queue: mpsc::Receiver<Pending>) {
     let committers = Arc::new(Semaphore::new(COMMITTERS));
     let in_flight = Arc::new(InFlight::default());
+    let held = Arc::new(Held::default());
     let mut deferred: VecDeque<Pending> = VecDeque::new();
     loop {
         let first = match deferred.pop_front() {
-            Some(p) => p,
-            None => match queue.recv().await {
-                Some(p) => p,
-                None => return,
+            Some(p) => Some(p),
+            None => match tokio::time::timeout(HOLD, queue.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    // Quiet: the connections go back to the pool until events come again.
+                    held.lock().clear();
+                    queue.recv().await
+                }
             },
         };
+        let Some(first) = first else { return };
         let deadline = tokio::time::Instant::now() + window;
         let mut keys = Keys::default();
         keys.take(&first.event);
@@ -250,19 +280,29 @@ async fn gather(db: PgPool, window: Duration, mut queue: mpsc::Receiver<Pending>
             return;
         };
         let db = db.clone();
-        let in_flight = in_flight.clone();
+        let (in_flight, held) = (in_flight.clone(), held.clone());
         let entered = in_flight.enter(&group);
         let bindings: Vec<BindingId> = group.iter().map(|p| p.event.binding_id).collect();
         tokio::spawn(async move {
-            let wakes = if entered.quiet {
-                commit_counted(&db, group, entered.wake).await
-            } else {
-                commit(&db, group, entered.wake).await
-            };
-            // After the answers: the events are durable, a wake-up only hurries a worker
-            // (they poll anyway, so a failure here loses nothing).
-            if let Err(e) = ledger_jobs::notify_unflushed(&db, &wakes).await {
-                tracing::warn!(error = %e, jobs = wakes.len(), "waking workers after an ingest commit failed; they will poll");
+            match held.take(&db).await {
+                Ok(mut conn) => {
+                    let (wakes, mut sound) = if entered.quiet {
+                        commit_counted(&db, &mut conn, group, entered.wake).await
+                    } else {
+                        commit(&db, &mut conn, group, entered.wake).await
+                    };
+                    // After the answers: the events are durable, a wake-up only hurries a
+                    // worker (they poll anyway, so a failure here loses nothing).
+                    if let Err(e) = ledger_jobs::notify_unflushed(&mut *conn, &wakes).await {
+                        tracing::warn!(error = %e, jobs = wakes.len(), "waking workers after an ingest commit failed; they will poll");
+                        sound = false;
+                    }
+                    // A connection that saw an error goes back to the pool, which checks it.
+                    if sound {
+                        held.lock().push(conn);
+                    }
+                }
+                Err(e) => refuse_all(group.into_iter(), e),
             }
             in_flight.leave(&bindings);
             drop(permit);
@@ -270,15 +310,16 @@ async fn gather(db: PgPool, window: Duration, mut queue: mpsc::Receiver<Pending>
     }
 }
 
-/// Commits a group whose quota is counted first; returns the wake-ups left to send.
-async fn commit(db: &PgPool, group: Vec<Pending>, wake: Wake) -> Vec<String> {
+/// Commits a group whose quota is counted first, on `conn`; returns the wake-ups left
+/// to send, and false when a statement failed on `conn`.
+async fn commit(db: &PgPool, conn: &mut PgConnection, group: Vec<Pending>, wake: Wake) -> (Vec<String>, bool) {
     metrics::histogram!("ingest_group_size").record(group.len() as f64);
     let events: Vec<&Incoming> = group.iter().map(|p| &p.event).collect();
-    let over = match over_quota(db, &events).await {
+    let over = match over_quota(&mut *conn, &events).await {
         Ok(over) => over,
         Err(e) => {
             refuse_all(group.into_iter(), e);
-            return Vec::new();
+            return (Vec::new(), false);
         }
     };
     let within: Vec<&Incoming> = events
@@ -287,7 +328,7 @@ async fn commit(db: &PgPool, group: Vec<Pending>, wake: Wake) -> Vec<String> {
         .filter(|(_, o)| o.is_none())
         .map(|(e, _)| *e)
         .collect();
-    let inserted = insert(db, &within, false, wake).await;
+    let inserted = insert(conn, &within, false, wake).await;
     drop((events, within));
     let (over_quota, within): (Vec<_>, Vec<_>) = group.into_iter().zip(over).partition(|(_, o)| o.is_some());
     for (p, o) in over_quota {
@@ -302,7 +343,7 @@ async fn commit(db: &PgPool, group: Vec<Pending>, wake: Wake) -> Vec<String> {
             for (p, row) in within.zip(rows) {
                 let _ = p.answer.send(Ok(Outcome::Stored(row)));
             }
-            return wakes;
+            return (wakes, true);
         }
         // Nothing was stored: every request is told to come back.
         Err(e) if ledger_core::db::is_transient(&e) || within.len() == 1 => refuse_all(within, e),
@@ -316,14 +357,14 @@ async fn commit(db: &PgPool, group: Vec<Pending>, wake: Wake) -> Vec<String> {
             }
         }
     }
-    Vec::new()
+    (Vec::new(), false)
 }
 
-/// A group whose quota is counted in its insert statement; returns the wake-ups left to send.
-async fn commit_counted(db: &PgPool, group: Vec<Pending>, wake: Wake) -> Vec<String> {
+/// A group whose quota is counted in its insert statement, on `conn`; as [`commit`].
+async fn commit_counted(db: &PgPool, conn: &mut PgConnection, group: Vec<Pending>, wake: Wake) -> (Vec<String>, bool) {
     metrics::histogram!("ingest_group_size").record(group.len() as f64);
     let events: Vec<&Incoming> = group.iter().map(|p| &p.event).collect();
-    let inserted = insert(db, &events, true, wake).await;
+    let inserted = insert(conn, &events, true, wake).await;
     drop(events);
     match inserted {
         Ok(mut rows) => {
@@ -331,7 +372,7 @@ async fn commit_counted(db: &PgPool, group: Vec<Pending>, wake: Wake) -> Vec<Str
             for (p, row) in group.into_iter().zip(rows) {
                 let _ = p.answer.send(Ok(stored(row)));
             }
-            return wakes;
+            return (wakes, true);
         }
         Err(e) if ledger_core::db::is_transient(&e) || group.len() == 1 => refuse_all(group.into_iter(), e),
         // One event's fault, and the statement counted nothing: each on its own, its
@@ -344,7 +385,7 @@ async fn commit_counted(db: &PgPool, group: Vec<Pending>, wake: Wake) -> Vec<Str
             }
         }
     }
-    Vec::new()
+    (Vec::new(), false)
 }
 
 fn take_wakes(rows: &mut [Persisted]) -> Vec<String> {
@@ -370,14 +411,19 @@ fn refuse_all(group: impl Iterator<Item = Pending>, e: sqlx::Error) {
 
 /// Stores one event or refuses it over quota (`LEDGER_INGEST_COMMIT_WINDOW=0ms`).
 async fn store_alone(db: &PgPool, event: &Incoming) -> Result<Outcome, sqlx::Error> {
-    if let Some(Some((hits, retry_after))) = over_quota(db, &[event]).await?.pop() {
+    let mut conn = db.acquire().await?;
+    if let Some(Some((hits, retry_after))) = over_quota(&mut conn, &[event]).await?.pop() {
         return Ok(Outcome::OverQuota { hits, retry_after });
     }
-    insert_alone(db, event).await
+    insert(&mut conn, &[event], false, Wake::InTransaction)
+        .await?
+        .pop()
+        .map(Outcome::Stored)
+        .ok_or_else(|| sqlx::Error::Protocol("the insert answered no row".into()))
 }
 
 async fn insert_alone(db: &PgPool, event: &Incoming) -> Result<Outcome, sqlx::Error> {
-    insert(db, &[event], false, Wake::InTransaction)
+    insert(&mut *db.acquire().await?, &[event], false, Wake::InTransaction)
         .await?
         .pop()
         .map(Outcome::Stored)
@@ -389,7 +435,7 @@ async fn insert_alone(db: &PgPool, event: &Incoming) -> Result<Outcome, sqlx::Er
 /// one; `Some((hits, retry_after))` for each event beyond its quota. Its own commit,
 /// not waiting for the WAL flush (see the module's note); a quota guards load, so a
 /// crash forgetting the last hits costs nothing that matters.
-async fn over_quota(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Option<(i64, u32)>>, sqlx::Error> {
+async fn over_quota(conn: &mut PgConnection, events: &[&Incoming]) -> Result<Vec<Option<(i64, u32)>>, sqlx::Error> {
     let mut bindings: Vec<(BindingId, i64)> = Vec::new();
     for e in events.iter().filter(|e| e.quota_per_minute > 0) {
         match bindings.iter_mut().find(|(b, _)| *b == e.binding_id) {
@@ -400,7 +446,7 @@ async fn over_quota(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Option<(i64
     let keys: Vec<String> = bindings.iter().map(|(b, _)| b.to_string()).collect();
     let counts: Vec<i64> = bindings.iter().map(|(_, n)| *n).collect();
     let hits = ledger_core::rate::hit_many_unflushed(
-        db,
+        conn,
         ledger_jobs::INGEST_QUOTA_BUCKET,
         &keys,
         &counts,
@@ -423,7 +469,7 @@ async fn over_quota(db: &PgPool, events: &[&Incoming]) -> Result<Vec<Option<(i64
 /// them or none), one row back per event in order; with `count_quota`, the statement
 /// counts their quota too (and stores only those within it).
 async fn insert(
-    db: &PgPool,
+    conn: &mut PgConnection,
     events: &[&Incoming],
     count_quota: bool,
     wake: Wake,
@@ -451,8 +497,7 @@ async fn insert(
             quota_per_minute: if count_quota { e.quota_per_minute } else { 0 },
         })
         .collect();
-    let mut conn = db.acquire().await?;
-    ledger_jobs::accept(&mut conn, &received, wake).await
+    ledger_jobs::accept(conn, &received, wake).await
 }
 
 #[cfg(test)]

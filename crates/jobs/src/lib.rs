@@ -221,7 +221,7 @@ pub async fn notify(conn: &mut sqlx::PgConnection, payload: &str) -> Result<(), 
 /// Sends wake-ups in a transaction of their own that does not wait for the WAL flush
 /// (a wake-up is a hint; the jobs it names are durable already), so it holds Postgres's
 /// notify lock for microseconds rather than a disk write ([`Wake::AfterCommit`]).
-pub async fn notify_unflushed(db: &sqlx::PgPool, payloads: &[String]) -> Result<(), sqlx::Error> {
+pub async fn notify_unflushed<'e>(db: impl sqlx::PgExecutor<'e>, payloads: &[String]) -> Result<(), sqlx::Error> {
     if payloads.is_empty() {
         return Ok(());
     }
