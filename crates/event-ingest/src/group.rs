@@ -218,20 +218,44 @@ impl InFlight {
 /// keeps one connection for its groups' statements.
 const HOLD: Duration = Duration::from_millis(100);
 
-/// The committers' connections between groups.
+/// The committers' connections between groups; none are kept while ingest is quiet.
 #[derive(Default)]
-struct Held(Mutex<Vec<PoolConnection<Postgres>>>);
+struct Held(Mutex<Kept>);
+
+#[derive(Default)]
+struct Kept {
+    conns: Vec<PoolConnection<Postgres>>,
+    quiet: bool,
+}
 
 impl Held {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PoolConnection<Postgres>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn take(&self, db: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        let kept = self.lock().pop();
+        let kept = self.lock().conns.pop();
         match kept {
             Some(conn) => Ok(conn),
             None => db.acquire().await,
+        }
+    }
+
+    /// Keeps `conn` for the next group, unless ingest went quiet meanwhile (then it goes
+    /// back to the pool, as the others did).
+    fn keep(&self, conn: PoolConnection<Postgres>) {
+        let mut kept = self.lock();
+        if !kept.quiet {
+            kept.conns.push(conn);
+        }
+    }
+
+    /// Marks ingest quiet (returning the connections to the pool) or busy.
+    fn set_quiet(&self, quiet: bool) {
+        let mut kept = self.lock();
+        kept.quiet = quiet;
+        if quiet {
+            kept.conns.clear();
         }
     }
 }
@@ -248,8 +272,10 @@ async fn gather(db: PgPool, window: Duration, mut queue: mpsc::Receiver<Pending>
                 Ok(next) => next,
                 Err(_) => {
                     // Quiet: the connections go back to the pool until events come again.
-                    held.lock().clear();
-                    queue.recv().await
+                    held.set_quiet(true);
+                    let next = queue.recv().await;
+                    held.set_quiet(false);
+                    next
                 }
             },
         };
@@ -299,7 +325,7 @@ async fn gather(db: PgPool, window: Duration, mut queue: mpsc::Receiver<Pending>
                     }
                     // A connection that saw an error goes back to the pool, which checks it.
                     if sound {
-                        held.lock().push(conn);
+                        held.keep(conn);
                     }
                 }
                 Err(e) => refuse_all(group.into_iter(), e),
