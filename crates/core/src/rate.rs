@@ -69,8 +69,8 @@ pub async fn hit_many<'e>(
 /// [`hit_many`] in a commit of its own that does not wait for the WAL flush, so a hot
 /// counter row is locked for the statement only, not for a disk write: for counters
 /// that guard load rather than security (a Postgres crash may forget the last few
-/// hundred milliseconds of hits). Takes the pool, so it never joins a caller's
-/// transaction and makes that lazy too.
+/// hundred milliseconds of hits). Run it on the pool or on a connection outside any
+/// transaction: inside one, it would make that transaction's commit lazy too.
 pub async fn hit_many_unflushed<'e>(
     db: impl sqlx::PgExecutor<'e>,
     bucket: &str,

@@ -441,15 +441,15 @@ async fn store_alone(db: &PgPool, event: &Incoming) -> Result<Outcome, sqlx::Err
     if let Some(Some((hits, retry_after))) = over_quota(&mut conn, &[event]).await?.pop() {
         return Ok(Outcome::OverQuota { hits, retry_after });
     }
-    insert(&mut conn, &[event], false, Wake::InTransaction)
-        .await?
-        .pop()
-        .map(Outcome::Stored)
-        .ok_or_else(|| sqlx::Error::Protocol("the insert answered no row".into()))
+    insert_one(&mut conn, event).await
 }
 
 async fn insert_alone(db: &PgPool, event: &Incoming) -> Result<Outcome, sqlx::Error> {
-    insert(&mut *db.acquire().await?, &[event], false, Wake::InTransaction)
+    insert_one(&mut *db.acquire().await?, event).await
+}
+
+async fn insert_one(conn: &mut PgConnection, event: &Incoming) -> Result<Outcome, sqlx::Error> {
+    insert(conn, &[event], false, Wake::InTransaction)
         .await?
         .pop()
         .map(Outcome::Stored)

@@ -220,7 +220,9 @@ pub async fn notify(conn: &mut sqlx::PgConnection, payload: &str) -> Result<(), 
 
 /// Sends wake-ups in a transaction of their own that does not wait for the WAL flush
 /// (a wake-up is a hint; the jobs it names are durable already), so it holds Postgres's
-/// notify lock for microseconds rather than a disk write ([`Wake::AfterCommit`]).
+/// notify lock for microseconds rather than a disk write ([`Wake::AfterCommit`]). Run
+/// it on the pool or on a connection outside any transaction: inside one, it would make
+/// that transaction's commit lazy too.
 pub async fn notify_unflushed<'e>(db: impl sqlx::PgExecutor<'e>, payloads: &[String]) -> Result<(), sqlx::Error> {
     if payloads.is_empty() {
         return Ok(());
