@@ -303,13 +303,11 @@ async fn held<'c>(
     db: &PgPool,
     conn: &'c mut Option<PoolConnection<Postgres>>,
 ) -> Result<&'c mut sqlx::PgConnection, sqlx::Error> {
-    if conn.is_none() {
-        *conn = Some(db.acquire().await?);
-    }
-    match conn.as_deref_mut() {
-        Some(c) => Ok(c),
-        None => Err(sqlx::Error::PoolClosed),
-    }
+    let kept = match conn.take() {
+        Some(kept) => kept,
+        None => db.acquire().await?,
+    };
+    Ok(conn.insert(kept))
 }
 
 /// Gives `job` to the worker that asked; back to the queue when none is waiting for it.
