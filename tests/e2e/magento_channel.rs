@@ -631,6 +631,40 @@ async fn concurrent_webhooks_share_commits_and_each_is_stored_as_if_alone() {
     assert!(commits <= 20, "35 events in {commits} commits");
 }
 
+/// The committers keep their connections while events keep coming, and give them back
+/// to the pool once ingest is quiet: an idle API process holds none.
+#[tokio::test]
+async fn a_quiet_ingest_gives_its_connections_back_to_the_pool() {
+    let app = TestApp::builder()
+        .configure(|s| s.ingest_commit_window = std::time::Duration::from_millis(5))
+        .spawn()
+        .await;
+    let paired = app.paired_store().await;
+    let (key, tenant) = (paired.api_key(), paired.tenant());
+    let checked_out = || app.state.db.size() as usize - app.state.db.num_idle();
+    // Three bursts one after another: each committer keeps its connection for the next group.
+    for burst in 0..3 {
+        let answers = all_at_once(
+            &app,
+            &tenant,
+            invoice_requests(&key, &tenant, burst * 40 + 1..=burst * 40 + 40),
+        )
+        .await;
+        assert!(answers.iter().all(|(s, _)| *s == 202), "{answers:?}");
+    }
+    // After the hold (100 ms) with nothing arriving, every connection is back.
+    let quiet = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while checked_out() > 0 {
+        assert!(
+            tokio::time::Instant::now() < quiet,
+            "{} connections still checked out 2 s after the last event",
+            checked_out()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&app, "SELECT count(*) FROM received_events").await, 120);
+}
+
 #[tokio::test]
 async fn a_group_counts_the_quota_as_one_by_one_and_one_bad_event_fails_alone() {
     let app = TestApp::builder()
