@@ -4,9 +4,11 @@
 //! 1. the floor: a bare durable single-row `INSERT` of the same event row, one commit
 //!    each, `CONCURRENCY` clients each on a connection of its own; and the same through
 //!    the app's pool, where sqlx's ping at each checkout and return adds two round trips;
-//! 2. saturation: signed webhooks over HTTP as fast as `CONCURRENCY` clients can send,
+//! 2. the HTTP exchange's own cost, through the same server and middleware: a route that
+//!    answers 202 at once, and one that does the bare insert per request (no grouping);
+//! 3. saturation: signed webhooks over HTTP as fast as `CONCURRENCY` clients can send,
 //!    with group commit (`LEDGER_INGEST_COMMIT_WINDOW=1ms`) and with each event alone;
-//! 3. a steady 1,000 events/s for `STEADY_SECS` seconds, both ways, with percentiles.
+//! 4. a steady 1,000 events/s for `STEADY_SECS` seconds, both ways, with percentiles.
 //!    At most `MAX_IN_FLIGHT` requests are open at once: a tick that finds them all open
 //!    is counted as not sent (the ledger is behind), so a slow machine cannot exhaust
 //!    the process's file descriptors.
@@ -79,13 +81,13 @@ impl Signer {
 /// One webhook: its latency when accepted, `None` when the ledger answered 503 (it could
 /// not keep up: its request deadline passed or its pool ran dry — nothing stored) or the
 /// connection failed.
-async fn send(app_url: &str, http: &reqwest::Client, signer: &Signer, n: u64) -> Option<Duration> {
+async fn send(url: &str, http: &reqwest::Client, signer: &Signer, n: u64) -> Option<Duration> {
     let body = format!(
         r#"{{"magento_entity_id":{n},"website_id":1,"store_id":1,"occurred_at":"2026-11-26T12:00:00Z","payload":{{"increment_id":"{n:09}","paid":false}}}}"#
     );
     let started = Instant::now();
     let res = http
-        .post(format!("{app_url}/webhooks/magento/{}/invoice.created", signer.tenant))
+        .post(url.replace("{n}", &n.to_string()))
         .bearer_auth(signer.token())
         .header("content-type", "application/json")
         .header("idempotency-key", format!("invoice.created:{n}"))
@@ -107,6 +109,11 @@ async fn send(app_url: &str, http: &reqwest::Client, signer: &Signer, n: u64) ->
     Some(started.elapsed())
 }
 
+/// The store's webhook URL for `invoice.created`, `{n}` left for [`send`].
+fn webhook_url(app: &TestApp, signer: &Signer) -> String {
+    format!("{}/webhooks/magento/{}/invoice.created", app.base_url, signer.tenant)
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -118,7 +125,31 @@ fn main() {
 /// A test app whose webhooks gather for `window` before sharing a commit, and a signer
 /// for its one paired store.
 async fn app_with(window: Duration) -> (TestApp, Signer, ledger_core::BindingId) {
+    use axum::{
+        extract::{Path, State},
+        http::StatusCode,
+        routing::post,
+    };
+    // The HTTP exchange without the ledger's work, through the same server and middleware:
+    // answered at once, or after the bare insert of the event (through the app's pool).
+    let bare = axum::Router::new()
+        .route(
+            "/bench/answer/{n}",
+            post(|_: axum::body::Bytes| async { StatusCode::ACCEPTED }),
+        )
+        .route(
+            "/bench/insert/{binding}/{n}",
+            post(
+                |State(state): State<ledger_core::AppState>,
+                 Path((binding, n)): Path<(uuid::Uuid, u64)>,
+                 _: axum::body::Bytes| async move {
+                    insert_event(&state.db, ledger_core::BindingId(binding), n).await;
+                    StatusCode::ACCEPTED
+                },
+            ),
+        );
     let app = TestApp::builder()
+        .extra_routes(bare)
         .configure(move |s| {
             s.db_max_connections = 20;
             s.log_level = "warn".into();
@@ -197,7 +228,7 @@ async fn floor(pool: &sqlx::PgPool, binding: ledger_core::BindingId, pooled: boo
 
 /// Signed webhooks over HTTP as fast as `CONCURRENCY` clients can send: events/s and
 /// the sorted latencies.
-async fn saturate(app: &TestApp, signer: &Signer, http: &reqwest::Client) -> (f64, Vec<Duration>) {
+async fn saturate(url: &str, signer: &Signer, http: &reqwest::Client, first: u64) -> (f64, Vec<Duration>) {
     let counter = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(SATURATION_EVENTS as usize)));
     let started = Instant::now();
@@ -208,7 +239,7 @@ async fn saturate(app: &TestApp, signer: &Signer, http: &reqwest::Client) -> (f6
             signer.clone(),
             counter.clone(),
             latencies.clone(),
-            app.base_url.clone(),
+            url.to_owned(),
         );
         tasks.push(tokio::spawn(async move {
             let mut local = Vec::new();
@@ -217,7 +248,11 @@ async fn saturate(app: &TestApp, signer: &Signer, http: &reqwest::Client) -> (f6
                 if n >= SATURATION_EVENTS {
                     break;
                 }
-                local.push(send(&url, &http, &signer, n + 1).await.expect("accepted (closed loop)"));
+                local.push(
+                    send(&url, &http, &signer, first + n + 1)
+                        .await
+                        .expect("accepted (closed loop)"),
+                );
             }
             latencies.lock().await.extend(local);
         }));
@@ -249,6 +284,7 @@ async fn steady(app: &TestApp, signer: &Signer, http: &reqwest::Client) -> Stead
     let mut not_sent = 0;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / STEADY_RATE));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let url = webhook_url(app, signer);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..STEADY_RATE * STEADY_SECS {
@@ -257,7 +293,7 @@ async fn steady(app: &TestApp, signer: &Signer, http: &reqwest::Client) -> Stead
             not_sent += 1;
             continue;
         };
-        let (http, signer, latencies, url) = (http.clone(), signer.clone(), latencies.clone(), app.base_url.clone());
+        let (http, signer, latencies, url) = (http.clone(), signer.clone(), latencies.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             let latency = send(&url, &http, &signer, 5_000_000 + i).await;
             drop(permit);
@@ -320,7 +356,35 @@ async fn run() {
     println!(
         "  the same through the app's pool of 20                {pooled_rate:>7.0} events/s (sqlx pings at each checkout and return)"
     );
-    let (grouped_rate, grouped) = saturate(&app, &signer, &http).await;
+    // The HTTP exchange's own cost (the client signs the same token, sends the same body):
+    // alone, and with the bare insert per request. What the ledger does beyond these is its own.
+    let (answer_rate, answered) = saturate(
+        &format!("{}/bench/answer/{{n}}", app.base_url),
+        &signer,
+        &http,
+        3_000_000,
+    )
+    .await;
+    line(
+        "HTTP exchange alone (a route answering 202 at once)",
+        answer_rate,
+        &answered,
+        floor_rate,
+    );
+    let (http_insert_rate, http_inserted) = saturate(
+        &format!("{}/bench/insert/{}/{{n}}", app.base_url, binding.0),
+        &signer,
+        &http,
+        4_000_000,
+    )
+    .await;
+    line(
+        "HTTP exchange + the bare insert (app's pool, no grouping)",
+        http_insert_rate,
+        &http_inserted,
+        floor_rate,
+    );
+    let (grouped_rate, grouped) = saturate(&webhook_url(&app, &signer), &signer, &http, 0).await;
     line(
         "webhooks over HTTP, saturated, group commit (1ms)",
         grouped_rate,
@@ -339,7 +403,12 @@ async fn run() {
         SATURATION_EVENTS as f64 / groups.max(1) as f64,
         grouped_rate / pooled_rate
     );
-    let (alone_rate, alone_latencies) = saturate(&alone, &alone_signer, &http).await;
+    println!(
+        "  the same against the HTTP exchange + bare insert: {:.2}; the HTTP exchange alone takes {:.0} µs of this machine's time an event",
+        grouped_rate / http_insert_rate,
+        1e6 / answer_rate
+    );
+    let (alone_rate, alone_latencies) = saturate(&webhook_url(&alone, &alone_signer), &alone_signer, &http, 0).await;
     line(
         "webhooks over HTTP, saturated, each commit alone",
         alone_rate,
@@ -366,6 +435,9 @@ async fn run() {
         "saturated_p50_ms": ms(percentile(&grouped, 0.50)),
         "saturated_p99_ms": ms(percentile(&grouped, 0.99)),
         "ratio_to_floor": ratio,
+        "http_alone_events_per_s": answer_rate.round(),
+        "http_bare_insert_events_per_s": http_insert_rate.round(),
+        "ratio_to_http_bare_insert": grouped_rate / http_insert_rate,
         "saturated_alone_events_per_s": alone_rate.round(),
         "events_per_commit": SATURATION_EVENTS as f64 / groups.max(1) as f64,
         "steady_rate": STEADY_RATE,
