@@ -379,7 +379,7 @@ async fn run() {
     )
     .await;
     line(
-        "HTTP exchange + the bare insert (app's pool, no grouping)",
+        "HTTP + the bare insert per request (app's pool)",
         http_insert_rate,
         &http_inserted,
         floor_rate,
