@@ -80,6 +80,21 @@ pub async fn count(app: &TestApp, sql: &'static str) -> i64 {
         .expect("count query")
 }
 
+/// Waits until every connection of `db` is back in the pool; fails after 2 s, naming
+/// what should have let go of them (`after`: "the last event", …).
+pub async fn all_connections_back(db: &sqlx::PgPool, after: &str) {
+    let checked_out = || db.size() as usize - db.num_idle();
+    let limit = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while checked_out() > 0 {
+        assert!(
+            tokio::time::Instant::now() < limit,
+            "{} connections still checked out 2 s after {after}",
+            checked_out()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// One sync run as the tests inspect it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Run {

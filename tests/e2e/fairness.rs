@@ -134,15 +134,7 @@ async fn claims_go_round_the_bindings_and_wrap_after_the_last() {
 
     // The claim task keeps its connection while claims keep coming, and gives it back to
     // the pool once they stop (after 100 ms): an idle worker holds none between polls.
-    let quiet = tokio::time::Instant::now() + Duration::from_secs(2);
-    while db.size() as usize > db.num_idle() {
-        assert!(
-            tokio::time::Instant::now() < quiet,
-            "{} connections still checked out 2 s after the last claim",
-            db.size() as usize - db.num_idle()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ledger_e2e::all_connections_back(db, "the last claim").await;
 }
 
 /// A claim never comes back empty while it could have taken a job: a binding whose last
