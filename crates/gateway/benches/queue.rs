@@ -3,7 +3,7 @@
 //! active (100 bindings), and with 10,000 bindings of which 100, then 10, have work (the
 //! claim must not pay for idle tenants). Then the cost of an idle worker's poll (a claim
 //! finding nothing, which says when the next job falls due) at 100 and at 10,000
-//! bindings, against a bare `SELECT 1`.
+//! bindings, against a bare `SELECT 1` on a connection of its own.
 //!
 //! Each worker runs on a connection of its own — the bare loop's statements, the
 //! ledger's finish (its claims go through the process's claim task, which keeps a
@@ -228,8 +228,9 @@ where
 }
 
 /// An idle worker's poll (a claim finding nothing, and when the next job falls due),
-/// and a bare `SELECT 1`, in µs.
-async fn idle_poll(db: &sqlx::PgPool) -> (f64, f64) {
+/// and a bare `SELECT 1` on a connection of its own (the polls come back to back, so
+/// the claim task keeps its connection too) and through the pool, in µs.
+async fn idle_poll(db: &sqlx::PgPool) -> (f64, f64, f64) {
     sqlx::query("DELETE FROM jobs").execute(db).await.expect("clear");
     // Idle, not empty: a few jobs wait out a backoff.
     sqlx::query(
@@ -251,11 +252,19 @@ async fn idle_poll(db: &sqlx::PgPool) -> (f64, f64) {
         );
     })
     .await;
+    let own = own_connections(db, false).await.remove(0);
     let floor = median_us(|| async {
+        let _: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&mut *own.lock().await)
+            .await
+            .expect("floor");
+    })
+    .await;
+    let pooled = median_us(|| async {
         let _: i32 = sqlx::query_scalar("SELECT 1").fetch_one(db).await.expect("floor");
     })
     .await;
-    (poll, floor)
+    (poll, floor, pooled)
 }
 
 async fn run() {
@@ -286,12 +295,12 @@ async fn run() {
             .await
             .expect("bindings");
             bindings = want;
-            let (poll, floor) = idle_poll(&db).await;
+            let (poll, floor, pooled) = idle_poll(&db).await;
             println!(
-                "  idle poll at {bindings:>6} bindings: {poll:>7.0} µs · bare SELECT 1 {floor:>5.0} µs · {:.1}× the floor",
+                "  idle poll at {bindings:>6} bindings: {poll:>7.0} µs · bare SELECT 1 {floor:>5.0} µs · {:.1}× the floor (SELECT 1 through the pool {pooled:.0} µs)",
                 poll / floor
             );
-            idle.push(serde_json::json!({ "bindings": bindings, "poll_us": poll.round(), "floor_us": floor.round(), "times_floor": (poll / floor * 10.0).round() / 10.0 }));
+            idle.push(serde_json::json!({ "bindings": bindings, "poll_us": poll.round(), "floor_us": floor.round(), "times_floor": (poll / floor * 10.0).round() / 10.0, "floor_pooled_us": pooled.round() }));
         }
         seed(&db, tenant, active).await;
         let (bare, bare_ends) = bare_loop(&db, false).await;
