@@ -5,7 +5,8 @@
 //!    each, `CONCURRENCY` clients each on a connection of its own; and the same through
 //!    the app's pool, where sqlx's ping at each checkout and return adds two round trips;
 //! 2. the HTTP exchange's own cost, through the same server and middleware: a route that
-//!    answers 202 at once, and one that does the bare insert per request (no grouping);
+//!    answers 202 at once, and one that does the bare insert per request (no grouping,
+//!    on connections kept for it, as the floor's and the committers' are);
 //! 3. saturation: signed webhooks over HTTP as fast as `CONCURRENCY` clients can send,
 //!    with group commit (`LEDGER_INGEST_COMMIT_WINDOW=1ms`) and with each event alone;
 //! 4. a steady 1,000 events/s for `STEADY_SECS` seconds, both ways, with percentiles.
@@ -131,7 +132,9 @@ async fn app_with(window: Duration) -> (TestApp, Signer, ledger_core::BindingId)
         routing::post,
     };
     // The HTTP exchange without the ledger's work, through the same server and middleware:
-    // answered at once, or after the bare insert of the event (through the app's pool).
+    // answered at once, or after the bare insert of the event on a connection kept for
+    // such requests (as the ledger's committers keep theirs: no pool pings).
+    let kept: Arc<Mutex<Vec<sqlx::PgConnection>>> = Arc::default();
     let bare = axum::Router::new()
         .route(
             "/bench/answer/{n}",
@@ -140,10 +143,18 @@ async fn app_with(window: Duration) -> (TestApp, Signer, ledger_core::BindingId)
         .route(
             "/bench/insert/{binding}/{n}",
             post(
-                |State(state): State<ledger_core::AppState>,
-                 Path((binding, n)): Path<(uuid::Uuid, u64)>,
-                 _: axum::body::Bytes| async move {
-                    insert_event(&state.db, ledger_core::BindingId(binding), n).await;
+                move |State(state): State<ledger_core::AppState>,
+                      Path((binding, n)): Path<(uuid::Uuid, u64)>,
+                      _: axum::body::Bytes| async move {
+                    let conn = kept.lock().await.pop();
+                    let mut conn = match conn {
+                        Some(conn) => conn,
+                        None => sqlx::ConnectOptions::connect(&*state.db.connect_options())
+                            .await
+                            .expect("connection"),
+                    };
+                    insert_event(&mut conn, ledger_core::BindingId(binding), n).await;
+                    kept.lock().await.push(conn);
                     StatusCode::ACCEPTED
                 },
             ),
@@ -379,7 +390,7 @@ async fn run() {
     )
     .await;
     line(
-        "HTTP + the bare insert per request (app's pool)",
+        "HTTP + the bare insert per request (own connections)",
         http_insert_rate,
         &http_inserted,
         floor_rate,
