@@ -846,3 +846,92 @@ async fn a_health_pass_stops_at_shutdown_however_many_stores_it_waits_for() {
         .expect("shutdown does not wait for the pass's 30 s pings");
     assert!(stopping.elapsed() < Duration::from_secs(3));
 }
+
+/// An idle worker process makes no query of its own to sweep for expired leases: its
+/// idle claims (one a poll interval between its workers) say when the earliest running
+/// lease ends, and the sweep runs only once it may have. A job whose worker died is
+/// still taken back within a second or two of its lease ending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_sweeps_for_expired_leases_only_once_one_may_have_ended() {
+    let app = TestApp::builder()
+        .configure(|s| s.job_poll_interval = Duration::from_millis(500))
+        .spawn()
+        .await;
+    let db = &app.state.db;
+    // Every statement that updates jobs, as sent (a statement-level trigger fires
+    // whether or not a row changed): the claims and the sweeps.
+    sqlx::raw_sql(
+        "CREATE TABLE seen (q text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE FUNCTION see() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO seen (q) VALUES (current_query()); RETURN NULL; END $$;
+         CREATE TRIGGER see AFTER UPDATE ON jobs FOR EACH STATEMENT EXECUTE FUNCTION see();",
+    )
+    .execute(db)
+    .await
+    .unwrap();
+    let seen = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT count(*) FILTER (WHERE q LIKE '%WITH RECURSIVE walk%'), count(*) FILTER (WHERE q LIKE '%expired AS%')
+             FROM seen",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap()
+    };
+    let workers = app.start_workers();
+    // The loops' first passes (each sweeps once at start), then four quiet seconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sqlx::query("TRUNCATE seen").execute(db).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (claims, sweeps) = seen().await;
+    assert!(
+        (4..=16).contains(&claims),
+        "the idle process claims about once a poll interval, not once per worker: {claims} claims in 4 s"
+    );
+    assert_eq!(
+        sweeps, 0,
+        "an idle process swept for expired leases {sweeps} times in 4 s with none running"
+    );
+
+    // A job claimed by a worker that died, its lease ending in a second (on a paused
+    // binding, so nothing claims it again once it is back in the queue).
+    let merchant = app.merchant().await;
+    let job: i64 = sqlx::query_scalar(
+        "WITH b AS (INSERT INTO connector_bindings (id, tenant_id, magento_base_url, status)
+                    VALUES (gen_random_uuid(), $1, 'https://gone.example', 'paused') RETURNING id)
+         INSERT INTO jobs (binding_id, kind, payload, status, lease_id, locked_until, attempts)
+         SELECT id, 'sync_event', '{}', 'running', gen_random_uuid(), now() + interval '1 second', 1 FROM b RETURNING id",
+    )
+    .bind(merchant.tenant_id.0)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    let ends: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT locked_until FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(db)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+            .bind(job)
+            .fetch_one(db)
+            .await
+            .unwrap();
+        if status == "queued" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the dead worker's job is still {status} 5 s later (its lease ended after 1 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let early: i64 = sqlx::query_scalar("SELECT count(*) FROM seen WHERE q LIKE '%expired AS%' AND at < $1")
+        .bind(ends)
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(early, 0, "no sweep before the lease could end");
+    workers.stop().await;
+}

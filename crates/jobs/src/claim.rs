@@ -3,7 +3,7 @@
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ledger_core::BindingId;
@@ -105,6 +105,29 @@ impl Claimed {
 pub struct Turn {
     last: Arc<Mutex<uuid::Uuid>>,
     claims: Mutex<Option<mpsc::UnboundedSender<Request>>>,
+    leases: Arc<Mutex<Option<LeaseCheck>>>,
+}
+
+/// What the last idle claim saw of running jobs' leases: when it looked, and when the
+/// earliest lease it saw ends (none: no job was running).
+#[derive(Debug, Clone, Copy)]
+struct LeaseCheck {
+    at: Instant,
+    earliest_end: Option<Instant>,
+}
+
+impl LeaseCheck {
+    /// Whether a lease may have ended by `now`, judged from a look at most `fresh` old. A
+    /// job claimed after the look (or by a statement it did not see) holds its lease for
+    /// `lease` from then on, so none ends before `at + lease`.
+    fn may_have_ended(check: Option<Self>, now: Instant, fresh: Duration, lease: Duration) -> bool {
+        let Some(c) = check else { return true };
+        if now.saturating_duration_since(c.at) > fresh {
+            return true;
+        }
+        let unseen = c.at + lease;
+        now >= c.earliest_end.map_or(unseen, |e| e.min(unseen))
+    }
 }
 
 /// One worker's claim, waiting for a statement.
@@ -134,11 +157,22 @@ impl Turn {
             None => request,
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(gather(db.clone(), self.last.clone(), rx));
+        tokio::spawn(gather(db.clone(), self.last.clone(), self.leases.clone(), rx));
         tx.send(request)
             .map_err(|_| sqlx::Error::Protocol("the claim task stopped at once".into()))?;
         *claims = Some(tx);
         Ok(())
+    }
+
+    /// Whether a sweep for expired leases ([`reclaim_expired`]) could find one: false
+    /// only when one of this process's idle claims looked within `fresh` and saw no lease
+    /// ending by now. An idle process's workers claim once a poll interval, and each such
+    /// claim looks in the round trip it makes anyway, so an idle process sweeps only when
+    /// a lease is due to end; a busy one's claims take jobs rather than look, and it
+    /// sweeps every time. `lease`: how long a job claimed since the look holds its lease.
+    pub fn leases_may_have_ended(&self, fresh: Duration, lease: Duration) -> bool {
+        let check = *self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        LeaseCheck::may_have_ended(check, Instant::now(), fresh, lease)
     }
 }
 
@@ -195,7 +229,12 @@ pub async fn claim_or_wait(
 /// over when the statement took jobs and says more is due (a binding with a second
 /// free slot, a binding another process held) go into the next statement rather than
 /// being told to wait; so do all of them after a lost race.
-async fn gather(db: PgPool, last: Arc<Mutex<uuid::Uuid>>, mut rx: mpsc::UnboundedReceiver<Request>) {
+async fn gather(
+    db: PgPool,
+    last: Arc<Mutex<uuid::Uuid>>,
+    leases: Arc<Mutex<Option<LeaseCheck>>>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+) {
     let mut waiting: VecDeque<Request> = VecDeque::new();
     let mut races = 0;
     let mut conn: Option<PoolConnection<Postgres>> = None;
@@ -248,6 +287,9 @@ async fn gather(db: PgPool, last: Arc<Mutex<uuid::Uuid>>, mut rx: mpsc::Unbounde
         };
         if let Some(served) = made.served(after) {
             *last.lock().unwrap_or_else(PoisonError::into_inner) = served;
+        }
+        if let Some(check) = made.leases {
+            *leases.lock().unwrap_or_else(PoisonError::into_inner) = Some(check);
         }
         let more = made.jobs.iter().any(|j| j.more_due);
         let mut batch = batch.into_iter();
@@ -334,6 +376,9 @@ struct Batch {
     /// (claimed apart), and when the next queued job falls due.
     callbacks_due: bool,
     due_in: Option<Duration>,
+    /// When the statement looked (it took fewer jobs than asked for): the running jobs'
+    /// leases as it saw them.
+    leases: Option<LeaseCheck>,
 }
 
 impl Batch {
@@ -359,6 +404,7 @@ struct Polled {
     taken: i64,
     callbacks_due: Option<bool>,
     due_in: Option<f64>,
+    lease_ends_in: Option<f64>,
     run_tenant_id: Option<ledger_core::TenantId>,
     run_event_name: Option<String>,
     run_entity_type: Option<String>,
@@ -514,10 +560,11 @@ async fn claim_batch(
            -- run, called or not (migration 20261205000001). When fewer jobs were taken
            -- than asked for (and no race was lost), whether callbacks are due (claimed
            -- apart) and when the next queued job falls due, from the bindings the walk
-           -- has already visited.
+           -- has already visited; and when the earliest running lease ends (migration
+           -- 20261207000001).
            SELECT c.id AS "id?", c.binding_id AS "binding_id?: BindingId", c.kind AS "kind?", c.sync_run_id,
                   c.attempts AS "attempts?", c.payload AS "payload?", c.entity_key,
-                  t.locked AS "locked!", t.taken AS "taken!", i.callbacks_due, i.due_in,
+                  t.locked AS "locked!", t.taken AS "taken!", i.callbacks_due, i.due_in, i.lease_ends_in,
                   -- A sync job's run, as the attempt needs it (its own read saved).
                   r.tenant_id AS "run_tenant_id?: ledger_core::TenantId", r.event_name AS "run_event_name?",
                   r.entity_type AS "run_entity_type?", r.magento_entity_id AS "run_entity_id?",
@@ -559,12 +606,23 @@ async fn claim_batch(
     let (locked, taken) = (first.locked, first.taken);
     let callbacks_due = first.callbacks_due == Some(true);
     let due_in = first.due_in.map(|s| Duration::from_secs_f64(s.max(0.0)));
+    // The look ran when its EXISTS answered; an ended lease counts as ending now.
+    let leases = first.callbacks_due.map(|_| {
+        let at = Instant::now();
+        LeaseCheck {
+            at,
+            earliest_end: first
+                .lease_ends_in
+                .map(|s| at + Duration::from_secs_f64(s.clamp(0.0, 1e9))),
+        }
+    });
     let jobs: Vec<Job> = rows.into_iter().filter_map(|r| r.into_job(lease_id)).collect();
     Ok(Batch {
         raced: locked > taken,
         taken: usize::try_from(taken).unwrap_or_default(),
         callbacks_due,
         due_in,
+        leases,
         jobs,
     })
 }
@@ -796,4 +854,49 @@ pub async fn depth(db: &PgPool) -> Result<Vec<(BindingId, i64, f64)>, sqlx::Erro
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(|r| (r.binding_id, r.n, r.age)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRESH: Duration = Duration::from_secs(2);
+    const LEASE: Duration = Duration::from_secs(60);
+
+    fn ended(check: Option<LeaseCheck>, now: Instant) -> bool {
+        LeaseCheck::may_have_ended(check, now, FRESH, LEASE)
+    }
+
+    #[test]
+    fn a_sweep_is_skipped_only_after_a_recent_look_that_saw_no_lease_ending() {
+        let at = Instant::now();
+        let s = Duration::from_secs;
+        assert!(ended(None, at), "never looked: sweep");
+        let nothing_running = Some(LeaseCheck { at, earliest_end: None });
+        assert!(!ended(nothing_running, at + s(1)), "nothing was running a second ago");
+        assert!(ended(nothing_running, at + s(3)), "the look is older than `fresh`");
+        let ends_soon = Some(LeaseCheck {
+            at,
+            earliest_end: Some(at + s(1)),
+        });
+        assert!(!ended(ends_soon, at), "the earliest lease has not ended yet");
+        assert!(ended(ends_soon, at + s(1)), "it has now");
+        let ended_already = Some(LeaseCheck {
+            at,
+            earliest_end: Some(at),
+        });
+        assert!(ended(ended_already, at), "a lease had already ended when looked");
+        // A lease seen ending later than one claimed just after the look could: the
+        // unseen one bounds it.
+        let short = LeaseCheck::may_have_ended(
+            Some(LeaseCheck {
+                at,
+                earliest_end: Some(at + s(50)),
+            }),
+            at + Duration::from_millis(1500),
+            FRESH,
+            s(1),
+        );
+        assert!(short, "a job claimed after the look with a 1 s lease may have lapsed");
+    }
 }

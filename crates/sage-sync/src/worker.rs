@@ -82,7 +82,12 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     let stop_claiming = shutdown.child_token();
     let background = TaskTracker::new();
     background.spawn(listen(state.clone(), wake.clone(), hints.clone(), shutdown.clone()));
-    background.spawn(housekeeping(state.clone(), wake.clone(), shutdown.clone()));
+    background.spawn(housekeeping(
+        state.clone(),
+        turn.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
     background.spawn(
         ticker
             .clone()
@@ -163,14 +168,25 @@ async fn listen(
     }
 }
 
+/// How often the lease sweep is considered.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Reclaims expired leases, prunes the budget log, publishes queue depth.
-async fn housekeeping(state: AppState, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+async fn housekeeping(state: AppState, turn: Arc<queue::Turn>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    // An idle process's claims look at the leases once a poll interval (the ticker's
+    // look); a look older than that and a tick means the workers were busy.
+    let fresh = state.settings.job_poll_interval + SWEEP_EVERY;
     let mut n: u64 = 0;
     loop {
         tokio::select! { () = shutdown.cancelled() => return, _ = tick.tick() => {} }
         n += 1;
-        match queue::reclaim_expired(&state.db, state.settings.job_max_attempts).await {
+        let swept = if turn.leases_may_have_ended(fresh, state.settings.job_lease) {
+            queue::reclaim_expired(&state.db, state.settings.job_max_attempts).await
+        } else {
+            Ok(queue::Reclaimed::default())
+        };
+        match swept {
             Ok(r) => {
                 if r.requeued > 0 {
                     tracing::info!(reclaimed = r.requeued, "jobs with expired leases returned to the queue");
