@@ -869,21 +869,18 @@ async fn an_idle_worker_sweeps_for_expired_leases_only_once_one_may_have_ended()
     .execute(db)
     .await
     .unwrap();
-    let seen = || async {
-        sqlx::query_as::<_, (i64, i64)>(
-            "SELECT count(*) FILTER (WHERE q LIKE '%WITH RECURSIVE walk%'), count(*) FILTER (WHERE q LIKE '%expired AS%')
-             FROM seen",
-        )
-        .fetch_one(db)
-        .await
-        .unwrap()
-    };
     let workers = app.start_workers();
     // The loops' first passes (each sweeps once at start), then four quiet seconds.
     tokio::time::sleep(Duration::from_secs(2)).await;
     sqlx::query("TRUNCATE seen").execute(db).await.unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let (claims, sweeps) = seen().await;
+    let (claims, sweeps) = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT count(*) FILTER (WHERE q LIKE '%WITH RECURSIVE walk%'), count(*) FILTER (WHERE q LIKE '%expired AS%')
+         FROM seen",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap();
     assert!(
         (4..=16).contains(&claims),
         "the idle process claims about once a poll interval, not once per worker: {claims} claims in 4 s"
@@ -896,21 +893,17 @@ async fn an_idle_worker_sweeps_for_expired_leases_only_once_one_may_have_ended()
     // A job claimed by a worker that died, its lease ending in a second (on a paused
     // binding, so nothing claims it again once it is back in the queue).
     let merchant = app.merchant().await;
-    let job: i64 = sqlx::query_scalar(
+    let (job, ends): (i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
         "WITH b AS (INSERT INTO connector_bindings (id, tenant_id, magento_base_url, status)
                     VALUES (gen_random_uuid(), $1, 'https://gone.example', 'paused') RETURNING id)
          INSERT INTO jobs (binding_id, kind, payload, status, lease_id, locked_until, attempts)
-         SELECT id, 'sync_event', '{}', 'running', gen_random_uuid(), now() + interval '1 second', 1 FROM b RETURNING id",
+         SELECT id, 'sync_event', '{}', 'running', gen_random_uuid(), now() + interval '1 second', 1 FROM b
+         RETURNING id, locked_until",
     )
     .bind(merchant.tenant_id.0)
     .fetch_one(db)
     .await
     .unwrap();
-    let ends: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT locked_until FROM jobs WHERE id = $1")
-        .bind(job)
-        .fetch_one(db)
-        .await
-        .unwrap();
     let started = std::time::Instant::now();
     loop {
         let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
